@@ -1,0 +1,122 @@
+"""Batch adapters: how an attack reads, runs and rebuilds a user's batch.
+
+An adapter turns one user batch into a :class:`Victim` -- the attackable tensors, the labels of the
+outputs that are scored, and closures that run the model on perturbed tensors and rebuild a batch of
+the user's own type.  Attacks only ever see a :class:`Victim`, so a new modality is added by writing
+an adapter (and registering it with :func:`register_adapter`); nothing in the attack core changes.
+
+Terminology: the leading dimension of every attackable tensor indexes *units* -- the things a budget
+is given for (an image, a waveform, a graph).  The model's scored *outputs* (rows of the logits) map
+to units through ``Victim.unit``; for images and audio that is the identity.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Victim:
+    """Everything an attack needs about one batch.
+
+    Attributes:
+        inputs: clean attackable tensors by name; each has the unit dimension first.
+        target: labels of the scored outputs, shape ``(outputs,)``.
+        forward: maps a dict of (perturbed) inputs to logits of the scored outputs ``(outputs, C)``.
+        rebuild: maps a dict of (perturbed) inputs to a batch of the user's type.
+        unit: ``(outputs,)`` index of the unit each output belongs to; ``None`` means output i is unit i.
+        masks: optional per-input masks (1 = may be perturbed), broadcastable to the input.
+        select: optional ``(unit_index) -> Victim`` restricting the victim to some units (attacks use it
+            to spend effort only on units still robust); ``None`` when units cannot be separated.
+        meta: adapter-specific extras (e.g. sample rate, lengths), for reports.
+    """
+
+    inputs: Dict[str, Tensor]
+    target: Tensor
+    forward: Callable[[Dict[str, Tensor]], Tensor]
+    rebuild: Callable[[Dict[str, Tensor]], Any]
+    unit: Optional[Tensor] = None
+    masks: Dict[str, Tensor] = field(default_factory=dict)
+    select: Optional[Callable[[Tensor], "Victim"]] = None
+    meta: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_units(self) -> int:
+        return next(iter(self.inputs.values())).shape[0]
+
+    @property
+    def num_outputs(self) -> int:
+        return self.target.shape[0]
+
+    def unit_index(self) -> Tensor:
+        if self.unit is None:
+            return torch.arange(self.num_outputs, device=self.target.device)
+        return self.unit
+
+    def per_unit(self, values: Tensor, reduce: str = "sum") -> Tensor:
+        """Aggregate per-output values into per-unit values (sum, mean, amax or amin)."""
+        if self.unit is None:
+            return values
+        out = torch.zeros(self.num_units, dtype=values.dtype, device=values.device)
+        if reduce in ("sum", "mean"):
+            out = out.index_add(0, self.unit, values)
+            if reduce == "mean":
+                counts = torch.zeros_like(out).index_add(0, self.unit, torch.ones_like(values))
+                out = out / counts.clamp_min(1)
+            return out
+        init = float("-inf") if reduce == "amax" else float("inf")
+        out = out.fill_(init).scatter_reduce(0, self.unit, values, reduce=reduce, include_self=True)
+        return out
+
+    def per_output(self, unit_values: Tensor) -> Tensor:
+        """Broadcast per-unit values to the outputs."""
+        return unit_values if self.unit is None else unit_values[self.unit]
+
+
+class BatchAdapter(ABC):
+    """Reads a user's batch for attacks. Subclass and register one per batch convention."""
+
+    #: modality name used in results and reports
+    modality: str = "generic"
+
+    @abstractmethod
+    def victim(self, model: torch.nn.Module, batch: Any) -> Victim:
+        """Build the :class:`Victim` for ``batch`` under ``model``."""
+
+    def batch_size(self, batch: Any) -> int:
+        """Number of scored outputs (for metrics and progress bars)."""
+        raise NotImplementedError
+
+
+_REGISTRY: List[Tuple[int, Callable[[Any], bool], Callable[[Any], BatchAdapter]]] = []
+
+
+def register_adapter(matches: Callable[[Any], bool], factory: Callable[[Any], BatchAdapter],
+                     priority: int = 0) -> None:
+    """Teach :func:`infer_adapter` a new batch convention.
+
+    ``matches(batch)`` says whether the convention applies; ``factory(batch)`` builds the adapter.
+    Higher ``priority`` wins when several match.
+    """
+    _REGISTRY.append((priority, matches, factory))
+    _REGISTRY.sort(key=lambda t: -t[0])
+
+
+def infer_adapter(batch: Any) -> BatchAdapter:
+    """Pick the adapter for ``batch`` from the registered conventions."""
+    for _, matches, factory in _REGISTRY:
+        try:
+            ok = matches(batch)
+        except Exception:  # a predicate must never break inference
+            ok = False
+        if ok:
+            return factory(batch)
+    raise TypeError(
+        f"no batch adapter understands a batch of type {type(batch).__name__}; pass adapter=... "
+        "(e.g. mmrobust.adapters.TensorAdapter(input_key='image', target_key='label')) or register one "
+        "with mmrobust.adapters.register_adapter")

@@ -1,0 +1,296 @@
+"""The attack interface: ``attack(model, batch) -> AttackResult``.
+
+Rules every attack follows (enforced here, not in each attack):
+
+* the model runs in eval mode during the attack and every module's previous mode is restored;
+* parameters have ``requires_grad`` switched off while attacking, so autograd computes input
+  gradients only; flags, values and ``.grad`` are restored exactly, also when the attack raises;
+* the user's tensors are never modified in place; attacks work on copies;
+* attacks run with gradients enabled even when called under ``torch.no_grad()`` or Lightning's
+  ``inference_mode`` (inputs created in inference mode are cloned into normal tensors);
+* NaN or Inf in the model's outputs or gradients raises :class:`~mmrobust.errors.NonFiniteError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, Mapping, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from ..adapters.base import BatchAdapter, Victim, infer_adapter
+from ..errors import NonFiniteError
+from ..threats.base import ThreatModel
+from ..utils import make_generator
+from .losses import get_loss
+
+Threat = Union[ThreatModel, Mapping[str, ThreatModel]]
+
+
+@dataclass
+class AttackResult:
+    """What an attack returns.
+
+    Attributes:
+        batch: the perturbed batch, of the same type as the user's batch.
+        inputs: the perturbed attackable tensors by name.
+        target: true labels of the scored outputs.
+        clean_logits / logits: model outputs on the clean and on the perturbed batch.
+        success: per output, whether the attack's goal was reached (misclassified, or the target class
+            for targeted attacks).
+        loss: per output, the attack loss at the returned point.
+        size: per input name, the per-unit perturbation size in that threat model's own measure.
+        unit: maps outputs to units (``None``: output i is unit i).
+        attack: a description of the attack that produced the result.
+        extras: attack- or modality-specific extras (e.g. sizes in dB for audio).
+    """
+
+    batch: Any
+    inputs: Dict[str, Tensor]
+    target: Tensor
+    clean_logits: Tensor
+    logits: Tensor
+    success: Tensor
+    loss: Tensor
+    size: Dict[str, Tensor]
+    unit: Optional[Tensor] = None
+    attack: str = ""
+    extras: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def clean_correct(self) -> Tensor:
+        return self.clean_logits.argmax(1) == self.target
+
+    @property
+    def adv_correct(self) -> Tensor:
+        return self.logits.argmax(1) == self.target
+
+    @property
+    def robust(self) -> Tensor:
+        """Correct on the clean input and on the perturbed one (the AutoAttack convention)."""
+        return self.clean_correct & self.adv_correct
+
+    @property
+    def confidence(self) -> Tensor:
+        """Max softmax probability on the perturbed input."""
+        return self.logits.softmax(1).amax(1)
+
+    def output_size(self, name: Optional[str] = None) -> Tensor:
+        """Perturbation size per output (broadcast from units) for input ``name`` (default: the only one)."""
+        if name is None:
+            if len(self.size) != 1:
+                raise ValueError(f"result has several inputs {sorted(self.size)}; name one")
+            name = next(iter(self.size))
+        s = self.size[name]
+        return s if self.unit is None else s[self.unit]
+
+
+@contextlib.contextmanager
+def attack_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode, parameters frozen, gradients on; restores everything on exit (also on error)."""
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    grads = [(p, p.grad) for p in model.parameters()]
+    try:
+        model.eval()
+        for p, _ in flags:
+            p.requires_grad_(False)
+        with torch.inference_mode(False), torch.enable_grad():
+            yield
+    finally:
+        for m, training in modes:
+            m.training = training
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        for p, g in grads:
+            p.grad = g
+
+
+def normal_tensor(t: Tensor) -> Tensor:
+    """A tensor usable by autograd: clones tensors created under ``inference_mode``."""
+    return t.clone() if isinstance(t, Tensor) and t.is_inference() else t
+
+
+def check_logits(logits: Tensor, victim: Victim, where: str) -> None:
+    if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != victim.num_outputs:
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ValueError(f"the model must return logits of shape (outputs, classes) = ({victim.num_outputs}, C) "
+                         f"for this batch, got {shape}")
+    if not bool(torch.isfinite(logits).all()):
+        raise NonFiniteError(f"the model returned NaN/Inf logits {where}; the attack result would be "
+                             "meaningless (check for overflow, e.g. under reduced precision)")
+
+
+class Attack(ABC):
+    """Base class: an algorithm over a threat model.
+
+    Args:
+        threat: a :class:`ThreatModel` (for single-input batches) or a mapping from input names to
+            threat models (a joint attack on several inputs; inputs not named stay clean).
+        loss: name of a loss in :mod:`mmrobust.attacks.losses` or a callable
+            ``(logits, labels, target_labels) -> per-output loss``.
+        targeted: if true, ``__call__`` needs ``target_labels`` (or picks the most likely wrong class).
+        adapter: how to read the batch; inferred from the batch when ``None``.
+        seed: seed of the attack's own random generator (restarts, random starts) for reproducibility;
+            ``None`` uses the global RNG.
+    """
+
+    name = "attack"
+
+    def __init__(self, threat: Threat, *, loss="ce", targeted: bool = False,
+                 adapter: Optional[BatchAdapter] = None, seed: Optional[int] = None):
+        if not isinstance(threat, ThreatModel) and not (
+                isinstance(threat, Mapping) and threat and all(isinstance(t, ThreatModel) for t in threat.values())):
+            raise TypeError(f"threat must be a ThreatModel or a non-empty mapping of input names to ThreatModels, "
+                            f"got {type(threat).__name__}")
+        self.threat = threat
+        self.loss_name = loss if isinstance(loss, str) else getattr(loss, "__name__", "custom")
+        self.loss_fn = get_loss(loss)
+        self.targeted = bool(targeted)
+        self.adapter = adapter
+        self.seed = seed
+        self._generator: Optional[torch.Generator] = None
+
+    # -- randomness -------------------------------------------------------------------------------
+    def generator(self, device) -> Optional[torch.Generator]:
+        """The attack's generator (created on first use from ``seed``), kept across calls."""
+        if self.seed is None:
+            return None
+        if self._generator is None or self._generator.device != torch.device(device):
+            self._generator = make_generator(self.seed, device)
+        return self._generator
+
+    def state_dict(self) -> Dict[str, Any]:
+        """RNG state, so a resumed run draws the same random starts."""
+        return {"seed": self.seed,
+                "rng": None if self._generator is None else self._generator.get_state()}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.seed = state.get("seed", self.seed)
+        if state.get("rng") is not None:
+            self._generator = make_generator(self.seed if self.seed is not None else 0, "cpu")
+            self._generator.set_state(state["rng"])
+
+    # -- threats per input ------------------------------------------------------------------------
+    def threats_for(self, victim: Victim) -> Dict[str, ThreatModel]:
+        if isinstance(self.threat, ThreatModel):
+            if len(victim.inputs) != 1:
+                raise ValueError(f"this batch has several attackable inputs {sorted(victim.inputs)}; give the "
+                                 "attack a mapping {name: ThreatModel} (e.g. mmrobust.threats.Joint)")
+            return {next(iter(victim.inputs)): self.threat}
+        unknown = set(self.threat) - set(victim.inputs)
+        if unknown:
+            raise KeyError(f"threat names inputs {sorted(unknown)} the batch does not have; "
+                           f"attackable inputs are {sorted(victim.inputs)}")
+        return dict(self.threat)
+
+    def with_threat(self, threat: Threat) -> "Attack":
+        """A shallow copy of this attack with another threat model (budget sweeps, schedules)."""
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone.threat = threat
+        return clone
+
+    def describe(self) -> str:
+        if isinstance(self.threat, ThreatModel):
+            t = repr(self.threat)
+        else:
+            t = "{" + ", ".join(f"{k}: {v!r}" for k, v in self.threat.items()) + "}"
+        return f"{type(self).__name__}({t}, loss={self.loss_name}{', targeted' if self.targeted else ''})"
+
+    # -- the call ---------------------------------------------------------------------------------
+    def __call__(self, model: nn.Module, batch: Any, *, target_labels: Optional[Tensor] = None) -> AttackResult:
+        adapter = self.adapter or infer_adapter(batch)
+        with attack_mode(model):
+            victim = adapter.victim(model, batch)
+            victim.inputs = {k: normal_tensor(v).detach() for k, v in victim.inputs.items()}
+            victim.target = normal_tensor(victim.target)
+            threats = self.threats_for(victim)
+            for name, threat in threats.items():
+                threat.check_input(victim.inputs[name], name=name)
+            with torch.no_grad():
+                clean_logits = victim.forward(victim.inputs)
+            check_logits(clean_logits, victim, "on the clean batch")
+            n_classes = clean_logits.shape[1]
+            y = victim.target
+            if bool(((y < 0) | (y >= n_classes)).any()):
+                raise ValueError(f"labels must lie in [0, {n_classes - 1}] for a model with {n_classes} outputs, "
+                                 f"got values in [{int(y.min())}, {int(y.max())}]")
+            if self.targeted and target_labels is None:
+                # most likely wrong class, a common default (Carlini & Wagner 2017 use random targets)
+                target_labels = clean_logits.masked_fill(
+                    torch.nn.functional.one_hot(y, n_classes).bool(), float("-inf")).argmax(1)
+            if target_labels is not None:
+                target_labels = normal_tensor(target_labels).to(y.device).long()
+                if target_labels.shape != y.shape:
+                    raise ValueError(f"target_labels must have shape {tuple(y.shape)}, got {tuple(target_labels.shape)}")
+                if bool(((target_labels < 0) | (target_labels >= n_classes)).any()):
+                    raise ValueError(f"target_labels must lie in [0, {n_classes - 1}]")
+            out = self.perturb(victim, threats, target_labels, clean_logits)
+            adv, logits = out if isinstance(out, tuple) else (out, None)
+            return self.finish(victim, threats, adv, clean_logits, target_labels, logits)
+
+    def generate(self, model: nn.Module, batch: Any, *, target_labels: Optional[Tensor] = None) -> Any:
+        """Only the perturbed batch, skipping the clean and final evaluation passes (for training).
+
+        Attacks that track the best iterate return their last iterate here instead, as fast
+        adversarial training does (Wong et al. 2020); targeted attacks need ``target_labels``.
+        """
+        if self.targeted and target_labels is None:
+            raise ValueError("generate() with a targeted attack needs target_labels")
+        adapter = self.adapter or infer_adapter(batch)
+        with attack_mode(model):
+            victim = adapter.victim(model, batch)
+            victim.inputs = {k: normal_tensor(v).detach() for k, v in victim.inputs.items()}
+            victim.target = normal_tensor(victim.target)
+            threats = self.threats_for(victim)
+            out = self.perturb(victim, threats, target_labels, None)
+            adv = out[0] if isinstance(out, tuple) else out
+            return victim.rebuild({k: v.detach() for k, v in adv.items()})
+
+    @abstractmethod
+    def perturb(self, victim: Victim, threats: Dict[str, ThreatModel], target_labels: Optional[Tensor],
+                clean_logits: Optional[Tensor]) -> Union[Dict[str, Tensor], tuple]:
+        """Return perturbed inputs (a dict with the same keys as ``victim.inputs``).
+
+        May return ``(inputs, logits)`` when the logits at the returned point are already known, which
+        saves :meth:`finish` a forward pass. ``clean_logits`` is ``None`` when called from
+        :meth:`generate` (training), where no evaluation is wanted.
+        """
+
+    # -- shared pieces ----------------------------------------------------------------------------
+    def output_loss(self, logits: Tensor, victim: Victim, target_labels: Optional[Tensor]) -> Tensor:
+        return self.loss_fn(logits, victim.target, target_labels if self.targeted else None)
+
+    def is_success(self, logits: Tensor, victim: Victim, target_labels: Optional[Tensor]) -> Tensor:
+        pred = logits.argmax(1)
+        if self.targeted:
+            return pred == target_labels
+        return pred != victim.target
+
+    def finish(self, victim: Victim, threats: Dict[str, ThreatModel], adv: Dict[str, Tensor],
+               clean_logits: Tensor, target_labels: Optional[Tensor],
+               logits: Optional[Tensor] = None) -> AttackResult:
+        adv = {k: v.detach() for k, v in adv.items()}
+        with torch.no_grad():
+            if logits is None:
+                logits = victim.forward(adv)
+            check_logits(logits, victim, "on the perturbed batch")
+            loss = self.output_loss(logits, victim, target_labels)
+            success = self.is_success(logits, victim, target_labels)
+        size = {name: threats[name].size(adv[name] - victim.inputs[name], victim.inputs[name])
+                for name in threats}
+        return AttackResult(batch=victim.rebuild(adv), inputs=adv, target=victim.target,
+                            clean_logits=clean_logits.detach(), logits=logits.detach(), success=success,
+                            loss=loss.detach(), size=size, unit=victim.unit, attack=self.describe(),
+                            extras=dict(victim.meta))
+
+
+def apply_masks(deltas: Dict[str, Tensor], victim: Victim) -> Dict[str, Tensor]:
+    """Zero the perturbation where the adapter forbids changes (e.g. audio padding)."""
+    if not victim.masks:
+        return deltas
+    return {k: (d * victim.masks[k] if k in victim.masks else d) for k, d in deltas.items()}

@@ -1,0 +1,128 @@
+"""The threat-model interface every attack is written against.
+
+A threat model is the set an adversary may choose a perturbation ``delta`` from, relative to a clean
+tensor ``x`` whose leading dimension indexes *units* (examples for images and audio, graphs for
+graph batches).  Everything is per unit: budgets, projections and measured sizes.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ..errors import check_finite_nonneg
+
+
+def per_unit(t: Tensor, like: Tensor) -> Tensor:
+    """Reshape a ``(units,)`` tensor so it broadcasts against ``like`` of shape ``(units, ...)``."""
+    return t.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+class ThreatModel(ABC):
+    """A set of admissible perturbations around an input.
+
+    Subclasses implement the four operations first-order attacks need:
+
+    * :meth:`random_init` -- a random point inside the set,
+    * :meth:`step` -- a steepest-ascent step for the set's norm,
+    * :meth:`project` -- the Euclidean projection back onto the set (intersected with the value box),
+    * :meth:`size` -- the per-unit size of a perturbation in the set's own measure.
+
+    ``radius(x)`` gives the per-unit budget in the set's norm; for the plain balls it is the constant
+    ``eps``, for audio budgets in dB it depends on the signal.
+    """
+
+    #: Name of the norm the set is a ball of (``"linf"``, ``"l2"``, ``"l1"``, or something custom).
+    norm: str = "custom"
+
+    def __init__(self, eps: float, *, lower: Optional[float] = None, upper: Optional[float] = None):
+        check_finite_nonneg("eps", eps)
+        if lower is not None and upper is not None and not lower < upper:
+            raise ValueError(f"value box needs lower < upper, got lower={lower}, upper={upper}")
+        self.eps = float(eps)
+        self.lower = lower
+        self.upper = upper
+
+    # -- budget -----------------------------------------------------------------------------------
+    def radius(self, x: Tensor) -> Tensor:
+        """Per-unit radius of the ball around ``x`` (shape ``(units,)``)."""
+        return torch.full((x.shape[0],), self.eps, dtype=x.dtype, device=x.device)
+
+    def with_eps(self, eps: float) -> "ThreatModel":
+        """A copy of this threat model with another budget (schedules, budget curves)."""
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        check_finite_nonneg("eps", eps)
+        clone.eps = float(eps)
+        return clone
+
+    # -- value box --------------------------------------------------------------------------------
+    def box(self, x: Tensor) -> tuple[Optional[Tensor], Optional[Tensor]]:
+        """Bounds on ``delta`` implied by the value box: ``lower - x <= delta <= upper - x``."""
+        lo = None if self.lower is None else (self.lower - x)
+        hi = None if self.upper is None else (self.upper - x)
+        return lo, hi
+
+    def clamp_box(self, delta: Tensor, x: Tensor) -> Tensor:
+        if self.lower is None and self.upper is None:
+            return delta
+        return (x + delta).clamp(self.lower, self.upper) - x
+
+    def check_input(self, x: Tensor, name: str = "x") -> None:
+        """Refuse inputs that cannot be attacked under this threat model."""
+        if not torch.is_floating_point(x):
+            raise TypeError(f"{name} must be a floating-point tensor to be perturbed, got dtype {x.dtype}")
+        if x.dim() < 1 or x.shape[0] == 0:
+            raise ValueError(f"{name} must have a non-empty leading (batch) dimension, got shape {tuple(x.shape)}")
+        tol = 1e-6
+        if self.lower is not None and bool((x < self.lower - tol).any()):
+            raise ValueError(f"{name} has values below the threat model's lower bound {self.lower} "
+                             f"(min {x.min().item():.4g}); rescale the input or change `lower`")
+        if self.upper is not None and bool((x > self.upper + tol).any()):
+            raise ValueError(f"{name} has values above the threat model's upper bound {self.upper} "
+                             f"(max {x.max().item():.4g}); rescale the input or change `upper`")
+
+    # -- the four operations ----------------------------------------------------------------------
+    @abstractmethod
+    def random_init(self, x: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+        """A random perturbation inside the set (and inside the value box)."""
+
+    @abstractmethod
+    def step(self, delta: Tensor, grad: Tensor, step_size: Tensor) -> Tensor:
+        """Steepest-ascent step of length ``step_size`` (per unit, in the set's norm)."""
+
+    @abstractmethod
+    def project(self, delta: Tensor, x: Tensor, radius: Optional[Tensor] = None) -> Tensor:
+        """Closest point of the set (radius ``radius`` or :meth:`radius`) intersected with the box."""
+
+    @abstractmethod
+    def size(self, delta: Tensor, x: Tensor) -> Tensor:
+        """Per-unit size of ``delta`` in the set's measure (shape ``(units,)``)."""
+
+    # -- conveniences -----------------------------------------------------------------------------
+    def contains(self, delta: Tensor, x: Tensor, atol: float = 1e-5) -> Tensor:
+        """Per-unit boolean: ``delta`` lies in the set and ``x + delta`` in the value box."""
+        inside = self.size(delta, x) <= self.radius(x) * (1 + atol) + atol
+        adv = (x + delta).flatten(1)
+        if self.lower is not None:
+            inside &= (adv >= self.lower - atol).all(1)
+        if self.upper is not None:
+            inside &= (adv <= self.upper + atol).all(1)
+        return inside
+
+    def describe(self) -> str:
+        """A short human-readable description for reports."""
+        return f"{type(self).__name__}(eps={self.eps:g})"
+
+    def __repr__(self) -> str:
+        box = "" if self.lower is None and self.upper is None else f", box=[{self.lower}, {self.upper}]"
+        return f"{type(self).__name__}(eps={self.eps:g}{box})"
+
+
+def db_to_ratio(db: float) -> float:
+    """Amplitude ratio ``10^(db / 20)``."""
+    return math.pow(10.0, db / 20.0)

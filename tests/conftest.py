@@ -1,0 +1,62 @@
+"""Shared fixtures: small real data (scikit-learn digits) and a small trained CNN, built once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+torch.set_num_threads(int(os.environ.get("MMROBUST_TEST_THREADS", "2")))
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` beside the project root; tests using it skip when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not available")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """scikit-learn's 8x8 digits as ``(x_train, y_train, x_test, y_test)``, values in [0, 1]."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0
+    y = torch.tensor(d.target, dtype=torch.long)
+    g = torch.Generator().manual_seed(0)
+    perm = torch.randperm(len(y), generator=g)
+    x, y = x[perm], y[perm]
+    return x[:1400], y[:1400], x[1400:], y[1400:]
+
+
+def make_digits_cnn() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+        nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16 * 16, 64), nn.ReLU(), nn.Linear(64, 10))
+
+
+@pytest.fixture(scope="session")
+def digits_cnn(digits):
+    """A small CNN trained normally on digits (about 97% clean test accuracy); do not modify it in tests."""
+    x, y, xt, yt = digits
+    torch.manual_seed(0)
+    model = make_digits_cnn()
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    for _ in range(15):
+        perm = torch.randperm(len(y))
+        for i in range(0, len(y), 64):
+            idx = perm[i:i + 64]
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    model.eval()
+    acc = (model(xt).argmax(1) == yt).float().mean().item()
+    assert acc > 0.9, f"fixture model trained badly ({acc:.3f})"
+    return model
