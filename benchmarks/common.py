@@ -1,0 +1,89 @@
+"""Helpers shared by the benchmark scripts: offline MNIST, a cached normally trained CNN, tables."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import List, Sequence
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+CACHE = ROOT / "benchmarks" / ".cache"
+
+
+def mnist_tensors(train: bool, limit: int | None = None):
+    """MNIST as float tensors in [0, 1] from ``../shared/data/MNIST`` (copied to a writable cache)."""
+    import torchvision
+
+    src = SHARED_DATA / "MNIST"
+    if not src.is_dir():
+        raise SystemExit(f"MNIST not found at {src}; this benchmark needs ../shared/data")
+    root = CACHE / "data"
+    if not (root / "MNIST" / "raw").is_dir():
+        (root / "MNIST").mkdir(parents=True, exist_ok=True)
+        shutil.copytree(src / "raw", root / "MNIST" / "raw", dirs_exist_ok=True)
+    ds = torchvision.datasets.MNIST(root, train=train, download=True)  # finds the files, no network
+    x = ds.data.float().div(255).unsqueeze(1)
+    y = ds.targets.long()
+    if limit is not None:
+        x, y = x[:limit], y[:limit]
+    return x, y
+
+
+def train_classifier(model: nn.Module, x, y, epochs: int = 2, lr: float = 1e-3, batch_size: int = 128,
+                     seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr)
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(y))
+        for i in range(0, len(y), batch_size):
+            idx = perm[i:i + batch_size]
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    return model.eval()
+
+
+def mnist_cnn(epochs: int = 2, train_limit: int | None = None) -> nn.Module:
+    """A normally trained :class:`~mmrobust.image.SmallCNN` on MNIST, cached under ``benchmarks/.cache``."""
+    from mmrobust.image import SmallCNN
+
+    path = CACHE / f"mnist_cnn_e{epochs}_n{train_limit}.pt"
+    model = SmallCNN()
+    if path.exists():
+        model.load_state_dict(torch.load(path, weights_only=True))
+        return model.eval()
+    x, y = mnist_tensors(True, train_limit)
+    train_classifier(model, x, y, epochs=epochs)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+    return model.eval()
+
+
+def accuracy(model: nn.Module, x, y, batch_size: int = 500) -> float:
+    with torch.no_grad():
+        correct = sum((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum().item()
+                      for i in range(0, len(y), batch_size))
+    return correct / len(y)
+
+
+class Timer:
+    def __enter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.start
+
+
+def markdown_table(header: Sequence[str], rows: List[Sequence]) -> str:
+    def fmt(v):
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)

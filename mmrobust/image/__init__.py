@@ -1,0 +1,5 @@
+"""Image modality: datamodules and reference models."""
+
+from .models import SmallCNN
+
+__all__ = ["SmallCNN"]
