@@ -283,10 +283,14 @@ class Attack(ABC):
             success = self.is_success(logits, victim, target_labels)
         size = {name: threats[name].size(adv[name] - victim.inputs[name], victim.inputs[name])
                 for name in threats}
+        extras = dict(victim.meta)
+        for name in threats:
+            extra = threats[name].extra_sizes(adv[name] - victim.inputs[name], victim.inputs[name])
+            extras.update({f"{name}/{key}": value for key, value in extra.items()})
         return AttackResult(batch=victim.rebuild(adv), inputs=adv, target=victim.target,
                             clean_logits=clean_logits.detach(), logits=logits.detach(), success=success,
                             loss=loss.detach(), size=size, unit=victim.unit, attack=self.describe(),
-                            extras=dict(victim.meta))
+                            extras=extras)
 
 
 def apply_masks(deltas: Dict[str, Tensor], victim: Victim) -> Dict[str, Tensor]:

@@ -103,6 +103,10 @@ class ThreatModel(ABC):
     def size(self, delta: Tensor, x: Tensor) -> Tensor:
         """Per-unit size of ``delta`` in the set's measure (shape ``(units,)``)."""
 
+    def extra_sizes(self, delta: Tensor, x: Tensor) -> dict[str, Tensor]:
+        """Further per-unit size measures for reports (e.g. ``{"snr_db": ...}`` for audio); none by default."""
+        return {}
+
     # -- conveniences -----------------------------------------------------------------------------
     def contains(self, delta: Tensor, x: Tensor, atol: float = 1e-5) -> Tensor:
         """Per-unit boolean: ``delta`` lies in the set and ``x + delta`` in the value box."""
