@@ -124,7 +124,8 @@ ImageAdapter = TensorAdapter
 
 def _is_tensor_pair(batch: Any) -> bool:
     if isinstance(batch, (list, tuple)) and len(batch) >= 2:
-        return isinstance(batch[0], Tensor) and isinstance(batch[1], Tensor) and torch.is_floating_point(batch[0])
+        # dtype is checked by the adapter, which explains what is wrong
+        return isinstance(batch[0], Tensor) and isinstance(batch[1], Tensor)
     if isinstance(batch, Mapping):
         tensors = [k for k, v in batch.items() if isinstance(v, Tensor) and torch.is_floating_point(v)
                    and v.dim() >= 2]
