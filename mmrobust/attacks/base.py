@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, Mapping, Optional, Union
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -140,7 +140,7 @@ class Attack(ABC):
 
     name = "attack"
 
-    def __init__(self, threat: Threat, *, loss="ce", targeted: bool = False,
+    def __init__(self, threat: Threat, *, loss: Union[str, Callable[..., Tensor]] = "ce", targeted: bool = False,
                  adapter: Optional[BatchAdapter] = None, seed: Optional[int] = None):
         if not isinstance(threat, ThreatModel) and not (
                 isinstance(threat, Mapping) and threat and all(isinstance(t, ThreatModel) for t in threat.values())):

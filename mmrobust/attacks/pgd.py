@@ -10,7 +10,7 @@ from torch import Tensor
 from ..adapters.base import Victim
 from ..errors import NonFiniteError, check_int, check_positive
 from ..threats.base import ThreatModel
-from .base import Attack, apply_masks
+from .base import Attack, Threat, apply_masks
 
 
 def input_gradients(attack: Attack, victim: Victim, x: Dict[str, Tensor], delta: Dict[str, Tensor],
@@ -58,7 +58,7 @@ class PGD(Attack):
 
     name = "pgd"
 
-    def __init__(self, threat, *, steps: int = 10, step_size: Optional[float] = None, restarts: int = 1,
+    def __init__(self, threat: Threat, *, steps: int = 10, step_size: Optional[float] = None, restarts: int = 1,
                  random_start: bool = True, keep_best: bool = True, **kwargs):
         super().__init__(threat, **kwargs)
         self.steps = check_int("steps", steps, 1)
@@ -128,6 +128,6 @@ class FGSM(PGD):
 
     name = "fgsm"
 
-    def __init__(self, threat, *, step_size: float = 1.0, random_start: bool = False, **kwargs):
+    def __init__(self, threat: Threat, *, step_size: float = 1.0, random_start: bool = False, **kwargs):
         kwargs.pop("steps", None)
         super().__init__(threat, steps=1, step_size=step_size, random_start=random_start, **kwargs)
