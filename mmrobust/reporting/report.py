@@ -1,0 +1,260 @@
+"""Markdown + HTML robustness reports with plots and the settings needed to reproduce every number.
+
+A :class:`Report` collects sections (text, tables, figures) and writes ``report.md``, ``report.html``,
+the figures as PNG and every table as ``results.json`` (so ``mmrobust report`` can compare runs later).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import json
+import math
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+Number = Union[int, float]
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e5):
+            return f"{v:.3e}"
+        return f"{v:.4g}"
+    return str(v)
+
+
+@dataclass
+class Table:
+    title: str
+    rows: List[Dict[str, Any]]
+    columns: Optional[List[str]] = None
+    note: str = ""
+
+    def header(self) -> List[str]:
+        if self.columns:
+            return list(self.columns)
+        cols: List[str] = []
+        for row in self.rows:
+            cols.extend(k for k in row if k not in cols)
+        return cols
+
+    def markdown(self) -> str:
+        cols = self.header()
+        lines = ["| " + " | ".join(cols) + " |", "| " + " | ".join("---" for _ in cols) + " |"]
+        lines += ["| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |" for r in self.rows]
+        return "\n".join(lines)
+
+    def html(self) -> str:
+        cols = self.header()
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c, '')))}</td>" for c in cols) + "</tr>"
+                       for r in self.rows)
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+@dataclass
+class Figure:
+    title: str
+    path: Path
+    caption: str = ""
+
+
+@dataclass
+class Section:
+    title: str
+    items: List[Any] = field(default_factory=list)
+
+
+class Report:
+    """Collect results and write them as Markdown, HTML, PNG figures and JSON.
+
+    Example::
+
+        report = Report("Robustness of SmallCNN on digits", out_dir="runs/demo")
+        report.settings({"attack": "PGD", "steps": 20, "eps": 0.1, "seed": 0})
+        report.table("Accuracy", [{"model": "normal", "clean": 0.97, "robust": 0.12}])
+        report.curve("Accuracy vs budget", {"normal": ([0, .05, .1], [0.97, 0.6, 0.12])},
+                     xlabel="eps (L-inf)", ylabel="robust accuracy")
+        report.write()
+    """
+
+    def __init__(self, title: str, out_dir: Union[str, Path]):
+        self.title = title
+        self.out_dir = Path(out_dir)
+        self.sections: List[Section] = []
+        self._settings: Dict[str, Any] = {}
+        self._tables: List[Table] = []
+
+    # -- content ----------------------------------------------------------------------------------
+    def section(self, title: str) -> Section:
+        sec = Section(title)
+        self.sections.append(sec)
+        return sec
+
+    def _current(self) -> Section:
+        if not self.sections:
+            self.section("Results")
+        return self.sections[-1]
+
+    def settings(self, values: Mapping[str, Any]) -> None:
+        """Settings needed to reproduce the numbers (attack, steps, restarts, budget, seed, split)."""
+        self._settings.update(values)
+
+    def text(self, paragraph: str) -> None:
+        self._current().items.append(paragraph)
+
+    def table(self, title: str, rows: Sequence[Mapping[str, Any]], columns: Optional[Sequence[str]] = None,
+              note: str = "") -> Table:
+        t = Table(title, [dict(r) for r in rows], list(columns) if columns else None, note)
+        self._current().items.append(t)
+        self._tables.append(t)
+        return t
+
+    def figure(self, title: str, fig, caption: str = "", name: Optional[str] = None) -> Figure:
+        """Save a matplotlib figure as PNG next to the report."""
+        import matplotlib.pyplot as plt
+
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        fname = (name or _slug(title)) + ".png"
+        path = self.out_dir / fname
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        f = Figure(title, path, caption)
+        self._current().items.append(f)
+        return f
+
+    def curve(self, title: str, series: Mapping[str, tuple], *, xlabel: str, ylabel: str,
+              caption: str = "", logx: bool = False, ylim=(0.0, 1.0)) -> Figure:
+        """Line plot of several ``name -> (xs, ys)`` series (e.g. accuracy vs budget)."""
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5.2, 3.6))
+        for name, (xs, ys) in series.items():
+            ax.plot(list(xs), list(ys), marker="o", label=str(name))
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        if logx:
+            ax.set_xscale("log")
+        if ylim is not None:
+            ax.set_ylim(*ylim)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        ax.set_title(title, fontsize=10)
+        return self.figure(title, fig, caption)
+
+    def scatter(self, title: str, points: Mapping[str, tuple], *, xlabel: str, ylabel: str,
+                caption: str = "") -> Figure:
+        """Labelled points ``name -> (x, y)`` (e.g. the clean vs robust accuracy trade-off)."""
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5.2, 3.6))
+        for name, (x, y) in points.items():
+            ax.scatter([x], [y])
+            ax.annotate(str(name), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.set_title(title, fontsize=10)
+        return self.figure(title, fig, caption)
+
+    # -- output -----------------------------------------------------------------------------------
+    def environment(self) -> Dict[str, str]:
+        import torch
+
+        return {"created": _dt.datetime.now().isoformat(timespec="seconds"), "python": platform.python_version(),
+                "torch": torch.__version__, "platform": platform.platform()}
+
+    def markdown(self) -> str:
+        out = [f"# {self.title}", ""]
+        for sec in self.sections:
+            out += [f"## {sec.title}", ""]
+            for item in sec.items:
+                if isinstance(item, Table):
+                    out += [f"**{item.title}**", "", item.markdown(), ""]
+                    if item.note:
+                        out += [f"_{item.note}_", ""]
+                elif isinstance(item, Figure):
+                    out += [f"![{item.title}]({item.path.name})", ""]
+                    if item.caption:
+                        out += [f"_{item.caption}_", ""]
+                else:
+                    out += [str(item), ""]
+        out += ["## Settings (to reproduce every number above)", ""]
+        settings = {**self._settings, **{f"env.{k}": v for k, v in self.environment().items()}}
+        out += [Table("settings", [{"setting": k, "value": v} for k, v in settings.items()]).markdown(), ""]
+        return "\n".join(out)
+
+    def html(self) -> str:
+        parts = [f"<h1>{html.escape(self.title)}</h1>"]
+        for sec in self.sections:
+            parts.append(f"<h2>{html.escape(sec.title)}</h2>")
+            for item in sec.items:
+                if isinstance(item, Table):
+                    parts.append(f"<h3>{html.escape(item.title)}</h3>{item.html()}")
+                    if item.note:
+                        parts.append(f"<p><em>{html.escape(item.note)}</em></p>")
+                elif isinstance(item, Figure):
+                    parts.append(f'<figure><img src="{html.escape(item.path.name)}" alt="{html.escape(item.title)}">'
+                                 f"<figcaption>{html.escape(item.caption or item.title)}</figcaption></figure>")
+                else:
+                    parts.append(f"<p>{html.escape(str(item))}</p>")
+        settings = {**self._settings, **{f"env.{k}": v for k, v in self.environment().items()}}
+        parts.append("<h2>Settings (to reproduce every number above)</h2>")
+        parts.append(Table("settings", [{"setting": k, "value": v} for k, v in settings.items()]).html())
+        style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;}table{border-collapse:collapse;}"
+                 "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right;}img{max-width:100%;}")
+        return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
+                f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
+
+    def write(self) -> Path:
+        """Write ``report.md``, ``report.html`` and ``results.json``; returns the Markdown path."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        md = self.out_dir / "report.md"
+        md.write_text(self.markdown())
+        (self.out_dir / "report.html").write_text(self.html())
+        payload = {"title": self.title, "settings": self._settings,
+                   "tables": [{"title": t.title, "rows": t.rows} for t in self._tables]}
+        (self.out_dir / "results.json").write_text(json.dumps(payload, indent=2, default=_json_default))
+        return md
+
+
+def _json_default(v):
+    try:
+        return float(v)
+    except Exception:
+        return str(v)
+
+
+def _slug(text: str) -> str:
+    keep = "".join(c.lower() if c.isalnum() else "_" for c in text)
+    return "_".join(p for p in keep.split("_") if p)[:60] or "figure"
+
+
+def compare_runs(run_dirs: Sequence[Union[str, Path]], out_dir: Union[str, Path],
+                 title: str = "Comparison of runs") -> Path:
+    """Merge the ``results.json`` of several runs into one comparison report (``mmrobust report``)."""
+    report = Report(title, out_dir)
+    merged: Dict[str, List[Dict[str, Any]]] = {}
+    for d in run_dirs:
+        path = Path(d) / "results.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"run directory {d} has no results.json (written by Report.write)")
+        data = json.loads(path.read_text())
+        for t in data["tables"]:
+            merged.setdefault(t["title"], []).extend({"run": Path(d).name, **r} for r in t["rows"])
+        report.settings({f"{Path(d).name}.{k}": v for k, v in data.get("settings", {}).items()})
+    report.section("Tables")
+    for title_, rows in merged.items():
+        report.table(title_, rows)
+    return report.write()
