@@ -1,0 +1,9 @@
+"""Robustness metrics: torchmetrics ``Metric``s fed by :class:`~mmrobust.attacks.AttackResult`s."""
+
+from .bit_errors import BitErrorAccuracy
+from .confidence import ConfidenceThresholdedError
+from .minimal_perturbation import MinimalPerturbation
+from .robust_accuracy import AttackSuccessRate, CleanAccuracy, RobustAccuracy, worst_case_robust
+
+__all__ = ["BitErrorAccuracy", "RobustAccuracy", "CleanAccuracy", "AttackSuccessRate", "worst_case_robust", "MinimalPerturbation",
+           "ConfidenceThresholdedError"]
