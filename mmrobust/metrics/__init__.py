@@ -7,3 +7,8 @@ from .robust_accuracy import AttackSuccessRate, CleanAccuracy, RobustAccuracy, w
 
 __all__ = ["BitErrorAccuracy", "RobustAccuracy", "CleanAccuracy", "AttackSuccessRate", "worst_case_robust", "MinimalPerturbation",
            "ConfidenceThresholdedError"]
+
+from .certified import CertifiedAccuracy  # noqa: E402
+from .flatness import WeightFlatness  # noqa: E402
+
+__all__ += ["WeightFlatness", "CertifiedAccuracy"]

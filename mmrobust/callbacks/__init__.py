@@ -1,0 +1,2 @@
+from .noise import GaussianNoiseTraining
+from .weight_perturbation import AdversarialWeightPerturbation
