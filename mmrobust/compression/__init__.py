@@ -1,0 +1,9 @@
+"""Compression and weight robustness: quantisation, random bit errors, pruning, Fourier sparsity, distillation."""
+
+from .bit_errors import bit_error_mask, bit_errors, popcount
+from .quantization import (FakeQuantize, QuantizerConfig, clip_weights, dequantize_model, export_quantized,
+                           fake_quantize, model_size_bytes, quantize_model, quantize_tensor, quantized_modules)
+
+__all__ = ["QuantizerConfig", "FakeQuantize", "quantize_model", "dequantize_model", "quantize_tensor", "fake_quantize",
+           "quantized_modules", "clip_weights", "export_quantized", "model_size_bytes", "bit_errors", "bit_error_mask",
+           "popcount"]

@@ -1,0 +1,113 @@
+"""Accuracy under random bit errors in the quantised weights (Stutz et al. 2021, https://arxiv.org/abs/2006.13977)."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+from torchmetrics import Metric
+
+from ..adapters.base import BatchAdapter, infer_adapter
+from ..attacks.base import normal_tensor
+from ..compression.bit_errors import bit_errors, has_quantized_weights
+from ..compression.quantization import QuantizerConfig, dequantize_model, quantize_model
+from ..errors import check_fraction, check_int
+from ..utils import make_generator
+
+
+class BitErrorAccuracy(Metric):
+    """Mean, spread and worst case of the accuracy over random bit error patterns, for several rates.
+
+    Stutz et al. 2021 (Sec. 3, "RErr") evaluate a quantised model on ``K`` fixed random patterns per bit
+    error rate ``p`` and report the mean and spread over patterns:
+
+    .. math:: \\mathrm{Acc}_{p,k} = \\frac{1}{N}\\sum_n \\mathbb 1[f(x_n; \\widetilde{Q(w)}^{(p,k)}) = y_n],\\quad
+        \\text{mean}_k,\\ \\text{std}_k,\\ \\min_k \\mathrm{Acc}_{p,k}
+
+    Pattern ``k`` at rate index ``r`` is drawn from seed :meth:`pattern_seed` ``(r, k)``, the same for
+    every batch, so each ``Acc_{p,k}`` is the accuracy of one perturbed model over the whole data set.
+    ``update(model, batch)`` runs ``len(rates) * patterns + 1`` forward passes in eval mode (the model's
+    modes are restored). Batches of any modality are read through their adapter (``adapter=None``
+    infers it), so graph node classification counts nodes.
+
+    ``compute()`` returns a dict: ``clean`` (scalar), and per rate (tensors of length ``len(rates)``)
+    ``mean``, ``std`` (sample std over patterns), ``min``, ``max``; ``rates`` repeats the rates.
+
+    Args:
+        rates: bit error rates in [0, 1].
+        patterns: number of random patterns ``K`` per rate.
+        seed: base seed of the patterns.
+        quantizer: used to quantise models without quantised weights for the duration of ``update``.
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, rates: Sequence[float] = (0.001, 0.005, 0.01), patterns: int = 10, *, seed: int = 0,
+                 quantizer: Optional[QuantizerConfig] = None, adapter: Optional[BatchAdapter] = None, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(rates, (int, float)):
+            rates = (rates,)
+        if len(rates) == 0:
+            raise ValueError("rates must be a non-empty sequence of bit error rates in [0, 1]")
+        self.rates = tuple(check_fraction("rates", r) for r in rates)
+        self.patterns = check_int("patterns", patterns, 1)
+        self.seed = check_int("seed", seed, 0)
+        self.quantizer = quantizer
+        self.adapter = adapter
+        self.add_state("correct", default=torch.zeros(len(self.rates), self.patterns, dtype=torch.long),
+                       dist_reduce_fx="sum")
+        self.add_state("clean_correct", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("total", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def pattern_seed(self, rate_index: int, pattern: int) -> int:
+        return (self.seed * 1_000_003 + rate_index * 10_007 + pattern) % (2 ** 63)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, batch: Any) -> None:
+        temporary = not has_quantized_weights(model)
+        if temporary and self.quantizer is None:
+            raise ValueError("model has no quantised weights; quantise it (mmrobust.compression.quantize_model) "
+                             "or give BitErrorAccuracy(quantizer=QuantizerConfig(...))")
+        modes = [(m, m.training) for m in model.modules()]
+        try:
+            if temporary:
+                quantize_model(model, self.quantizer)
+            model.eval()
+            adapter = self.adapter or infer_adapter(batch)
+            victim = adapter.victim(model, batch)
+            inputs = {k: normal_tensor(v) for k, v in victim.inputs.items()}
+            target = victim.target
+            device = target.device
+            correct = torch.zeros(len(self.rates), self.patterns, dtype=torch.long, device=device)
+            clean = (victim.forward(inputs).argmax(1) == target).sum()
+            for r, rate in enumerate(self.rates):
+                for k in range(self.patterns):
+                    gen = make_generator(self.pattern_seed(r, k), next(model.parameters()).device)
+                    with bit_errors(model, rate, generator=gen):
+                        correct[r, k] = (victim.forward(inputs).argmax(1) == target).sum()
+        finally:
+            for m, training in modes:
+                m.training = training
+            if temporary:
+                dequantize_model(model)
+        # not in place: states may be inference tensors inside Lightning's eval loop
+        self.correct = self.correct + correct.to(self.correct.device)
+        self.clean_correct = self.clean_correct + clean.to(self.clean_correct.device)
+        self.total = self.total + target.numel()
+
+    def compute(self) -> Dict[str, Tensor]:
+        if int(self.total) == 0:
+            nan = torch.full((len(self.rates),), float("nan"))
+            return {"rates": torch.tensor(self.rates), "clean": torch.tensor(float("nan")), "mean": nan,
+                    "std": nan, "min": nan, "max": nan}
+        acc = self.correct.double() / self.total.double()
+        std = acc.std(1) if self.patterns > 1 else torch.zeros_like(acc[:, 0])
+        return {"rates": torch.tensor(self.rates, dtype=torch.float64), "clean": self.clean_correct.double() / self.total,
+                "mean": acc.mean(1), "std": std, "min": acc.amin(1), "max": acc.amax(1)}
+
+    def per_pattern(self) -> Tensor:
+        """Accuracy of every (rate, pattern) pair, shape ``(len(rates), patterns)``."""
+        return self.correct.double() / self.total.double().clamp_min(1)
