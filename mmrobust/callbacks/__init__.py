@@ -1,2 +1,4 @@
 from .noise import GaussianNoiseTraining
 from .weight_perturbation import AdversarialWeightPerturbation
+from .bit_errors import RandomBitErrorTraining
+from .quantization import Quantization
