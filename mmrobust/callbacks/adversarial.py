@@ -1,0 +1,283 @@
+"""Adversarial training as Lightning callbacks: the training batch is replaced by adversarial examples.
+
+Lightning hands ``Callback.on_train_batch_start`` the very batch object that ``training_step`` receives
+next (after the device transfer), and callbacks have no hook that may return a new batch
+(``on_after_batch_transfer`` belongs to the LightningModule/DataModule).  The callbacks therefore replace
+the batch's *entries* in place -- list items, dict values, or attributes of objects such as PyG ``Data``
+-- with new tensors; the user's tensors themselves are never written to.  Tuples cannot be changed in
+place: return lists or dicts from the collate function (the default collate already returns lists).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, MutableMapping, MutableSequence
+from typing import Any, Dict, Optional
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_warn
+from torch import Tensor
+
+from ..adapters.base import BatchAdapter, infer_adapter
+from ..attacks.base import Attack, attack_mode
+from ..attacks.pgd import FGSM, PGD
+from ..errors import check_finite_nonneg, check_fraction, check_int, check_positive
+from ..threats.base import ThreatModel
+from ..utils import make_generator
+
+
+def assign_batch(batch: Any, new: Any) -> None:
+    """Make ``batch`` hold ``new``'s entries, replacing references only (never writing into tensors)."""
+    if isinstance(batch, MutableMapping):
+        for k in new:
+            batch[k] = new[k]
+        return
+    if isinstance(batch, MutableSequence):
+        for i, v in enumerate(new):
+            batch[i] = v
+        return
+    if isinstance(batch, tuple):
+        raise TypeError(
+            "adversarial training callbacks replace the training batch's entries in place, but this batch "
+            f"is an immutable {type(batch).__name__}; return a list or a dict from the DataLoader's "
+            "collate_fn (torch's default collate already returns lists for (x, y) samples) or use "
+            "mmrobust.training.RobustClassifier, which attacks inside training_step")
+    keys = getattr(batch, "keys", None)
+    if callable(keys) and hasattr(batch, "__setattr__"):  # PyG Data/Batch and similar attribute stores
+        for k in (new.keys() if callable(getattr(new, "keys", None)) else keys()):
+            setattr(batch, k, getattr(new, k))
+        return
+    raise TypeError(f"cannot replace the entries of a batch of type {type(batch).__name__} in place; "
+                    "use lists, dicts or PyG Data batches")
+
+
+def scaled_threat(threat, factor: float):
+    """The threat (or mapping of threats) with every budget multiplied by ``factor``."""
+    if isinstance(threat, ThreatModel):
+        return threat.with_eps(threat.eps * factor)
+    return {k: t.with_eps(t.eps * factor) for k, t in threat.items()}
+
+
+class AdversarialTraining(pl.Callback):
+    """Adversarial training (Madry et al. 2018, https://arxiv.org/abs/1706.06083, Eq. 2.1).
+
+    .. math:: \\min_\\theta\\ \\mathbb{E}_{(x,y)}\\Big[\\max_{\\delta \\in \\Delta(x)} \\mathcal{L}(f_\\theta(x+\\delta), y)\\Big]
+
+    Before every ``training_step`` (from ``start_epoch`` on, every ``every_n_steps`` steps) the batch's
+    attackable inputs are replaced by ``attack.generate(pl_module, batch)``; the module's own
+    ``training_step`` then minimises its loss on them.  The attack runs with the module in eval mode
+    (batch-norm statistics untouched) and parameters frozen, and everything is restored afterwards
+    (:func:`~mmrobust.attacks.attack_mode`).
+
+    Args:
+        attack: the inner maximisation, e.g. ``PGD(LinfBall(0.3, lower=0, upper=1), steps=40, seed=0)``.
+            Give it a ``seed`` for reproducible and resumable runs.
+        ratio: fraction of each batch's units replaced by adversarial versions (1: all, Madry et al.;
+            0.5: the mixed objective of Goodfellow et al. 2015).  Units are drawn at random with the
+            callback's own seeded generator; only the drawn units are attacked.
+        every_n_steps: attack every n-th training batch (others stay clean).
+        warmup_epochs: linear budget warm-up from 0 to the attack's budget over this many epochs after
+            ``start_epoch`` (per step, fractional epochs allowed); 0 disables it.
+        start_epoch: first epoch with adversarial batches (clean pre-training before it).
+        adapter: how to read the batch; the attack's adapter or :func:`infer_adapter` when ``None``.
+        seed: seed of the generator that picks the adversarial units when ``ratio < 1``.
+    """
+
+    def __init__(self, attack: Attack, *, ratio: float = 1.0, every_n_steps: int = 1, warmup_epochs: float = 0,
+                 start_epoch: int = 0, adapter: Optional[BatchAdapter] = None, seed: int = 0):
+        if not isinstance(attack, Attack):
+            raise TypeError(f"attack must be an mmrobust Attack, got {type(attack).__name__}")
+        if attack.targeted:
+            raise ValueError("adversarial training needs an untargeted attack (targeted=False)")
+        self.attack = attack
+        self.ratio = check_fraction("ratio", ratio, open_low=True)
+        self.every_n_steps = check_int("every_n_steps", every_n_steps, 1)
+        self.warmup_epochs = check_finite_nonneg("warmup_epochs", warmup_epochs)
+        self.start_epoch = check_int("start_epoch", start_epoch, 0)
+        self.adapter = adapter
+        self.seed = check_int("seed", seed, 0)
+        self._generator: Optional[torch.Generator] = None
+        self.steps_seen = 0
+        self.adversarial_steps = 0
+        self.current_budget_factor = 1.0
+
+    # -- state ------------------------------------------------------------------------------------
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(attack=self.attack.describe(), ratio=self.ratio)
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"steps_seen": self.steps_seen, "adversarial_steps": self.adversarial_steps,
+                "attack": self.attack.state_dict(),
+                "rng": None if self._generator is None else self._generator.get_state()}
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        self.steps_seen = int(state_dict["steps_seen"])
+        self.adversarial_steps = int(state_dict["adversarial_steps"])
+        self.attack.load_state_dict(state_dict["attack"])
+        if state_dict.get("rng") is not None:
+            self._generator = make_generator(self.seed, "cpu")
+            self._generator.set_state(state_dict["rng"])
+
+    # -- schedule ---------------------------------------------------------------------------------
+    def budget_factor(self, trainer: "pl.Trainer", batch_idx: int) -> float:
+        """Fraction of the full budget at this step (linear warm-up)."""
+        if self.warmup_epochs == 0:
+            return 1.0
+        per_epoch = trainer.num_training_batches
+        progress = 0.0 if not per_epoch or math.isinf(per_epoch) else batch_idx / per_epoch
+        done = trainer.current_epoch - self.start_epoch + progress
+        return min(1.0, max(0.0, done / self.warmup_epochs))
+
+    def is_active(self, trainer: "pl.Trainer") -> bool:
+        return trainer.current_epoch >= self.start_epoch and self.steps_seen % self.every_n_steps == 0
+
+    def _attack_at(self, factor: float, device) -> Attack:
+        if factor >= 1.0:
+            return self.attack
+        # the copy shares the attack's generator object, so its random starts advance the same stream
+        self.attack.generator(device)
+        return self.attack.with_threat(scaled_threat(self.attack.threat, factor))
+
+    def _unit_generator(self) -> torch.Generator:
+        if self._generator is None:
+            self._generator = make_generator(self.seed, "cpu")
+        return self._generator
+
+    # -- the hook ---------------------------------------------------------------------------------
+    def on_train_batch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any,
+                             batch_idx: int) -> None:
+        active = self.is_active(trainer)
+        self.steps_seen += 1
+        if not active:
+            return
+        factor = self.budget_factor(trainer, batch_idx)
+        self.current_budget_factor = factor
+        if factor == 0.0:
+            return
+        adv = self.adversarial_batch(pl_module, batch, self._attack_at(factor, pl_module.device))
+        assign_batch(batch, adv)
+        self.adversarial_steps += 1
+
+    def adversarial_batch(self, model: torch.nn.Module, batch: Any, attack: Attack) -> Any:
+        """``batch`` with (a ``ratio`` fraction of) its units replaced by adversarial versions."""
+        if isinstance(batch, tuple):
+            assign_batch(batch, batch)  # fail before spending an attack on an immutable batch
+        adapter = self.adapter or attack.adapter or infer_adapter(batch)
+        if attack.adapter is None and self.adapter is not None:
+            attack = attack.with_threat(attack.threat)
+            attack.adapter = self.adapter
+        if self.ratio >= 1.0:
+            return attack.generate(model, batch)
+        with attack_mode(model):
+            victim = adapter.victim(model, batch)
+        n = victim.num_units
+        k = max(1, int(round(self.ratio * n)))
+        device = next(iter(victim.inputs.values())).device
+        order = torch.randperm(n, generator=self._unit_generator()).to(device)
+        chosen = order[:k].sort().values
+        mixed = {name: t.clone() for name, t in victim.inputs.items()}
+        if victim.select is not None:
+            sub = victim.select(chosen)
+            adv_sub = attack.generate(model, sub.rebuild(sub.inputs))
+            with attack_mode(model):
+                adv_inputs = adapter.victim(model, adv_sub).inputs
+            for name in mixed:
+                mixed[name][chosen] = adv_inputs[name].to(mixed[name].dtype)
+        else:  # units cannot be separated: attack all, keep the chosen units' perturbations
+            with attack_mode(model):
+                adv_inputs = adapter.victim(model, attack.generate(model, batch)).inputs
+            for name in mixed:
+                mixed[name][chosen] = adv_inputs[name][chosen]
+        return victim.rebuild({name: t.detach() for name, t in mixed.items()})
+
+
+def catastrophic_overfitting(pgd_acc: float, fgsm_acc: float, best_pgd_acc: float, *, co_threshold: float,
+                             max_drop: float) -> Optional[str]:
+    """The rule :class:`FastAdversarialTraining` warns on; ``None`` when training looks healthy.
+
+    Catastrophic overfitting (Wong et al. 2020, Sec. 5.3) shows as PGD accuracy collapsing while FGSM
+    accuracy stays high.  It is flagged when, on the probe batch,
+
+    * ``pgd_acc < co_threshold * fgsm_acc`` (PGD finds far more errors than the training attack), or
+    * ``pgd_acc < best_pgd_acc - max_drop`` (PGD accuracy fell more than ``max_drop`` below its best;
+      Wong et al.'s early stopping uses a drop of 0.2 on a training minibatch).
+    """
+    if pgd_acc < co_threshold * fgsm_acc:
+        return (f"PGD probe accuracy {pgd_acc:.3f} is below {co_threshold:g} x the FGSM accuracy "
+                f"{fgsm_acc:.3f}")
+    if pgd_acc < best_pgd_acc - max_drop:
+        return f"PGD probe accuracy {pgd_acc:.3f} dropped more than {max_drop:g} below its best {best_pgd_acc:.3f}"
+    return None
+
+
+class FastAdversarialTraining(AdversarialTraining):
+    """Fast adversarial training: FGSM from a random start (Wong et al. 2020, https://arxiv.org/abs/2001.03994, Alg. 3).
+
+    .. math:: \\delta = \\Pi_{\\Delta(x)}\\big(\\eta + \\alpha\\,\\mathrm{sign}\\nabla_\\eta \\mathcal{L}(f(x+\\eta), y)\\big),
+              \\quad \\eta \\sim U(\\Delta(x)),\\ \\alpha = 1.25\\,\\epsilon
+
+    plus a catastrophic-overfitting check: every ``probe_every_n_steps`` training steps a PGD attack
+    (``probe_steps`` steps) and the FGSM attack are evaluated on the current clean batch (module in eval
+    mode), ``train/pgd_probe_acc`` and ``train/fgsm_probe_acc`` are logged, and a rank-zero warning is
+    raised under the rule of :func:`catastrophic_overfitting`.  ``overfitting_detected`` stays true after
+    a warning (and is part of the checkpointed state).
+
+    Args:
+        threat: the budget (e.g. ``LinfBall(0.3, lower=0, upper=1)``).
+        step_size: FGSM step as a fraction of the radius (1.25 in the paper).
+        probe_every_n_steps: steps between probes (0 disables the probe).
+        probe_steps: PGD steps of the probe.
+        co_threshold / max_drop: the warning rule, see :func:`catastrophic_overfitting`.
+        seed: seeds the FGSM random starts, the probe's random starts and the unit draws.
+        Other keyword arguments go to :class:`AdversarialTraining`.
+    """
+
+    def __init__(self, threat, *, step_size: float = 1.25, probe_every_n_steps: int = 50, probe_steps: int = 10,
+                 co_threshold: float = 0.5, max_drop: float = 0.2, seed: int = 0, **kwargs):
+        attack = FGSM(threat, step_size=check_positive("step_size", step_size), random_start=True, seed=seed,
+                      adapter=kwargs.get("adapter"))
+        super().__init__(attack, seed=seed, **kwargs)
+        self.probe_every_n_steps = check_int("probe_every_n_steps", probe_every_n_steps, 0)
+        self.probe = PGD(threat, steps=check_int("probe_steps", probe_steps, 1), seed=seed + 1,
+                         adapter=kwargs.get("adapter"))
+        self.co_threshold = check_fraction("co_threshold", co_threshold)
+        self.max_drop = check_fraction("max_drop", max_drop)
+        self.best_probe_acc = -1.0
+        self.overfitting_detected = False
+
+    def state_dict(self) -> Dict[str, Any]:
+        state = super().state_dict()
+        state.update(probe=self.probe.state_dict(), best_probe_acc=self.best_probe_acc,
+                     overfitting_detected=self.overfitting_detected)
+        return state
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.probe.load_state_dict(state_dict["probe"])
+        self.best_probe_acc = float(state_dict["best_probe_acc"])
+        self.overfitting_detected = bool(state_dict["overfitting_detected"])
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if (self.probe_every_n_steps and trainer.current_epoch >= self.start_epoch
+                and self.steps_seen % self.probe_every_n_steps == 0):
+            self.run_probe(pl_module, batch)
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+
+    def run_probe(self, pl_module: "pl.LightningModule", batch: Any) -> Optional[str]:
+        """PGD and FGSM accuracy on the clean ``batch``; logs them and warns on catastrophic overfitting."""
+        pgd = self.probe(pl_module, batch)
+        fgsm = self.attack(pl_module, batch)
+        pgd_acc = pgd.adv_correct.float().mean().item()
+        fgsm_acc = fgsm.adv_correct.float().mean().item()
+        pl_module.log("train/pgd_probe_acc", pgd_acc, on_step=True, on_epoch=False)
+        pl_module.log("train/fgsm_probe_acc", fgsm_acc, on_step=True, on_epoch=False)
+        reason = catastrophic_overfitting(pgd_acc, fgsm_acc, self.best_probe_acc, co_threshold=self.co_threshold,
+                                          max_drop=self.max_drop)
+        self.best_probe_acc = max(self.best_probe_acc, pgd_acc)
+        if reason is not None:
+            self.overfitting_detected = True
+            rank_zero_warn(f"FastAdversarialTraining: possible catastrophic overfitting at step {self.steps_seen}: "
+                           f"{reason}. Consider a smaller step_size, early stopping, or PGD training.")
+        return reason

@@ -1,0 +1,5 @@
+"""Robust training LightningModules."""
+
+from .classifier import RobustClassifier
+
+__all__ = ["RobustClassifier"]

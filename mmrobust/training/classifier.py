@@ -1,0 +1,201 @@
+"""A LightningModule that trains any classifier with a robust objective, for any batch adapter."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Sequence
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+
+from ..adapters.base import BatchAdapter, Victim, infer_adapter
+from ..attacks.base import Attack, attack_mode
+from ..errors import check_choice, check_finite_nonneg, check_fraction, check_int, check_positive
+from ..objectives import OBJECTIVES, ccat_loss, mart_loss, trades_loss
+
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULERS = (None, "cosine", "multistep")
+
+
+class RobustClassifier(pl.LightningModule):
+    """Robust training of ``model`` with one of the standard objectives.
+
+    * ``"ce"``: cross-entropy on the adversarial batch from ``attack`` (PGD-AT, Madry et al. 2018,
+      https://arxiv.org/abs/1706.06083, Eq. 2.1), or on the clean batch without an attack;
+    * ``"trades"``: :func:`~mmrobust.objectives.trades_loss` (Zhang et al. 2019, Eq. 5) with ``beta``;
+      use :class:`~mmrobust.objectives.TradesAttack` as the attack;
+    * ``"mart"``: :func:`~mmrobust.objectives.mart_loss` (Wang et al. 2020, Eq. 7) with ``beta``;
+    * ``"ccat"``: :func:`~mmrobust.objectives.ccat_loss` (Stutz et al. 2020): the first half of each batch
+      clean, the second half attacked with ``attack`` (use
+      ``PGD(threat, loss=mmrobust.objectives.other_class_confidence)``) and trained towards
+      :math:`(1-\\lambda)\\,\\mathrm{onehot} + \\lambda/K`, :math:`\\lambda = 1-(1-\\min(1, \\|\\delta\\|/\\epsilon))^\\rho`.
+      Evaluate by confidence thresholding.
+
+    Batches go through adapters (``adapter`` or :func:`infer_adapter`), so image, audio and graph
+    batches all work; the attack runs in eval mode (batch-norm statistics untouched).
+
+    Logs ``train/loss``, ``train/clean_acc``, ``train/adv_acc`` (with an attack), ``val/clean_acc`` and
+    ``test/clean_acc``.
+
+    Args:
+        model: the classifier (``self.model``); called through the adapter.
+        objective: ``"ce"``, ``"trades"``, ``"mart"`` or ``"ccat"``.
+        attack: the training attack (required for the robust objectives).
+        beta: TRADES' ``1/lambda`` or MART's ``lambda``.
+        rho: CCAT's transition exponent.
+        optimizer: ``"sgd"`` (momentum ``momentum``, Nesterov off) or ``"adam"``.
+        lr, weight_decay, momentum: optimizer settings.
+        scheduler: ``None``, ``"cosine"`` (to 0 over ``trainer.max_epochs``) or ``"multistep"`` (decay by
+            ``gamma`` at the ``milestones`` fractions of ``trainer.max_epochs``), stepped per epoch.
+        adapter: how to read batches.
+        track_clean_acc: with ``objective="ce"`` and an attack, spend one extra forward pass (eval mode, no
+            gradients) per step to log ``train/clean_acc``; switch off for timing.
+    """
+
+    def __init__(self, model: nn.Module, *, objective: str = "ce", attack: Optional[Attack] = None,
+                 beta: float = 6.0, rho: float = 10.0, optimizer: str = "sgd", lr: float = 0.1,
+                 weight_decay: float = 5e-4, momentum: float = 0.9, scheduler: Optional[str] = None,
+                 milestones: Sequence[float] = (0.5, 0.75), gamma: float = 0.1,
+                 adapter: Optional[BatchAdapter] = None, track_clean_acc: bool = True):
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.objective = check_choice("objective", objective, OBJECTIVES)
+        if attack is not None and not isinstance(attack, Attack):
+            raise TypeError(f"attack must be an mmrobust Attack or None, got {type(attack).__name__}")
+        if objective != "ce" and attack is None:
+            raise ValueError(f"objective={objective!r} needs a training attack (attack=...)")
+        if attack is not None and attack.targeted:
+            raise ValueError("the training attack must be untargeted")
+        self.attack = attack
+        self.beta = check_finite_nonneg("beta", beta)
+        self.rho = check_positive("rho", rho)
+        self.optimizer_name = check_choice("optimizer", optimizer, OPTIMIZERS)
+        self.lr = check_positive("lr", lr)
+        self.weight_decay = check_finite_nonneg("weight_decay", weight_decay)
+        self.momentum = check_fraction("momentum", momentum, open_high=True)
+        self.scheduler_name = check_choice("scheduler", scheduler, SCHEDULERS)
+        self.milestones = [check_fraction("milestones", m, open_low=True, open_high=True) for m in milestones]
+        self.gamma = check_fraction("gamma", gamma, open_low=True)
+        self.adapter = adapter
+        self.track_clean_acc = bool(track_clean_acc)
+
+    def forward(self, x: Any) -> Tensor:
+        return self.model(x)
+
+    # -- attack state travels with the checkpoint -------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        if self.attack is not None:
+            checkpoint["mmrobust_attack"] = self.attack.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        if self.attack is not None and "mmrobust_attack" in checkpoint:
+            self.attack.load_state_dict(checkpoint["mmrobust_attack"])
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def _adapter(self, batch: Any) -> BatchAdapter:
+        return self.adapter or (self.attack.adapter if self.attack is not None else None) or infer_adapter(batch)
+
+    def victim(self, batch: Any) -> Victim:
+        return self._adapter(batch).victim(self, batch)
+
+    def _attack(self, batch: Any) -> Any:
+        attack = self.attack
+        if self.adapter is not None and attack.adapter is None:
+            attack = attack.with_threat(attack.threat)
+            attack.adapter = self.adapter
+        return attack.generate(self, batch)
+
+    @staticmethod
+    def _accuracy(logits: Tensor, y: Tensor) -> Tensor:
+        return (logits.argmax(1) == y).float().mean()
+
+    # -- steps ------------------------------------------------------------------------------------
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        victim = self.victim(batch)
+        y = victim.target
+        n = y.shape[0]
+        if self.attack is None:
+            logits = victim.forward(victim.inputs)
+            loss = nn.functional.cross_entropy(logits, y)
+            self.log("train/clean_acc", self._accuracy(logits.detach(), y), batch_size=n)
+        elif self.objective == "ccat":
+            loss = self._ccat_step(batch, victim)
+        else:
+            adv_victim = self.victim(self._attack(batch))
+            logits_adv = adv_victim.forward(adv_victim.inputs)
+            if self.objective == "ce":
+                loss = nn.functional.cross_entropy(logits_adv, y)
+                logits_clean = None
+                if self.track_clean_acc:  # eval mode: must not move batch-norm statistics
+                    with attack_mode(self), torch.no_grad():
+                        logits_clean = victim.forward(victim.inputs)
+            else:
+                logits_clean = victim.forward(victim.inputs)
+                fn = trades_loss if self.objective == "trades" else mart_loss
+                loss = fn(logits_clean, logits_adv, y, self.beta)
+            if logits_clean is not None:
+                self.log("train/clean_acc", self._accuracy(logits_clean.detach(), y), batch_size=n)
+            self.log("train/adv_acc", self._accuracy(logits_adv.detach(), y), batch_size=n)
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=n)
+        return loss
+
+    def _ccat_step(self, batch: Any, victim: Victim) -> Tensor:
+        """Half clean, half adversarial (Stutz et al. 2020, Alg. 1); falls back to both on the whole batch
+        when the adapter cannot split units (``Victim.select`` is ``None``)."""
+        n_units = victim.num_units
+        if victim.select is not None and n_units >= 2:
+            half = n_units // 2
+            device = victim.target.device
+            clean_v = victim.select(torch.arange(half, device=device))
+            adv_src = victim.select(torch.arange(half, n_units, device=device))
+        else:
+            clean_v = adv_src = victim
+        adv_batch = self._attack(adv_src.rebuild(adv_src.inputs))
+        adv_v = self.victim(adv_batch)
+        threats = self.attack.threats_for(adv_src)
+        relative = torch.zeros(adv_src.num_units, device=adv_src.target.device)
+        for name, threat in threats.items():
+            x = adv_src.inputs[name]
+            size = threat.size(adv_v.inputs[name] - x, x) / threat.radius(x).clamp_min(1e-12)
+            relative = torch.maximum(relative, size.to(relative.dtype))
+        relative = adv_src.per_output(relative)
+        logits_clean = clean_v.forward(clean_v.inputs)
+        logits_adv = adv_v.forward(adv_v.inputs)
+        loss = ccat_loss(logits_clean, clean_v.target, logits_adv, adv_v.target, relative.detach(), self.rho)
+        self.log("train/clean_acc", self._accuracy(logits_clean.detach(), clean_v.target),
+                 batch_size=clean_v.num_outputs)
+        self.log("train/adv_acc", self._accuracy(logits_adv.detach(), adv_v.target), batch_size=adv_v.num_outputs)
+        return loss
+
+    def _evaluate(self, batch: Any, stage: str) -> Tensor:
+        victim = self.victim(batch)
+        logits = victim.forward(victim.inputs)
+        acc = self._accuracy(logits, victim.target)
+        self.log(f"{stage}/clean_acc", acc, prog_bar=stage == "val", batch_size=victim.num_outputs)
+        self.log(f"{stage}/loss", nn.functional.cross_entropy(logits, victim.target), batch_size=victim.num_outputs)
+        return acc
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self._evaluate(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self._evaluate(batch, "test")
+
+    # -- optimisation -----------------------------------------------------------------------------
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.optimizer_name == "sgd":
+            opt = torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+        else:
+            opt = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+        if self.scheduler_name is None:
+            return opt
+        epochs = max(1, int(self.trainer.max_epochs or 1))
+        if self.scheduler_name == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+        else:
+            marks = sorted({max(1, int(round(m * epochs))) for m in self.milestones})
+            sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=marks, gamma=self.gamma)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
