@@ -1,0 +1,127 @@
+"""Robust accuracy during Lightning validation and testing, logged so checkpoints can monitor it."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+
+from ..adapters.base import BatchAdapter
+from ..errors import check_choice, check_int
+from ..evaluation import Attacks, named_attacks
+from ..metrics.robust_accuracy import CleanAccuracy, RobustAccuracy
+
+STAGES = ("validate", "test")
+_LOG_PREFIX = {"validate": "val", "test": "test"}
+
+
+class RobustnessEvaluation(Callback):
+    """Attack validation/test batches and log clean, worst-case robust and per-attack accuracy.
+
+    Logs, per stage (``val`` or ``test``): ``<stage>/clean_acc``, ``<stage>/robust_acc`` (worst case
+    over the attacks, Croce & Hein 2020, https://arxiv.org/abs/2003.01690) and
+    ``<stage>/robust_acc/<attack name>``, as epoch-level torchmetrics values (synchronised across
+    processes by torchmetrics), so ``ModelCheckpoint(monitor="val/robust_acc", mode="max")`` and
+    ``EarlyStopping`` can use them:
+
+    .. math:: \\mathrm{RA} = \\frac1N\\sum_n \\mathbb 1[f(x_n)=y_n]\\prod_a \\mathbb 1[f(x_n+\\delta^a_n)=y_n]
+
+    Attacks run on the LightningModule's ``forward`` in eval mode with frozen parameters
+    (:func:`~mmrobust.attacks.attack_mode`); the module's modes, flags and weights are unchanged
+    afterwards, also when an attack raises. They work under Lightning's default
+    ``Trainer(inference_mode=True)``: batch tensors created in inference mode are cloned into normal
+    tensors. A model whose parameters are themselves inference tensors cannot be differentiated; then a
+    clear error asks for ``Trainer(inference_mode=False)``.
+
+    Args:
+        attacks: an Attack, a list, or a dict ``name -> Attack`` (names appear in the logged keys).
+        every_n_epochs: attack only every n-th epoch (``current_epoch % n == 0``).
+        max_batches: attack only the first ``max_batches`` batches of every dataloader per epoch.
+        stages: any of ``"validate"``, ``"test"``.
+        adapter: how to read batches, for attacks that have none.
+        prefix: prepended to the logged keys, e.g. ``"adv_"`` -> ``adv_val/robust_acc``.
+
+    The sanity-check validation run is skipped. The attacks' random-generator states are in
+    :meth:`state_dict`, so a resumed run draws the same random starts.
+    """
+
+    def __init__(self, attacks: Attacks, *, every_n_epochs: int = 1, max_batches: Optional[int] = None,
+                 stages: Sequence[str] = STAGES, adapter: Optional[BatchAdapter] = None,
+                 prefix: Optional[str] = None):
+        super().__init__()
+        self.attacks = named_attacks(attacks, adapter)
+        self.every_n_epochs = check_int("every_n_epochs", every_n_epochs, 1)
+        self.max_batches = None if max_batches is None else check_int("max_batches", max_batches, 1)
+        if isinstance(stages, str):
+            stages = (stages,)
+        self.stages = tuple(check_choice("stages entries", s, STAGES) for s in stages)
+        if prefix is not None and not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a string or None, got {type(prefix).__name__}")
+        self.prefix = prefix or ""
+        self._metrics: Dict[Tuple[str, int], Dict[str, RobustAccuracy]] = {}
+
+    # -- state ------------------------------------------------------------------------------------
+    def state_dict(self) -> Dict[str, Any]:
+        return {"attacks": {name: a.state_dict() for name, a in self.attacks.items()}}
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        for name, state in state_dict.get("attacks", {}).items():
+            if name in self.attacks:
+                self.attacks[name].load_state_dict(state)
+
+    # -- hooks ------------------------------------------------------------------------------------
+    def on_validation_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any,
+                                batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if trainer.sanity_checking:
+            return
+        self._attack_batch("validate", trainer, pl_module, batch, batch_idx, dataloader_idx)
+
+    def on_test_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any,
+                          batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._attack_batch("test", trainer, pl_module, batch, batch_idx, dataloader_idx)
+
+    # -- work -------------------------------------------------------------------------------------
+    def _active(self, stage: str, trainer: "pl.Trainer", batch_idx: int) -> bool:
+        if stage not in self.stages:
+            return False
+        if self.max_batches is not None and batch_idx >= self.max_batches:
+            return False
+        return trainer.current_epoch % self.every_n_epochs == 0
+
+    def _metric_set(self, stage: str, dataloader_idx: int, device: torch.device) -> Dict[str, RobustAccuracy]:
+        key = (stage, dataloader_idx)
+        if key not in self._metrics:
+            metrics: Dict[str, RobustAccuracy] = {"clean_acc": CleanAccuracy(), "robust_acc": RobustAccuracy()}
+            metrics.update({f"robust_acc/{name}": RobustAccuracy() for name in self.attacks})
+            self._metrics[key] = metrics
+        metrics = self._metrics[key]
+        for k, m in metrics.items():
+            if m.device != device:
+                metrics[k] = m.to(device)
+        return metrics
+
+    def _attack_batch(self, stage: str, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any,
+                      batch_idx: int, dataloader_idx: int) -> None:
+        if not self._active(stage, trainer, batch_idx):
+            return
+        try:
+            results = [attack(pl_module, batch) for attack in self.attacks.values()]
+        except RuntimeError as e:
+            if "nference tensor" in str(e):
+                raise RuntimeError(
+                    "RobustnessEvaluation could not differentiate the model inside Lightning's inference mode "
+                    f"({e}). Create the model outside torch.inference_mode() or pass "
+                    "Trainer(inference_mode=False).") from e
+            raise
+        metrics = self._metric_set(stage, dataloader_idx, pl_module.device)
+        metrics["clean_acc"].update(results)
+        metrics["robust_acc"].update(results)
+        for name, r in zip(self.attacks, results):
+            metrics[f"robust_acc/{name}"].update(r)
+        stage_name = _LOG_PREFIX[stage]
+        for key, metric in metrics.items():
+            # the Metric object itself is logged: Lightning computes (and syncs) it at epoch end, then resets it
+            pl_module.log(f"{self.prefix}{stage_name}/{key}", metric, on_step=False, on_epoch=True,
+                          metric_attribute=f"_robustness_evaluation_{stage_name}_{dataloader_idx}_{key}")

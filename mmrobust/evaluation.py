@@ -1,0 +1,152 @@
+"""Robustness evaluation of a plain PyTorch model over a dataloader (no Lightning needed)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from .adapters.base import BatchAdapter, infer_adapter
+from .attacks.base import Attack
+from .errors import check_int
+from .metrics.robust_accuracy import AttackSuccessRate, RobustAccuracy
+
+Attacks = Union[Attack, Sequence[Attack], Mapping[str, Attack]]
+
+
+def named_attacks(attacks: Attacks, adapter: Optional[BatchAdapter] = None) -> Dict[str, Attack]:
+    """Attacks by unique name (``attack.name``, numbered on repeats), each a private copy.
+
+    The copies carry ``adapter`` when the attack has none, and keep their own random generators, so
+    evaluating never changes the user's attack objects.
+    """
+    if isinstance(attacks, Attack):
+        attacks = [attacks]
+    if isinstance(attacks, Mapping):
+        items: List[Tuple[str, Any]] = [(str(k), v) for k, v in attacks.items()]
+    elif isinstance(attacks, (list, tuple)):
+        bases = [getattr(a, "name", type(a).__name__) for a in attacks]
+        numbered = {b: 0 for b in bases}
+        items = []
+        for base, a in zip(bases, attacks):
+            numbered[base] += 1
+            items.append((f"{base}_{numbered[base]}" if bases.count(base) > 1 else base, a))
+    else:
+        raise TypeError(f"attacks must be an Attack, a list of Attacks or a dict name -> Attack, "
+                        f"got {type(attacks).__name__}")
+    if not items:
+        raise ValueError("attacks must contain at least one Attack")
+    out = {}
+    for name, a in items:
+        if not isinstance(a, Attack):
+            raise TypeError(f"attacks[{name!r}] must be an mmrobust Attack, got {type(a).__name__}")
+        private = copy.copy(a)
+        private.load_state_dict(a.state_dict())  # its own generator, continuing the user's stream
+        if adapter is not None and private.adapter is None:
+            private.adapter = adapter
+        out[name] = private
+    return out
+
+
+def move_batch(batch: Any, device: torch.device) -> Any:
+    """Every tensor of a (nested) tuple/list/dict batch on ``device``; objects with ``.to`` (PyG) too."""
+    if isinstance(batch, torch.Tensor) or (hasattr(batch, "to") and not isinstance(batch, (Mapping, list, tuple))):
+        return batch.to(device)
+    if isinstance(batch, Mapping):
+        return type(batch)({k: move_batch(v, device) for k, v in batch.items()}) if type(batch) is not dict \
+            else {k: move_batch(v, device) for k, v in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
+        return type(batch)(*(move_batch(v, device) for v in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_batch(v, device) for v in batch)
+    return batch
+
+
+def model_device(model: nn.Module) -> torch.device:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def evaluate(model: nn.Module, dataloader: Iterable, attacks: Attacks, *, adapter: Optional[BatchAdapter] = None,
+             max_batches: Optional[int] = None, progress: bool = True,
+             device: Optional[Union[str, torch.device]] = None) -> Dict[str, Any]:
+    """Clean and robust accuracy of ``model`` under every attack, worst case per output.
+
+    Every attack runs on every batch; an output is robust only if it is correct clean and under every
+    attack (the ensemble evaluation of Croce & Hein 2020, https://arxiv.org/abs/2003.01690):
+
+    .. math:: \\mathrm{RA} = \\frac1N\\sum_n \\mathbb 1[f(x_n)=y_n]\\prod_a \\mathbb 1[f(x_n+\\delta^a_n)=y_n]
+
+    Args:
+        model: the classifier; its modes, ``requires_grad`` flags and weights are unchanged afterwards.
+        dataloader: any iterable of batches the adapter understands.
+        attacks: an :class:`~mmrobust.attacks.Attack`, a list of them, or a dict ``name -> Attack``.
+        adapter: how to read batches, for attacks that have none (inferred from the batch otherwise).
+        max_batches: stop after this many batches (``None``: the whole loader).
+        progress: show a tqdm progress bar.
+        device: where to evaluate; default the model's device. The model is moved there for the
+            evaluation and moved back afterwards.
+
+    Returns:
+        ``clean_accuracy``, ``robust_accuracy`` (worst case), ``per_attack`` (robust accuracy under
+        each attack alone), ``attack_success_rate`` (any attack, of clean-correct outputs),
+        ``num_examples`` (scored outputs), ``num_batches``, and ``attacks`` (name -> description).
+    """
+    if max_batches is not None:
+        check_int("max_batches", max_batches, 1)
+    named = named_attacks(attacks, adapter)
+    home = model_device(model)
+    target_device = home if device is None else torch.device(device)
+    worst, success = RobustAccuracy(), AttackSuccessRate()
+    per_attack = {name: RobustAccuracy() for name in named}
+    total = max_batches
+    if total is None:
+        try:
+            total = len(dataloader)  # type: ignore[arg-type]
+        except TypeError:
+            total = None
+    batches = 0
+    try:
+        if target_device != home:
+            model.to(target_device)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=total, desc="robustness evaluation", unit="batch")
+        try:
+            for batch in dataloader:
+                if max_batches is not None and batches >= max_batches:
+                    break
+                batch = move_batch(batch, target_device)
+                results = [attack(model, batch) for attack in named.values()]
+                worst.update(results)
+                success.update(results)
+                for (name, _), r in zip(named.items(), results):
+                    per_attack[name].update(r)
+                batches += 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(clean=f"{worst.clean_accuracy().item():.3f}",
+                                    robust=f"{worst.compute().item():.3f}", refresh=False)
+        finally:
+            if bar is not None:
+                bar.close()
+    finally:
+        if target_device != home:
+            model.to(home)
+    if batches == 0:
+        raise ValueError("dataloader yielded no batches; nothing was evaluated")
+    return {
+        "clean_accuracy": worst.clean_accuracy().item(),
+        "robust_accuracy": worst.compute().item(),
+        "per_attack": {name: m.compute().item() for name, m in per_attack.items()},
+        "attack_success_rate": success.compute().item(),
+        "num_examples": int(worst.total.item()),
+        "num_batches": batches,
+        "attacks": {name: a.describe() for name, a in named.items()},
+    }

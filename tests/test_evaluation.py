@@ -1,0 +1,164 @@
+"""evaluate() and the RobustnessEvaluation callback inside real Trainer.validate/test/fit loops."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import mmrobust
+from mmrobust.attacks import FGSM, PGD
+from mmrobust.callbacks import RobustnessEvaluation
+from mmrobust.threats import LinfBall
+
+EPS = 0.1
+
+
+def pgd(seed=0):
+    return PGD(LinfBall(EPS, lower=0.0, upper=1.0), steps=5, seed=seed)
+
+
+def loader(digits, n=200, batch_size=50):
+    _, _, xt, yt = digits
+    return DataLoader(TensorDataset(xt[:n], yt[:n]), batch_size=batch_size)
+
+
+class Wrapped(pl.LightningModule):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.cross_entropy(self(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.ran_in_inference_mode = torch.is_inference_mode_enabled() and x.is_inference()
+        self.log("val/loss", nn.functional.cross_entropy(self(x), y))
+
+    def test_step(self, batch, batch_idx):
+        self.ran_in_inference_mode = torch.is_inference_mode_enabled() and batch[0].is_inference()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def trainer(tmp_path, callbacks, **kwargs):
+    return pl.Trainer(default_root_dir=tmp_path, callbacks=callbacks, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1,
+                      **kwargs)
+
+
+def test_evaluate_lowers_accuracy_and_reports_settings(digits, digits_cnn):
+    before = copy.deepcopy(digits_cnn.state_dict())
+    out = mmrobust.evaluate(digits_cnn, loader(digits), [pgd(), FGSM(LinfBall(EPS, lower=0.0, upper=1.0))],
+                            progress=False)
+    assert out["num_examples"] == 200 and out["num_batches"] == 4
+    assert out["clean_accuracy"] > 0.9
+    assert out["robust_accuracy"] < out["clean_accuracy"] - 0.3
+    assert set(out["per_attack"]) == {"pgd", "fgsm"}
+    # the worst case is at most every single attack, and PGD is at least as strong as FGSM here
+    assert out["robust_accuracy"] <= min(out["per_attack"].values()) + 1e-9
+    assert out["per_attack"]["pgd"] <= out["per_attack"]["fgsm"]
+    assert "LinfBall" in out["attacks"]["pgd"] and "steps=5" in out["attacks"]["pgd"]
+    assert 0 < out["attack_success_rate"] <= 1
+    assert not digits_cnn.training
+    for k, v in digits_cnn.state_dict().items():
+        assert torch.equal(v, before[k])
+    assert all(p.requires_grad for p in digits_cnn.parameters())
+
+
+def test_evaluate_is_reproducible_and_respects_max_batches(digits, digits_cnn):
+    attack = pgd(seed=3)
+    a = mmrobust.evaluate(digits_cnn, loader(digits), attack, max_batches=2, progress=False)
+    b = mmrobust.evaluate(digits_cnn, loader(digits), attack, max_batches=2, progress=False)
+    assert a["num_examples"] == 100
+    assert a == b  # the user's attack object is not advanced by evaluate
+
+
+def test_evaluate_names_repeated_attacks_and_checks_arguments(digits, digits_cnn):
+    out = mmrobust.evaluate(digits_cnn, loader(digits, n=50), [pgd(0), pgd(1)], progress=False)
+    assert set(out["per_attack"]) == {"pgd_1", "pgd_2"}
+    with pytest.raises(ValueError, match="max_batches"):
+        mmrobust.evaluate(digits_cnn, loader(digits), pgd(), max_batches=0)
+    with pytest.raises(TypeError, match="attacks"):
+        mmrobust.evaluate(digits_cnn, loader(digits), ["pgd"])
+
+
+@pytest.mark.parametrize("stage", ["validate", "test"])
+def test_callback_matches_evaluate_under_default_inference_mode(tmp_path, digits, digits_cnn, stage):
+    model = copy.deepcopy(digits_cnn)
+    module = Wrapped(model)
+    module.train()
+    before = copy.deepcopy(module.state_dict())
+    flags = [p.requires_grad for p in module.parameters()]
+    callback = RobustnessEvaluation({"pgd": pgd()})
+    t = trainer(tmp_path, [callback])
+    getattr(t, stage)(module, dataloaders=loader(digits), verbose=False)
+    assert module.ran_in_inference_mode  # Lightning's default, what users run
+    prefix = "val" if stage == "validate" else "test"
+    logged = t.callback_metrics
+    expected = mmrobust.evaluate(model, loader(digits), {"pgd": pgd()}, progress=False)
+    assert logged[f"{prefix}/robust_acc"].item() == pytest.approx(expected["robust_accuracy"])
+    assert logged[f"{prefix}/clean_acc"].item() == pytest.approx(expected["clean_accuracy"])
+    assert logged[f"{prefix}/robust_acc/pgd"].item() == pytest.approx(expected["per_attack"]["pgd"])
+    assert logged[f"{prefix}/robust_acc"].item() < logged[f"{prefix}/clean_acc"].item() - 0.3
+    assert module.training
+    assert [p.requires_grad for p in module.parameters()] == flags
+    for k, v in module.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+def test_checkpoint_can_monitor_robust_accuracy_and_state_round_trips(tmp_path, digits, digits_cnn):
+    x, y, _, _ = digits
+    train = DataLoader(TensorDataset(x[:64], y[:64]), batch_size=32)
+    callback = RobustnessEvaluation(pgd(), max_batches=1, stages=("validate",), prefix="adv_")
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, monitor="adv_val/robust_acc", mode="max")
+    t = pl.Trainer(default_root_dir=tmp_path, callbacks=[callback, ckpt], logger=False, enable_progress_bar=False,
+                   enable_model_summary=False, accelerator="cpu", devices=1, max_epochs=2,
+                   num_sanity_val_steps=1)
+    t.fit(Wrapped(copy.deepcopy(digits_cnn)).train(), train, loader(digits))
+    assert ckpt.best_model_score is not None and 0 <= ckpt.best_model_score.item() <= 1
+    assert "adv_val/robust_acc/pgd" in t.callback_metrics
+    # one attacked batch per epoch, no test stage
+    assert callback._metrics[("validate", 0)]["robust_acc"].total.item() == 0  # reset after logging
+    saved = torch.load(ckpt.best_model_path, weights_only=False)["callbacks"]
+    assert any("RobustnessEvaluation" in k and "rng" in v["attacks"]["pgd"] for k, v in saved.items())
+    # a resumed callback continues the attack's random stream exactly
+    restored = RobustnessEvaluation(pgd(seed=99))
+    restored.load_state_dict(callback.state_dict())
+    clean = loader(digits, n=20, batch_size=20)
+    batch = next(iter(clean))
+    ours = callback.attacks["pgd"](digits_cnn, batch).inputs["image"]
+    theirs = restored.attacks["pgd"](digits_cnn, batch).inputs["image"]
+    assert torch.equal(ours, theirs)
+
+
+def test_callback_explains_models_built_in_inference_mode(tmp_path, digits, digits_cnn):
+    with torch.inference_mode():
+        model = copy.deepcopy(digits_cnn)
+        frozen = nn.Sequential(*[copy.deepcopy(m) for m in model])
+        for p in frozen.parameters():
+            p.data = p.data.clone()
+    module = Wrapped(frozen)
+    t = trainer(tmp_path, [RobustnessEvaluation(pgd())])
+    if not any(p.is_inference() for p in module.parameters()):
+        pytest.skip("could not build inference-tensor parameters")
+    with pytest.raises(RuntimeError, match="inference_mode=False"):
+        t.validate(module, dataloaders=loader(digits, n=50), verbose=False)
+
+
+@pytest.mark.parametrize("kwargs, match", [({"every_n_epochs": 0}, "every_n_epochs"),
+                                           ({"stages": ("train",)}, "stages"),
+                                           ({"max_batches": 0}, "max_batches")])
+def test_callback_checks_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        RobustnessEvaluation(pgd(), **kwargs)
