@@ -192,13 +192,14 @@ def test_randbet_keeps_more_accuracy_under_bit_errors_than_normal_training(digit
     x, y, xt, yt = digits
     loader = DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True)
     results = {}
-    for name, extra in [("normal", []), ("randbet", [RandomBitErrorTraining(rate=0.02, seed=0)])]:
+    for name, extra in [("normal", []), ("randbet", [RandomBitErrorTraining(rate=0.05, seed=0)])]:
         pl.seed_everything(0)
         lit = LitClassifier(small_mlp())
-        clip = None if name == "normal" else 0.1
+        clip = None if name == "normal" else 0.25
         _trainer([Quantization(bits=8, clip=clip, symmetric=False), *extra], 12, tmp_path).fit(lit, loader)
-        metric = BitErrorAccuracy(rates=(0.02,), patterns=10, seed=5)
+        metric = BitErrorAccuracy(rates=(0.1,), patterns=10, seed=5)
         metric.update(lit, (xt, yt))
         results[name] = metric.compute()
-    assert results["randbet"]["clean"] > 0.85 and results["normal"]["clean"] > 0.85
-    assert results["randbet"]["mean"][0] > results["normal"]["mean"][0] + 0.1
+    # measured: clean 0.95 / 0.93, at p = 10%: normal 0.51, RandBET 0.83
+    assert results["randbet"]["clean"] > 0.88 and results["normal"]["clean"] > 0.88
+    assert results["randbet"]["mean"][0] > results["normal"]["mean"][0] + 0.15
