@@ -202,4 +202,4 @@ def test_randbet_keeps_more_accuracy_under_bit_errors_than_normal_training(digit
         results[name] = metric.compute()
     # measured: clean 0.95 / 0.93, at p = 10%: normal 0.51, RandBET 0.83
     assert results["randbet"]["clean"] > 0.88 and results["normal"]["clean"] > 0.88
-    assert results["randbet"]["mean"][0] > results["normal"]["mean"][0] + 0.15
+    assert float(results["randbet"]["mean"]) > float(results["normal"]["mean"]) + 0.15  # one rate: a scalar

@@ -32,7 +32,8 @@ class BitErrorAccuracy(Metric):
     infers it), so graph node classification counts nodes.
 
     ``compute()`` returns a dict: ``clean`` (scalar), and per rate (tensors of length ``len(rates)``)
-    ``mean``, ``std`` (sample std over patterns), ``min``, ``max``; ``rates`` repeats the rates.
+    ``mean``, ``std`` (sample std over patterns), ``min``, ``max``; ``rates`` repeats the rates (with a single
+    rate torchmetrics squeezes them to scalars).
 
     Args:
         rates: bit error rates in [0, 1].
