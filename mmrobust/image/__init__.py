@@ -1,5 +1,7 @@
 """Image modality: datamodules and reference models."""
 
-from .models import SmallCNN
+from .data import CIFAR10DataModule, DigitsDataModule, FashionMNISTDataModule, MNISTDataModule
+from .models import InputNormalization, PreActResNet18, SmallCNN, WideResNet
 
-__all__ = ["SmallCNN"]
+__all__ = ["SmallCNN", "PreActResNet18", "WideResNet", "InputNormalization", "DigitsDataModule", "MNISTDataModule",
+           "FashionMNISTDataModule", "CIFAR10DataModule"]
