@@ -1,0 +1,56 @@
+"""Reading a batch for the geometry estimators: the same adapters and ``Victim`` the attacks use."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ..adapters.base import BatchAdapter, Victim, infer_adapter
+from ..attacks.base import normal_tensor
+from ..threats.base import ThreatModel
+
+
+def victim_for(model: nn.Module, batch: Any, adapter: Optional[BatchAdapter] = None) -> Victim:
+    """The :class:`Victim` of ``batch`` with inputs detached from any graph and inference mode."""
+    victim = (adapter or infer_adapter(batch)).victim(model, batch)
+    victim.inputs = {k: normal_tensor(v).detach() for k, v in victim.inputs.items()}
+    victim.target = normal_tensor(victim.target)
+    return victim
+
+
+def single_input(victim: Victim, input_name: Optional[str]) -> Tuple[str, Tensor]:
+    """The one input a geometric quantity is measured on (``input_name`` picks it when there are several)."""
+    if input_name is None:
+        if len(victim.inputs) != 1:
+            raise ValueError(f"this batch has several attackable inputs {sorted(victim.inputs)}; pass input_name")
+        input_name = next(iter(victim.inputs))
+    if input_name not in victim.inputs:
+        raise KeyError(f"input_name {input_name!r} is not an attackable input; choose from {sorted(victim.inputs)}")
+    x = victim.inputs[input_name]
+    if not torch.is_floating_point(x):
+        raise TypeError(f"input {input_name!r} must be floating point to measure geometry, got {x.dtype}")
+    return input_name, x
+
+
+def forward_at(victim: Victim, name: str, value: Tensor) -> Tensor:
+    """Logits with input ``name`` replaced by ``value`` (other inputs clean)."""
+    inputs: Dict[str, Tensor] = dict(victim.inputs)
+    inputs[name] = value
+    return victim.forward(inputs)
+
+
+def flat(t: Tensor) -> Tensor:
+    return t.reshape(t.shape[0], -1)
+
+
+def unit_norm(victim: Victim, per_output_sq: Tensor) -> Tensor:
+    """Euclidean norm per unit from per-output squared norms."""
+    return victim.per_unit(per_output_sq, "sum").clamp_min(0).sqrt()
+
+
+def check_threat(name: str, threat: Any) -> ThreatModel:
+    if not isinstance(threat, ThreatModel):
+        raise TypeError(f"{name} must be a mmrobust ThreatModel (e.g. L2Ball(0.5)), got {type(threat).__name__}")
+    return threat
