@@ -162,3 +162,30 @@ def test_callback_explains_models_built_in_inference_mode(tmp_path, digits, digi
 def test_callback_checks_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         RobustnessEvaluation(pgd(), **kwargs)
+
+
+class CountingPGD(PGD):
+    def __init__(self, *args, calls, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls = calls
+
+    def __call__(self, model, batch, **kwargs):
+        self.calls.append(len(batch[1]))
+        return super().__call__(model, batch, **kwargs)
+
+
+def test_callback_schedule_limits_and_test_after_fit(tmp_path, digits, digits_cnn):
+    x, y, _, _ = digits
+    calls = []
+    attack = CountingPGD(LinfBall(EPS, lower=0.0, upper=1.0), steps=2, seed=0, calls=calls)
+    callback = RobustnessEvaluation(attack, every_n_epochs=2, max_batches=1)
+    t = pl.Trainer(default_root_dir=tmp_path, callbacks=[callback], logger=False, enable_checkpointing=False,
+                   enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1,
+                   max_epochs=3, limit_train_batches=1, num_sanity_val_steps=2)
+    module = Wrapped(copy.deepcopy(digits_cnn)).train()
+    t.fit(module, DataLoader(TensorDataset(x[:32], y[:32]), batch_size=32), loader(digits, batch_size=25))
+    # sanity check skipped; epochs 0 and 2 attacked, one batch of 25 each
+    assert calls == [25, 25]
+    t.test(module, dataloaders=loader(digits, batch_size=25), verbose=False)
+    assert calls == [25, 25, 25]  # test after fit (current_epoch 3) is not subject to every_n_epochs
+    assert "test/robust_acc" in t.callback_metrics

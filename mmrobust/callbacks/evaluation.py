@@ -37,11 +37,15 @@ class RobustnessEvaluation(Callback):
 
     Args:
         attacks: an Attack, a list, or a dict ``name -> Attack`` (names appear in the logged keys).
-        every_n_epochs: attack only every n-th epoch (``current_epoch % n == 0``).
+        every_n_epochs: attack validation only every n-th epoch (``current_epoch % n == 0``); test runs
+            are always attacked.
         max_batches: attack only the first ``max_batches`` batches of every dataloader per epoch.
         stages: any of ``"validate"``, ``"test"``.
         adapter: how to read batches, for attacks that have none.
         prefix: prepended to the logged keys, e.g. ``"adv_"`` -> ``adv_val/robust_acc``.
+
+    If the LightningModule logs the same key itself (e.g. ``val/clean_acc``), Lightning keeps the
+    callback's value, computed over the attacked batches only; set ``prefix`` to keep both.
 
     The sanity-check validation run is skipped. The attacks' random-generator states are in
     :meth:`state_dict`, so a resumed run draws the same random starts.
@@ -88,7 +92,8 @@ class RobustnessEvaluation(Callback):
             return False
         if self.max_batches is not None and batch_idx >= self.max_batches:
             return False
-        return trainer.current_epoch % self.every_n_epochs == 0
+        # a test run after fit() sits at the last epoch number; the schedule is for validation only
+        return stage == "test" or trainer.current_epoch % self.every_n_epochs == 0
 
     def _metric_set(self, stage: str, dataloader_idx: int, device: torch.device) -> Dict[str, RobustAccuracy]:
         key = (stage, dataloader_idx)
