@@ -2,6 +2,7 @@
 
 from .bit_errors import BitErrorAccuracy
 from .confidence import ConfidenceThresholdedError
+from .geometry import BoundaryDistance, GeometryStatistic
 from .minimal_perturbation import MinimalPerturbation
 from .robust_accuracy import AttackSuccessRate, CleanAccuracy, RobustAccuracy, worst_case_robust
 
@@ -11,4 +12,4 @@ __all__ = ["BitErrorAccuracy", "RobustAccuracy", "CleanAccuracy", "AttackSuccess
 from .certified import CertifiedAccuracy  # noqa: E402
 from .flatness import WeightFlatness  # noqa: E402
 
-__all__ += ["WeightFlatness", "CertifiedAccuracy"]
+__all__ += ["WeightFlatness", "CertifiedAccuracy", "BoundaryDistance", "GeometryStatistic"]
