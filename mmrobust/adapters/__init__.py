@@ -2,6 +2,9 @@
 
 from .base import BatchAdapter, Victim, infer_adapter, register_adapter
 from .tensor import ImageAdapter, TensorAdapter, replace_entries, select_examples
+from .audio import WaveformAdapter
+from .multimodal import MultimodalAdapter
 
 __all__ = ["BatchAdapter", "Victim", "infer_adapter", "register_adapter", "TensorAdapter", "ImageAdapter",
-           "replace_entries", "select_examples"]
+           "replace_entries", "select_examples",
+           "WaveformAdapter", "MultimodalAdapter"]

@@ -11,6 +11,9 @@ from .base import BatchAdapter, Victim, register_adapter
 
 Key = Union[int, str]
 
+INPUT_KEYS = ("x", "image", "input", "inputs")
+TARGET_KEYS = ("y", "label", "labels", "target")
+
 
 def _get(batch: Any, key: Key):
     try:
@@ -69,8 +72,8 @@ class TensorAdapter(BatchAdapter):
 
     def _keys(self, batch: Any) -> tuple[Key, Key]:
         if isinstance(batch, Mapping):
-            ik = self.input_key or next((k for k in ("x", "image", "input", "inputs") if k in batch), None)
-            tk = self.target_key or next((k for k in ("y", "label", "labels", "target") if k in batch), None)
+            ik = self.input_key or next((k for k in INPUT_KEYS if k in batch), None)
+            tk = self.target_key or next((k for k in TARGET_KEYS if k in batch), None)
             if ik is None or tk is None:
                 raise KeyError(f"dict batch with keys {sorted(batch)} needs input_key and target_key on the adapter")
             return ik, tk
@@ -129,7 +132,7 @@ def _is_tensor_pair(batch: Any) -> bool:
     if isinstance(batch, Mapping):
         tensors = [k for k, v in batch.items() if isinstance(v, Tensor) and torch.is_floating_point(v)
                    and v.dim() >= 2]
-        return any(k in batch for k in ("x", "image", "input", "inputs")) and len(tensors) == 1
+        return any(k in batch for k in INPUT_KEYS) and len(tensors) == 1
     return False
 
 

@@ -1,0 +1,34 @@
+"""Joint threat models for batches with several attackable inputs (multimodal batches)."""
+
+from __future__ import annotations
+
+from typing import Dict, Mapping
+
+from .base import ThreatModel
+
+
+class Joint(Dict[str, ThreatModel]):
+    """One threat model per named input, attacked together: each input stays within its own budget.
+
+    ``Joint({"image": LinfBall(0.1, lower=0, upper=1), "audio": SNRBall(30)})`` lets any attack perturb the
+    image and the waveform of a ``{"image", "audio", "y"}`` batch at once. An attack given a Joint with
+    only some of the inputs perturbs those alone; that is how per-modality attribution is measured.
+    """
+
+    def __init__(self, threats: Mapping[str, ThreatModel]):
+        if not isinstance(threats, Mapping) or not threats:
+            raise ValueError("Joint needs a non-empty mapping {input name: ThreatModel}")
+        for name, t in threats.items():
+            if not isinstance(t, ThreatModel):
+                raise TypeError(f"Joint threat for input {name!r} must be a ThreatModel, got {type(t).__name__}")
+        super().__init__(threats)
+
+    def only(self, *names: str) -> "Joint":
+        """The joint threat restricted to some inputs (the others stay clean)."""
+        unknown = set(names) - set(self)
+        if unknown:
+            raise KeyError(f"Joint has no threat for {sorted(unknown)}; it has {sorted(self)}")
+        return Joint({k: self[k] for k in names})
+
+    def __repr__(self) -> str:
+        return "Joint({" + ", ".join(f"{k!r}: {v!r}" for k, v in self.items()) + "})"
