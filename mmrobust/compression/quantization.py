@@ -238,6 +238,17 @@ def original_weight(module: nn.Module) -> Tensor:
     return module.weight
 
 
+def quantizer_input(module: nn.Module, quantizer: FakeQuantize) -> Tensor:
+    """The float weight ``quantizer`` sees: the original weight through the parametrisations before it
+    (e.g. a pruning mask)."""
+    w = module.parametrizations.weight.original
+    for p in module.parametrizations.weight:
+        if p is quantizer:
+            return w
+        w = p(w)
+    raise ValueError("quantizer is not a parametrisation of this module's weight")
+
+
 @torch.no_grad()
 def clip_weights(model: nn.Module) -> None:
     """Clamp every quantised weight to ``[-clip, clip]`` of its quantiser (Stutz et al. 2021, Sec. 4.2)."""
@@ -254,7 +265,7 @@ def export_quantized(model: nn.Module) -> Dict[str, Dict[str, object]]:
     """
     out = {}
     for name, module, fq in quantized_modules(model):
-        q, scale, zero = quantize_tensor(original_weight(module), fq.cfg)
+        q, scale, zero = quantize_tensor(quantizer_input(module, fq), fq.cfg)
         out[name] = {"codes": q.to(torch.int8 if fq.cfg.symmetric else torch.uint8), "scale": scale,
                      "zero_point": zero, "bits": fq.cfg.bits, "symmetric": fq.cfg.symmetric,
                      "per_channel": fq.cfg.per_channel}
