@@ -6,3 +6,4 @@ from .quantization import Quantization
 from .noise import GaussianNoiseTraining
 from .weight_perturbation import AdversarialWeightPerturbation
 from .evaluation import RobustnessEvaluation
+from .pruning import Pruning
