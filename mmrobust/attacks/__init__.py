@@ -3,6 +3,11 @@
 from .base import Attack, AttackResult, attack_mode
 from .losses import LOSSES, cross_entropy, dlr, get_loss, margin
 from .pgd import FGSM, PGD
+from .apgd import APGD, APGDT  # noqa: E402
+from .ensemble import Ensemble  # noqa: E402
+from .fmn import FMN  # noqa: E402
+from .square import Square  # noqa: E402
 
 __all__ = ["Attack", "AttackResult", "attack_mode", "PGD", "FGSM", "LOSSES", "get_loss", "cross_entropy",
            "margin", "dlr"]
+__all__ += ["APGD", "APGDT", "Ensemble", "FMN", "Square"]

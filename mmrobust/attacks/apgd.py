@@ -1,0 +1,249 @@
+"""Auto-PGD (Croce & Hein 2020): step-size free PGD with momentum, and its targeted DLR variant."""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional
+
+import torch
+from torch import Tensor
+
+from ..errors import check_fraction, check_int, check_positive
+from ..threats.base import ThreatModel, per_unit
+from .base import Attack, apply_masks
+from .pgd import input_gradients
+
+
+def apgd_checkpoints(steps: int) -> List[int]:
+    """Iterations at which APGD may halve its step (Croce & Hein 2020, Sec. 3.2).
+
+    .. math:: p_0 = 0,\\ p_1 = 0.22,\\ p_{j+1} = p_j + \\max(p_j - p_{j-1} - 0.03,\\ 0.06),\\quad w_j = \\lceil p_j N \\rceil
+    """
+    p = [0.0, 0.22]
+    while p[-1] < 1:
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    return sorted({math.ceil(q * steps) for q in p[1:] if q < 1 and 0 < math.ceil(q * steps) < steps})
+
+
+class BestPoint:
+    """Per-unit best point so far, ordered by (number of successful outputs, loss).
+
+    The same order as :class:`~mmrobust.attacks.PGD` keeps, so more iterations, restarts or target
+    classes never make the returned point worse.
+    """
+
+    def __init__(self, x: Dict[str, Tensor], keys, num_units: int, device):
+        self.delta = {k: torch.zeros_like(x[k]) for k in keys}
+        self.succ = torch.full((num_units,), -1.0, device=device)
+        self.loss = torch.full((num_units,), float("-inf"), device=device)
+        self.logits: Optional[Tensor] = None
+
+    def update(self, victim, delta, logits, succ_units: Tensor, loss_units: Tensor) -> None:
+        better = (succ_units > self.succ) | ((succ_units == self.succ) & (loss_units > self.loss))
+        if not bool(better.any()):
+            return
+        self.succ = torch.where(better, succ_units, self.succ)
+        self.loss = torch.where(better, loss_units, self.loss)
+        for k in self.delta:
+            self.delta[k] = torch.where(per_unit(better, delta[k]), delta[k], self.delta[k])
+        out_better = victim.per_output(better)[:, None]
+        self.logits = logits if self.logits is None else torch.where(out_better, logits, self.logits)
+
+
+class APGD(Attack):
+    """Auto-PGD (Croce & Hein 2020, "Reliable evaluation of adversarial robustness with an ensemble of
+    diverse parameter-free attacks", https://arxiv.org/abs/2003.01690, Algorithm 1).
+
+    .. math::
+        z^{k+1} = \\Pi\\big(x^k + \\eta^k s(\\nabla f(x^k))\\big),\\quad
+        x^{k+1} = \\Pi\\big(x^k + \\alpha (z^{k+1} - x^k) + (1 - \\alpha)(x^k - x^{k-1})\\big)
+
+    with momentum :math:`\\alpha = 0.75` (:math:`\\alpha = 1` in the first step), initial step
+    :math:`\\eta^0 = 2\\epsilon` and :math:`s` the threat model's steepest-ascent direction (sign for
+    L-inf, normalised gradient for L2, the sparse step for L1). At the checkpoints
+    :func:`apgd_checkpoints` the step is halved and the iterate reset to the best-loss point
+    :math:`x_{max}` when (Eq. 4) the loss increased in fewer than :math:`\\rho = 0.75` of the steps since
+    the last checkpoint, or (Eq. 5) the step was not halved at the last checkpoint and the best loss
+    has not improved since.
+
+    The returned point (per unit, over all iterations and restarts) is the best by number of
+    successful outputs, then by loss. ``generate`` (training) returns :math:`x_{max}` of the last restart.
+
+    Args:
+        steps: iterations per restart (the paper's :math:`N_{iter}`; AutoAttack uses 100).
+        restarts: random restarts; the best point over all of them is kept.
+        loss: ``"ce"`` or ``"dlr"`` (Eq. 6) or any loss of :mod:`mmrobust.attacks.losses`.
+        rho: the fraction of increasing steps below which the step is halved (Eq. 4).
+        momentum: :math:`\\alpha` above.
+        initial_step: :math:`\\eta^0` as a multiple of the budget radius (default 2; 1 for L1 balls).
+        random_start: start each restart at a random point of the ball (else at the clean input).
+    """
+
+    name = "apgd"
+
+    def __init__(self, threat, *, steps: int = 100, restarts: int = 1, loss="ce", rho: float = 0.75,
+                 momentum: float = 0.75, initial_step: Optional[float] = None, random_start: bool = True,
+                 **kwargs):
+        super().__init__(threat, loss=loss, **kwargs)
+        self.steps = check_int("steps", steps, 1)
+        self.restarts = check_int("restarts", restarts, 1)
+        self.rho = check_fraction("rho", rho)
+        self.momentum = check_fraction("momentum", momentum)
+        self.initial_step = None if initial_step is None else check_positive("initial_step", initial_step)
+        self.random_start = bool(random_start)
+
+    def describe(self) -> str:
+        return super().describe()[:-1] + f", steps={self.steps}, restarts={self.restarts})"
+
+    def _initial_step(self, threats: Dict[str, ThreatModel]) -> float:
+        if self.initial_step is not None:
+            return self.initial_step
+        return 1.0 if all(t.norm == "l1" for t in threats.values()) else 2.0
+
+    def perturb(self, victim, threats, target_labels, clean_logits):
+        x = victim.inputs
+        device = next(iter(x.values())).device
+        best = BestPoint(x, threats, victim.num_units, device)
+        last_max = None
+        for _ in range(self.restarts):
+            last_max = self.run_once(victim, threats, target_labels, best if clean_logits is not None else None)
+        if clean_logits is None:
+            chosen = last_max
+        else:
+            chosen = best.delta
+        adv = {k: x[k] + chosen[k] if k in chosen else x[k] for k in x}
+        return (adv, best.logits) if clean_logits is not None else adv
+
+    def unit_scores(self, victim, logits, loss, target_labels):
+        succ = victim.per_unit(self.is_success(logits, victim, target_labels).float())
+        return succ, victim.per_unit(loss)
+
+    def run_once(self, victim, threats, target_labels, best: Optional[BestPoint]) -> Dict[str, Tensor]:
+        """One APGD run (Algorithm 1); updates ``best`` and returns :math:`x_{max} - x`."""
+        x = victim.inputs
+        device = next(iter(x.values())).device
+        gen = self.generator(device)
+        radius = {k: t.radius(x[k]) for k, t in threats.items()}
+        if self.random_start:
+            delta = {k: t.random_init(x[k], gen) for k, t in threats.items()}
+        else:
+            delta = {k: torch.zeros_like(x[k]) for k in threats}
+        delta = _project(apply_masks(delta, victim), threats, x)
+
+        def step(d, grad, eta):
+            moved = {k: threats[k].step(d[k], grad[k], radius[k] * eta) for k in threats}
+            return _project(apply_masks(moved, victim), threats, x)
+
+        eta = torch.full((victim.num_units,), self._initial_step(threats), device=device)
+        checkpoints = set(apgd_checkpoints(self.steps))
+        logits, loss, grad = input_gradients(self, victim, x, delta, target_labels)
+        succ, uloss = self.unit_scores(victim, logits, loss, target_labels)
+        if best is not None:
+            best.update(victim, delta, logits, succ, uloss)
+        max_loss, max_delta, max_grad = uloss, delta, grad
+        prev_uloss = uloss
+        increases = torch.zeros_like(uloss)
+        last_ckpt, eta_at_ckpt, max_loss_at_ckpt = 0, eta.clone(), max_loss.clone()
+        delta_prev = delta
+        with torch.no_grad():
+            delta = step(delta, grad, eta)  # first step without momentum
+        for k in range(1, self.steps + 1):
+            need_grad = k < self.steps
+            logits, loss, grad = input_gradients(self, victim, x, delta, target_labels, need_grad)
+            succ, uloss = self.unit_scores(victim, logits, loss, target_labels)
+            if best is not None:
+                best.update(victim, delta, logits, succ, uloss)
+            improved = uloss > max_loss
+            increases += (uloss > prev_uloss).float()
+            prev_uloss = uloss
+            max_loss = torch.where(improved, uloss, max_loss)
+            max_delta = {n: torch.where(per_unit(improved, delta[n]), delta[n], max_delta[n]) for n in threats}
+            if not need_grad:
+                break
+            max_grad = {n: torch.where(per_unit(improved, grad[n]), grad[n], max_grad[n]) for n in threats}
+            if k in checkpoints:
+                oscillating = increases < self.rho * (k - last_ckpt)                       # Eq. 4
+                stalled = (eta == eta_at_ckpt) & (max_loss <= max_loss_at_ckpt)           # Eq. 5
+                reduce = oscillating | stalled
+                eta_at_ckpt, max_loss_at_ckpt = eta.clone(), max_loss.clone()
+                eta = torch.where(reduce, eta / 2, eta)
+                delta = {n: torch.where(per_unit(reduce, delta[n]), max_delta[n], delta[n]) for n in threats}
+                grad = {n: torch.where(per_unit(reduce, grad[n]), max_grad[n], grad[n]) for n in threats}
+                delta_prev = {n: torch.where(per_unit(reduce, delta_prev[n]), max_delta[n], delta_prev[n])
+                              for n in threats}
+                increases = torch.zeros_like(increases)
+                last_ckpt = k
+            with torch.no_grad():
+                z = step(delta, grad, eta)
+                a = self.momentum
+                moved = {n: delta[n] + a * (z[n] - delta[n]) + (1 - a) * (delta[n] - delta_prev[n]) for n in threats}
+                delta_prev = delta
+                delta = _project(apply_masks(moved, victim), threats, x)
+        return max_delta
+
+
+class APGDT(APGD):
+    """Targeted APGD with the targeted DLR loss (Croce & Hein 2020, https://arxiv.org/abs/2003.01690, Eq. 7).
+
+    .. math:: \\mathrm{DLR}_t(x, y) = -\\frac{z_y - z_t}{z_{\\pi_1} - (z_{\\pi_3} + z_{\\pi_4}) / 2}
+
+    Without ``target_labels`` (the AutoAttack use) it runs APGD once towards each of the
+    ``n_target_classes`` most likely wrong classes of the clean input and keeps, per unit, the best
+    point; success then means *misclassified*. With explicit ``target_labels`` it runs towards those
+    only and success means *classified as the target*.
+
+    Args:
+        n_target_classes: how many of the most likely wrong classes to try (AutoAttack: 9); capped at
+            the number of classes minus one.
+        Other arguments as :class:`APGD` (``loss`` defaults to ``"dlr"``; restarts are per target).
+    """
+
+    name = "apgd-t"
+
+    def __init__(self, threat, *, n_target_classes: int = 9, loss="dlr", **kwargs):
+        kwargs.pop("targeted", None)
+        super().__init__(threat, loss=loss, targeted=True, **kwargs)
+        self.n_target_classes = check_int("n_target_classes", n_target_classes, 1)
+        self._explicit_targets = False
+
+    def describe(self) -> str:
+        return super().describe()[:-1] + f", n_target_classes={self.n_target_classes})"
+
+    def __call__(self, model, batch, *, target_labels: Optional[Tensor] = None):
+        self._explicit_targets = target_labels is not None
+        try:
+            return super().__call__(model, batch, target_labels=target_labels)
+        finally:
+            self._explicit_targets = False
+
+    def generate(self, model, batch, *, target_labels: Optional[Tensor] = None):
+        self._explicit_targets = True
+        try:
+            return super().generate(model, batch, target_labels=target_labels)
+        finally:
+            self._explicit_targets = False
+
+    def is_success(self, logits, victim, target_labels):
+        if self._explicit_targets:
+            return logits.argmax(1) == target_labels
+        return logits.argmax(1) != victim.target
+
+    def perturb(self, victim, threats, target_labels, clean_logits):
+        if self._explicit_targets or clean_logits is None:
+            return super().perturb(victim, threats, target_labels, clean_logits)
+        x = victim.inputs
+        device = next(iter(x.values())).device
+        n_classes = clean_logits.shape[1]
+        ranked = clean_logits.masked_fill(
+            torch.nn.functional.one_hot(victim.target, n_classes).bool(), float("-inf")).argsort(1, descending=True)
+        best = BestPoint(x, threats, victim.num_units, device)
+        for rank in range(min(self.n_target_classes, n_classes - 1)):
+            targets = ranked[:, rank]
+            for _ in range(self.restarts):
+                self.run_once(victim, threats, targets, best)
+        adv = {k: x[k] + best.delta[k] if k in best.delta else x[k] for k in x}
+        return adv, best.logits
+
+
+def _project(delta, threats, x):
+    return {k: threats[k].project(delta[k], x[k]) for k in threats}

@@ -1,0 +1,133 @@
+"""AutoAttack-style ensembles: several attacks, each on what the previous ones left robust."""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from ..adapters.base import infer_adapter
+from ..threats.base import ThreatModel, per_unit
+from .base import Attack, AttackResult, attack_mode, check_logits, normal_tensor
+
+
+class Ensemble(Attack):
+    """Worst case over several attacks, run in order (Croce & Hein 2020, AutoAttack,
+    https://arxiv.org/abs/2003.01690, Sec. 4).
+
+    .. math:: \\text{robust}(x) = \\bigwedge_{a \\in \\mathcal{A}} \\big[f(a(x)) = y\\big]
+
+    Each attack runs only on the units still robust after the previous ones (through
+    ``Victim.select`` when the adapter offers it; otherwise on the whole batch, keeping earlier
+    successes). Per unit the returned point is the first successful attack's point (the clean input
+    where the clean prediction is already wrong, the AutoAttack convention), so the ensemble's robust
+    accuracy is never above any member's. ``extras["robust_after"]`` lists ``(attack, robust outputs
+    left)`` after each member and ``extras["robust_counts"]`` maps each member's description to it.
+
+    Args:
+        attacks: the members, in the order to run them (cheap ones first saves time).
+        Other arguments as :class:`Attack`; ``loss`` only sets the reported ``AttackResult.loss``.
+    """
+
+    name = "ensemble"
+
+    def __init__(self, attacks: Sequence[Attack], *, loss="ce", adapter=None, seed: Optional[int] = None):
+        attacks = list(attacks)
+        if not attacks or not all(isinstance(a, Attack) for a in attacks):
+            raise TypeError("attacks must be a non-empty sequence of Attack instances, got "
+                            f"{[type(a).__name__ for a in attacks]}")
+        super().__init__(attacks[0].threat, loss=loss, adapter=adapter, seed=seed)
+        self.attacks: List[Attack] = attacks
+
+    @classmethod
+    def standard(cls, threat: ThreatModel, *, steps: int = 100, n_target_classes: int = 9, n_queries: int = 5000,
+                 seed: Optional[int] = 0, adapter=None) -> "Ensemble":
+        """AutoAttack's "standard" list: APGD-CE, APGD-T (targeted DLR), Square (FAB-T is left out).
+
+        The budgets default to AutoAttack's (100 iterations, 9 target classes, 5000 queries).
+        """
+        from .apgd import APGD, APGDT
+        from .square import Square
+
+        members: List[Attack] = [
+            APGD(threat, steps=steps, loss="ce", seed=seed, adapter=adapter),
+            APGDT(threat, steps=steps, n_target_classes=n_target_classes, seed=seed, adapter=adapter)]
+        if threat.norm in ("linf", "l2"):
+            members.append(Square(threat, n_queries=n_queries, seed=seed, adapter=adapter))
+        return cls(members, seed=seed, adapter=adapter)
+
+    def describe(self) -> str:
+        return "Ensemble[" + ", ".join(a.describe() for a in self.attacks) + "]"
+
+    def state_dict(self):
+        return {"attacks": [a.state_dict() for a in self.attacks]}
+
+    def load_state_dict(self, state):
+        for a, s in zip(self.attacks, state.get("attacks", [])):
+            a.load_state_dict(s)
+
+    def perturb(self, victim, threats, target_labels, clean_logits):  # pragma: no cover - not used
+        raise TypeError("Ensemble runs its members through __call__; use ensemble(model, batch)")
+
+    def generate(self, model, batch, *, target_labels: Optional[Tensor] = None) -> Any:
+        """The perturbed batch of a full ensemble evaluation (an ensemble needs its evaluations)."""
+        return self(model, batch).batch
+
+    def __call__(self, model, batch, *, target_labels: Optional[Tensor] = None) -> AttackResult:
+        if target_labels is not None:
+            raise ValueError("Ensemble is untargeted; give target_labels to its members instead")
+        adapter = self.adapter or infer_adapter(batch)
+        first = self.attacks[0](model, batch)
+        victim = adapter.victim(model, batch)
+        victim.inputs = {k: normal_tensor(v).detach() for k, v in victim.inputs.items()}
+        inputs = {k: v.clone() for k, v in first.inputs.items()}
+        logits = first.logits.clone()
+        clean_correct = first.clean_correct
+        robust = clean_correct & (logits.argmax(1) == first.target)
+        # the clean input wherever the clean prediction is already wrong
+        for k, v in inputs.items():
+            wrong = victim.per_unit((~clean_correct).float(), "amax") > 0
+            inputs[k] = torch.where(per_unit(wrong, v), victim.inputs[k], v)
+        logits = torch.where(clean_correct[:, None], logits, first.clean_logits)
+        exact_logits = victim.unit is None
+        history = [(self.attacks[0].describe(), int(robust.sum()))]
+        for attack in self.attacks[1:]:
+            robust_units = victim.per_unit(robust.float(), "amax") > 0
+            if not bool(robust_units.any()):
+                history.append((attack.describe(), 0))
+                continue
+            index = robust_units.nonzero().squeeze(1)
+            if victim.select is not None and victim.unit is None:
+                sub = victim.select(index)
+                res = attack(model, sub.rebuild(sub.inputs))
+                fooled = ~(res.clean_correct & res.adv_correct)
+                take = index[fooled]
+                for k in inputs:
+                    inputs[k][take] = res.inputs[k][fooled]
+                logits[take] = res.logits[fooled]
+                robust[take] = False
+            else:
+                res = attack(model, batch)
+                now_robust = res.clean_correct & res.adv_correct
+                # a unit is replaced when the member leaves fewer of its outputs robust
+                before = victim.per_unit(robust.float())
+                after = victim.per_unit(now_robust.float())
+                take_units = robust_units & (after < before)
+                for k in inputs:
+                    inputs[k] = torch.where(per_unit(take_units, inputs[k]), res.inputs[k], inputs[k])
+                take_out = victim.per_output(take_units)
+                logits = torch.where(take_out[:, None], res.logits, logits)
+                robust = torch.where(take_out, now_robust, robust)
+                exact_logits = exact_logits and victim.unit is None
+            history.append((attack.describe(), int(robust.sum())))
+        threats = self.threats_for(victim)
+        with attack_mode(model):
+            if not exact_logits:
+                with torch.no_grad():
+                    logits = victim.forward(inputs)
+                check_logits(logits, victim, "on the ensemble's perturbed batch")
+            result = self.finish(victim, threats, inputs, first.clean_logits, None, logits)
+        result.extras["robust_after"] = history
+        result.extras["robust_counts"] = {name: count for name, count in history}
+        return result
