@@ -37,17 +37,18 @@ class WeightFlatness(Metric):
     where :math:`B_\\xi(w) = \\{\\nu : \\|\\nu_l\\|_2 \\le \\xi \\|w_l\\|_2\\}` per layer, normalisation layers
     excluded (a :class:`~mmrobust.threats.WeightBall`). The average case draws ``samples`` perturbations
     uniformly in the ball; the worst case runs ``steps`` normalised projected gradient-ascent steps from
-    a random start and keeps the best point (including ``w`` itself, so it is never negative). Stutz et al.
-    use a much larger budget for the average case (e.g. ``xi = 0.5``) than for the worst case
-    (``xi = 0.003``-ish), hence two balls.
+    a random start and keeps the best point (including ``w`` itself, so it is never negative). As in Stutz
+    et al., random directions need a far larger budget than adversarial ones to change the loss, hence
+    two balls; the defaults (relative L2, biases included) are ``xi = 0.5`` for the average case and
+    ``xi = 0.01`` for the worst case (on the digits CNN these give increases of similar order).
 
     The worst case is maximised per ``update`` batch, so it grows with smaller batches; use the same
     batch size when comparing models. The model runs in eval mode; its weights, modes, flags and
     ``.grad`` are restored exactly afterwards (also on exceptions).
 
     Args:
-        average_ball: the ball for random perturbations.
-        worst_ball: the ball for the adversarial perturbation; ``average_ball`` when ``None``.
+        average_ball: the ball for random perturbations (``worst_ball`` when only that is given).
+        worst_ball: the ball for the adversarial perturbation (``average_ball`` when only that is given).
         samples: random perturbations per batch.
         steps: ascent steps for the worst case.
         step_size: ascent step as a fraction of each layer's radius; default ``2.5 / steps``.
@@ -65,8 +66,10 @@ class WeightFlatness(Metric):
                  samples: int = 10, steps: int = 10, step_size: Optional[float] = None, loss="ce",
                  seed: Optional[int] = 0, adapter: Optional[BatchAdapter] = None, **kwargs):
         super().__init__(**kwargs)
-        self.average_ball = average_ball if average_ball is not None else WeightBall(0.01, include_biases=True)
-        self.worst_ball = worst_ball if worst_ball is not None else self.average_ball
+        if average_ball is None and worst_ball is None:
+            average_ball, worst_ball = WeightBall(0.5, include_biases=True), WeightBall(0.01, include_biases=True)
+        self.average_ball = average_ball if average_ball is not None else worst_ball
+        self.worst_ball = worst_ball if worst_ball is not None else average_ball
         for name, ball in (("average_ball", self.average_ball), ("worst_ball", self.worst_ball)):
             if not isinstance(ball, WeightBall):
                 raise TypeError(f"{name} must be a WeightBall, got {type(ball).__name__}")
@@ -123,12 +126,13 @@ class WeightFlatness(Metric):
             p.requires_grad_(True)
         deltas = ball.random(model, self._generator)
         for step in range(self.steps + 1):
-            with perturbed_weights(model, deltas):
+            with perturbed_weights(model, deltas), torch.set_grad_enabled(step < self.steps):
                 loss = self._loss(victim, inputs)
                 if step < self.steps:
                     grads = torch.autograd.grad(loss.sum(), list(params.values()), allow_unused=True)
+            loss = loss.detach()
             if float(loss.mean()) > float(best_mean):
-                best, best_mean = loss.detach(), loss.mean().detach()
+                best, best_mean = loss, loss.mean()
             if step == self.steps:
                 break
             grads = {k: g for k, g in zip(params, grads) if g is not None}
