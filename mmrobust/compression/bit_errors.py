@@ -6,15 +6,18 @@ for asymmetric quantisation) flips independently with probability ``p``:
 .. math:: \\tilde u_i = u_i \\oplus e_i,\\quad e_{i,j} \\sim \\text{Bernoulli}(p)\\ \\text{i.i.d. over weights } i
     \\text{ and bits } j
 
-Patterns are drawn exactly: the number of flips ``K ~ Binomial(N m, p)`` and then ``K`` distinct bit
-positions uniformly, which costs ``O(pNm)`` instead of ``N m`` uniform draws per pattern.
-Injection never touches the float weights: the flip masks live on the :class:`FakeQuantize`
+Patterns are drawn exactly and in ``O(pNm)`` time: the gaps between flipped bit positions of a
+Bernoulli(``p``) process are i.i.d. geometric, :math:`\lfloor \log U / \log(1-p) \rfloor`, so only the
+flipped positions are ever generated and touched (:class:`BitFlips` is sparse).
+Injection never touches the float weights: the flips live on the :class:`FakeQuantize`
 parametrisations and are removed on exit, so the clean weights come back bit-exactly, also on error.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
+from dataclasses import dataclass
 from typing import Dict, Iterator, Optional
 
 import torch
@@ -25,38 +28,71 @@ from ..utils import make_generator
 from .quantization import (FakeQuantize, QuantizerConfig, dequantize_model, quantize_model,
                            quantized_modules)
 
-__all__ = ["bit_error_mask", "bit_errors", "popcount"]
+__all__ = ["BitFlips", "sample_bit_flips", "bit_error_mask", "bit_errors", "popcount"]
+
+
+@dataclass
+class BitFlips:
+    """A sparse bit-error pattern: XOR ``words`` for the flat element positions ``index`` of a tensor."""
+
+    shape: torch.Size
+    index: Tensor  # sorted unique flat element indices (int64)
+    words: Tensor  # int32 XOR masks, one per index
+
+    def dense(self) -> Tensor:
+        """The ``int32`` XOR mask of the whole tensor (0 where nothing flips)."""
+        out = torch.zeros(math.prod(self.shape), dtype=torch.int32, device=self.index.device)
+        out[self.index] = self.words
+        return out.reshape(self.shape)
+
+    @property
+    def num_flips(self) -> int:
+        return int(popcount(self.words).sum()) if self.words.numel() else 0
+
+    def to(self, device) -> "BitFlips":
+        return BitFlips(self.shape, self.index.to(device), self.words.to(device))
+
+
+def _bernoulli_positions(total: int, rate: float, generator: Optional[torch.Generator], device) -> Tensor:
+    """Sorted positions in ``[0, total)`` of a Bernoulli(``rate``) process, via geometric gaps."""
+    if rate == 0.0 or total == 0:
+        return torch.empty(0, dtype=torch.long, device=device)
+    if rate == 1.0:
+        return torch.arange(total, device=device)
+    log_q = math.log1p(-rate)
+    chunks, last = [], -1
+    expected = total * rate
+    while last < total - 1:
+        n = int(expected + 6 * math.sqrt(expected) + 16)
+        u = 1.0 - torch.rand(n, generator=generator, dtype=torch.float64, device=device)  # in (0, 1]
+        gaps = torch.floor(torch.log(u) / log_q).clamp_max(float(total)).long()
+        pos = last + torch.cumsum(gaps + 1, 0)
+        chunks.append(pos)
+        last = int(pos[-1])
+    pos = torch.cat(chunks)
+    return pos[pos < total]
+
+
+def sample_bit_flips(shape, bits: int, rate: float, *, generator: Optional[torch.Generator] = None,
+                     device=None) -> BitFlips:
+    """Flip each of the low ``bits`` bits of every element of a tensor of ``shape`` with probability ``rate``."""
+    rate = check_fraction("rate", rate)
+    shape = torch.Size(shape)
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    pos = _bernoulli_positions(math.prod(shape) * bits, rate, generator, gen_device)
+    element = pos // bits
+    word = torch.bitwise_left_shift(torch.ones_like(pos, dtype=torch.int32), (pos % bits).to(torch.int32))
+    index, inverse = torch.unique_consecutive(element, return_inverse=True)
+    # distinct bits of one element: their sum is their OR
+    words = torch.zeros(index.numel(), dtype=torch.int32, device=gen_device).index_add_(0, inverse, word)
+    flips = BitFlips(shape, index, words)
+    return flips.to(device) if device is not None else flips
 
 
 def bit_error_mask(shape, bits: int, rate: float, *, generator: Optional[torch.Generator] = None,
                    device=None) -> Tensor:
-    """``int32`` XOR masks of ``shape``: each of the low ``bits`` bits set independently with prob. ``rate``."""
-    rate = check_fraction("rate", rate)
-    numel = 1
-    for s in shape:
-        numel *= int(s)
-    gen_device = generator.device if generator is not None else torch.device("cpu")
-    total = numel * bits
-    mask = torch.zeros(numel, dtype=torch.int32, device=gen_device)
-    if total == 0 or rate == 0.0:
-        return mask.reshape(shape).to(device or gen_device)
-    if rate == 1.0:
-        k = total
-    else:
-        k = int(torch.binomial(torch.tensor(float(total), device=gen_device),
-                               torch.tensor(rate, device=gen_device), generator=generator).item())
-    if k == total:
-        positions = torch.arange(total, device=gen_device)
-    else:
-        # K distinct positions, uniformly: draw with replacement until K distinct ones are found
-        positions = torch.empty(0, dtype=torch.long, device=gen_device)
-        while positions.numel() < k:
-            extra = torch.randint(total, (k - positions.numel(),), generator=generator, device=gen_device)
-            positions = torch.unique(torch.cat([positions, extra]))
-    values = torch.bitwise_left_shift(torch.ones_like(positions, dtype=torch.int32),
-                                      (positions % bits).to(torch.int32))
-    mask.index_put_((positions // bits,), values, accumulate=True)  # distinct bits: sum == OR
-    return mask.reshape(shape).to(device or gen_device)
+    """Dense ``int32`` XOR masks of ``shape``: each of the low ``bits`` bits set independently with prob. ``rate``."""
+    return sample_bit_flips(shape, bits, rate, generator=generator, device=device).dense()
 
 
 def popcount(x: Tensor, bits: int = 32) -> Tensor:
@@ -71,10 +107,10 @@ def popcount(x: Tensor, bits: int = 32) -> Tensor:
 @contextlib.contextmanager
 def bit_errors(model: nn.Module, rate: float, *, seed: Optional[int] = None,
                generator: Optional[torch.Generator] = None,
-               quantizer: Optional[QuantizerConfig] = None) -> Iterator[Dict[str, Tensor]]:
+               quantizer: Optional[QuantizerConfig] = None) -> Iterator[Dict[str, BitFlips]]:
     """Run ``model`` with random bit errors at ``rate`` in its quantised weights.
 
-    Yields the flip masks by layer name (for inspection). The same ``seed`` gives the same pattern;
+    Yields the :class:`BitFlips` by layer name (for inspection; ``.dense()`` gives the XOR masks). The same ``seed`` gives the same pattern;
     ``generator`` continues a stream instead (RandBET draws a fresh pattern per step).
     A model without :class:`FakeQuantize` weights needs ``quantizer``: it is then quantised for the
     duration of the block (post-training quantisation) and restored afterwards.
@@ -96,16 +132,16 @@ def bit_errors(model: nn.Module, rate: float, *, seed: Optional[int] = None,
         device = next(model.parameters()).device
         generator = make_generator(seed, device) if seed is not None else None
     layers = list(quantized_modules(model))
-    masks: Dict[str, Tensor] = {}
+    masks: Dict[str, BitFlips] = {}
     try:
         for name, module, fq in layers:
             w = module.parametrizations.weight.original
-            fq.flip_mask = bit_error_mask(w.shape, fq.cfg.bits, rate, generator=generator, device=w.device)
-            masks[name] = fq.flip_mask
+            fq.flips = sample_bit_flips(w.shape, fq.cfg.bits, rate, generator=generator, device=w.device)
+            masks[name] = fq.flips
         yield masks
     finally:
         for _, _, fq in layers:
-            fq.flip_mask = None
+            fq.flips = None
         if temporary:
             dequantize_model(model)
 
@@ -113,7 +149,7 @@ def bit_errors(model: nn.Module, rate: float, *, seed: Optional[int] = None,
 def clear_bit_errors(model: nn.Module) -> None:
     """Remove any injected flip masks (e.g. after an interrupted manual injection)."""
     for _, _, fq in quantized_modules(model):
-        fq.flip_mask = None
+        fq.flips = None
 
 
 def has_quantized_weights(model: nn.Module) -> bool:

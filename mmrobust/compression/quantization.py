@@ -145,11 +145,19 @@ def from_unsigned(u: Tensor, bits: int, symmetric: bool) -> Tensor:
     return torch.where(u >= 2 ** (bits - 1), u - 2 ** bits, u)
 
 
-def fake_quantize(w: Tensor, cfg: QuantizerConfig, flip_mask: Optional[Tensor] = None) -> Tensor:
-    """Quantise-dequantise ``w`` with a straight-through gradient; ``flip_mask`` XORs the memory words."""
+def fake_quantize(w: Tensor, cfg: QuantizerConfig, flips=None) -> Tensor:
+    """Quantise-dequantise ``w`` with a straight-through gradient.
+
+    ``flips`` (a :class:`~mmrobust.compression.bit_errors.BitFlips` or a dense ``int32`` XOR mask)
+    flips bits of the codes' memory words.
+    """
     q, scale, zero = quantize_tensor(w, cfg)
-    if flip_mask is not None:
-        q = from_unsigned(to_unsigned(q, cfg.bits, cfg.symmetric) ^ flip_mask, cfg.bits, cfg.symmetric)
+    if isinstance(flips, Tensor):
+        q = from_unsigned(to_unsigned(q, cfg.bits, cfg.symmetric) ^ flips, cfg.bits, cfg.symmetric)
+    elif flips is not None and flips.index.numel():
+        flat = q.reshape(-1)  # q is our own fresh tensor: writing into it is safe
+        words = to_unsigned(flat[flips.index], cfg.bits, cfg.symmetric) ^ flips.words
+        flat[flips.index] = from_unsigned(words, cfg.bits, cfg.symmetric)
     w_hat = dequantize_tensor(q, scale, zero, cfg.per_channel).to(w.dtype)
     return w + (w_hat - w).detach()
 
@@ -157,8 +165,8 @@ def fake_quantize(w: Tensor, cfg: QuantizerConfig, flip_mask: Optional[Tensor] =
 class FakeQuantize(nn.Module):
     """Parametrisation ``weight = fake_quantize(original)``; see the module docstring for the maths.
 
-    Buffers ``low``/``high`` hold the quantiser's range from the last forward pass (saved in checkpoints
-    and used by :func:`export_quantized`). ``flip_mask`` (not saved) holds the bit-error pattern that
+    Buffers ``low``/``high`` hold the quantiser's range from the last forward pass (saved in checkpoints).
+    ``flips`` (not saved) holds the bit-error pattern that
     :func:`mmrobust.compression.bit_errors.bit_errors` injects temporarily.
     """
 
@@ -168,14 +176,14 @@ class FakeQuantize(nn.Module):
         n = channels if cfg.per_channel else 1
         self.register_buffer("low", torch.zeros(n))
         self.register_buffer("high", torch.zeros(n))
-        self.flip_mask: Optional[Tensor] = None
+        self.flips = None
 
     def forward(self, w: Tensor) -> Tensor:
         with torch.no_grad():
             low, high = _ranges(w, self.cfg)
             self.low.copy_(low)
             self.high.copy_(high)
-        return fake_quantize(w, self.cfg, self.flip_mask)
+        return fake_quantize(w, self.cfg, self.flips)
 
     def codes(self, w: Tensor) -> Tensor:
         """Integer codes of the (clean) float weight ``w``."""
