@@ -150,22 +150,22 @@ def test_confidence_threshold_keeps_tpr_of_correct_clean_examples():
 
 
 def test_confidence_thresholded_error_follows_the_paper_definition():
-    y = [0, 0, 0, 0, 0, 0]
-    clean = [0, 0, 0, 0, 1, 1]
-    clean_conf = [0.9, 0.9, 0.9, 0.5, 0.9, 0.5]
-    adv = [1, 1, 0, 1, 1, 1]
-    adv_conf = [0.9, 0.5, 0.9, 0.5, 0.9, 0.5]
+    y = [0, 0, 0, 0, 0, 0, 0]
+    clean = [0, 0, 0, 0, 1, 1, 1]
+    clean_conf = [0.9, 0.9, 0.9, 0.5, 0.9, 0.5, 0.5]
+    adv = [1, 1, 0, 1, 1, 1, 2]
+    adv_conf = [0.9, 0.5, 0.9, 0.5, 0.9, 0.5, 0.9]
     m = ConfidenceThresholdedError(threshold=0.8)
     m.update(result(y, clean, adv, clean_conf=clean_conf, adv_conf=adv_conf))
     out = m.compute()
-    # numerator: 0 (adv wrong, confident), 4 (clean wrong, confident) -> 2
-    # denominator: 0, 1, 2 (clean confident), 4 (clean confident); 3 and 5 rejected both ways -> 4
-    assert out["robust_error"].item() == pytest.approx(2 / 4)
+    # numerator: 0 (adv wrong, confident), 4 (clean wrong, confident), 6 (clean wrong unconfident, adv wrong
+    # confident) -> 3; denominator: 0, 1, 2 (clean confident), 4, 6 (adv confident); 3 and 5 rejected both ways
+    assert out["robust_error"].item() == pytest.approx(3 / 5)
     # clean: confident clean examples 0, 1, 2, 4; of them 4 is wrong
     assert out["clean_error"].item() == pytest.approx(1 / 4)
     assert out["threshold"].item() == pytest.approx(0.8)
-    # tau = 0: plain robust error; outputs 0, 1, 3 broken, 4 and 5 clean-wrong
-    assert out["robust_error_unthresholded"].item() == pytest.approx(5 / 6)
+    # tau = 0: plain robust error; outputs 0, 1, 3 broken, 4, 5 and 6 clean-wrong
+    assert out["robust_error_unthresholded"].item() == pytest.approx(6 / 7)
 
 
 def test_confidence_worst_case_over_attacks():

@@ -21,25 +21,30 @@ class ConfidenceThresholdedError(Metric):
     (https://arxiv.org/abs/1910.06259, Sec. 4.1). With confidence :math:`c(x) = \\max_k
     \\mathrm{softmax}(f(x))_k`, inputs with :math:`c(x) < \\tau` are rejected. The threshold is fixed
     on the *clean* examples so that a fraction ``tpr`` (99% in the paper) of the correctly classified
-    clean examples is kept. With :math:`\\tilde x_n` the adversarial example of :math:`x_n`
-    (:math:`\\tilde x_n = x_n` when :math:`x_n` is misclassified, as the paper attacks only correctly
-    classified examples), the confidence-thresholded errors are
+    clean examples is kept. With :math:`\tilde x_n` the adversarial example of :math:`x_n`, the
+    confidence-thresholded test and robust test errors (Sec. 4.1) are
 
     .. math::
-        \\mathrm{Err}(\\tau) = \\frac{\\sum_n \\mathbb 1[f(x_n)\\ne y_n]\\,\\mathbb 1[c(x_n)\\ge\\tau]}
-                                    {\\sum_n \\mathbb 1[c(x_n)\\ge\\tau]}, \\qquad
-        \\mathrm{RErr}(\\tau) = \\frac{\\sum_n \\max\\{\\mathbb 1[f(x_n)\\ne y_n]\\mathbb 1[c(x_n)\\ge\\tau],\\;
-                                                    \\mathbb 1[f(\\tilde x_n)\\ne y_n]\\mathbb 1[c(\\tilde x_n)\\ge\\tau]\\}}
-                                     {\\sum_n \\max\\{\\mathbb 1[c(x_n)\\ge\\tau],\\; \\mathbb 1[c(\\tilde x_n)\\ge\\tau]\\}}
+        \mathrm{Err}(\tau) = \frac{\sum_n \mathbb 1[f(x_n)\ne y_n]\,\mathbb 1[c(x_n)\ge\tau]}
+                                    {\sum_n \mathbb 1[c(x_n)\ge\tau]}, \qquad
+        \mathrm{RErr}(\tau) = \frac{\sum_n \max\{\mathbb 1[f(x_n)\ne y_n]\mathbb 1[c(x_n)\ge\tau],\;
+                                                    \mathbb 1[f(\tilde x_n)\ne y_n]\mathbb 1[c(\tilde x_n)\ge\tau]\}}
+                                     {\sum_n \max\{\mathbb 1[c(x_n)\ge\tau],\; \mathbb 1[c(\tilde x_n)\ge\tau]\}}
 
-    i.e. errors count only when they are made with confidence at least :math:`\\tau`, and examples
-    that are rejected both clean and perturbed leave the denominator. At :math:`\\tau = 0` RErr is the
-    usual robust test error.
+    i.e. an error counts only when it is made with confidence at least :math:`\tau` (on the clean or
+    on the perturbed input), and examples rejected both clean and perturbed leave the denominator. At
+    :math:`\tau = 0` RErr is the usual robust test error. This is the formula of the authors' evaluation
+    code (``robust_test_error_at_confidence``), over every attacked example.
 
-    Several attacks (a list of results for the same batch) are combined per example as the worst case:
-    :math:`\\tilde x_n` is the misclassified adversarial example of highest confidence if any attack
-    misclassifies, otherwise the correctly classified one of lowest confidence (a rejected correct
-    example cannot lower the error).
+    Several attacks (a list of results for the same batch) are combined per example as the worst case
+    for RErr: :math:`\tilde x_n` is the misclassified adversarial example of highest confidence if any
+    attack misclassifies, otherwise the correctly classified one of lowest confidence (which, if
+    rejected, leaves the denominator). The paper's code picks the attack with the best attack
+    objective instead; the objectives of different attacks are not comparable in general.
+
+    The paper chooses :math:`\tau` on held-out clean examples; pass ``threshold=`` (e.g. the
+    ``threshold`` this metric computed on validation data) to do the same, otherwise it is chosen on
+    the evaluated clean examples.
 
     Args:
         tpr: fraction of correctly classified clean outputs that the threshold keeps, in (0, 1].
@@ -77,11 +82,8 @@ class ConfidenceThresholdedError(Metric):
             wrong = ~r.adv_correct.to(clean_conf.device)
             wrong_conf = torch.where(wrong, torch.maximum(wrong_conf, conf), wrong_conf)
             right_conf = torch.where(~wrong, torch.minimum(right_conf, conf), right_conf)
-        any_wrong = torch.isfinite(wrong_conf)
-        adv_conf = torch.where(any_wrong, wrong_conf, right_conf)
-        # x~ = x for clean errors
-        adv_conf = torch.where(correct, adv_conf, clean_conf)
-        adv_wrong = torch.where(correct, any_wrong, torch.ones_like(any_wrong))
+        adv_wrong = torch.isfinite(wrong_conf)
+        adv_conf = torch.where(adv_wrong, wrong_conf, right_conf)
         self.clean_confidence.append(clean_conf.detach().clone())
         self.clean_correct.append(correct.detach().clone())
         self.adv_confidence.append(adv_conf.detach().clone())
@@ -89,7 +91,8 @@ class ConfidenceThresholdedError(Metric):
 
     @staticmethod
     def choose_threshold(confidence: Tensor, correct: Tensor, tpr: float) -> float:
-        """The largest :math:`\\tau` keeping at least ``tpr`` of the correctly classified examples."""
+        """The largest :math:`\\tau` keeping at least ``tpr`` of the correctly classified examples (entry
+        :math:`\\lfloor n(1-\\mathrm{tpr})\\rfloor` of their confidences sorted ascending, as in the paper's code)."""
         kept = confidence[correct.bool()]
         if kept.numel() == 0:
             return 0.0
