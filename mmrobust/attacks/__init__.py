@@ -11,3 +11,8 @@ from .square import Square  # noqa: E402
 __all__ = ["Attack", "AttackResult", "attack_mode", "PGD", "FGSM", "LOSSES", "get_loss", "cross_entropy",
            "margin", "dlr"]
 __all__ += ["APGD", "APGDT", "Ensemble", "FMN", "Square"]
+
+from .eot import EOT, eot_victim  # noqa: E402
+from .universal import UniversalPerturbation  # noqa: E402
+
+__all__ += ["EOT", "eot_victim", "UniversalPerturbation"]

@@ -1,0 +1,12 @@
+"""Speech/audio modality: synthetic and real speech datamodules, reference models, random transforms.
+
+The adapter lives in :mod:`mmrobust.adapters.audio` (``WaveformAdapter``), the budgets in
+:mod:`mmrobust.threats.audio` (``SNRBall``, ``PeakDBBall``).
+"""
+
+from .models import M5, LogMelCNN
+from .synth import NUM_SYNTH_CLASSES, synth_digit, synth_digits
+from .transforms import AddNoise, RandomGain, RandomReverb, RandomTimeShift, RandomTransforms, synthetic_rir
+
+__all__ = ["M5", "LogMelCNN", "synth_digit", "synth_digits", "NUM_SYNTH_CLASSES", "AddNoise", "RandomGain",
+           "RandomReverb", "RandomTimeShift", "RandomTransforms", "synthetic_rir"]
