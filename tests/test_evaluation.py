@@ -189,3 +189,17 @@ def test_callback_schedule_limits_and_test_after_fit(tmp_path, digits, digits_cn
     t.test(module, dataloaders=loader(digits, batch_size=25), verbose=False)
     assert calls == [25, 25, 25]  # test after fit (current_epoch 3) is not subject to every_n_epochs
     assert "test/robust_acc" in t.callback_metrics
+
+
+def test_evaluate_reads_custom_batches_through_the_adapter(digits, digits_cnn, capsys):
+    from mmrobust.adapters import TensorAdapter
+
+    _, _, xt, yt = digits
+    batches = [{"pixels": xt[i:i + 40], "digit": yt[i:i + 40]} for i in range(0, 80, 40)]
+    with pytest.raises(TypeError, match="adapter"):
+        mmrobust.evaluate(digits_cnn, batches, pgd(), progress=False)
+    out = mmrobust.evaluate(digits_cnn, batches, {"strong": pgd()}, device="cpu", progress=True,
+                            adapter=TensorAdapter(input_key="pixels", target_key="digit"))
+    assert out["num_examples"] == 80 and set(out["per_attack"]) == {"strong"}
+    assert out["robust_accuracy"] < out["clean_accuracy"]
+    assert "robustness evaluation" in capsys.readouterr().err  # the tqdm bar
