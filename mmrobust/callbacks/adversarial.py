@@ -84,6 +84,9 @@ class AdversarialTraining(pl.Callback):
         seed: seed of the generator that picks the adversarial units when ``ratio < 1``.
     """
 
+    #: replaces the training batch; callbacks that read the batch (e.g. AWP) must be listed after it
+    modifies_training_batch = True
+
     def __init__(self, attack: Attack, *, ratio: float = 1.0, every_n_steps: int = 1, warmup_epochs: float = 0,
                  start_epoch: int = 0, adapter: Optional[BatchAdapter] = None, seed: int = 0):
         if not isinstance(attack, Attack):
@@ -271,8 +274,9 @@ class FastAdversarialTraining(AdversarialTraining):
         fgsm = self.attack(pl_module, batch)
         pgd_acc = pgd.adv_correct.float().mean().item()
         fgsm_acc = fgsm.adv_correct.float().mean().item()
-        pl_module.log("train/pgd_probe_acc", pgd_acc, on_step=True, on_epoch=False)
-        pl_module.log("train/fgsm_probe_acc", fgsm_acc, on_step=True, on_epoch=False)
+        if getattr(pl_module, "_trainer", None) is not None:  # also usable by hand, outside a Trainer
+            pl_module.log("train/pgd_probe_acc", pgd_acc, on_step=True, on_epoch=False)
+            pl_module.log("train/fgsm_probe_acc", fgsm_acc, on_step=True, on_epoch=False)
         reason = catastrophic_overfitting(pgd_acc, fgsm_acc, self.best_probe_acc, co_threshold=self.co_threshold,
                                           max_drop=self.max_drop)
         self.best_probe_acc = max(self.best_probe_acc, pgd_acc)

@@ -1,0 +1,292 @@
+"""AdversarialTraining / FastAdversarialTraining callbacks and RobustClassifier on small digits runs."""
+
+import warnings
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from mmrobust.attacks import PGD
+from mmrobust.callbacks import AdversarialTraining, FastAdversarialTraining, catastrophic_overfitting
+from mmrobust.objectives import TradesAttack, other_class_confidence
+from mmrobust.threats import LinfBall
+from mmrobust.training import RobustClassifier
+
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+warnings.filterwarnings("ignore", ".*LeafSpec.*")
+
+EPS = 0.2
+
+
+def bn_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(8 * 64, 10))
+
+
+class UserModule(pl.LightningModule):
+    """A user's plain module; records what training_step saw."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = bn_net()
+        self.seen = []
+        self.modes = []
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = (batch["image"], batch["label"]) if isinstance(batch, dict) else (batch[0], batch[1])
+        self.seen.append(x.detach().clone())
+        self.modes.append((self.training, all(p.requires_grad for p in self.parameters())))
+        return nn.functional.cross_entropy(self(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+
+
+def trainer(tmp_path=None, **kw):
+    kw.setdefault("max_epochs", 1)
+    return pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, deterministic=True, default_root_dir=tmp_path, **kw)
+
+
+def loader(digits, n=96, batch_size=32, collate_fn=None):
+    x, y = digits[0][:n], digits[1][:n]
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=False, collate_fn=collate_fn)
+
+
+def state(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_zero_budget_adversarial_training_is_bitwise_a_plain_run(digits):
+    """The attack runs in eval mode with frozen parameters: weights, BN buffers and optimizer match a plain run."""
+    plain = UserModule()
+    t = trainer(max_steps=3)
+    t.fit(plain, loader(digits))
+    robust = UserModule()
+    cb = AdversarialTraining(PGD(LinfBall(0.0, lower=0, upper=1), steps=3, seed=0))
+    t2 = trainer(max_steps=3, callbacks=[cb])
+    t2.fit(robust, loader(digits))
+    a, b = state(plain), state(robust)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(mode == (True, True) for mode in robust.modes)
+    assert robust.training and all(p.requires_grad and p.grad is not None for p in robust.parameters())
+    assert t2.optimizers[0].param_groups[0]["lr"] == t.optimizers[0].param_groups[0]["lr"]
+    sa, sb = t.optimizers[0].state_dict()["state"], t2.optimizers[0].state_dict()["state"]
+    assert all(torch.equal(sa[i]["momentum_buffer"], sb[i]["momentum_buffer"]) for i in sa)
+    assert cb.adversarial_steps == 3
+
+
+def test_training_step_sees_adversarial_examples_and_user_data_is_untouched(digits):
+    x, y = digits[0][:64].clone(), digits[1][:64].clone()
+    x_before = x.clone()
+    module = UserModule()
+    cb = AdversarialTraining(PGD(LinfBall(EPS, lower=0, upper=1), steps=3, seed=0))
+    trainer(callbacks=[cb]).fit(module, DataLoader(TensorDataset(x, y), batch_size=32))
+    assert torch.equal(x, x_before)
+    for i, seen in enumerate(module.seen):
+        clean = x[32 * i:32 * (i + 1)]
+        dist = (seen - clean).flatten(1).abs().amax(1)
+        assert bool((dist <= EPS + 1e-6).all()) and bool((dist > EPS / 2).all())
+        assert seen.min() >= 0 and seen.max() <= 1
+
+
+def test_ratio_replaces_that_fraction_of_units_and_dict_batches_work(digits):
+    x, y = digits[0][:64], digits[1][:64]
+    batches = DataLoader(TensorDataset(x, y), batch_size=32,
+                         collate_fn=lambda s: {"image": torch.stack([a for a, _ in s]),
+                                               "label": torch.stack([b for _, b in s])})
+    module = UserModule()
+    cb = AdversarialTraining(PGD(LinfBall(EPS, lower=0, upper=1), steps=2, seed=0), ratio=0.25, seed=3)
+    trainer(callbacks=[cb]).fit(module, batches)
+    for i, seen in enumerate(module.seen):
+        changed = (seen - x[32 * i:32 * (i + 1)]).flatten(1).abs().amax(1) > 0
+        assert int(changed.sum()) == 8
+    # different batches get different units
+    first = (module.seen[0] != x[:32]).flatten(1).any(1)
+    second = (module.seen[1] != x[32:64]).flatten(1).any(1)
+    assert not torch.equal(first, second)
+
+
+def test_warmup_grows_the_budget_linearly_and_start_epoch_delays_it(digits):
+    module = UserModule()
+    cb = AdversarialTraining(PGD(LinfBall(EPS, lower=0, upper=1), steps=2, seed=0), warmup_epochs=1, start_epoch=1)
+    trainer(max_epochs=3, callbacks=[cb]).fit(module, loader(digits, n=128))
+    x = digits[0][:128]
+    sizes = [(seen - x[32 * (i % 4):32 * (i % 4 + 1)]).flatten(1).abs().amax(1).max().item()
+             for i, seen in enumerate(module.seen)]
+    assert sizes[:4] == [0.0] * 4  # epoch 0 is clean
+    expected = [EPS * f for f in (0.0, 0.25, 0.5, 0.75)] + [EPS] * 4
+    assert sizes[4:] == pytest.approx(expected, abs=1e-5)
+
+
+def test_immutable_tuple_batches_get_a_clear_error(digits):
+    module = UserModule()
+    cb = AdversarialTraining(PGD(LinfBall(EPS, lower=0, upper=1), steps=1, seed=0))
+    tuple_loader = loader(digits, collate_fn=lambda s: (torch.stack([a for a, _ in s]), torch.stack([b for _, b in s])))
+    with pytest.raises(TypeError, match="return a list or a dict"):
+        trainer(callbacks=[cb]).fit(module, tuple_loader)
+    assert module.training and all(p.requires_grad for p in module.parameters())
+
+
+def test_bad_arguments_name_the_argument():
+    attack = PGD(LinfBall(EPS), steps=1)
+    with pytest.raises(ValueError, match="ratio must lie in \\(0, 1\\]"):
+        AdversarialTraining(attack, ratio=0.0)
+    with pytest.raises(ValueError, match="every_n_steps must be an integer >= 1"):
+        AdversarialTraining(attack, every_n_steps=0)
+    with pytest.raises(TypeError, match="attack must be an mmrobust Attack"):
+        AdversarialTraining(lambda m, b: b)
+    with pytest.raises(ValueError, match="co_threshold must lie in"):
+        FastAdversarialTraining(LinfBall(EPS), co_threshold=2.0)
+
+
+def make_callbacks(seed):
+    threat = LinfBall(EPS, lower=0, upper=1)
+    cbs = [AdversarialTraining(PGD(threat, steps=2, seed=seed), ratio=0.5, warmup_epochs=1, every_n_steps=2,
+                               seed=seed),
+           FastAdversarialTraining(threat, seed=seed + 10, probe_every_n_steps=3)]
+    try:
+        from mmrobust.callbacks import AdversarialWeightPerturbation
+        cbs.append(AdversarialWeightPerturbation(5e-3))
+    except ImportError:  # not there yet
+        pass
+    return cbs
+
+
+def test_resumed_run_continues_exactly_like_an_uninterrupted_one(digits, tmp_path):
+    pl.seed_everything(0)
+    full = UserModule()
+    trainer(max_epochs=2, callbacks=make_callbacks(0)).fit(full, loader(digits, n=160))
+
+    pl.seed_everything(0)
+    first = UserModule()
+    cbs = make_callbacks(0)
+    t1 = trainer(max_epochs=1, callbacks=cbs)
+    t1.fit(first, loader(digits, n=160))
+    ckpt = tmp_path / "epoch1.ckpt"
+    t1.save_checkpoint(ckpt)
+    saved = torch.load(ckpt, weights_only=False)["callbacks"]
+    assert any(v.get("steps_seen") == 5 and v.get("attack", {}).get("rng") is not None for v in saved.values())
+
+    # other seeds: everything the resumed run needs must come from the checkpoint
+    pl.seed_everything(0)
+    resumed = UserModule()
+    resumed_cbs = make_callbacks(123)
+    trainer(max_epochs=2, callbacks=resumed_cbs).fit(resumed, loader(digits, n=160), ckpt_path=ckpt)
+    a, b = state(full), state(resumed)
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+    assert resumed_cbs[0].steps_seen == 10 and resumed_cbs[0].adversarial_steps == 4  # step 0 has budget 0 (warm-up)
+
+
+def test_catastrophic_overfitting_rule():
+    assert catastrophic_overfitting(0.45, 0.8, 0.5, co_threshold=0.5, max_drop=0.2) is None
+    assert "below 0.5 x the FGSM" in catastrophic_overfitting(0.3, 0.9, 0.3, co_threshold=0.5, max_drop=0.2)
+    assert "dropped more than 0.2" in catastrophic_overfitting(0.3, 0.4, 0.6, co_threshold=0.5, max_drop=0.2)
+
+
+def test_fast_at_probe_warns_when_pgd_breaks_what_fgsm_does_not(digits, digits_cnn, recwarn):
+    """A normally trained model at eps 0.2: FGSM leaves ~10% accuracy, PGD ~1% -- the collapse signature;
+    at eps 0.05 both leave ~87% and nothing is flagged."""
+    module = RobustClassifier(digits_cnn)
+    batch = [digits[2][:128], digits[3][:128]]
+    healthy = FastAdversarialTraining(LinfBall(0.05, lower=0, upper=1), co_threshold=0.5, seed=0)
+    assert healthy.run_probe(module, batch) is None and not healthy.overfitting_detected
+    assert 0.8 < healthy.best_probe_acc < 1.0
+    assert not [w for w in recwarn if "catastrophic" in str(w.message)]
+    broken = FastAdversarialTraining(LinfBall(0.2, lower=0, upper=1), co_threshold=0.5, seed=0)
+    with pytest.warns(UserWarning, match="catastrophic overfitting"):
+        reason = broken.run_probe(module, batch)
+    assert "FGSM" in reason and broken.overfitting_detected
+    # a drop from the best probe accuracy is flagged too
+    healthy.best_probe_acc = 1.0
+    with pytest.warns(UserWarning, match="dropped more than 0.1"):
+        healthy.max_drop = 0.1
+        healthy.run_probe(module, batch)
+    assert not digits_cnn.training and all(p.requires_grad for p in digits_cnn.parameters())
+
+
+def test_fast_at_logs_the_probe_during_training(digits):
+    module = UserModule()
+    cb = FastAdversarialTraining(LinfBall(EPS, lower=0, upper=1), probe_every_n_steps=2, seed=0)
+    t = trainer(callbacks=[cb])
+    t.fit(module, loader(digits))
+    assert "train/pgd_probe_acc" in t.callback_metrics and "train/fgsm_probe_acc" in t.callback_metrics
+    assert cb.best_probe_acc >= 0
+    x = digits[0][:96]
+    for i, seen in enumerate(module.seen):
+        assert (seen - x[32 * i:32 * (i + 1)]).abs().max() <= EPS + 1e-6
+
+
+# -- RobustClassifier -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("objective, attack", [
+    ("ce", None),
+    ("ce", lambda t: PGD(t, steps=2, seed=0)),
+    ("trades", lambda t: TradesAttack(t, steps=2, seed=0)),
+    ("mart", lambda t: PGD(t, steps=2, seed=0)),
+    ("ccat", lambda t: PGD(t, steps=2, loss=other_class_confidence, seed=0)),
+])
+def test_robust_classifier_objectives_train_and_log(digits, objective, attack):
+    threat = LinfBall(EPS, lower=0, upper=1)
+    module = RobustClassifier(bn_net(), objective=objective, attack=None if attack is None else attack(threat),
+                              optimizer="adam", lr=1e-2, scheduler="cosine")
+    before = state(module.model)
+    t = trainer(max_epochs=2)
+    t.fit(module, loader(digits, n=64), loader(digits, n=64))
+    assert "train/loss" in t.callback_metrics and "val/clean_acc" in t.callback_metrics
+    assert "train/clean_acc" in t.callback_metrics
+    if attack is not None:
+        assert "train/adv_acc" in t.callback_metrics
+    after = state(module.model)
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert t.lr_scheduler_configs[0].scheduler.T_max == 2
+    assert all(p.requires_grad for p in module.parameters())
+
+
+def test_robust_classifier_rejects_bad_configuration():
+    with pytest.raises(ValueError, match="objective must be one of"):
+        RobustClassifier(bn_net(), objective="hinge")
+    with pytest.raises(ValueError, match="needs a training attack"):
+        RobustClassifier(bn_net(), objective="trades")
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        RobustClassifier(bn_net(), optimizer="lbfgs")
+    with pytest.raises(ValueError, match="lr must be a finite number > 0"):
+        RobustClassifier(bn_net(), lr=0)
+
+
+def test_robust_classifier_checkpoints_the_attack_rng(digits, tmp_path):
+    attack = PGD(LinfBall(EPS, lower=0, upper=1), steps=1, seed=5)
+    module = RobustClassifier(bn_net(), attack=attack)
+    t = trainer(max_steps=1)
+    t.fit(module, loader(digits, n=32))
+    t.save_checkpoint(tmp_path / "m.ckpt")
+    expected = attack.generator("cpu").get_state()
+    fresh = RobustClassifier(bn_net(), attack=PGD(LinfBall(EPS, lower=0, upper=1), steps=1, seed=9))
+    fresh.on_load_checkpoint(torch.load(tmp_path / "m.ckpt", weights_only=False))
+    assert torch.equal(fresh.attack.generator("cpu").get_state(), expected)
+
+
+@pytest.mark.slow
+def test_adversarial_training_raises_pgd_robust_accuracy_far_above_normal_training(digits):
+    x, y, xt, yt = digits
+    threat = LinfBall(EPS, lower=0, upper=1)
+    data = DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
+    results = {}
+    for name, callbacks in (("normal", []), ("at", [AdversarialTraining(PGD(threat, steps=5, seed=0))])):
+        pl.seed_everything(0)
+        torch.manual_seed(0)
+        from tests.conftest import make_digits_cnn
+        module = RobustClassifier(make_digits_cnn(), optimizer="adam", lr=3e-3, weight_decay=0.0)
+        trainer(max_epochs=8, callbacks=callbacks).fit(module, data)
+        model = module.model.eval()
+        result = PGD(threat, steps=20, seed=1)(model, [xt, yt])
+        results[name] = (result.clean_correct.float().mean().item(), result.robust.float().mean().item())
+    assert results["normal"][0] > 0.9 and results["normal"][1] < 0.2
+    assert results["at"][1] > results["normal"][1] + 0.4
+    assert results["at"][0] > 0.8
