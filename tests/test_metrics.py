@@ -188,3 +188,29 @@ def test_confidence_worst_case_over_attacks():
 def test_confidence_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ConfidenceThresholdedError(**kwargs)
+
+
+def test_minimal_perturbation_from_a_real_minimal_norm_attack(digits, digits_cnn):
+    from mmrobust.attacks import FMN, PGD
+    from mmrobust.threats import L2Ball, LinfBall
+
+    _, _, xt, yt = digits
+    batch = (xt[:100], yt[:100])
+    fmn = FMN(L2Ball(1.0, lower=0.0, upper=1.0), steps=50, seed=0)
+    res = fmn(digits_cnn, batch)
+    m = MinimalPerturbation()
+    m.update(res)
+    median = m.compute().item()
+    assert 0 < median < math.inf
+    grid = torch.linspace(0, 3 * median, 7)
+    curve = m.accuracy_curve(grid)
+    assert curve[0].item() == pytest.approx(res.clean_correct.float().mean().item())
+    assert bool((curve[1:] <= curve[:-1]).all())  # accuracy never grows with the budget
+    assert m.accuracy_curve([median]).item() <= 0.5  # half of all outputs are broken within the median
+    assert curve[-1].item() < 0.2
+    # an L-inf minimal size is a certificate of a successful bounded attack: PGD at a slightly larger budget
+    linf = MinimalPerturbation()
+    linf.update(FMN(LinfBall(1.0, lower=0.0, upper=1.0), steps=50, seed=0)(digits_cnn, batch))
+    eps = linf.compute().item()
+    pgd = PGD(LinfBall(eps * 1.05, lower=0.0, upper=1.0), steps=20, restarts=2, seed=0)(digits_cnn, batch)
+    assert pgd.robust.float().mean().item() <= 0.5 + 0.1
