@@ -1,0 +1,189 @@
+"""Compression and weight robustness on MNIST (CPU-sized).
+
+Part ``biterrors``: 8-bit quantised SmallCNN trained normally, with weight clipping, and with RandBET
+(Stutz et al. 2021); accuracy under random bit errors (mean/std/min over patterns) and the cost of
+bit-error injection per training step.
+Part ``pruning``: an adversarially trained (PGD-AT) small SmallCNN pruned to 50/90/95% sparsity by
+magnitude vs by HYDRA importance scores (Sehwag et al. 2020); clean and PGD robust accuracy.
+
+    python benchmarks/compression_mnist.py --part biterrors
+    python benchmarks/compression_mnist.py --part pruning
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pytorch_lightning as pl  # noqa: E402
+
+from benchmarks.common import Timer, accuracy, markdown_table, mnist_tensors  # noqa: E402
+from mmrobust import PGD, LinfBall  # noqa: E402
+from mmrobust.callbacks import AdversarialTraining, Quantization, RandomBitErrorTraining  # noqa: E402
+from mmrobust.compression import bit_errors, hydra_prune, model_size_bytes, prune_magnitude, weight_sparsity  # noqa: E402
+from mmrobust.image import SmallCNN  # noqa: E402
+from mmrobust.metrics import BitErrorAccuracy  # noqa: E402
+
+
+class Lit(pl.LightningModule):
+    def __init__(self, model, lr=1e-3):
+        super().__init__()
+        self.model, self.lr = model, lr
+
+    def forward(self, x):
+        return self.model(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.cross_entropy(self(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), self.lr)
+
+
+def fit(lit, loader, callbacks, epochs):
+    trainer = pl.Trainer(max_epochs=epochs, callbacks=callbacks, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    with Timer() as t:
+        trainer.fit(lit, loader)
+    return t.seconds
+
+
+def robust_accuracy(model, x, y, eps, steps=10, batch_size=250):
+    attack = PGD(LinfBall(eps, lower=0, upper=1), steps=steps, seed=0)
+    robust = 0
+    for i in range(0, len(y), batch_size):
+        robust += int(attack(model, [x[i:i + batch_size], y[i:i + batch_size]]).robust.sum())
+    return robust / len(y)
+
+
+def part_biterrors(args):
+    x, y = mnist_tensors(True, args.train)
+    xt, yt = mnist_tensors(False, args.test)
+    loader = DataLoader(TensorDataset(x, y), batch_size=128, shuffle=True)
+    rates = (0.001, 0.005, 0.01)
+    rows, sizes = [], []
+    settings = [("normal", dict(clip=None), []),
+                ("clipping (w_max=0.1)", dict(clip=0.1), []),
+                ("RandBET (p=1%, w_max=0.1)", dict(clip=0.1), [RandomBitErrorTraining(0.01, seed=0)])]
+    for name, qkw, extra in settings:
+        pl.seed_everything(0)
+        lit = Lit(SmallCNN())
+        seconds = fit(lit, loader, [Quantization(8, symmetric=False, **qkw), *extra], args.epochs)
+        metric = BitErrorAccuracy(rates, patterns=args.patterns, seed=1)
+        for i in range(0, len(yt), 500):
+            metric.update(lit, [xt[i:i + 500], yt[i:i + 500]])
+        r = metric.compute()
+        rows.append([name, f"{100 * float(r['clean']):.2f}"] +
+                    [f"{100 * float(m):.2f} ± {100 * float(s):.2f} (min {100 * float(lo):.2f})"
+                     for m, s, lo in zip(r["mean"], r["std"], r["min"])] + [f"{seconds:.0f}"])
+        sizes.append(model_size_bytes(lit))
+        print(name, rows[-1], flush=True)
+    print(f"\nSmallCNN, 8-bit asymmetric per-tensor QAT, {args.train} train / {args.test} test images, "
+          f"{args.epochs} epochs Adam 1e-3, {args.patterns} bit-error patterns per rate; quantised size "
+          f"{sizes[0] / 1e6:.2f} MB (float32: {sum(p.numel() for p in SmallCNN().parameters()) * 4 / 1e6:.2f} MB)\n")
+    print(markdown_table(["training", "clean %"] + [f"p={100 * p:g}% mean ± std (min)" for p in rates] +
+                         ["train s"], rows), flush=True)
+
+    # cost of injection: one QAT step with vs without a fresh bit-error pattern
+    model = SmallCNN()
+    from mmrobust.compression import quantize_model
+    quantize_model(model, bits=8, symmetric=False, clip=0.1)
+    xb, yb = x[:128], y[:128]
+    gen = torch.Generator().manual_seed(0)
+
+    def step(inject):
+        if inject:
+            with bit_errors(model, 0.01, generator=gen):
+                nn.functional.cross_entropy(model(xb), yb).backward()
+        else:
+            nn.functional.cross_entropy(model(xb), yb).backward()
+
+    times = {False: [], True: []}
+    for _ in range(2):
+        step(False), step(True)
+    for _ in range(args.timing_reps):
+        for inject in (False, True):
+            with Timer() as t:
+                step(inject)
+            times[inject].append(t.seconds)
+    clean_t, inj_t = min(times[False]), min(times[True])
+    print("\n" + markdown_table(["QAT step (batch 128)", "seconds (min of reps)", "ratio"],
+                                [["clean quantised forward+backward", clean_t, 1.0],
+                                 ["with bit-error injection (p=1%)", inj_t, inj_t / clean_t]]), flush=True)
+
+
+def part_pruning(args):
+    x, y = mnist_tensors(True, args.train)
+    xt, yt = mnist_tensors(False, args.test)
+    eps = args.eps
+    loader = DataLoader(TensorDataset(x, y), batch_size=128, shuffle=True)
+    pl.seed_everything(0)
+    lit = Lit(SmallCNN(width=0.5, hidden=256))
+    at = AdversarialTraining(PGD(LinfBall(eps, lower=0, upper=1), steps=args.at_steps, seed=0))
+    seconds = fit(lit, loader, [at], args.epochs)
+    base = lit.model.eval()
+    rows = [["dense (PGD-AT)", 0.0, 100 * accuracy(base, xt, yt), 100 * robust_accuracy(base, xt, yt, eps), "-"]]
+    print(rows[-1], f"AT {seconds:.0f}s", flush=True)
+    score_loader = DataLoader(TensorDataset(x[:args.score_train], y[:args.score_train]), batch_size=128,
+                              shuffle=True, generator=torch.Generator().manual_seed(0))
+    score_attack = PGD(LinfBall(eps, lower=0, upper=1), steps=args.at_steps, seed=1)
+    for sparsity in (0.5, 0.9, 0.95):
+        for method in ("magnitude (layer)", "HYDRA (layer)"):
+            model = copy.deepcopy(base)
+            with Timer() as t:
+                if method.startswith("magnitude"):
+                    prune_magnitude(model, sparsity, scope="layer")
+                else:
+                    hydra_prune(model, score_loader, sparsity, attack=score_attack, epochs=1, lr=0.1, scope="layer")
+            if args.finetune_epochs:
+                # adversarial fine-tuning of the surviving weights; the parametrised masks keep the rest at zero
+                pl.seed_everything(0)
+                fit(Lit(model, lr=5e-4), score_loader,
+                    [AdversarialTraining(PGD(LinfBall(eps, lower=0, upper=1), steps=args.at_steps, seed=2))],
+                    args.finetune_epochs)
+            model.eval()
+            rows.append([method, 100 * weight_sparsity(model), 100 * accuracy(model, xt, yt),
+                         100 * robust_accuracy(model, xt, yt, eps), f"{t.seconds:.0f}"])
+            print(rows[-1], flush=True)
+    print(f"\nSmallCNN(width=0.5, hidden=256), PGD-AT eps={eps} ({args.at_steps} steps) for {args.epochs} epochs on "
+          f"{args.train} images; after pruning {args.finetune_epochs} epoch(s) of PGD-AT fine-tuning on "
+          f"{args.score_train} images; HYDRA scores: 1 epoch on {args.score_train} images "
+          f"with PGD-{args.at_steps}; robust accuracy: PGD-10 eps={eps} on {args.test} test images\n")
+    print(markdown_table(["method", "sparsity %", "clean %", "robust %", "prune s"], rows), flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--part", choices=["biterrors", "pruning"], required=True)
+    parser.add_argument("--train", type=int, default=8000)
+    parser.add_argument("--test", type=int, default=2000)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--patterns", type=int, default=5)
+    parser.add_argument("--timing-reps", type=int, default=10)
+    parser.add_argument("--eps", type=float, default=0.1)
+    parser.add_argument("--at-steps", type=int, default=5)
+    parser.add_argument("--score-train", type=int, default=4000)
+    parser.add_argument("--finetune-epochs", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning_fabric").setLevel(logging.ERROR)
+    {"biterrors": part_biterrors, "pruning": part_pruning}[args.part](args)
+
+
+if __name__ == "__main__":
+    main()
