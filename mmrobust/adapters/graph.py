@@ -1,0 +1,251 @@
+"""Adapter for PyTorch Geometric graphs: ``Data`` (node classification) and ``Batch`` (graph or node
+classification over several graphs).
+
+Model convention (the one PyG users already follow)::
+
+    logits = model(x, edge_index, edge_weight=None)            # node classification
+    logits = model(x, edge_index, edge_weight=None, batch=b)   # graph classification (b: node -> graph)
+
+Models that take no edge weights (e.g. GAT) are attacked through ``forward=``: a callable
+``forward(model, x, edge_index, edge_weight, batch)`` returning logits, for example
+:func:`edge_weight_as_edge_attr` for a ``GATConv(..., edge_dim=1)`` model (what PyG's contrib
+``PRBCDAttack`` example does), or :class:`mmrobust.graph.models.GAT`, which accepts ``edge_weight``.
+
+Victim layout:
+
+* units are graphs: one for ``Data`` (``inputs={"x": x[None]}``), ``G`` for a ``Batch``, whose node features
+  are exposed densely as ``(G, max_nodes, F)`` (:func:`torch_geometric.utils.to_dense_batch`) with
+  ``masks["x"]`` marking real nodes -- so the spine's PGD runs unchanged as a feature attack;
+* outputs are the scored nodes (``mask="test"`` etc.) or, for graph classification, the graphs;
+  ``Victim.unit`` maps them to their graph (all zero for one graph);
+* ``Victim.forward`` and ``Victim.rebuild`` also accept the optional keys ``"edge_index"`` and
+  ``"edge_weight"`` in the inputs dict, which replace the clean structure: this is how edge attacks run
+  the model on a perturbed graph and return it.  ``Victim.meta["graph"]`` is the
+  :class:`GraphStructure` edge attacks read (clean edges, node -> graph map, targets, edge counts).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional, Union
+
+import torch
+from torch import Tensor
+
+from .base import BatchAdapter, Victim, register_adapter
+
+GraphForward = Callable[..., Tensor]
+
+_SPLITS = ("train", "val", "test")
+
+
+def edge_weight_as_edge_attr(model, x, edge_index, edge_weight=None, batch=None):
+    """Hook for models whose convolutions take edge features instead of weights (``GATConv(edge_dim=1)``):
+    calls ``model(x, edge_index, edge_attr=edge_weight[:, None])``."""
+    if edge_weight is None:
+        edge_weight = torch.ones(edge_index.shape[1], device=x.device, dtype=x.dtype)
+    kwargs = {} if batch is None else {"batch": batch}
+    return model(x, edge_index, edge_attr=edge_weight[:, None], **kwargs)
+
+
+@dataclass
+class GraphStructure:
+    """The clean structure of a victim graph, for edge attacks.
+
+    Attributes:
+        edge_index: clean ``(2, E)`` edges (both directions of each undirected edge).
+        edge_weight: clean ``(E,)`` weights or ``None`` (all ones).
+        num_nodes: total number of nodes.
+        node_unit: ``(N,)`` graph of each node (zeros for one graph).
+        ptr: ``(G + 1,)`` node offsets of the graphs (nodes of a graph are contiguous, as in PyG).
+        targets: ``(T,)`` indices of the scored nodes, or ``None`` for graph classification.
+        undirected_edges: ``(G,)`` number of undirected non-loop edges per graph (fractional budgets).
+        forward_with_edges: ``(x_nodes, edge_index, edge_weight) -> logits`` of the scored outputs.
+        nodes_from_inputs: maps ``inputs["x"]`` (unit layout) to ``(N, F)`` node features.
+        node_labels: ``(N,)`` labels of all nodes for node classification (label-aware baselines such as
+            DICE), else ``None``.
+    """
+
+    edge_index: Tensor
+    edge_weight: Optional[Tensor]
+    num_nodes: int
+    node_unit: Tensor
+    ptr: Tensor
+    targets: Optional[Tensor]
+    undirected_edges: Tensor
+    forward_with_edges: Callable[[Tensor, Tensor, Optional[Tensor]], Tensor]
+    nodes_from_inputs: Callable[[Tensor], Tensor]
+    node_labels: Optional[Tensor] = None
+
+    @property
+    def num_units(self) -> int:
+        return self.ptr.numel() - 1
+
+    def target_degree(self) -> Tensor:
+        """Per unit, the summed degree of the target nodes (base of local fractional budgets)."""
+        if self.targets is None:
+            return self.undirected_edges * 2
+        row = self.edge_index[0]
+        deg = torch.zeros(self.num_nodes, dtype=torch.long, device=row.device).index_add_(
+            0, row, (row != self.edge_index[1]).long())
+        return torch.zeros(self.num_units, dtype=torch.long, device=row.device).index_add_(
+            0, self.node_unit[self.targets], deg[self.targets])
+
+
+def _is_batch(data) -> bool:
+    from torch_geometric.data import Batch
+    return isinstance(data, Batch)
+
+
+class GraphAdapter(BatchAdapter):
+    """Reads PyG ``Data``/``Batch`` objects for attacks.
+
+    Args:
+        mask: which nodes are scored (attacked) in node classification: ``"train"``, ``"val"``, ``"test"``
+            (the data's ``{mask}_mask``), a boolean mask or index tensor, or ``None`` for all nodes.
+            Ignored for graph classification.
+        forward: optional ``forward(model, x, edge_index, edge_weight, batch) -> logits`` for models
+            that do not follow ``model(x, edge_index, edge_weight)`` (see :func:`edge_weight_as_edge_attr`).
+        task: ``"node"``, ``"graph"`` or ``"auto"`` (``Data`` -> node; ``Batch`` -> graph when ``y`` has one
+            label per graph).
+    """
+
+    modality = "graph"
+
+    def __init__(self, mask: Union[str, Tensor, None] = "test", forward: Optional[GraphForward] = None,
+                 task: str = "auto"):
+        if isinstance(mask, str) and mask not in _SPLITS:
+            raise ValueError(f"mask must be one of {list(_SPLITS)}, a bool/index tensor or None, got {mask!r}")
+        if task not in ("auto", "node", "graph"):
+            raise ValueError(f"task must be one of ['auto', 'graph', 'node'], got {task!r}")
+        self.mask = mask
+        self.forward_fn = forward
+        self.task = task
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def _task(self, data) -> str:
+        if self.task != "auto":
+            return self.task
+        if _is_batch(data) and data.y is not None and data.y.shape[0] == data.num_graphs \
+                and data.y.shape[0] != data.num_nodes:
+            return "graph"
+        return "node"
+
+    def _targets(self, data) -> Tensor:
+        n = data.num_nodes
+        device = data.x.device
+        if self.mask is None:
+            return torch.arange(n, device=device)
+        m = self.mask
+        if isinstance(m, str):
+            m = getattr(data, f"{m}_mask", None)
+            if m is None:
+                raise KeyError(f"the graph has no '{self.mask}_mask'; pass mask=None, a tensor, or add the split")
+        m = torch.as_tensor(m, device=device)
+        if m.dtype == torch.bool:
+            if m.shape != (n,):
+                raise ValueError(f"a boolean mask must have shape ({n},) (one entry per node), got {tuple(m.shape)}")
+            idx = m.nonzero().squeeze(1)
+        else:
+            idx = m.long().reshape(-1)
+            if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
+                raise ValueError(f"node indices in mask must lie in [0, {n - 1}]")
+        if idx.numel() == 0:
+            raise ValueError("the mask selects no nodes; nothing to attack")
+        return idx
+
+    def run(self, model, x, edge_index, edge_weight, batch_vec):
+        if self.forward_fn is not None:
+            return self.forward_fn(model, x, edge_index, edge_weight, batch_vec)
+        if batch_vec is None:
+            return model(x, edge_index, edge_weight)
+        return model(x, edge_index, edge_weight, batch=batch_vec)
+
+    @staticmethod
+    def check(data) -> None:
+        x = getattr(data, "x", None)
+        if not isinstance(x, Tensor) or x.dim() != 2 or not torch.is_floating_point(x):
+            raise TypeError("graph attacks need floating-point node features data.x of shape (num_nodes, F)")
+        ei = getattr(data, "edge_index", None)
+        if not isinstance(ei, Tensor) or ei.dim() != 2 or ei.shape[0] != 2:
+            raise TypeError("data.edge_index must be a (2, E) integer tensor")
+        if getattr(data, "y", None) is None:
+            raise ValueError("data.y (labels) is needed to score an attack")
+
+    # -- the victim --------------------------------------------------------------------------------
+    def victim(self, model, data) -> Victim:
+        from torch_geometric.utils import to_dense_batch
+
+        self.check(data)
+        task = self._task(data)
+        x, edge_index = data.x, data.edge_index
+        edge_weight = getattr(data, "edge_weight", None)
+        n = data.num_nodes
+        device = x.device
+        batched = _is_batch(data)
+        if batched:
+            node_unit = data.batch
+            ptr = data.ptr
+            x_units, node_mask = to_dense_batch(x, node_unit)
+            masks = {"x": node_mask[..., None].to(x.dtype)}
+
+            def nodes_from_inputs(xu: Tensor) -> Tensor:
+                return xu[node_mask]
+        else:
+            node_unit = torch.zeros(n, dtype=torch.long, device=device)
+            ptr = torch.tensor([0, n], device=device)
+            x_units, masks = x[None], {}
+
+            def nodes_from_inputs(xu: Tensor) -> Tensor:
+                return xu[0]
+
+        batch_vec = node_unit if task == "graph" else None
+        if task == "graph":
+            targets, y, unit = None, data.y.reshape(-1).long(), None
+        else:
+            targets = self._targets(data)
+            y = data.y.reshape(-1)[targets].long()
+            unit = node_unit[targets]
+
+        def forward_with_edges(xn: Tensor, ei: Tensor, ew: Optional[Tensor]) -> Tensor:
+            out = self.run(model, xn, ei, ew, batch_vec)
+            return out if targets is None else out[targets]
+
+        def forward(inputs: Dict[str, Tensor]) -> Tensor:
+            return forward_with_edges(nodes_from_inputs(inputs["x"]), inputs.get("edge_index", edge_index),
+                                      inputs.get("edge_weight", edge_weight))
+
+        def rebuild(inputs: Dict[str, Tensor]) -> Any:
+            out = copy.copy(data)
+            out.x = nodes_from_inputs(inputs["x"])
+            if "edge_index" in inputs:
+                out.edge_index = inputs["edge_index"]
+                if edge_weight is not None:
+                    ew = inputs.get("edge_weight")
+                    out.edge_weight = ew if ew is not None else torch.ones(
+                        out.edge_index.shape[1], dtype=edge_weight.dtype, device=device)
+            return out
+
+        row, col = edge_index
+        undirected = torch.zeros(ptr.numel() - 1, dtype=torch.long, device=device).index_add_(
+            0, node_unit[row], (row != col).long()) // 2
+        structure = GraphStructure(edge_index=edge_index, edge_weight=edge_weight, num_nodes=n,
+                                   node_unit=node_unit, ptr=ptr, targets=targets, undirected_edges=undirected,
+                                   forward_with_edges=forward_with_edges, nodes_from_inputs=nodes_from_inputs,
+                                   node_labels=None if task == "graph" else data.y.reshape(-1))
+        return Victim(inputs={"x": x_units}, target=y, forward=forward, rebuild=rebuild, unit=unit, masks=masks,
+                      meta={"graph": structure, "task": task})
+
+    def batch_size(self, data) -> int:
+        if self._task(data) == "graph":
+            return int(data.num_graphs)
+        return int(self._targets(data).numel())
+
+
+def _is_pyg(batch) -> bool:
+    from torch_geometric.data import Data
+    return isinstance(batch, Data)
+
+
+register_adapter(_is_pyg, lambda batch: GraphAdapter(), priority=10)

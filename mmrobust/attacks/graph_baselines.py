@@ -1,0 +1,105 @@
+"""Baseline structure attacks: uniformly random edge flips and DICE.
+
+Both spend the full :class:`~mmrobust.threats.graph.EdgeFlips` budget of every graph without looking at
+the model, and are the reference points a gradient attack such as PRBCD has to beat.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..adapters.graph import GraphStructure
+from .prbcd import CandidatePairs, EdgeBlock, EdgeLookup, GraphAttack, rank_within_unit
+
+
+class RandomFlips(GraphAttack):
+    """Flip ``budget`` node pairs per graph drawn uniformly from the candidate pairs of the threat model
+    (all pairs, or pairs incident to the targets for ``EdgeFlips(local=True)``):
+
+    .. math:: \\mathcal{F} \\sim \\mathrm{Uniform}\\{F \\subseteq \\mathcal{C} : |F| = \\Delta\\}
+    """
+
+    name = "random_flips"
+
+    def __init__(self, threat, **kwargs):
+        super().__init__(threat, **kwargs)
+        if self.edge_threat is None or not isinstance(self.threat, type(self.edge_threat)):
+            raise TypeError("RandomFlips takes an EdgeFlips threat")
+
+    def choose(self, graph: GraphStructure, pairs: CandidatePairs, lookup: EdgeLookup, budget: Tensor,
+               gen, device) -> EdgeBlock:
+        keys = torch.empty(0, dtype=torch.long, device=device)
+        need = int(budget.sum())
+        for _ in range(100):
+            keys = torch.unique(torch.cat([keys, pairs.sample(max(2 * need, 16), gen, device)]))
+            counts = torch.bincount(pairs.decode(keys)[2], minlength=graph.num_units)
+            if bool((counts >= budget).all()):
+                break
+        return EdgeBlock(keys, torch.zeros(keys.shape, device=device), pairs, lookup)
+
+    def perturb(self, victim, threats, target_labels, clean_logits):
+        graph: GraphStructure = victim.meta["graph"]
+        x_units = victim.inputs["x"]
+        device = x_units.device
+        gen = self.generator(device)
+        pairs = CandidatePairs(graph, self.edge_threat.local)
+        budget = self.edge_budget(graph, self.edge_threat, pairs)
+        lookup = EdgeLookup(graph.edge_index, graph.num_nodes)
+        block = self.choose(graph, pairs, lookup, budget, gen, device)
+        prio = torch.rand(block.keys.shape, generator=gen) if gen is None or gen.device.type == "cpu" else \
+            torch.rand(block.keys.shape, generator=gen, device=device)
+        chosen = self.select(block, graph, budget, prio.to(device))
+        ei, ew = block.flip(graph.edge_index, self.edge_weights(graph, x_units), chosen)
+        adv = {"x": x_units, "edge_index": ei,
+               "flipped_edges": torch.stack([block.row[chosen], block.col[chosen]])}
+        if graph.edge_weight is not None:
+            adv["edge_weight"] = ew
+        return adv
+
+    def select(self, block: EdgeBlock, graph: GraphStructure, budget: Tensor, priority: Tensor) -> Tensor:
+        """The ``budget`` candidates of each graph with the highest random ``priority``."""
+        return rank_within_unit(priority, block.unit, graph.num_units) < budget[block.unit]
+
+
+class DICE(RandomFlips):
+    """"Delete Internally, Connect Externally" (Waniek et al. 2018, https://arxiv.org/abs/1608.00375):
+    random flips restricted to deleting edges between same-label nodes and inserting edges between
+    different-label nodes,
+
+    .. math:: \\mathcal{C}_{DICE} = \\{(i,j) \\in E : y_i = y_j\\} \\cup \\{(i,j) \\notin E : y_i \\ne y_j\\},
+
+    half of the budget deleting random internal edges and the other half inserting random external
+    ones (the split of the common reference implementation, e.g. DeepRobust).  Node classification only.
+    """
+
+    name = "dice"
+
+    def choose(self, graph, pairs, lookup, budget, gen, device):
+        if graph.node_labels is None:
+            raise ValueError("DICE needs node labels (node classification)")
+        y = graph.node_labels
+        # all same-label clean edges (row < col) are deletion candidates; insertions come from random pairs
+        row, col = graph.edge_index
+        keep = (row < col) & (y[row] == y[col])
+        if pairs.local:
+            is_target = torch.zeros(graph.num_nodes, dtype=torch.bool, device=device)
+            is_target[graph.targets] = True
+            keep &= is_target[row] | is_target[col]
+        deletions = row[keep] * graph.num_nodes + col[keep]
+        block = super().choose(graph, pairs, lookup, budget, gen, device)
+        keys = torch.unique(torch.cat([deletions, block.keys]))
+        return EdgeBlock(keys, torch.zeros(keys.shape, device=device), pairs, lookup)
+
+    def select(self, block, graph, budget, priority):
+        y = graph.node_labels
+        same = y[block.row] == y[block.col]
+        deletable, insertable = block.exists & same, ~block.exists & ~same
+        units = graph.num_units
+        minus_inf = torch.full_like(priority, float("-inf"))
+        n_del = torch.bincount(block.unit[deletable], minlength=units)
+        n_del = torch.minimum(n_del, budget // 2)         # half the budget deletes (when it can)
+        del_rank = rank_within_unit(torch.where(deletable, priority, minus_inf), block.unit, units)
+        ins_rank = rank_within_unit(torch.where(insertable, priority, minus_inf), block.unit, units)
+        return ((deletable & (del_rank < n_del[block.unit]))
+                | (insertable & (ins_rank < (budget - n_del)[block.unit])))

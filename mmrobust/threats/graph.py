@@ -1,0 +1,194 @@
+"""Threat models for graphs: edge flips (structure) and feature balls (node features).
+
+Edge perturbations are flips of undirected node pairs: adding a missing edge or deleting an existing
+one both count as one flip.  Attacks optimise a *relaxed* flip probability ``p`` in ``[0, 1]`` per
+candidate pair (Geisler et al. 2021, https://arxiv.org/abs/2110.14038, Sec. 3) whose admissible set is
+
+.. math:: \\mathcal{P} = \\{p \\in [0, 1]^B : \\textstyle\\sum_b p_b \\le \\Delta\\}
+
+per unit (graph), and sample a discrete set of at most :math:`\\Delta` flips at the end.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ..errors import check_finite_nonneg, check_fraction, check_int
+from .base import ThreatModel
+from .norms import L1Ball, L2Ball, LinfBall
+
+_BISECTION_STEPS = 40
+
+
+def project_capped_simplex(values: Tensor, segment: Tensor, budget: Tensor, num_segments: int) -> Tensor:
+    """Project ``values`` onto ``{0 <= p <= 1, sum_{b in segment s} p_b <= budget_s}`` per segment.
+
+    Geisler et al. 2021, Eq. 5: :math:`\\Pi(v) = \\mathrm{clip}_{[0,1]}(v - \\mu)` with
+    :math:`\\mu = 0` if the clipped mass fits the budget, else the root of
+    :math:`\\sum_b \\mathrm{clip}_{[0,1]}(v_b - \\mu) = \\Delta`, found by bisection (monotone in
+    :math:`\\mu`).  ``segment`` maps each entry to its unit; ``budget`` is per unit.
+    """
+    budget = budget.to(values.dtype)
+    clipped = values.clamp(0, 1)
+    mass = torch.zeros(num_segments, dtype=values.dtype, device=values.device).index_add(0, segment, clipped)
+    over = mass > budget
+    if not bool(over.any()):
+        return clipped
+    v = values.double()
+    seg_min = torch.full((num_segments,), float("inf"), dtype=v.dtype, device=v.device).scatter_reduce(
+        0, segment, v, reduce="amin", include_self=True)
+    seg_max = torch.full((num_segments,), float("-inf"), dtype=v.dtype, device=v.device).scatter_reduce(
+        0, segment, v, reduce="amax", include_self=True)
+    lo = (seg_min - 1).clamp_max(0)       # mu here keeps every entry at 1: infeasible for over-budget units
+    hi = seg_max.clamp_min(0)             # mu here zeroes everything: feasible
+    b = budget.double()
+    for _ in range(_BISECTION_STEPS):
+        mid = (lo + hi) / 2
+        s = torch.zeros_like(mid).index_add(0, segment, (v - mid[segment]).clamp(0, 1))
+        feasible = s <= b
+        hi = torch.where(feasible, mid, hi)
+        lo = torch.where(feasible, lo, mid)
+    mu = torch.where(over, hi, torch.zeros_like(hi))
+    return (v - mu[segment]).clamp(0, 1).to(values.dtype)
+
+
+class EdgeFlips(ThreatModel):
+    """Flip at most ``budget`` undirected node pairs per graph (add or delete edges).
+
+    Zügner et al. 2018 (Nettack, https://arxiv.org/abs/1805.07984) and Geisler et al. 2021
+    (https://arxiv.org/abs/2110.14038): :math:`\\|A' - A\\|_0 / 2 \\le \\Delta` for a symmetric
+    adjacency :math:`A`; graphs stay undirected and never gain self loops.
+
+    Args:
+        budget: an ``int`` is an absolute number of flipped undirected pairs per graph; a ``float`` in
+            ``[0, 1]`` is a fraction of the graph's undirected edges, ``int(budget * num_edges / 2)`` for a
+            graph whose ``edge_index`` holds both directions (the convention of PyG's ``PRBCDAttack``).
+            For local attacks the fraction is taken of the targets' summed degree instead.
+        local: only pairs incident to a target node (the scored nodes, e.g. ``mask="test"`` or the
+            adapter's ``target_nodes``) may flip (a local / targeted attack); otherwise any pair of
+            nodes in the same graph (a global attack).
+        max_flips_per_node: optional limit on flips incident to any one node (degree-change limit, as
+            Zügner et al.'s unnoticeability constraints); enforced when the discrete flips are chosen.
+
+    The relaxed operations (``random_init``/``step``/``project``/``size``) act on a dense
+    ``(units, candidates)`` flip-probability tensor; attacks use the segmented
+    :func:`project_capped_simplex` on the sparse block of candidate pairs.
+    """
+
+    norm = "edge_flips"
+
+    def __init__(self, budget, *, local: bool = False, max_flips_per_node: Optional[int] = None):
+        if isinstance(budget, bool) or not isinstance(budget, Real):
+            raise TypeError(f"budget must be an int (number of flipped pairs) or a float in [0, 1] (fraction of "
+                            f"edges), got {type(budget).__name__} ({budget!r})")
+        if isinstance(budget, Integral):
+            self.fraction = None
+            self.count = check_int("budget", int(budget), 0)
+        else:
+            self.fraction = check_fraction("budget", float(budget))
+            self.count = None
+        super().__init__(float(budget))
+        self.local = bool(local)
+        self.max_flips_per_node = (None if max_flips_per_node is None
+                                   else check_int("max_flips_per_node", max_flips_per_node, 1))
+
+    def with_eps(self, eps) -> "EdgeFlips":
+        return EdgeFlips(eps, local=self.local, max_flips_per_node=self.max_flips_per_node)
+
+    def flips_allowed(self, num_undirected_edges: Tensor) -> Tensor:
+        """Per-unit number of allowed flips given each unit's number of undirected edges (or degree sum)."""
+        m = torch.as_tensor(num_undirected_edges)
+        if self.count is not None:
+            return torch.full_like(m, self.count, dtype=torch.long)
+        # the small tolerance keeps e.g. 0.05 * 5278 = 263.9 -> 263 exact like int(...) in PyG
+        return torch.floor(m.double() * self.fraction + 1e-9).long()
+
+    def check_input(self, x, name="edges"):  # structure has no value box
+        return None
+
+    # -- relaxed operations on a dense (units, candidates) layout ----------------------------------
+    def radius(self, x: Tensor) -> Tensor:
+        if self.count is None:
+            raise ValueError("a fractional edge budget needs the graph's edge count; use flips_allowed()")
+        return torch.full((x.shape[0],), float(self.count), dtype=x.dtype, device=x.device)
+
+    def random_init(self, x, generator=None):
+        return torch.zeros_like(x)
+
+    def step(self, delta, grad, step_size):
+        return delta + step_size.reshape(-1, *([1] * (delta.dim() - 1))) * grad
+
+    def project(self, delta, x, radius=None):
+        r = self.radius(x) if radius is None else radius
+        flat = delta.reshape(delta.shape[0], -1)
+        seg = torch.arange(flat.shape[0], device=delta.device).repeat_interleave(flat.shape[1])
+        return project_capped_simplex(flat.reshape(-1), seg, r, flat.shape[0]).reshape(delta.shape)
+
+    def size(self, delta, x):
+        return delta.reshape(delta.shape[0], -1).abs().sum(1)
+
+    def describe(self) -> str:
+        b = f"{self.count}" if self.count is not None else f"{self.fraction:.0%} of edges"
+        extra = ", local" if self.local else ""
+        extra += f", max_flips_per_node={self.max_flips_per_node}" if self.max_flips_per_node else ""
+        return f"EdgeFlips({b}{extra})"
+
+    __repr__ = describe
+
+
+class BinaryFeatureFlips(L1Ball):
+    """Flip at most ``eps`` entries of binary (bag-of-words) node features per unit.
+
+    Relaxation as in Xu et al. 2019 (https://arxiv.org/abs/1906.04214) and Zügner et al. 2018: with
+    :math:`x \\in \\{0,1\\}^d`, the set :math:`\\{\\delta : x + \\delta \\in [0,1]^d, \\|\\delta\\|_1 \\le k\\}`
+    is the convex hull of the flips of at most :math:`k` bits, so the exact L1-ball-in-box projection of
+    :class:`~mmrobust.threats.L1Ball` is the exact projection of the relaxed problem.  Gradient attacks
+    optimise the relaxation; :meth:`discretize` rounds it to at most :math:`k` real bit flips (the
+    largest relaxed flips above 1/2).
+    """
+
+    norm = "bit_flips"
+
+    def __init__(self, eps, *, sparsity: float = 0.05):
+        super().__init__(eps, lower=0.0, upper=1.0, sparsity=sparsity)
+
+    def check_input(self, x, name="x"):
+        super().check_input(x, name)
+        if not bool(((x == 0) | (x == 1)).all()):
+            raise ValueError(f"{name} must be binary (0/1) for BinaryFeatureFlips; use FeatureBall(norm='linf' "
+                             "or 'l2') for real-valued features")
+
+    def discretize(self, delta: Tensor, x: Tensor) -> Tensor:
+        """At most ``eps`` whole bit flips per unit: the largest relaxed flips with magnitude >= 1/2."""
+        flat = delta.reshape(delta.shape[0], -1).abs()
+        k = min(int(math.floor(self.eps + 1e-9)), flat.shape[1])
+        keep = torch.zeros_like(flat, dtype=torch.bool)
+        if k > 0:
+            top = flat.topk(k, dim=1)
+            keep.scatter_(1, top.indices, top.values >= 0.5)
+        xf = x.reshape(x.shape[0], -1)
+        return torch.where(keep, 1 - 2 * xf, torch.zeros_like(xf)).reshape(x.shape)
+
+
+def FeatureBall(eps: float, norm: str = "linf", *, lower: Optional[float] = None,
+                upper: Optional[float] = None) -> ThreatModel:
+    """Node-feature threat model: ``norm="linf"`` / ``"l2"`` (the core balls, with an optional value box)
+    or ``"bits"`` (:class:`BinaryFeatureFlips`, ``eps`` = number of flipped bits per graph).
+
+    Budgets are per unit (one graph; for a :class:`~torch_geometric.data.Batch` per graph).
+    """
+    check_finite_nonneg("eps", eps)
+    if norm == "linf":
+        return LinfBall(eps, lower=lower, upper=upper)
+    if norm == "l2":
+        return L2Ball(eps, lower=lower, upper=upper)
+    if norm == "bits":
+        if lower not in (None, 0, 0.0) or upper not in (None, 1, 1.0):
+            raise ValueError("norm='bits' works on binary features in [0, 1]; leave lower/upper unset")
+        return BinaryFeatureFlips(eps)
+    raise ValueError(f"norm must be one of ['bits', 'l2', 'linf'], got {norm!r}")
