@@ -8,3 +8,5 @@ from .multimodal import MultimodalAdapter
 __all__ = ["BatchAdapter", "Victim", "infer_adapter", "register_adapter", "TensorAdapter", "ImageAdapter",
            "replace_entries", "select_examples",
            "WaveformAdapter", "MultimodalAdapter"]
+from .graph import GraphAdapter, GraphStructure, edge_weight_as_edge_attr  # noqa: E402  (PyG Data/Batch)
+__all__ += ["GraphAdapter", "GraphStructure", "edge_weight_as_edge_attr"]

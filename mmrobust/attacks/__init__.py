@@ -16,3 +16,10 @@ from .eot import EOT, eot_victim  # noqa: E402
 from .universal import UniversalPerturbation  # noqa: E402
 
 __all__ += ["EOT", "eot_victim", "UniversalPerturbation"]
+
+from .amortized import AmortizedAttack, ConvPerturbationGenerator, MLPPerturbationGenerator  # noqa: E402
+
+__all__ += ["AmortizedAttack", "ConvPerturbationGenerator", "MLPPerturbationGenerator"]
+from .prbcd import GRBCD, PRBCD, GraphAttack, masked_cross_entropy  # noqa: E402  (graph edge flips)
+from .graph_baselines import DICE, RandomFlips  # noqa: E402
+__all__ += ["PRBCD", "GRBCD", "GraphAttack", "masked_cross_entropy", "DICE", "RandomFlips"]

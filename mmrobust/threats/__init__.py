@@ -18,3 +18,5 @@ __all__ += ["Joint"]
 from .latent import LatentAdapter, LatentBall  # noqa: E402  (latent space of a generative model)
 
 __all__ += ["LatentBall", "LatentAdapter"]
+from .graph import BinaryFeatureFlips, EdgeFlips, FeatureBall  # noqa: E402  (graph structure and node features)
+__all__ += ["EdgeFlips", "FeatureBall", "BinaryFeatureFlips"]
