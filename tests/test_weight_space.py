@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import pytorch_lightning as pl
 import torch
 from torch import nn
@@ -57,6 +59,31 @@ def test_weight_ball_projection_is_layerwise_relative_and_skips_norm_layers(norm
     inner = {k: 0.5 * d for k, d in projected.items()}
     for k, d in ball.project(inner, radius).items():  # points inside stay put
         assert torch.equal(d, inner[k])
+
+
+@settings(max_examples=100, deadline=None)
+@given(norm=st.sampled_from(["l2", "linf"]), relative=st.booleans(), gamma=st.floats(1e-4, 2.0),
+       scale=st.floats(1e-3, 100.0), seed=st.integers(0, 2**31 - 1))
+def test_weight_ball_projection_is_the_closest_point_of_each_layer_ball(norm, relative, gamma, scale, seed):
+    """Inside the budget, idempotent, and the Euclidean projection (variational inequality
+    <v - P(v), z - P(v)> <= 0 for admissible z) per layer."""
+    g = torch.Generator().manual_seed(seed)
+    model = nn.Sequential(nn.Linear(5, 7), nn.Linear(7, 3)).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
+    ball = WeightBall(gamma, relative=relative, norm=norm, include_biases=True)
+    radius = ball.radius(model)
+    v = {k: scale * torch.randn(p.shape, generator=g, dtype=torch.float64) for k, p in ball.parameters(model).items()}
+    proj = ball.project(v, radius)
+    assert ball.contains(proj, model, atol=1e-9)
+    again = ball.project(proj, radius)
+    for k in proj:
+        torch.testing.assert_close(again[k], proj[k], rtol=1e-12, atol=1e-12)
+    z = ball.random(model, g)
+    for k in proj:
+        inner = float(((v[k] - proj[k]) * (z[k] - proj[k])).sum())
+        assert inner <= 1e-9 * (1 + float(v[k].norm()) * float(radius[k]))
 
 
 def test_weight_ball_random_and_step_stay_inside_and_are_seeded():

@@ -58,7 +58,8 @@ class AdversarialWeightPerturbation(pl.Callback):
         warmup_epochs: epochs trained without perturbation first.
         loss_fn: ``loss_fn(pl_module, batch) -> scalar`` maximised over ``v``; default: mean
             cross-entropy of the module's logits through the batch adapter. Pass your objective (e.g. a
-            TRADES loss) to search against it.
+            TRADES loss) to search against it. ``training_step`` itself is deliberately not called: it
+            logs, may step manual optimizers and may keep state, none of which an extra call should do.
         ball: a custom :class:`WeightBall` (overrides ``gamma``), e.g. to include biases.
         adapter: batch adapter for the default loss; inferred from the batch when ``None``.
 
@@ -66,7 +67,8 @@ class AdversarialWeightPerturbation(pl.Callback):
         With gradient accumulation every micro-batch is perturbed and restored on its own. With manual
         optimisation the weights are perturbed from batch start until the first ``manual_backward``,
         i.e. the first forward/backward of ``training_step`` sees ``w + v``. Closure-evaluating
-        optimizers (LBFGS) see the perturbation only in the first closure call.
+        optimizers (LBFGS) see the perturbation only in the first closure call. Under DDP each process
+        searches ``v`` on its own shard (no extra communication), and gradients are all-reduced as usual.
     """
 
     #: marks callbacks that replace the training batch; they must come before this one
