@@ -217,3 +217,22 @@ def test_transforms_are_seeded_and_rir_decays():
     assert late < 1e-3 * early  # 60 dB per 0.2 s
     shifted = RandomTimeShift(10, circular=True)(x, torch.Generator().manual_seed(0))
     assert torch.allclose(shifted.norm(dim=1), x.norm(dim=1))
+
+
+def test_apgd_and_fmn_work_unchanged_under_audio_budgets(m5, speech):
+    from mmrobust.attacks.apgd import APGD
+    from mmrobust.attacks.fmn import FMN
+
+    _, (wt, yt, lt) = speech
+    batch = {"audio": wt[:32], "label": yt[:32], "lengths": lt[:32]}
+    pad = torch.arange(LENGTH)[None] >= lt[:32, None]
+    res = APGD(PeakDBBall(-25.0), steps=10, seed=0)(m5, batch)
+    assert res.robust.float().mean() < res.clean_correct.float().mean() - 0.4
+    assert bool((res.extras["audio/db_x"] <= -25.0 + 1e-3).all())
+    assert bool(((res.inputs["audio"] - wt[:32])[pad] == 0).all())
+    fmn = FMN(SNRBall(10.0), steps=20)(m5, batch)
+    found = torch.isfinite(fmn.size["audio"])
+    assert found.float().mean() > 0.8
+    # minimal L2 perturbations, reported as SNRs: most fool the model at a far higher SNR than 10 dB
+    assert fmn.extras["audio/snr_db"][found].median() > 20.0
+    assert bool(((fmn.inputs["audio"] - wt[:32])[pad] == 0).all())
