@@ -226,6 +226,37 @@ def test_awp_trains_at_perturbed_weights_and_restores_before_the_optimizer_step(
     assert (plain.net[0].weight - module.net[0].weight).abs().max() < 0.05
 
 
+class ManualModule(DigitsModule):
+    def __init__(self):
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        opt = self.optimizers()
+        self.step_weights.append(self.net[0].weight.detach().clone())
+        opt.zero_grad()
+        self.manual_backward(nn.functional.cross_entropy(self(batch[0]), batch[1]))
+        opt.step()
+
+
+@pytest.mark.parametrize("setup", ["manual", "accumulate"])
+def test_awp_restores_before_each_step_with_manual_optimization_and_accumulation(digits, setup):
+    loader = digits_loader(digits, n=128, batch_size=32)
+    torch.manual_seed(0)
+    module = ManualModule() if setup == "manual" else DigitsModule()
+    probe = Probe()
+    kwargs = {} if setup == "manual" else {"accumulate_grad_batches": 2}
+    fit(module, loader, [probe, AdversarialWeightPerturbation(gamma=0.02)], **kwargs)
+    assert len(module.step_weights) == 4
+    assert len(probe.before_step) == (4 if setup == "manual" else 2)
+    starts = probe.at_start if setup == "manual" else probe.at_start[1::2]
+    for start, before_step in zip(starts, probe.before_step):
+        assert torch.equal(start["net.0.weight"], before_step["net.0.weight"])
+    for start, in_step in zip(probe.at_start, module.step_weights):
+        rel = (in_step - start["net.0.weight"]).norm() / start["net.0.weight"].norm()
+        assert abs(float(rel) - 0.02) < 1e-4  # every (micro-)batch trained at w + v
+
+
 def test_awp_batchnorm_statistics_match_plain_training(digits):
     """The AWP search must not update BatchNorm running statistics (only the training step's forward does)."""
     loader = digits_loader(digits, n=64)
