@@ -290,3 +290,69 @@ def test_adversarial_training_raises_pgd_robust_accuracy_far_above_normal_traini
     assert results["normal"][0] > 0.9 and results["normal"][1] < 0.2
     assert results["at"][1] > results["normal"][1] + 0.4
     assert results["at"][0] > 0.8
+
+
+def test_callback_adapter_reads_custom_keys_and_advances_the_attack_rng(digits):
+    from mmrobust.adapters import TensorAdapter
+
+    x, y = digits[0][:64], digits[1][:64]
+
+    class KeyModule(UserModule):
+        def training_step(self, batch, batch_idx):
+            return super().training_step({"image": batch["pixels"], "label": batch["cls"]}, batch_idx)
+
+    batches = DataLoader(TensorDataset(x, y), batch_size=32,
+                         collate_fn=lambda s: {"pixels": torch.stack([a for a, _ in s]),
+                                               "cls": torch.stack([b for _, b in s]), "id": "meta"})
+    attack = PGD(LinfBall(EPS, lower=0, upper=1), steps=1, seed=0)
+    module = KeyModule()
+    cb = AdversarialTraining(attack, warmup_epochs=1, adapter=TensorAdapter(input_key="pixels", target_key="cls"))
+    trainer(callbacks=[cb]).fit(module, batches)
+    assert (module.seen[1] - x[32:]).abs().max() > 0
+    # the warm-up copies share the attack's generator: its stream advanced and is checkpointed
+    rng = cb.state_dict()["attack"]["rng"]
+    fresh = torch.Generator().manual_seed(0).get_state()
+    assert rng is not None and not torch.equal(rng, fresh)
+
+
+def test_graph_batches_are_attacked_through_the_graph_adapter():
+    pytest.importorskip("torch_geometric")
+    from torch_geometric.data import Data
+    from torch_geometric.loader import DataLoader as GraphLoader
+    from torch_geometric.nn import GCNConv
+
+    from mmrobust.adapters.graph import GraphAdapter
+
+    g = torch.Generator().manual_seed(0)
+    n = 30
+    data = Data(x=torch.rand(n, 5, generator=g), edge_index=torch.randint(0, n, (2, 90), generator=g),
+                y=torch.randint(0, 3, (n,), generator=g), train_mask=torch.arange(n) < 20)
+    x_before = data.x.clone()
+
+    class GraphModule(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv = GCNConv(5, 3)
+            self.seen = []
+
+        def forward(self, x, edge_index, edge_weight=None, batch=None):
+            return self.conv(x, edge_index, edge_weight)
+
+        def training_step(self, batch, batch_idx):
+            self.seen.append(batch.x.detach().clone())
+            out = self(batch.x, batch.edge_index)
+            return nn.functional.cross_entropy(out[batch.train_mask], batch.y[batch.train_mask])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    module = GraphModule()
+    cb = AdversarialTraining(PGD(LinfBall(0.1, lower=0, upper=1), steps=3, seed=0),
+                             adapter=GraphAdapter(mask="train"))
+    trainer(max_epochs=2, callbacks=[cb]).fit(module, GraphLoader([data], batch_size=1))
+    assert torch.equal(data.x, x_before)
+    assert cb.adversarial_steps == 2
+    for seen in module.seen:
+        dist = (seen - x_before).abs().max()
+        assert 0.05 < dist <= 0.1 + 1e-6

@@ -137,11 +137,18 @@ class AdversarialTraining(pl.Callback):
         return trainer.current_epoch >= self.start_epoch and self.steps_seen % self.every_n_steps == 0
 
     def _attack_at(self, factor: float, device) -> Attack:
-        if factor >= 1.0:
-            return self.attack
-        # the copy shares the attack's generator object, so its random starts advance the same stream
-        self.attack.generator(device)
-        return self.attack.with_threat(scaled_threat(self.attack.threat, factor))
+        """The attack at this step's budget, reading batches with the callback's adapter if one is given."""
+        attack = self.attack
+        needs_adapter = self.adapter is not None and attack.adapter is None
+        if factor >= 1.0 and not needs_adapter:
+            return attack
+        # create the generator first: the copy then shares it, so its random starts advance the same
+        # (checkpointed) stream
+        attack.generator(device)
+        copy = attack.with_threat(attack.threat if factor >= 1.0 else scaled_threat(attack.threat, factor))
+        if needs_adapter:
+            copy.adapter = self.adapter
+        return copy
 
     def _unit_generator(self) -> torch.Generator:
         if self._generator is None:
@@ -167,10 +174,7 @@ class AdversarialTraining(pl.Callback):
         """``batch`` with (a ``ratio`` fraction of) its units replaced by adversarial versions."""
         if isinstance(batch, tuple):
             assign_batch(batch, batch)  # fail before spending an attack on an immutable batch
-        adapter = self.adapter or attack.adapter or infer_adapter(batch)
-        if attack.adapter is None and self.adapter is not None:
-            attack = attack.with_threat(attack.threat)
-            attack.adapter = self.adapter
+        adapter = attack.adapter or infer_adapter(batch)
         if self.ratio >= 1.0:
             return attack.generate(model, batch)
         with attack_mode(model):

@@ -103,6 +103,7 @@ class RobustClassifier(pl.LightningModule):
     def _attack(self, batch: Any) -> Any:
         attack = self.attack
         if self.adapter is not None and attack.adapter is None:
+            attack.generator(self.device)  # the copy shares the (checkpointed) generator
             attack = attack.with_threat(attack.threat)
             attack.adapter = self.adapter
         return attack.generate(self, batch)
