@@ -189,6 +189,8 @@ def test_callback_schedule_limits_and_test_after_fit(tmp_path, digits, digits_cn
     t.test(module, dataloaders=loader(digits, batch_size=25), verbose=False)
     assert calls == [25, 25, 25]  # test after fit (current_epoch 3) is not subject to every_n_epochs
     assert "test/robust_acc" in t.callback_metrics
+    t.validate(module, dataloaders=loader(digits, batch_size=25), verbose=False)
+    assert calls == [25, 25, 25, 25]  # nor is a standalone validation run
 
 
 def test_evaluate_reads_custom_batches_through_the_adapter(digits, digits_cnn, capsys):

@@ -37,8 +37,8 @@ class RobustnessEvaluation(Callback):
 
     Args:
         attacks: an Attack, a list, or a dict ``name -> Attack`` (names appear in the logged keys).
-        every_n_epochs: attack validation only every n-th epoch (``current_epoch % n == 0``); test runs
-            are always attacked.
+        every_n_epochs: during ``fit`` attack validation only every n-th epoch (``current_epoch % n == 0``);
+            standalone ``validate``/``test`` runs are always attacked.
         max_batches: attack only the first ``max_batches`` batches of every dataloader per epoch.
         stages: any of ``"validate"``, ``"test"``.
         adapter: how to read batches, for attacks that have none.
@@ -92,8 +92,10 @@ class RobustnessEvaluation(Callback):
             return False
         if self.max_batches is not None and batch_idx >= self.max_batches:
             return False
-        # a test run after fit() sits at the last epoch number; the schedule is for validation only
-        return stage == "test" or trainer.current_epoch % self.every_n_epochs == 0
+        # the schedule thins validation during fit(); standalone validate()/test() runs sit at whatever epoch
+        # number fit() left behind and are always attacked
+        fitting = getattr(trainer.state.fn, "value", trainer.state.fn) == "fit"
+        return not fitting or trainer.current_epoch % self.every_n_epochs == 0
 
     def _metric_set(self, stage: str, dataloader_idx: int, device: torch.device) -> Dict[str, RobustAccuracy]:
         key = (stage, dataloader_idx)
