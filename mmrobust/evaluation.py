@@ -8,7 +8,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .adapters.base import BatchAdapter, infer_adapter
+from .adapters.base import BatchAdapter
 from .attacks.base import Attack
 from .errors import check_int
 from .metrics.robust_accuracy import AttackSuccessRate, RobustAccuracy
