@@ -86,7 +86,7 @@ def mart_loss(logits_clean: Tensor, logits_adv: Tensor, y: Tensor, beta: float =
 # -- CCAT ---------------------------------------------------------------------------------------------
 
 def other_class_confidence(logits: Tensor, labels: Tensor, target_labels: Optional[Tensor] = None) -> Tensor:
-    """CCAT's attack objective (Stutz et al. 2020, https://arxiv.org/abs/1910.06259, Eq. 4).
+    """CCAT's attack objective (Stutz et al. 2020, https://arxiv.org/abs/1910.06259, Sec. 3.2, attack objective).
 
     .. math:: \\max_{k \\ne y} \\log \\mathrm{softmax}(z)_k
 
@@ -100,7 +100,7 @@ def other_class_confidence(logits: Tensor, labels: Tensor, target_labels: Option
 
 
 def ccat_lambda(relative_size: Tensor, rho: float = 10.0) -> Tensor:
-    """CCAT's power transition (Stutz et al. 2020, Eq. 6): :math:`\\lambda = 1 - (1 - \\min(1, \\|\\delta\\|/\\epsilon))^\\rho`.
+    """CCAT's power transition (Stutz et al. 2020, Sec. 3.2): :math:`\\lambda = 1 - (1 - \\min(1, \\|\\delta\\|/\\epsilon))^\\rho`.
 
     ``relative_size`` is :math:`\\|\\delta\\|_\\infty / \\epsilon` (or the threat model's own size over its
     radius) per output.
@@ -110,7 +110,7 @@ def ccat_lambda(relative_size: Tensor, rho: float = 10.0) -> Tensor:
 
 
 def ccat_target(y: Tensor, num_classes: int, relative_size: Tensor, rho: float = 10.0) -> Tensor:
-    """CCAT's target distribution (Stutz et al. 2020, Eq. 5): :math:`(1-\\lambda)\\,\\mathrm{onehot}(y) + \\lambda/K`."""
+    """CCAT's target distribution (Stutz et al. 2020, Sec. 3.2): :math:`(1-\\lambda)\\,\\mathrm{onehot}(y) + \\lambda/K`."""
     check_int("num_classes", num_classes, 2)
     lam = ccat_lambda(relative_size, rho)[:, None]
     onehot = F.one_hot(y, num_classes).to(lam.dtype)
@@ -124,7 +124,7 @@ def soft_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
 
 def ccat_loss(logits_clean: Tensor, y_clean: Tensor, logits_adv: Tensor, y_adv: Tensor,
               relative_size: Tensor, rho: float = 10.0) -> Tensor:
-    """Confidence-calibrated adversarial training (Stutz et al. 2020, Alg. 1 / Eq. 5-6).
+    """Confidence-calibrated adversarial training (Stutz et al. 2020, Sec. 3.2 and its training algorithm).
 
     .. math:: \\frac{1}{n_c + n_a}\\Big[\\sum_{i \\in \\mathrm{clean}} \\mathrm{CE}(f(x_i), y_i)
               + \\sum_{i \\in \\mathrm{adv}} \\mathrm{CE}\\big(f(\\tilde x_i),\\ (1-\\lambda_i)\\,

@@ -204,7 +204,7 @@ def catastrophic_overfitting(pgd_acc: float, fgsm_acc: float, best_pgd_acc: floa
                              max_drop: float) -> Optional[str]:
     """The rule :class:`FastAdversarialTraining` warns on; ``None`` when training looks healthy.
 
-    Catastrophic overfitting (Wong et al. 2020, Sec. 5.3) shows as PGD accuracy collapsing while FGSM
+    Catastrophic overfitting (Wong et al. 2020, the section of that name) shows as PGD accuracy collapsing while FGSM
     accuracy stays high.  It is flagged when, on the probe batch,
 
     * ``pgd_acc < co_threshold * fgsm_acc`` (PGD finds far more errors than the training attack), or

@@ -143,7 +143,7 @@ class RobustClassifier(pl.LightningModule):
         return loss
 
     def _ccat_step(self, batch: Any, victim: Victim) -> Tensor:
-        """Half clean, half adversarial (Stutz et al. 2020, Alg. 1); falls back to both on the whole batch
+        """Half clean, half adversarial (Stutz et al. 2020, Sec. 3.2); falls back to both on the whole batch
         when the adapter cannot split units (``Victim.select`` is ``None``)."""
         n_units = victim.num_units
         if victim.select is not None and n_units >= 2:
