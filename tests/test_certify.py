@@ -178,3 +178,19 @@ def test_gaussian_noise_training_adds_seeded_noise_without_touching_user_tensors
         cb.on_train_batch_start(FakeTrainer(), model, (x, y), 0)
     with pytest.raises(ValueError, match="sigma"):
         GaussianNoiseTraining(-1.0)
+
+
+def test_gaussian_noise_training_on_dict_batches_only_touches_the_input():
+    x = torch.rand(8, 1, 8, 8)
+    batch = {"image": x, "label": torch.arange(8), "extra": "kept"}
+
+    class FakeTrainer:
+        current_epoch = 0
+
+    cb = GaussianNoiseTraining(0.1, seed=0, warmup_epochs=1)
+    cb.on_train_batch_start(FakeTrainer(), nn.Identity(), batch, 0)
+    assert batch["image"] is x  # still warming up
+    FakeTrainer.current_epoch = 1
+    cb.on_train_batch_start(FakeTrainer(), nn.Identity(), batch, 0)
+    assert batch["image"] is not x and batch["extra"] == "kept" and torch.equal(batch["label"], torch.arange(8))
+    assert 0 < float((batch["image"] - x).abs().max()) < 1
