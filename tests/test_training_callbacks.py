@@ -356,3 +356,37 @@ def test_graph_batches_are_attacked_through_the_graph_adapter():
     for seen in module.seen:
         dist = (seen - x_before).abs().max()
         assert 0.05 < dist <= 0.1 + 1e-6
+
+
+@pytest.mark.parametrize("objective", ["trades", "ccat"])
+def test_robust_classifier_trains_graph_models_through_the_graph_adapter(objective):
+    pytest.importorskip("torch_geometric")
+    from torch_geometric.data import Data
+    from torch_geometric.loader import DataLoader as GraphLoader
+    from torch_geometric.nn import GCNConv
+
+    from mmrobust.adapters.graph import GraphAdapter
+
+    class GCN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = GCNConv(5, 3)
+
+        def forward(self, x, edge_index, edge_weight=None):
+            return self.conv(x, edge_index, edge_weight)
+
+    g = torch.Generator().manual_seed(0)
+    graphs = [Data(x=torch.rand(12, 5, generator=g), edge_index=torch.randint(0, 12, (2, 30), generator=g),
+                   y=torch.randint(0, 3, (12,), generator=g), train_mask=torch.ones(12, dtype=torch.bool))
+              for _ in range(4)]
+    threat = LinfBall(0.1, lower=0, upper=1)
+    attack = (TradesAttack(threat, steps=2, seed=0) if objective == "trades"
+              else PGD(threat, steps=2, loss=other_class_confidence, seed=0))
+    torch.manual_seed(0)
+    module = RobustClassifier(GCN(), objective=objective, attack=attack, adapter=GraphAdapter(mask="train"),
+                              optimizer="adam", lr=1e-2)
+    before = state(module.model)
+    t = trainer(max_epochs=1)
+    t.fit(module, GraphLoader(graphs, batch_size=2))
+    assert "train/adv_acc" in t.callback_metrics
+    assert any(not torch.equal(before[k], v) for k, v in state(module.model).items())

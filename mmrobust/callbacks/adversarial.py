@@ -204,8 +204,8 @@ def catastrophic_overfitting(pgd_acc: float, fgsm_acc: float, best_pgd_acc: floa
                              max_drop: float) -> Optional[str]:
     """The rule :class:`FastAdversarialTraining` warns on; ``None`` when training looks healthy.
 
-    Catastrophic overfitting (Wong et al. 2020, the section of that name) shows as PGD accuracy collapsing while FGSM
-    accuracy stays high.  It is flagged when, on the probe batch,
+    Catastrophic overfitting (Wong et al. 2020, the section of that name) shows as PGD accuracy
+    collapsing while FGSM accuracy stays high.  It is flagged when, on the probe batch,
 
     * ``pgd_acc < co_threshold * fgsm_acc`` (PGD finds far more errors than the training attack), or
     * ``pgd_acc < best_pgd_acc - max_drop`` (PGD accuracy fell more than ``max_drop`` below its best;

@@ -81,8 +81,9 @@ class RobustClassifier(pl.LightningModule):
         self.adapter = adapter
         self.track_clean_acc = bool(track_clean_acc)
 
-    def forward(self, x: Any) -> Tensor:
-        return self.model(x)
+    def forward(self, *args: Any, **kwargs: Any) -> Tensor:
+        # adapters call the module the way they call the user's model (e.g. (x, edge_index) for graphs)
+        return self.model(*args, **kwargs)
 
     # -- attack state travels with the checkpoint -------------------------------------------------
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
