@@ -226,6 +226,31 @@ def test_awp_trains_at_perturbed_weights_and_restores_before_the_optimizer_step(
     assert (plain.net[0].weight - module.net[0].weight).abs().max() < 0.05
 
 
+def test_awp_step_equals_an_optimizer_step_with_the_gradient_at_perturbed_weights(digits):
+    """Replays one AWP step by hand: search v at w, gradient at w + v, restore w, plain SGD step."""
+    loader = digits_loader(digits, n=64)
+    torch.manual_seed(0)
+    module = DigitsModule()
+    init = snapshot(module)
+    awp = AdversarialWeightPerturbation(gamma=0.05, steps=2)
+    fit(module, loader, [awp], max_steps=1)
+
+    replay = DigitsModule()
+    replay.load_state_dict(init)
+    replay.train()
+    batch = next(iter(loader))
+    opt = replay.configure_optimizers()
+    deltas = AdversarialWeightPerturbation(gamma=0.05, steps=2).find_perturbation(replay, batch)
+    assert_bit_equal(init, snapshot(replay))  # the search has no side effects
+    with perturbed_weights(replay, deltas):
+        nn.functional.cross_entropy(replay(batch[0]), batch[1]).backward()
+    opt.step()
+    for k, v in snapshot(replay).items():
+        torch.testing.assert_close(module.state_dict()[k], v, rtol=1e-6, atol=1e-7)
+    moved = (module.net[0].weight - init["net.0.weight"]).abs().max()
+    assert moved > 1e-4
+
+
 class ManualModule(DigitsModule):
     def __init__(self):
         super().__init__()
