@@ -288,8 +288,9 @@ def test_regularizers_reduce_the_quantity_they_penalise(digits):
     assert c_cure < 0.7 * c_base
     assert l_clip < 0.7 * l_base
     assert g_grad < 0.7 * g_base
-    for m in (cure, clip, grad):
-        assert (m(xt).argmax(1) == yt).float().mean() > 0.8
+    base_acc = (base(xt).argmax(1) == yt).float().mean()
+    for m in (cure, clip, grad):  # the regularised models still classify
+        assert (m(xt).argmax(1) == yt).float().mean() > base_acc - 0.2
 
 
 def test_geometric_regularization_callback_adds_the_penalty_gradient(digits):
