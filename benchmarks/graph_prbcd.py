@@ -1,0 +1,197 @@
+"""PRBCD side by side with PyG's ``torch_geometric.contrib.nn.PRBCDAttack`` on Cora, and scaling.
+
+Same trained 2-layer GCN, same test nodes, same budgets (fractions of the undirected edges, PyG's
+convention ``int(fraction * num_edges / 2)``), same block size and epochs.  Every attack runs in a
+forked child process so that its peak memory (VmHWM above the child's starting RSS) is measured alone.
+
+    python benchmarks/graph_prbcd.py                      # strength + speed table (Cora)
+    python benchmarks/graph_prbcd.py --scaling            # time/memory vs edges and block size
+
+Cora is read from ``--data`` (a directory with ``Cora/raw``; default ../shared/data/planetoid), copied
+to a writable temporary directory first; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+warnings.filterwarnings("ignore")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "planetoid"
+
+
+def _status(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _child(fn, args, queue, threads):
+    torch.set_num_threads(threads)
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS counter (VmHWM)
+    except OSError:
+        pass
+    start_rss = _status("VmRSS")
+    t0 = time.perf_counter()
+    out = fn(*args)
+    seconds = time.perf_counter() - t0
+    queue.put((out, seconds, max(0, _status("VmHWM") - start_rss)))
+
+
+def measured(fn, *args, threads=2):
+    """``fn(*args)`` in a forked process: (result, seconds, peak extra memory in bytes)."""
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child, args=(fn, args, q, threads))
+    p.start()
+    out = q.get()
+    p.join()
+    return out
+
+
+# -- the shared victim ---------------------------------------------------------------------------------
+STATE = {}
+
+
+def setup_cora(data_dir: Path, seed: int):
+    from mmrobust.graph.data import load_planetoid
+    from mmrobust.graph.models import GCN
+    from mmrobust.graph.training import node_accuracy, train_node_classifier
+
+    root = Path(tempfile.mkdtemp(prefix="mmrobust_cora_"))
+    data = load_planetoid("Cora", root, source=data_dir)
+    torch.manual_seed(seed)
+    model = GCN(data.num_features, int(data.y.max()) + 1, hidden=16, dropout=0.5)
+    train_node_classifier(model, data, epochs=200, lr=0.01, weight_decay=5e-4)
+    STATE.update(data=data, model=model.eval())
+    return node_accuracy(model, data, "test")
+
+
+def test_accuracy(edge_index) -> float:
+    data, model = STATE["data"], STATE["model"]
+    with torch.no_grad():
+        pred = model(data.x, edge_index).argmax(1)
+    return (pred == data.y)[data.test_mask].float().mean().item()
+
+
+def run_pyg(budget: int, block_size: int, epochs: int, resampling: int, seed: int):
+    from torch_geometric.contrib.nn import PRBCDAttack
+
+    data, model = STATE["data"], STATE["model"]
+    torch.manual_seed(seed)
+    attack = PRBCDAttack(model, block_size=block_size, epochs=epochs, epochs_resampling=resampling, log=False)
+    idx = data.test_mask.nonzero().squeeze(1)
+    edge_index, flipped = attack.attack(data.x, data.edge_index, data.y, budget=budget, idx_attack=idx)
+    return test_accuracy(edge_index), int(flipped.shape[1])
+
+
+def run_ours(fraction: float, block_size: int, epochs: int, resampling: int, seed: int, loss: str,
+             eval_every: int):
+    from mmrobust.adapters.graph import GraphAdapter
+    from mmrobust.attacks.prbcd import PRBCD
+    from mmrobust.threats.graph import EdgeFlips
+
+    data, model = STATE["data"], STATE["model"]
+    attack = PRBCD(EdgeFlips(fraction), block_size=block_size, epochs=epochs, epochs_resampling=resampling,
+                   loss=loss, eval_every=eval_every, adapter=GraphAdapter(mask="test"), seed=seed)
+    result = attack(model, data)
+    return test_accuracy(result.batch.edge_index), int(result.size["edges"].sum())
+
+
+def strength(args):
+    clean = setup_cora(Path(args.data), args.seed)
+    data = STATE["data"]
+    print(f"Cora: {data.num_nodes} nodes, {data.edge_index.shape[1] // 2} undirected edges, "
+          f"GCN clean test accuracy {clean:.3f}; block_size={args.block_size}, epochs={args.epochs} "
+          f"({args.resampling} resampling), {args.threads} threads, loss={args.loss}, eval_every={args.eval_every}")
+    rows = []
+    for frac in args.budgets:
+        budget = int(frac * data.edge_index.shape[1] / 2)
+        pyg = measured(run_pyg, budget, args.block_size, args.epochs, args.resampling, args.seed,
+                       threads=args.threads) if not args.skip_pyg else None
+        ours = measured(run_ours, frac, args.block_size, args.epochs, args.resampling, args.seed, args.loss,
+                        args.eval_every, threads=args.threads)
+        rows.append((frac, budget, pyg, ours))
+        p = f"{pyg[0][0]:.3f} | {pyg[1]:.1f} | {pyg[2] / 2**20:.0f}" if pyg else "- | - | -"
+        print(f"budget {frac:.0%} ({budget} flips): PyG acc | s | MiB = {p};  ours = {ours[0][0]:.3f} | "
+              f"{ours[1]:.1f} | {ours[2] / 2**20:.0f} (flips {ours[0][1]})", flush=True)
+    print("\n| budget | flips | PyG acc | ours acc | PyG s | ours s | speed-up | PyG peak MiB | ours peak MiB |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for frac, budget, pyg, ours in rows:
+        if pyg:
+            print(f"| {frac:.0%} | {budget} | {pyg[0][0]:.3f} | {ours[0][0]:.3f} | {pyg[1]:.1f} | {ours[1]:.1f} | "
+                  f"{pyg[1] / ours[1]:.2f}x | {pyg[2] / 2**20:.0f} | {ours[2] / 2**20:.0f} |")
+        else:
+            print(f"| {frac:.0%} | {budget} | - | {ours[0][0]:.3f} | - | {ours[1]:.1f} | - | - | "
+                  f"{ours[2] / 2**20:.0f} |")
+
+
+def run_scaling_point(n: int, degree: float, block_size: int, epochs: int, seed: int):
+    from torch_geometric.data import Data
+    from torch_geometric.utils import erdos_renyi_graph
+
+    from mmrobust.adapters.graph import GraphAdapter
+    from mmrobust.attacks.prbcd import PRBCD
+    from mmrobust.graph.models import GCN
+    from mmrobust.threats.graph import EdgeFlips
+
+    torch.manual_seed(seed)
+    edge_index = erdos_renyi_graph(n, degree / n)
+    data = Data(x=torch.randn(n, 32), edge_index=edge_index, y=torch.randint(0, 4, (n,)))
+    model = GCN(32, 4, hidden=16).eval()
+    attack = PRBCD(EdgeFlips(0.05), block_size=block_size, epochs=epochs, epochs_resampling=epochs // 2,
+                   final_samples=2, adapter=GraphAdapter(mask=None), seed=seed)
+    attack(model, data)
+    return int(edge_index.shape[1] // 2)
+
+
+def scaling(args):
+    print(f"PRBCD scaling on Erdős–Rényi graphs (average degree {args.degree}), {args.scaling_epochs} epochs, "
+          f"{args.threads} threads")
+    print("\n| nodes | undirected edges | block size | s per epoch | peak MiB |")
+    print("|---|---|---|---|---|")
+    for n in args.nodes:
+        for b in args.blocks:
+            edges, s, mem = measured(run_scaling_point, n, args.degree, b, args.scaling_epochs, args.seed,
+                                     threads=args.threads)
+            print(f"| {n} | {edges} | {b} | {s / args.scaling_epochs:.3f} | {mem / 2**20:.0f} |", flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(DEFAULT_DATA))
+    ap.add_argument("--budgets", type=float, nargs="+", default=[0.01, 0.05, 0.10, 0.25])
+    ap.add_argument("--block-size", type=int, default=250_000)
+    ap.add_argument("--epochs", type=int, default=125)
+    ap.add_argument("--resampling", type=int, default=100)
+    ap.add_argument("--loss", default="prob_margin")
+    ap.add_argument("--eval-every", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--skip-pyg", action="store_true")
+    ap.add_argument("--scaling", action="store_true")
+    ap.add_argument("--nodes", type=int, nargs="+", default=[2_000, 8_000, 32_000])
+    ap.add_argument("--blocks", type=int, nargs="+", default=[50_000, 250_000, 1_000_000])
+    ap.add_argument("--degree", type=float, default=8.0)
+    ap.add_argument("--scaling-epochs", type=int, default=6)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.scaling:
+        scaling(args)
+    else:
+        strength(args)
+
+
+if __name__ == "__main__":
+    main()
