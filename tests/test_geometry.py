@@ -121,13 +121,15 @@ def test_boundary_distance_of_binary_linear_model_is_margin_over_weight_norm():
     y = logits.argmax(1)
     y[:3] = 1 - y[:3]  # three misclassified inputs: distance 0
     exact = (logits[:, 0] - logits[:, 1]).abs() / (w[0] - w[1]).norm()
-    d = boundary_distance(model, (x, y), threat=L2Ball(10.0), steps=20, search_steps=12)
-    assert torch.equal(d[:3], torch.zeros(3))
-    assert bool((d[3:] >= exact[3:] * (1 - 1e-3)).all()), "a distance below the exact one is impossible"
-    assert torch.allclose(d[3:], exact[3:], rtol=0.02, atol=1e-3)
-    # relative to the prediction, the misclassified inputs get their own (positive) distance
-    dp = boundary_distance(model, (x, y), threat=L2Ball(10.0), steps=20, search_steps=12, relative_to="prediction")
-    assert torch.allclose(dp, exact, rtol=0.02, atol=1e-3)
+    search = MinimalNormSearch(PGD(L2Ball(10.0), steps=20, loss="margin", random_start=False), search_steps=12)
+    for attack in (None, search):  # None: FMN
+        d = boundary_distance(model, (x, y), attack, threat=L2Ball(10.0), steps=50)
+        assert torch.equal(d[:3], torch.zeros(3))
+        assert bool((d[3:] >= exact[3:] * (1 - 1e-3)).all()), "a distance below the exact one is impossible"
+        assert torch.allclose(d[3:], exact[3:], rtol=0.02, atol=1e-3)
+        # relative to the prediction, the misclassified inputs get their own (positive) distance
+        dp = boundary_distance(model, (x, y), attack, threat=L2Ball(10.0), steps=50, relative_to="prediction")
+        assert torch.allclose(dp, exact, rtol=0.02, atol=1e-3)
 
 
 def test_minimal_norm_search_reports_inf_when_nothing_found():

@@ -186,17 +186,19 @@ def boundary_distances(result: AttackResult, name: Optional[str] = None) -> Tens
 
 
 def boundary_distance(model: nn.Module, batch: Any, attack: Optional[Attack] = None, *,
-                      threat: Optional[ThreatModel] = None, steps: int = 20, search_steps: int = 8,
+                      threat: Optional[ThreatModel] = None, steps: int = 100, search_steps: int = 8,
                       adapter: Optional[BatchAdapter] = None, relative_to: str = "label") -> Tensor:
     """Distance to the decision boundary for every output of ``batch`` (Fawzi et al. 2018, Eq. 1).
 
     .. math:: d(x) = \\min \\{\\|\\delta\\| : \\arg\\max_k f_k(x + \\delta) \\ne y\\}
 
     Args:
-        attack: a minimal-norm attack (``FMN`` or :class:`MinimalNormSearch`); when ``None``, a
-            :class:`MinimalNormSearch` over ``PGD(threat, steps=steps, random_start=False)`` with the margin
-            loss is used.
-        threat: the norm ball whose ``eps`` bounds the search when ``attack`` is ``None``.
+        attack: a minimal-norm attack (``FMN``, :class:`MinimalNormSearch`, or any attack whose result size is
+            the smallest adversarial norm, ``+inf`` when none was found).
+        threat: when ``attack`` is ``None``: the norm to measure in. L-inf/L2/L1 balls use
+            ``FMN(threat, steps=steps)`` (Pintor et al. 2021; ``eps`` is ignored); other threat models a
+            :class:`MinimalNormSearch` over ``PGD(threat, steps=20, random_start=False)`` with the margin loss,
+            bisecting ``search_steps`` times below ``threat.eps``.
         relative_to: ``"label"`` (misclassified inputs get ``0``) or ``"prediction"`` (distance to where the
             prediction changes, for every input; see :class:`PredictedLabelAdapter`).
     Returns:
@@ -205,11 +207,15 @@ def boundary_distance(model: nn.Module, batch: Any, attack: Optional[Attack] = N
     check_choice("relative_to", relative_to, ("label", "prediction"))
     if attack is None:
         if threat is None:
-            raise ValueError("pass a minimal-norm attack or a threat (e.g. L2Ball(3.0)) bounding the search")
-        from ..attacks.pgd import PGD
-        # from the clean point, the first step follows the gradient exactly (random starts cost precision)
-        attack = MinimalNormSearch(PGD(threat, steps=steps, loss="margin", random_start=False, adapter=adapter),
-                                   search_steps=search_steps)
+            raise ValueError("pass a minimal-norm attack or a threat (e.g. L2Ball(3.0)) giving the norm")
+        if threat.norm in ("linf", "l2", "l1"):
+            from ..attacks.fmn import FMN
+            attack = FMN(threat, steps=check_int("steps", steps, 1), adapter=adapter)
+        else:
+            from ..attacks.pgd import PGD
+            # from the clean point, the first step follows the gradient exactly (random starts cost precision)
+            attack = MinimalNormSearch(PGD(threat, steps=20, loss="margin", random_start=False, adapter=adapter),
+                                       search_steps=search_steps)
     if relative_to == "prediction":
         attack = with_predicted_labels(attack)
     return boundary_distances(attack(model, batch))
