@@ -144,3 +144,36 @@ def test_planetoid_from_offline_copy(shared_data, tmp_path):
     assert data.num_nodes == 2708 and int(data.test_mask.sum()) == 1000
     with pytest.raises(ValueError, match="name"):
         load_planetoid("Reddit", tmp_path)
+
+
+class _EdgeAttrGAT(torch.nn.Module):
+    """A user's GAT that takes edge features, not edge weights (attacked through the adapter hook)."""
+
+    def __init__(self, f, c):
+        super().__init__()
+        from torch_geometric.nn import GATConv
+        self.conv1 = GATConv(f, 16, edge_dim=1, fill_value=1.0)
+        self.conv2 = GATConv(16, c, edge_dim=1, fill_value=1.0)
+
+    def forward(self, x, edge_index, edge_attr=None):
+        return self.conv2(self.conv1(x, edge_index, edge_attr).relu(), edge_index, edge_attr)
+
+
+def test_models_without_edge_weights_are_attacked_through_the_hook():
+    from mmrobust.adapters.graph import edge_weight_as_edge_attr
+
+    data = sbm_graph(num_nodes=90, num_classes=3, p_in=0.15, p_out=0.01, feature_noise=1.5, seed=0)
+    torch.manual_seed(0)
+    model = _EdgeAttrGAT(data.num_features, 3)
+    opt = torch.optim.Adam(model.parameters(), 0.02)
+    ones = torch.ones(data.edge_index.shape[1], 1)
+    for _ in range(80):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(data.x, data.edge_index, ones)[data.train_mask],
+                                          data.y[data.train_mask]).backward()
+        opt.step()
+    adapter = GraphAdapter(mask="test", forward=edge_weight_as_edge_attr)
+    result = PRBCD(EdgeFlips(0.2), block_size=1500, epochs=30, epochs_resampling=20, adapter=adapter,
+                   seed=0)(model.eval(), data)
+    assert result.clean_correct.float().mean() > 0.7
+    assert result.adv_correct.float().mean() < result.clean_correct.float().mean() - 0.1

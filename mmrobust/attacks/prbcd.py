@@ -434,7 +434,8 @@ class PRBCD(GraphAttack):
                     take = better[block.unit]
                     best_chosen = torch.where(take, chosen, best_chosen)
                     best_score = tuple(torch.where(better, s, b) for s, b in zip(score, best_score))
-                    best_logits = None  # mixed samples across graphs: recompute at the end
+                    # several graphs may take their best from different samples: recompute logits then
+                    best_logits = logits if graph.num_units == 1 else None
             ei, ew = block.flip(graph.edge_index, base_w, best_chosen)
             flipped = torch.stack([block.row[best_chosen], block.col[best_chosen]])
         adv = {"x": x_units if delta is None else x_units + delta, "edge_index": ei, "flipped_edges": flipped}

@@ -22,7 +22,8 @@ from ..errors import check_finite_nonneg, check_fraction, check_int
 from .base import ThreatModel
 from .norms import L1Ball, L2Ball, LinfBall
 
-_BISECTION_STEPS = 40
+_BISECTION_STEPS = 60
+_BISECTION_TOL = 1e-7   # on the shift mu; the returned point is always feasible (hi side)
 
 
 def project_capped_simplex(values: Tensor, segment: Tensor, budget: Tensor, num_segments: int) -> Tensor:
@@ -40,19 +41,27 @@ def project_capped_simplex(values: Tensor, segment: Tensor, budget: Tensor, num_
     if not bool(over.any()):
         return clipped
     v = values.double()
-    seg_min = torch.full((num_segments,), float("inf"), dtype=v.dtype, device=v.device).scatter_reduce(
-        0, segment, v, reduce="amin", include_self=True)
-    seg_max = torch.full((num_segments,), float("-inf"), dtype=v.dtype, device=v.device).scatter_reduce(
-        0, segment, v, reduce="amax", include_self=True)
-    lo = (seg_min - 1).clamp_max(0)       # mu here keeps every entry at 1: infeasible for over-budget units
-    hi = seg_max.clamp_min(0)             # mu here zeroes everything: feasible
     b = budget.double()
+    single = num_segments == 1  # plain reductions are much faster than scatters for one graph
+    if single:
+        lo, hi = (v.min() - 1).clamp_max(0).reshape(1), v.max().clamp_min(0).reshape(1)
+    else:
+        lo = torch.full((num_segments,), float("inf"), dtype=v.dtype, device=v.device).scatter_reduce(
+            0, segment, v, reduce="amin", include_self=True)
+        hi = torch.full((num_segments,), float("-inf"), dtype=v.dtype, device=v.device).scatter_reduce(
+            0, segment, v, reduce="amax", include_self=True)
+        lo, hi = (lo - 1).clamp_max(0), hi.clamp_min(0)   # lo: everything at 1 (infeasible), hi: all zero
     for _ in range(_BISECTION_STEPS):
         mid = (lo + hi) / 2
-        s = torch.zeros_like(mid).index_add(0, segment, (v - mid[segment]).clamp(0, 1))
+        if single:
+            s = (v - mid).clamp(0, 1).sum().reshape(1)
+        else:
+            s = torch.zeros_like(mid).index_add(0, segment, (v - mid[segment]).clamp(0, 1))
         feasible = s <= b
         hi = torch.where(feasible, mid, hi)
         lo = torch.where(feasible, lo, mid)
+        if bool(((hi - lo) < _BISECTION_TOL).all()):
+            break
     mu = torch.where(over, hi, torch.zeros_like(hi))
     return (v - mu[segment]).clamp(0, 1).to(values.dtype)
 
