@@ -347,3 +347,19 @@ def test_regularizers_reject_bad_arguments():
     with pytest.raises(ValueError, match="output_norm must be one of"):
         local_lipschitz(linear_model(torch.randn(2, 2)), (torch.rand(1, 2), torch.zeros(1, dtype=torch.long)),
                         LinfBall(0.1), output_norm=3)
+
+
+def test_decision_slice_and_geometry_on_waveforms(tmp_path):
+    """The estimators are modality-agnostic: a 1-D waveform classifier through the same adapters."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(1, 4, 9, stride=4), nn.Tanh(), nn.AdaptiveAvgPool1d(1), nn.Flatten(),
+                          nn.Linear(4, 3))
+    t = torch.arange(400) / 8000
+    wave = torch.stack([0.5 * torch.sin(2 * torch.pi * f * t) for f in (300.0, 900.0)])[:, None]
+    y = torch.tensor([0, 1])
+    s = decision_slice(model, (wave, y), index=1, extent=0.5, resolution=11, second="adversarial")
+    assert s.classes[5, 5] == s.clean_class == int(model(wave[1:]).argmax(1))
+    assert s.u.shape == wave.shape[1:] and abs(float((s.u * s.v).sum())) < 1e-5
+    assert s.render(tmp_path / "wave.png").exists()
+    assert local_lipschitz(model, (wave, y), L2Ball(0.05), steps=3, seed=0).shape == (2,)
+    assert bool((curvature(model, (wave, y), h=0.01) >= 0).all())
