@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ..errors import check_choice, check_fraction, check_int, check_positive
-from .quantization import default_weight_types, original_weight
+from .quantization import default_weight_types, original_weight, own_parametrized_class
 
 __all__ = ["PruningMask", "pruning_mask", "prunable_modules", "add_masks", "magnitude_masks", "set_masks",
            "sparsity_at", "weight_sparsity", "prune_magnitude", "make_permanent", "hydra_prune", "prune_channels"]
@@ -161,6 +161,7 @@ def make_permanent(model: nn.Module) -> nn.Module:
         if mask is None:
             continue
         if len(m.parametrizations.weight) == 1:
+            own_parametrized_class(m)
             parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
         else:
             with torch.no_grad():

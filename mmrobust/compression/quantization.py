@@ -232,9 +232,26 @@ def quantize_model(model: nn.Module, cfg: Optional[QuantizerConfig] = None, *,
     return model
 
 
+def own_parametrized_class(module: nn.Module) -> None:
+    """Give a parametrised module a class of its own before removing parametrisations.
+
+    ``copy.deepcopy`` of a parametrised module shares torch's generated ``Parametrized*`` class with the
+    original, and ``remove_parametrizations`` deletes the property from that class, which would break
+    the other copy.
+    """
+    cls = module.__class__
+    namespace = {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
+    module.__class__ = type(cls.__name__, cls.__bases__, namespace)
+
+
 def dequantize_model(model: nn.Module, *, keep_quantized_values: bool = False) -> nn.Module:
-    """Remove the quantisation parametrisations (float weights back, or the quantised values baked in)."""
+    """Remove the quantisation parametrisations (float weights back, or the quantised values baked in).
+
+    Other parametrisations of the same weight (a pruning mask before the quantiser) are removed too,
+    keeping their effect when ``keep_quantized_values``.
+    """
     for _, module, _ in list(quantized_modules(model)):
+        own_parametrized_class(module)
         parametrize.remove_parametrizations(module, "weight", leave_parametrized=keep_quantized_values)
     return model
 
