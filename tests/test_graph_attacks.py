@@ -135,6 +135,9 @@ def test_bad_budgets_are_refused(sbm):
         PRBCD(EdgeFlips(10), block_size=5, adapter=GraphAdapter(mask="test"))(model, data)
     with pytest.raises(ValueError, match="mask"):
         GraphAdapter(mask="holdout")
+    directed = Data(x=torch.randn(4, 2), edge_index=torch.tensor([[0, 1], [1, 2]]), y=torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="directed"):
+        PRBCD(EdgeFlips(1), block_size=100, adapter=GraphAdapter(mask=None))(GCN(2, 2, hidden=4), directed)
 
 
 def test_feature_pgd_stays_in_budget(sbm):

@@ -210,6 +210,11 @@ class GraphAttack(Attack):
         return features
 
     def edge_budget(self, graph: GraphStructure, threat: EdgeFlips, pairs: CandidatePairs) -> Tensor:
+        from torch_geometric.utils import is_undirected
+
+        if not is_undirected(graph.edge_index, num_nodes=graph.num_nodes):
+            raise ValueError("EdgeFlips flips undirected pairs, but edge_index is directed; store both directions "
+                             "(e.g. torch_geometric.transforms.ToUndirected()) before attacking")
         base = graph.target_degree() if threat.local else graph.undirected_edges
         budget = threat.flips_allowed(base)
         too_big = budget > pairs.per_unit
