@@ -280,8 +280,11 @@ class PRBCD(GraphAttack):
             weights kept (early stopping of the reference implementation); ``0`` disables it.
         loss: ``"tanh_margin"`` (default; the paper's recommendation for global attacks), ``"prob_margin"``,
             ``"margin"``, ``"ce"``, ``"masked_ce"`` or a callable.
-        poisoning: not supported by this evasion attack; see :mod:`mmrobust.graph.training` for
-            adversarial training on perturbed training graphs.
+
+    Evasion by default.  Poisoning without meta-gradients: attack the *training* nodes of a model trained
+    on the clean graph (``GraphAdapter(mask="train")``), take ``result.batch`` and retrain on it (the
+    transfer poisoning Xu et al. 2019, https://arxiv.org/abs/1906.04214, evaluate); meta-gradient
+    poisoning through the training loop (Zügner & Günnemann 2019) is not implemented.
     """
 
     name = "prbcd"
