@@ -22,7 +22,9 @@ def apgd_checkpoints(steps: int) -> List[int]:
     p = [0.0, 0.22]
     while p[-1] < 1:
         p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
-    return sorted({math.ceil(q * steps) for q in p[1:] if q < 1 and 0 < math.ceil(q * steps) < steps})
+        # round away float noise (0.57 * 100 = 57.000000000000007) before the ceiling
+    ws = {math.ceil(round(q * steps, 9)) for q in p[1:] if q < 1}
+    return sorted(w for w in ws if 0 < w < steps)
 
 
 class BestPoint:
