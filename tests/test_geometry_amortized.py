@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from mmrobust.attacks import AmortizedAttack, ConvPerturbationGenerator, MLPPerturbationGenerator, PGD
+from mmrobust.attacks import AmortizedAttack, ConvPerturbationGenerator, MLPPerturbationGenerator
 from mmrobust.threats import L2Ball, LinfBall
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from mmrobust.attacks import PGD
 from mmrobust.generative import VAE, audio_feature_vae, image_vae, train_vae

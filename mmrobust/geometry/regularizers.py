@@ -19,7 +19,6 @@ import copy
 from typing import Any, Dict, Optional
 
 import pytorch_lightning as pl
-import torch
 from torch import Tensor, nn
 
 from ..adapters.base import BatchAdapter
