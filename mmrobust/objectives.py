@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .attacks.base import Threat
 from .attacks.pgd import PGD
 from .errors import check_finite_nonneg, check_int, check_positive
 from .threats.base import ThreatModel
@@ -174,7 +175,7 @@ class TradesAttack(PGD):
 
     name = "trades"
 
-    def __init__(self, threat, *, steps: int = 10, step_size: Optional[float] = None, init_std: float = 1e-3,
+    def __init__(self, threat: Threat, *, steps: int = 10, step_size: Optional[float] = None, init_std: float = 1e-3,
                  **kwargs):
         kwargs.pop("loss", None)
         if kwargs.get("targeted"):

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ..errors import check_fraction, check_int, check_positive
 from ..threats.base import ThreatModel, per_unit
-from .base import Attack, apply_masks
+from .base import Attack, Threat, apply_masks
 from .pgd import input_gradients
 
 
@@ -83,7 +83,7 @@ class APGD(Attack):
 
     name = "apgd"
 
-    def __init__(self, threat, *, steps: int = 100, restarts: int = 1, loss="ce", rho: float = 0.75,
+    def __init__(self, threat: Threat, *, steps: int = 100, restarts: int = 1, loss="ce", rho: float = 0.75,
                  momentum: float = 0.75, initial_step: Optional[float] = None, random_start: bool = True,
                  **kwargs):
         super().__init__(threat, loss=loss, **kwargs)
@@ -202,7 +202,7 @@ class APGDT(APGD):
 
     name = "apgd-t"
 
-    def __init__(self, threat, *, n_target_classes: int = 9, loss="dlr", **kwargs):
+    def __init__(self, threat: Threat, *, n_target_classes: int = 9, loss="dlr", **kwargs):
         kwargs.pop("targeted", None)
         super().__init__(threat, loss=loss, targeted=True, **kwargs)
         self.n_target_classes = check_int("n_target_classes", n_target_classes, 1)

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ..errors import check_fraction, check_int, check_positive
 from ..threats.base import ThreatModel, per_unit
-from .base import Attack, AttackResult, apply_masks
+from .base import Attack, AttackResult, Threat, apply_masks
 from .pgd import input_gradients
 
 #: the dual norm measures the distance to the linearised boundary, |loss| / ||grad||_dual
@@ -52,7 +52,7 @@ class FMN(Attack):
 
     name = "fmn"
 
-    def __init__(self, threat, *, steps: int = 100, gamma: float = 0.05, gamma_final: float = 0.001,
+    def __init__(self, threat: Threat, *, steps: int = 100, gamma: float = 0.05, gamma_final: float = 0.001,
                  alpha: float = 1.0, alpha_final: Optional[float] = None, cap: bool = False, **kwargs):
         kwargs.pop("loss", None)
         super().__init__(threat, loss="margin", **kwargs)

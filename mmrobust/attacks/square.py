@@ -11,7 +11,7 @@ from torch import Tensor
 from ..errors import check_fraction, check_int
 from ..threats.base import ThreatModel, per_unit
 from ..utils import rand
-from .base import Attack, apply_masks
+from .base import Attack, Threat, apply_masks
 
 #: Iterations (on a 10 000-query scale) at which the window fraction ``p`` is halved (Sec. 3.1 and the
 #: authors' schedule): ``p = p_init / 2^j`` after the j-th entry.
@@ -69,7 +69,7 @@ class Square(Attack):
 
     name = "square"
 
-    def __init__(self, threat, *, n_queries: int = 5000, p_init: float = 0.8, restarts: int = 1, **kwargs):
+    def __init__(self, threat: Threat, *, n_queries: int = 5000, p_init: float = 0.8, restarts: int = 1, **kwargs):
         kwargs.pop("loss", None)
         super().__init__(threat, loss="margin", **kwargs)
         self.n_queries = check_int("n_queries", n_queries, 1)
