@@ -72,7 +72,7 @@ def part_biterrors(args):
     x, y = mnist_tensors(True, args.train)
     xt, yt = mnist_tensors(False, args.test)
     loader = DataLoader(TensorDataset(x, y), batch_size=128, shuffle=True)
-    rates = (0.001, 0.005, 0.01)
+    rates = tuple(args.rates)
     rows, sizes = [], []
     settings = [("normal", dict(clip=None), []),
                 ("clipping (w_max=0.1)", dict(clip=0.1), []),
@@ -171,6 +171,7 @@ def main():
     parser.add_argument("--test", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--patterns", type=int, default=5)
+    parser.add_argument("--rates", type=float, nargs="+", default=[0.001, 0.005, 0.01, 0.05, 0.1])
     parser.add_argument("--timing-reps", type=int, default=10)
     parser.add_argument("--eps", type=float, default=0.1)
     parser.add_argument("--at-steps", type=int, default=5)

@@ -1,5 +1,8 @@
 """Compression and weight robustness: quantisation, random bit errors, pruning, Fourier sparsity, distillation."""
 
+from .distillation import DistillationObjective, kd_loss, load_teacher, soft_kl
+from .fourier import FourierKernel, fourier_parametrize, fourier_prune, fourier_stats, remove_fourier
+from .report import compression_report
 from .bit_errors import BitFlips, bit_error_mask, bit_errors, popcount, sample_bit_flips
 from .pruning import (PruningMask, add_masks, pruning_mask, hydra_prune, magnitude_masks, make_permanent, prunable_modules, prune_channels,
                       prune_magnitude, set_masks, sparsity_at, weight_sparsity)
@@ -9,4 +12,5 @@ from .quantization import (FakeQuantize, QuantizerConfig, clip_weights, dequanti
 __all__ = ["QuantizerConfig", "FakeQuantize", "quantize_model", "dequantize_model", "quantize_tensor", "fake_quantize",
            "quantized_modules", "clip_weights", "export_quantized", "model_size_bytes", "bit_errors", "bit_error_mask", "BitFlips", "sample_bit_flips",
            "popcount", "PruningMask", "pruning_mask", "prunable_modules", "add_masks", "magnitude_masks", "set_masks", "sparsity_at", "weight_sparsity",
-           "prune_magnitude", "make_permanent", "hydra_prune", "prune_channels"]
+           "prune_magnitude", "make_permanent", "hydra_prune", "prune_channels", "DistillationObjective", "kd_loss", "soft_kl", "load_teacher",
+           "FourierKernel", "fourier_parametrize", "fourier_prune", "fourier_stats", "remove_fourier", "compression_report"]

@@ -1,0 +1,112 @@
+"""Distillation from a frozen teacher as a Lightning callback (KD, ARD, RSLAD)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from ..adapters.base import BatchAdapter
+from ..attacks.base import Attack
+from ..compression.distillation import DistillationObjective
+from ..errors import check_finite_nonneg
+
+
+class Distillation(pl.Callback):
+    """Train the LightningModule (the student) with a distillation objective from a frozen teacher.
+
+    The objective is :class:`~mmrobust.compression.DistillationObjective` (KD of Hinton et al. 2015, ARD of
+    Goldblum et al. 2020, RSLAD of Zi et al. 2021; see there for the equations). After Lightning's
+    backward of the module's own loss, the callback
+
+    * ``replace=True`` (default): discards that loss's gradient and puts ``weight * objective`` in its place
+      (gradients accumulated over earlier micro-batches are kept), so the student minimises exactly the
+      paper's objective;
+    * ``replace=False``: adds ``weight * objective``'s gradient to it (e.g. a task loss plus distillation).
+
+    The teacher is moved to the student's device, put in eval mode with frozen parameters for the fit, and
+    its device, modes and flags are restored at the end of the fit, also after an exception. Needs
+    automatic optimisation.
+
+    Args:
+        teacher: an ``nn.Module`` or a checkpoint path (with ``teacher_model``), loaded with ``weights_only=True``.
+        method, temperature, alpha, attack, adapter: see :class:`~mmrobust.compression.DistillationObjective`.
+        weight: scale of the objective.
+    """
+
+    def __init__(self, teacher: Union[nn.Module, str, Path], *, method: str = "kd", temperature: float = 4.0,
+                 alpha: Optional[float] = None, attack: Optional[Attack] = None, weight: float = 1.0,
+                 replace: bool = True, teacher_model: Optional[nn.Module] = None,
+                 adapter: Optional[BatchAdapter] = None):
+        self.objective = DistillationObjective(teacher, method=method, temperature=temperature, alpha=alpha,
+                                               attack=attack, teacher_model=teacher_model, adapter=adapter)
+        self.weight = check_finite_nonneg("weight", weight)
+        self.replace = bool(replace)
+        self._batch: Any = None
+        self._saved_grads = None
+        self._teacher_state = None
+
+    @property
+    def teacher(self) -> nn.Module:
+        return self.objective.teacher
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if not pl_module.automatic_optimization:
+            raise RuntimeError("Distillation needs automatic optimisation; call DistillationObjective in your "
+                               "training_step instead")
+        params = list(self.teacher.parameters())
+        device = params[0].device if params else None
+        self._teacher_state = (device, [(m, m.training) for m in self.teacher.modules()],
+                               [(p, p.requires_grad) for p in params])
+        self.teacher.to(pl_module.device).eval()
+        for p in params:
+            p.requires_grad_(False)
+
+    def _restore_teacher(self) -> None:
+        if self._teacher_state is None:
+            return
+        device, modes, flags = self._teacher_state
+        if device is not None:
+            self.teacher.to(device)
+        for m, training in modes:
+            m.training = training
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        self._teacher_state = None
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self._restore_teacher()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self._restore_teacher()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._batch = batch
+
+    def on_before_backward(self, trainer, pl_module, loss) -> None:
+        if self.replace:
+            self._saved_grads = [(p, None if p.grad is None else p.grad.clone()) for p in pl_module.parameters()]
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        if self._batch is None:
+            return
+        if self.replace and self._saved_grads is not None:
+            for p, g in self._saved_grads:
+                p.grad = g
+            self._saved_grads = None
+        loss = self.objective(pl_module, self._batch)
+        (loss * (self.weight / trainer.accumulate_grad_batches)).backward()
+        pl_module.log("distillation/loss", loss.detach(), on_step=True, on_epoch=True)
+        self._batch = None
+
+    def state_dict(self) -> Dict[str, Any]:
+        attack = self.objective.attack
+        return {"method": self.objective.method, "weight": self.weight,
+                "attack": attack.state_dict() if attack is not None else None}
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        if state_dict.get("attack") is not None and self.objective.attack is not None:
+            self.objective.attack.load_state_dict(state_dict["attack"])
