@@ -7,3 +7,5 @@ from .noise import GaussianNoiseTraining
 from .weight_perturbation import AdversarialWeightPerturbation
 from .evaluation import RobustnessEvaluation
 from .pruning import Pruning
+from .fourier import FourierSparsity
+from .distillation import Distillation
