@@ -14,8 +14,9 @@ __all__ += ["APGD", "APGDT", "Ensemble", "FMN", "Square"]
 
 from .eot import EOT, eot_victim  # noqa: E402
 from .universal import UniversalPerturbation  # noqa: E402
+from .ctc import CTCTargetedAttack  # noqa: E402
 
-__all__ += ["EOT", "eot_victim", "UniversalPerturbation"]
+__all__ += ["EOT", "eot_victim", "UniversalPerturbation", "CTCTargetedAttack"]
 
 from .amortized import AmortizedAttack, ConvPerturbationGenerator, MLPPerturbationGenerator  # noqa: E402
 

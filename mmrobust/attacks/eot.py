@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import copy
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..adapters.base import Victim
 from ..errors import check_int
 from ..threats.base import ThreatModel
-from ..utils import make_generator
 from .base import Attack, AttackResult
 
 

@@ -26,8 +26,8 @@ class M5(nn.Module):
 
     A first 80-sample receptive field with stride 4, then three 3-tap convolutions, each followed by
     batch norm, ReLU and 4x max pooling, global average pooling and a linear classifier. The paper uses
-    128-128-256-512 channels; ``width`` scales them (``width=32`` gives the common 32-32-64-64... compact
-    version used in torchaudio's tutorial when combined with ``widths``).
+    128-128-256-512 channels (``width=128``); smaller ``width`` scales all layers (``width=32`` is the
+    compact variant of torchaudio's speech-commands tutorial and enough for spoken digits).
 
     Args:
         num_classes: number of output classes.

@@ -1,0 +1,193 @@
+"""Targeted attacks on CTC speech recognisers (Carlini & Wagner 2018)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..adapters.audio import check_waveform, length_mask
+from ..errors import NonFiniteError, check_choice, check_fraction, check_int, check_positive
+from ..threats.base import ThreatModel
+from .base import attack_mode, normal_tensor
+
+Targets = Union[Tensor, Sequence[Sequence[int]]]
+
+
+def greedy_decode(log_probs: Tensor, blank: int = 0, lengths: Optional[Tensor] = None) -> List[List[int]]:
+    """Best-path CTC decoding of ``(B, T, C)`` scores: argmax per frame, merge repeats, drop blanks."""
+    best = log_probs.argmax(-1).tolist()
+    out = []
+    for b, seq in enumerate(best):
+        if lengths is not None:
+            seq = seq[:int(lengths[b])]
+        decoded, prev = [], None
+        for s in seq:
+            if s != prev and s != blank:
+                decoded.append(s)
+            prev = s
+        out.append(decoded)
+    return out
+
+
+def _pack_targets(targets: Targets, batch: int, device) -> Tuple[Tensor, Tensor, List[List[int]]]:
+    if isinstance(targets, Tensor):
+        raise TypeError("give targets as a list of label sequences (one list of ints per example)")
+    seqs = [list(map(int, t)) for t in targets]
+    if len(seqs) != batch:
+        raise ValueError(f"targets must hold one label sequence per example ({batch}), got {len(seqs)}")
+    if any(len(s) == 0 for s in seqs):
+        raise ValueError("every target sequence must be non-empty")
+    flat = torch.tensor([c for s in seqs for c in s], dtype=torch.long, device=device)
+    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long, device=device)
+    return flat, lengths, seqs
+
+
+@dataclass
+class CTCAttackResult:
+    """Result of a targeted CTC attack.
+
+    Attributes:
+        wave: perturbed waveforms (same shape as the input).
+        success: per example, greedy decoding equals the target phrase.
+        decoded: greedy transcriptions of the perturbed waveforms; ``clean_decoded`` of the clean ones.
+        loss: per example CTC loss towards the target at the returned point.
+        size: per example size in the threat model's measure; ``extras`` holds ``snr_db``/``db_x`` for audio threats.
+        steps_to_success: first step at which each example decoded to the target (-1: never).
+    """
+
+    wave: Tensor
+    success: Tensor
+    decoded: List[List[int]]
+    clean_decoded: List[List[int]]
+    loss: Tensor
+    size: Tensor
+    steps_to_success: Tensor
+    attack: str = ""
+    extras: Dict[str, Any] = field(default_factory=dict)
+
+
+class CTCTargetedAttack:
+    """Targeted audio adversarial examples against a CTC recogniser (Carlini & Wagner 2018, "Audio
+    Adversarial Examples: Targeted Attacks on Speech-to-Text", https://arxiv.org/abs/1801.01944, Sec. 4):
+
+    .. math:: \\min_{\\delta}\\ \\ell_{\\mathrm{CTC}}(f(x + \\delta), t)\\quad \\text{s.t.}\\ \\delta \\in \\Delta(x)
+
+    where :math:`\\Delta(x)` is any threat model (C&W use :math:`\\mathrm{dB}_x(\\delta) \\le \\tau`, i.e.
+    :class:`~mmrobust.threats.PeakDBBall`; :class:`~mmrobust.threats.SNRBall` works too). Each step feeds
+    the CTC gradient through Adam's moment estimates (as C&W optimise with Adam), takes the threat
+    model's steepest-ascent step along the Adam direction with length ``step_size`` times the radius,
+    and projects. Success is C&W's criterion: the greedy (best-path) decoding equals the target.
+    With ``shrink`` < 1 the budget of an example is multiplied by ``shrink`` each time it succeeds (C&W's
+    reduction of :math:`\\tau`), returning the quietest success found.
+
+    The model maps a waveform batch ``(B, T)`` (or ``(B, C, T)``) to CTC log-probabilities, either
+    ``(B, frames, classes)`` (``layout="BTC"``, default) or ``(frames, B, classes)`` (``layout="TBC"``, the
+    ``torch.nn.CTCLoss`` convention), optionally as a tuple ``(log_probs, frame_lengths)``. Raw scores are
+    log-softmaxed. ``blank`` is the blank index.
+    """
+
+    def __init__(self, threat: ThreatModel, *, steps: int = 300, step_size: float = 0.02, blank: int = 0,
+                 layout: str = "BTC", shrink: Optional[float] = None, betas: Tuple[float, float] = (0.9, 0.999),
+):
+        if not isinstance(threat, ThreatModel):
+            raise TypeError(f"threat must be a ThreatModel, got {type(threat).__name__}")
+        self.threat = threat
+        self.steps = check_int("steps", steps, 1)
+        self.step_size = check_positive("step_size", step_size)
+        self.blank = check_int("blank", blank, 0)
+        self.layout = check_choice("layout", layout, {"BTC", "TBC"})
+        self.shrink = None if shrink is None else check_fraction("shrink", shrink, open_low=True, open_high=True)
+        self.betas = (check_fraction("betas[0]", betas[0], open_high=True),
+                      check_fraction("betas[1]", betas[1], open_high=True))
+
+    def describe(self) -> str:
+        return f"CTCTargetedAttack({self.threat!r}, steps={self.steps}, step_size={self.step_size:g})"
+
+    def log_probs(self, model: nn.Module, wave: Tensor) -> Tuple[Tensor, Tensor]:
+        """``(B, frames, C)`` log-probabilities and frame lengths."""
+        out = model(wave)
+        frames = None
+        if isinstance(out, (tuple, list)):
+            out, frames = out[0], out[1]
+        if not isinstance(out, Tensor) or out.dim() != 3:
+            raise ValueError(f"the model must return CTC scores of shape (B, frames, C) or (frames, B, C), "
+                             f"got {getattr(out, 'shape', type(out).__name__)}")
+        if self.layout == "TBC":
+            out = out.transpose(0, 1)
+        if out.shape[0] != wave.shape[0]:
+            raise ValueError(f"model output has batch size {out.shape[0]} but the input {wave.shape[0]}; "
+                             f"check layout={self.layout!r}")
+        if frames is None:
+            frames = torch.full((out.shape[0],), out.shape[1], dtype=torch.long, device=out.device)
+        return out.log_softmax(-1), frames.long()
+
+    def ctc_loss(self, log_probs: Tensor, frames: Tensor, flat: Tensor, target_lengths: Tensor) -> Tensor:
+        loss = F.ctc_loss(log_probs.transpose(0, 1), flat, frames, target_lengths, blank=self.blank,
+                          reduction="none", zero_infinity=True)
+        return loss
+
+    def __call__(self, model: nn.Module, wave: Tensor, targets: Targets,
+                 lengths: Optional[Tensor] = None) -> CTCAttackResult:
+        """Attack ``wave`` (floats in [-1, 1]) towards the label sequences ``targets`` (one list per example);
+        ``lengths`` (valid samples per example) keeps the padding clean."""
+        check_waveform(wave)
+        with attack_mode(model):
+            x = normal_tensor(wave).detach()
+            self.threat.check_input(x, name="wave")
+            flat, tlen, seqs = _pack_targets(targets, x.shape[0], x.device)
+            mask = None if lengths is None else length_mask(normal_tensor(lengths), x)
+            radius = self.threat.radius(x)
+            with torch.no_grad():
+                lp, frames = self.log_probs(model, x)
+            if bool((frames < tlen).any()):
+                raise ValueError("a target phrase is longer than the model's output frames; CTC cannot emit it")
+            clean_decoded = greedy_decode(lp, self.blank, frames)
+            delta = torch.zeros_like(x)
+            m1, m2 = torch.zeros_like(x), torch.zeros_like(x)
+            best = torch.zeros_like(x)
+            found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+            first = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
+            b1, b2 = self.betas
+            for step in range(1, self.steps + 1):
+                leaf = delta.detach().requires_grad_(True)
+                lp, frames = self.log_probs(model, x + leaf)
+                loss = self.ctc_loss(lp, frames, flat, tlen)
+                grad, = torch.autograd.grad(loss.sum(), leaf)
+                if not bool(torch.isfinite(grad).all()):
+                    raise NonFiniteError("NaN/Inf in the CTC input gradient")
+                with torch.no_grad():
+                    hit = torch.tensor([d == s for d, s in zip(greedy_decode(lp, self.blank, frames), seqs)],
+                                       device=x.device)
+                    new = hit & ~found if self.shrink is None else hit
+                    if bool(new.any()):
+                        sel = new.reshape(-1, *([1] * (x.dim() - 1)))
+                        best = torch.where(sel, delta, best)
+                        first = torch.where(new & (first < 0), torch.full_like(first, step - 1), first)
+                        found |= new
+                        if self.shrink is not None:
+                            radius = torch.where(new, torch.minimum(radius, self.threat.size(delta, x)) * self.shrink,
+                                                 radius)
+                    m1 = b1 * m1 + (1 - b1) * grad
+                    m2 = b2 * m2 + (1 - b2) * grad * grad
+                    direction = -(m1 / (1 - b1 ** step)) / ((m2 / (1 - b2 ** step)).sqrt() + 1e-12)
+                    delta = self.threat.step(delta, direction, radius * self.step_size)
+                    if mask is not None:
+                        delta = delta * mask
+                    delta = self.threat.project(delta, x, radius)
+                    if self.shrink is None and bool(found.all()):
+                        break
+            final = torch.where(found.reshape(-1, *([1] * (x.dim() - 1))), best, delta)
+            adv = (x + final).detach()
+            with torch.no_grad():
+                lp, frames = self.log_probs(model, adv)
+                loss = self.ctc_loss(lp, frames, flat, tlen)
+                decoded = greedy_decode(lp, self.blank, frames)
+            success = torch.tensor([d == s for d, s in zip(decoded, seqs)], device=x.device)
+            extras = {f"wave/{k}": v for k, v in self.threat.extra_sizes(final, x).items()}
+            return CTCAttackResult(wave=adv, success=success, decoded=decoded, clean_decoded=clean_decoded,
+                                   loss=loss.detach(), size=self.threat.size(final, x), steps_to_success=first,
+                                   attack=self.describe(), extras=extras)

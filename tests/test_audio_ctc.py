@@ -1,0 +1,105 @@
+"""Targeted CTC attack (Carlini & Wagner 2018) on a tiny recogniser of synthetic tone "speech"."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from mmrobust.attacks.ctc import CTCTargetedAttack, greedy_decode
+from mmrobust.threats import PeakDBBall, SNRBall
+
+SR, SEG, GAP, LENGTH = 8000, 640, 320, 3200
+FREQS = [500.0, 900.0, 1400.0, 2000.0]  # symbol k (1..4) is a tone at FREQS[k-1]; 0 is the CTC blank
+
+
+def tone_phrases(n, seed):
+    """``n`` phrases of 2-3 symbols: waves (n, LENGTH), label lists, lengths."""
+    g = torch.Generator().manual_seed(seed)
+    waves, labels, lengths = torch.zeros(n, LENGTH), [], torch.zeros(n, dtype=torch.long)
+    t = torch.arange(SEG) / SR
+    env = torch.sin(math.pi * torch.arange(SEG) / SEG)
+    for i in range(n):
+        k = int(torch.randint(2, 4, (1,), generator=g))
+        seq = torch.randint(1, 5, (k,), generator=g).tolist()
+        pos = int(torch.randint(0, GAP, (1,), generator=g))
+        for s in seq:
+            amp = 0.3 + 0.5 * float(torch.rand((), generator=g))
+            waves[i, pos:pos + SEG] = amp * env * torch.sin(2 * math.pi * FREQS[s - 1] * t)
+            pos += SEG + GAP
+        waves[i, :pos] += 0.01 * torch.randn(pos, generator=g)
+        labels.append(seq)
+        lengths[i] = min(pos, LENGTH)
+    return waves.clamp(-1, 1), labels, lengths
+
+
+class TinyCTC(nn.Module):
+    """Strided conv front end + bidirectional GRU, returning (B, frames, 5) log-probabilities."""
+
+    def __init__(self):
+        super().__init__()
+        self.front = nn.Sequential(nn.Conv1d(1, 32, 64, stride=16, padding=24), nn.ReLU(),
+                                   nn.Conv1d(32, 32, 5, stride=2, padding=2), nn.ReLU())
+        self.rnn = nn.GRU(32, 32, batch_first=True, bidirectional=True)
+        self.out = nn.Linear(64, len(FREQS) + 1)
+
+    def forward(self, wave):
+        h = self.front(wave[:, None]).transpose(1, 2)
+        return self.out(self.rnn(h)[0]).log_softmax(-1)
+
+
+@pytest.fixture(scope="module")
+def ctc_model():
+    torch.manual_seed(0)
+    waves, labels, _ = tone_phrases(256, seed=0)
+    model = TinyCTC()
+    opt = torch.optim.Adam(model.parameters(), 5e-3)
+    flat = torch.tensor([c for s in labels for c in s])
+    for epoch in range(25):
+        for i in range(0, 256, 32):
+            lp = model(waves[i:i + 32])
+            seqs = labels[i:i + 32]
+            tgt = torch.tensor([c for s in seqs for c in s])
+            loss = nn.functional.ctc_loss(lp.transpose(0, 1), tgt, torch.full((len(seqs),), lp.shape[1]),
+                                          torch.tensor([len(s) for s in seqs]))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    test, test_labels, _ = tone_phrases(32, seed=1)
+    with torch.no_grad():
+        acc = sum(d == s for d, s in zip(greedy_decode(model(test)), test_labels)) / 32
+    assert acc > 0.8, f"tiny CTC model trained badly ({acc:.2f} phrase accuracy)"
+    return model
+
+
+@pytest.mark.slow
+def test_ctc_targeted_attack_reaches_its_phrase_within_peak_db(ctc_model):
+    waves, labels, lengths = tone_phrases(8, seed=2)
+    targets = [[4, 3, 2, 1][: len(s) + 1] if s != [4, 3, 2, 1][: len(s) + 1] else [1, 1, 2] for s in labels]
+    attack = CTCTargetedAttack(PeakDBBall(-10.0), steps=300, step_size=0.02)
+    res = attack(ctc_model, waves, targets, lengths=lengths)
+    assert res.success.float().mean() >= 0.75, (res.decoded, targets)
+    assert bool((res.extras["wave/db_x"] <= -10.0 + 1e-3).all())
+    pad = torch.arange(LENGTH)[None] >= lengths[:, None]
+    assert bool(((res.wave - waves)[pad] == 0).all())
+    assert all(d == s for d, s, ok in zip(res.decoded, targets, res.success.tolist()) if ok)
+    assert res.clean_decoded != res.decoded
+
+
+def test_ctc_attack_checks_its_inputs():
+    torch.manual_seed(0)
+    ctc_model = TinyCTC().eval()
+    waves, labels, _ = tone_phrases(2, seed=3)
+    attack = CTCTargetedAttack(SNRBall(20.0), steps=2)
+    with pytest.raises(ValueError, match="one label sequence per example"):
+        attack(ctc_model, waves, [[1]])
+    with pytest.raises(TypeError, match="float"):
+        attack(ctc_model, (waves * 30000).short(), labels)
+    with pytest.raises(ValueError, match="layout"):
+        CTCTargetedAttack(SNRBall(20.0), layout="BCT")
+    res = attack(ctc_model, waves, labels)
+    assert res.wave.shape == waves.shape and bool((res.extras["wave/snr_db"] >= 20.0 - 1e-3).all())
+    assert len(res.decoded) == 2 and res.steps_to_success.shape == (2,)
