@@ -203,3 +203,45 @@ def test_randbet_keeps_more_accuracy_under_bit_errors_than_normal_training(digit
     # measured: clean 0.95 / 0.93, at p = 10%: normal 0.51, RandBET 0.83
     assert results["randbet"]["clean"] > 0.88 and results["normal"]["clean"] > 0.88
     assert float(results["randbet"]["mean"]) > float(results["normal"]["mean"]) + 0.15  # one rate: a scalar
+
+
+def test_quantisation_and_bit_errors_on_speech_and_graph_layers():
+    pytest.importorskip("torch_geometric")
+    from torch_geometric.nn import GCNConv
+
+    torch.manual_seed(0)
+    speech = nn.Sequential(nn.Conv1d(1, 4, 9, stride=4), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(),
+                           nn.Linear(4, 3))
+    quantize_model(speech, bits=6, per_channel=True)
+    assert [n for n, _, _ in quantized_modules(speech)] == ["0", "4"]
+    wave = torch.randn(2, 1, 400)
+    with bit_errors(speech, 0.05, seed=0):
+        noisy = speech(wave)
+    assert noisy.shape == (2, 3) and torch.isfinite(noisy).all()
+
+    gcn = GCNConv(5, 3)
+    quantize_model(gcn, bits=8)
+    assert [n for n, _, _ in quantized_modules(gcn)] == ["lin"]
+    x, edge_index = torch.randn(6, 5), torch.tensor([[0, 1, 2, 3, 4], [1, 2, 3, 4, 5]])
+    clean = gcn(x, edge_index).detach()
+    with bit_errors(gcn, 0.1, seed=0):
+        assert not torch.equal(gcn(x, edge_index), clean)
+    assert torch.equal(gcn(x, edge_index), clean)
+
+
+def test_pruned_then_quantised_weights_keep_exact_zeros():
+    from mmrobust.compression import make_permanent, prune_magnitude, pruning_mask
+
+    model = prune_magnitude(small_mlp(), 0.6, scope="layer")
+    quantize_model(model, bits=4, symmetric=True)
+    exported = export_quantized(model)
+    for name, module, _ in quantized_modules(model):
+        mask = pruning_mask(module)
+        assert bool((exported[name]["codes"][mask == 0] == 0).all())
+        assert bool((module.weight[mask == 0] == 0).all())
+    clone = copy.deepcopy(model)
+    make_permanent(clone)
+    dequantize_model(clone, keep_quantized_values=True)
+    x = torch.rand(3, 1, 8, 8)
+    assert torch.allclose(clone(x), model(x), atol=1e-6)
+    assert any(True for _ in quantized_modules(model))  # the original keeps its parametrisations
