@@ -298,9 +298,9 @@ def export_quantized(model: nn.Module) -> Dict[str, Dict[str, object]]:
 
 
 def model_size_bytes(model: nn.Module, *, float_bits: int = 32) -> int:
-    """True storage size: ``ceil(numel * bits / 8)`` bytes per quantised weight plus its float scale
-    (and zero point when asymmetric), non-zeros only for pruned tensors are NOT assumed (dense storage),
-    and ``float_bits`` per remaining parameter (biases, norms, unquantised layers)."""
+    """True dense storage size in bytes: ``bits`` per quantised weight plus one float scale per range
+    (and a zero point when asymmetric), and ``float_bits`` per remaining parameter (biases, norms,
+    unquantised layers). Pruned zeros are stored densely (no sparse format is assumed)."""
     quantized = {}
     for _, module, fq in quantized_modules(model):
         quantized[id(original_weight(module))] = fq
