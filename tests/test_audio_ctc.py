@@ -36,18 +36,20 @@ def tone_phrases(n, seed):
 
 
 class TinyCTC(nn.Module):
-    """Strided conv front end + bidirectional GRU, returning (B, frames, 5) log-probabilities."""
+    """Log-mel front end (inside the model, so attacks act on waveforms) + GRU, returning (B, frames, 5)
+    log-probabilities."""
 
     def __init__(self):
         super().__init__()
-        self.front = nn.Sequential(nn.Conv1d(1, 32, 64, stride=16, padding=24), nn.ReLU(),
-                                   nn.Conv1d(32, 32, 5, stride=2, padding=2), nn.ReLU())
+        import torchaudio
+
+        self.mel = torchaudio.transforms.MelSpectrogram(SR, n_fft=256, hop_length=64, n_mels=32)
         self.rnn = nn.GRU(32, 32, batch_first=True, bidirectional=True)
         self.out = nn.Linear(64, len(FREQS) + 1)
 
     def forward(self, wave):
-        h = self.front(wave[:, None]).transpose(1, 2)
-        return self.out(self.rnn(h)[0]).log_softmax(-1)
+        feats = torch.log(self.mel(wave) + 1e-4).transpose(1, 2) / 5
+        return self.out(self.rnn(feats)[0]).log_softmax(-1)
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +57,10 @@ def ctc_model():
     torch.manual_seed(0)
     waves, labels, _ = tone_phrases(256, seed=0)
     model = TinyCTC()
-    opt = torch.optim.Adam(model.parameters(), 5e-3)
-    flat = torch.tensor([c for s in labels for c in s])
-    for epoch in range(25):
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    test, test_labels, _ = tone_phrases(32, seed=1)
+    for epoch in range(40):
+        model.train()
         for i in range(0, 256, 32):
             lp = model(waves[i:i + 32])
             seqs = labels[i:i + 32]
@@ -67,10 +70,11 @@ def ctc_model():
             opt.zero_grad()
             loss.backward()
             opt.step()
-    model.eval()
-    test, test_labels, _ = tone_phrases(32, seed=1)
-    with torch.no_grad():
-        acc = sum(d == s for d, s in zip(greedy_decode(model(test)), test_labels)) / 32
+        model.eval()
+        with torch.no_grad():
+            acc = sum(d == s for d, s in zip(greedy_decode(model(test)), test_labels)) / 32
+        if acc > 0.9:
+            break
     assert acc > 0.8, f"tiny CTC model trained badly ({acc:.2f} phrase accuracy)"
     return model
 
@@ -79,10 +83,10 @@ def ctc_model():
 def test_ctc_targeted_attack_reaches_its_phrase_within_peak_db(ctc_model):
     waves, labels, lengths = tone_phrases(8, seed=2)
     targets = [[4, 3, 2, 1][: len(s) + 1] if s != [4, 3, 2, 1][: len(s) + 1] else [1, 1, 2] for s in labels]
-    attack = CTCTargetedAttack(PeakDBBall(-10.0), steps=300, step_size=0.02)
+    attack = CTCTargetedAttack(PeakDBBall(-15.0), steps=200, step_size=0.02)
     res = attack(ctc_model, waves, targets, lengths=lengths)
     assert res.success.float().mean() >= 0.75, (res.decoded, targets)
-    assert bool((res.extras["wave/db_x"] <= -10.0 + 1e-3).all())
+    assert bool((res.extras["wave/db_x"] <= -15.0 + 1e-3).all())
     pad = torch.arange(LENGTH)[None] >= lengths[:, None]
     assert bool(((res.wave - waves)[pad] == 0).all())
     assert all(d == s for d, s, ok in zip(res.decoded, targets, res.success.tolist()) if ok)
