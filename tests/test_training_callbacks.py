@@ -188,6 +188,8 @@ def test_catastrophic_overfitting_rule():
     assert catastrophic_overfitting(0.45, 0.8, 0.5, co_threshold=0.5, max_drop=0.2) is None
     assert "below 0.5 x the FGSM" in catastrophic_overfitting(0.3, 0.9, 0.3, co_threshold=0.5, max_drop=0.2)
     assert "dropped more than 0.2" in catastrophic_overfitting(0.3, 0.4, 0.6, co_threshold=0.5, max_drop=0.2)
+    # early training, both accuracies near zero: below the FGSM floor nothing is flagged
+    assert catastrophic_overfitting(0.0, 0.02, 0.0, co_threshold=0.5, max_drop=0.2, min_fgsm_acc=0.2) is None
 
 
 def test_fast_at_probe_warns_when_pgd_breaks_what_fgsm_does_not(digits, digits_cnn, recwarn):
@@ -199,10 +201,13 @@ def test_fast_at_probe_warns_when_pgd_breaks_what_fgsm_does_not(digits, digits_c
     assert healthy.run_probe(module, batch) is None and not healthy.overfitting_detected
     assert 0.8 < healthy.best_probe_acc < 1.0
     assert not [w for w in recwarn if "catastrophic" in str(w.message)]
-    broken = FastAdversarialTraining(LinfBall(0.2, lower=0, upper=1), co_threshold=0.5, seed=0)
+    broken = FastAdversarialTraining(LinfBall(0.2, lower=0, upper=1), co_threshold=0.5, min_fgsm_acc=0.05, seed=0)
     with pytest.warns(UserWarning, match="catastrophic overfitting"):
         reason = broken.run_probe(module, batch)
     assert "FGSM" in reason and broken.overfitting_detected
+    with warnings.catch_warnings():  # flagged again, but warned only once
+        warnings.simplefilter("error")
+        assert broken.run_probe(module, batch) is not None
     # a drop from the best probe accuracy is flagged too
     healthy.best_probe_acc = 1.0
     with pytest.warns(UserWarning, match="dropped more than 0.1"):

@@ -201,17 +201,18 @@ class AdversarialTraining(pl.Callback):
 
 
 def catastrophic_overfitting(pgd_acc: float, fgsm_acc: float, best_pgd_acc: float, *, co_threshold: float,
-                             max_drop: float) -> Optional[str]:
+                             max_drop: float, min_fgsm_acc: float = 0.0) -> Optional[str]:
     """The rule :class:`FastAdversarialTraining` warns on; ``None`` when training looks healthy.
 
     Catastrophic overfitting (Wong et al. 2020, the section of that name) shows as PGD accuracy
     collapsing while FGSM accuracy stays high.  It is flagged when, on the probe batch,
 
-    * ``pgd_acc < co_threshold * fgsm_acc`` (PGD finds far more errors than the training attack), or
+    * ``pgd_acc < co_threshold * fgsm_acc`` while ``fgsm_acc >= min_fgsm_acc`` (PGD finds far more errors
+      than the training attack; the floor keeps the first steps, where both accuracies are near 0, quiet), or
     * ``pgd_acc < best_pgd_acc - max_drop`` (PGD accuracy fell more than ``max_drop`` below its best;
       Wong et al.'s early stopping uses a drop of 0.2 on a training minibatch).
     """
-    if pgd_acc < co_threshold * fgsm_acc:
+    if fgsm_acc >= min_fgsm_acc and pgd_acc < co_threshold * fgsm_acc:
         return (f"PGD probe accuracy {pgd_acc:.3f} is below {co_threshold:g} x the FGSM accuracy "
                 f"{fgsm_acc:.3f}")
     if pgd_acc < best_pgd_acc - max_drop:
@@ -228,21 +229,23 @@ class FastAdversarialTraining(AdversarialTraining):
     plus a catastrophic-overfitting check: every ``probe_every_n_steps`` training steps a PGD attack
     (``probe_steps`` steps) and the FGSM attack are evaluated on the current clean batch (module in eval
     mode), ``train/pgd_probe_acc`` and ``train/fgsm_probe_acc`` are logged, and a rank-zero warning is
-    raised under the rule of :func:`catastrophic_overfitting`.  ``overfitting_detected`` stays true after
-    a warning (and is part of the checkpointed state).
+    raised the first time the rule of :func:`catastrophic_overfitting` fires; ``overfitting_detected``
+    then stays true (and is part of the checkpointed state).
 
     Args:
         threat: the budget (e.g. ``LinfBall(0.3, lower=0, upper=1)``).
         step_size: FGSM step as a fraction of the radius (1.25 in the paper).
         probe_every_n_steps: steps between probes (0 disables the probe).
         probe_steps: PGD steps of the probe.
-        co_threshold / max_drop: the warning rule, see :func:`catastrophic_overfitting`.
+        co_threshold / max_drop / min_fgsm_acc: the warning rule, see :func:`catastrophic_overfitting`;
+            it warns once (the first time it fires) and sets ``overfitting_detected``.
         seed: seeds the FGSM random starts, the probe's random starts and the unit draws.
         Other keyword arguments go to :class:`AdversarialTraining`.
     """
 
     def __init__(self, threat, *, step_size: float = 1.25, probe_every_n_steps: int = 50, probe_steps: int = 10,
-                 co_threshold: float = 0.5, max_drop: float = 0.2, seed: int = 0, **kwargs):
+                 co_threshold: float = 0.5, max_drop: float = 0.2, min_fgsm_acc: float = 0.2, seed: int = 0,
+                 **kwargs):
         attack = FGSM(threat, step_size=check_positive("step_size", step_size), random_start=True, seed=seed,
                       adapter=kwargs.get("adapter"))
         super().__init__(attack, seed=seed, **kwargs)
@@ -251,6 +254,7 @@ class FastAdversarialTraining(AdversarialTraining):
                          adapter=kwargs.get("adapter"))
         self.co_threshold = check_fraction("co_threshold", co_threshold)
         self.max_drop = check_fraction("max_drop", max_drop)
+        self.min_fgsm_acc = check_fraction("min_fgsm_acc", min_fgsm_acc)
         self.best_probe_acc = -1.0
         self.overfitting_detected = False
 
@@ -282,10 +286,10 @@ class FastAdversarialTraining(AdversarialTraining):
             pl_module.log("train/pgd_probe_acc", pgd_acc, on_step=True, on_epoch=False)
             pl_module.log("train/fgsm_probe_acc", fgsm_acc, on_step=True, on_epoch=False)
         reason = catastrophic_overfitting(pgd_acc, fgsm_acc, self.best_probe_acc, co_threshold=self.co_threshold,
-                                          max_drop=self.max_drop)
+                                          max_drop=self.max_drop, min_fgsm_acc=self.min_fgsm_acc)
         self.best_probe_acc = max(self.best_probe_acc, pgd_acc)
-        if reason is not None:
-            self.overfitting_detected = True
+        if reason is not None and not self.overfitting_detected:  # warn once; the logged probe shows the rest
             rank_zero_warn(f"FastAdversarialTraining: possible catastrophic overfitting at step {self.steps_seen}: "
                            f"{reason}. Consider a smaller step_size, early stopping, or PGD training.")
+        self.overfitting_detected = self.overfitting_detected or reason is not None
         return reason
