@@ -211,6 +211,8 @@ class APGDT(APGD):
     def describe(self) -> str:
         return super().describe()[:-1] + f", n_target_classes={self.n_target_classes})"
 
+    # The base __call__ fills in default targets, so whether the user gave any is recorded here
+    # (per call; one APGDT instance should not run concurrently in several threads).
     def __call__(self, model, batch, *, target_labels: Optional[Tensor] = None):
         self._explicit_targets = target_labels is not None
         try:

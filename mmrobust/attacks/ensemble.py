@@ -22,7 +22,9 @@ class Ensemble(Attack):
     ``Victim.select`` when the adapter offers it; otherwise on the whole batch, keeping earlier
     successes). Per unit the returned point is the first successful attack's point (the clean input
     where the clean prediction is already wrong, the AutoAttack convention), so the ensemble's robust
-    accuracy is never above any member's. ``extras["robust_after"]`` lists ``(attack, robust outputs
+    accuracy is never above the first member's nor above what each member found on the units it was
+    given (a randomised member run separately on the whole batch draws other random numbers, so it may
+    differ on single units). ``extras["robust_after"]`` lists ``(attack, robust outputs
     left)`` after each member and ``extras["robust_counts"]`` maps each member's description to it.
 
     Args:
