@@ -77,6 +77,7 @@ def part_biterrors(args):
     settings = [("normal", dict(clip=None), []),
                 ("clipping (w_max=0.1)", dict(clip=0.1), []),
                 ("RandBET (p=1%, w_max=0.1)", dict(clip=0.1), [RandomBitErrorTraining(0.01, seed=0)])]
+    settings = [s for s, key in zip(settings, ("normal", "clipping", "randbet")) if key in args.settings]
     for name, qkw, extra in settings:
         pl.seed_everything(0)
         lit = Lit(SmallCNN())
@@ -92,7 +93,7 @@ def part_biterrors(args):
         print(name, rows[-1], flush=True)
     print(f"\nSmallCNN, 8-bit asymmetric per-tensor QAT, {args.train} train / {args.test} test images, "
           f"{args.epochs} epochs Adam 1e-3, {args.patterns} bit-error patterns per rate; quantised size "
-          f"{sizes[0] / 1e6:.2f} MB (float32: {sum(p.numel() for p in SmallCNN().parameters()) * 4 / 1e6:.2f} MB)\n")
+          f"{sizes[-1] / 1e6:.2f} MB (float32: {sum(p.numel() for p in SmallCNN().parameters()) * 4 / 1e6:.2f} MB)\n")
     print(markdown_table(["training", "clean %"] + [f"p={100 * p:g}% mean ± std (min)" for p in rates] +
                          ["train s"], rows), flush=True)
 
@@ -171,6 +172,8 @@ def main():
     parser.add_argument("--test", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--patterns", type=int, default=5)
+    parser.add_argument("--settings", nargs="+", default=["normal", "clipping", "randbet"],
+                        choices=["normal", "clipping", "randbet"])
     parser.add_argument("--rates", type=float, nargs="+", default=[0.001, 0.005, 0.01, 0.05, 0.1])
     parser.add_argument("--timing-reps", type=int, default=10)
     parser.add_argument("--eps", type=float, default=0.1)
