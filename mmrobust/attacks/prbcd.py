@@ -70,8 +70,8 @@ class CandidatePairs:
             0, self.seg_unit, counts)
         self.node_unit = graph.node_unit
 
-    def sample(self, k: int, generator: Optional[torch.Generator], device) -> Tensor:
-        """``k`` random candidates as sorted unique pair keys ``row * N + col`` (row < col)."""
+    def sample(self, k: int, generator: Optional[torch.Generator], device, unique: bool = True) -> Tensor:
+        """``k`` random candidates as pair keys ``row * N + col`` (row < col), sorted and unique if ``unique``."""
         if generator is not None and generator.device != torch.device(device):
             lin = torch.randint(self.total, (k,), generator=generator).to(device)
         else:
@@ -88,7 +88,8 @@ class CandidatePairs:
         else:
             r, c = _triu_decode(off, self.seg_n[seg])
             row, col = base + r, base + c
-        return torch.unique(row * self.num_nodes + col)
+        keys = row * self.num_nodes + col
+        return torch.unique(keys) if unique else keys
 
     def decode(self, keys: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         row, col = keys // self.num_nodes, keys % self.num_nodes
@@ -386,17 +387,16 @@ class PRBCD(GraphAttack):
     def _resample(self, block: EdgeBlock, pairs, lookup, gen, device) -> EdgeBlock:
         """Keep the heavier half (or all entries above eps), redraw the rest (Algorithm 1, lines 9-14)."""
         w = block.weights
-        order = torch.argsort(w)
-        drop = max(int((w <= _EPS).sum()), w.numel() // 2)
-        keep = order[drop:]
-        new_keys = pairs.sample(self.block_size - keep.numel(), gen, device)
-        keys = torch.cat([block.keys[keep], new_keys])
-        weights = torch.cat([w[keep], torch.full(new_keys.shape, _EPS, dtype=w.dtype, device=w.device)])
-        # duplicates: keep the kept (first) occurrence, whose weight is meaningful
-        uniq, inverse = torch.unique(keys, sorted=True, return_inverse=True)
-        first = torch.full(uniq.shape, keys.numel(), dtype=torch.long, device=keys.device).scatter_reduce(
-            0, inverse, torch.arange(keys.numel(), device=keys.device), reduce="amin")
-        return EdgeBlock(uniq, weights[first], pairs, lookup)
+        half = w.numel() // 2
+        alive = (w > _EPS).nonzero().squeeze(1)
+        # usually few entries carry mass, so selecting them avoids sorting the whole block
+        keep = alive if alive.numel() <= half else torch.topk(w, w.numel() - half, sorted=False).indices
+        kept_keys = block.keys[keep]
+        new_keys = pairs.sample(self.block_size - keep.numel(), gen, device, unique=False)
+        keys, inverse = torch.unique(torch.cat([kept_keys, new_keys]), sorted=True, return_inverse=True)
+        weights = torch.full(keys.shape, _EPS, dtype=w.dtype, device=w.device)
+        weights[inverse[:keep.numel()]] = w[keep]   # kept keys are distinct, so no write conflicts
+        return EdgeBlock(keys, weights, pairs, lookup)
 
     @staticmethod
     def _top_budget(block: EdgeBlock, budget: Tensor, num_units: int) -> Tensor:
