@@ -155,12 +155,17 @@ class Attack(ABC):
         self._generator: Optional[torch.Generator] = None
 
     # -- randomness -------------------------------------------------------------------------------
-    def generator(self, device) -> Optional[torch.Generator]:
-        """The attack's generator (created on first use from ``seed``), kept across calls."""
+    def generator(self, device=None) -> Optional[torch.Generator]:
+        """The attack's generator (created on first use from ``seed``), kept across calls.
+
+        It always lives on the CPU (random tensors are drawn there and moved to the input's device by
+        :func:`mmrobust.utils.rand`), so the same seed gives the same perturbations on CPU and CUDA and a
+        checkpointed state resumes exactly on either. ``device`` is accepted for backward compatibility.
+        """
         if self.seed is None:
             return None
-        if self._generator is None or self._generator.device != torch.device(device):
-            self._generator = make_generator(self.seed, device)
+        if self._generator is None:
+            self._generator = make_generator(self.seed, "cpu")
         return self._generator
 
     def state_dict(self) -> Dict[str, Any]:
