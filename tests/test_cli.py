@@ -17,8 +17,21 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 
 
-def _fit_one_step(config: Path, tmp_path: Path, *overrides: str):
-    return _lightning_cli(["fit", "--config", str(config), "--trainer.fast_dev_run=1",
+def _in_tmp(config: Path, tmp_path: Path, edit=None) -> Path:
+    """A copy of a recipe whose checkpoints go to ``tmp_path`` (tests never write into the checkout)."""
+    recipe = yaml.safe_load(config.read_text())
+    for cb in recipe["trainer"].get("callbacks", []):
+        if cb["class_path"].endswith("ModelCheckpoint"):
+            cb["init_args"]["dirpath"] = str(tmp_path / "checkpoints")
+        if edit is not None:
+            edit(cb)
+    path = tmp_path / config.name
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def _fit_one_step(config: Path, tmp_path: Path, *overrides: str, edit=None):
+    return _lightning_cli(["fit", "--config", str(_in_tmp(config, tmp_path, edit)), "--trainer.fast_dev_run=1",
                            f"--trainer.default_root_dir={tmp_path}", *QUIET, *overrides])
 
 
@@ -74,13 +87,11 @@ def test_graph_yaml_builds_prbcd_adversarial_training(tmp_path):
     from mmrobust.callbacks import AdversarialTraining, RobustnessEvaluation
     from mmrobust.graph import GCN, NodeClassifier
 
-    config = yaml.safe_load((RECIPES / "cli" / "graph_at.yaml").read_text())
-    for cb in config["trainer"]["callbacks"]:  # attack from the first step, so that one step exercises it
+    def attack_from_the_first_step(cb):  # so that one step exercises adversarial training
         if cb["class_path"].endswith("AdversarialTraining"):
             cb["init_args"]["start_epoch"] = 0
-    path = tmp_path / "graph_at.yaml"
-    path.write_text(yaml.safe_dump(config))
-    cli = _fit_one_step(path, tmp_path)
+
+    cli = _fit_one_step(RECIPES / "cli" / "graph_at.yaml", tmp_path, edit=attack_from_the_first_step)
     assert isinstance(cli.model, NodeClassifier) and isinstance(cli.model.model, GCN)
     training = _callback(cli, AdversarialTraining)
     assert isinstance(training.attack, PRBCD) and training.attack.adapter.mask == "train"
@@ -106,7 +117,8 @@ def test_mnist_trades_yaml_reads_the_local_archives(tmp_path, shared_data):
 
 
 def test_validate_writes_a_metrics_report(tmp_path):
-    main(["validate", "--config", str(RECIPES / "image" / "digits_at.yaml"), f"--trainer.default_root_dir={tmp_path}",
+    main(["validate", "--config", str(_in_tmp(RECIPES / "image" / "digits_at.yaml", tmp_path)),
+          f"--trainer.default_root_dir={tmp_path}",
           "--trainer.limit_val_batches=1", "--trainer.logger=false", *QUIET])
     report = tmp_path / "report_validate"
     data = json.loads((report / "results.json").read_text())
