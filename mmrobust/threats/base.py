@@ -76,6 +76,13 @@ class ThreatModel(ABC):
         """Refuse inputs that cannot be attacked under this threat model."""
         if not torch.is_floating_point(x):
             raise TypeError(f"{name} must be a floating-point tensor to be perturbed, got dtype {x.dtype}")
+        if x.dtype in (torch.float16, torch.bfloat16):
+            # rounding x + delta to 8-11 mantissa bits leaves the budget (eps=0.1 becomes 0.1016 in bf16) and
+            # coarse gradients weaken the attack, so robust accuracy would be overstated
+            raise TypeError(f"{name} has dtype {x.dtype}; attacks need float32 or float64 inputs to stay inside "
+                            "the budget. Use mixed precision (torch.autocast, Trainer(precision='bf16-mixed' or "
+                            "'16-mixed')) instead of half-precision inputs and weights ('bf16-true'/'16-true'), or "
+                            "evaluate a float32 copy: model.float(), x.float()")
         if x.dim() < 1 or x.shape[0] == 0:
             raise ValueError(f"{name} must have a non-empty leading (batch) dimension, got shape {tuple(x.shape)}")
         tol = 1e-6
