@@ -11,7 +11,7 @@ from torch import Tensor
 from ..errors import check_fraction, check_int
 from ..threats.base import ThreatModel, per_unit
 from ..utils import rand
-from .base import Attack, Threat, apply_masks
+from .base import Attack, Threat, apply_masks, check_logits
 
 #: Iterations (on a 10 000-query scale) at which the window fraction ``p`` is halved (Sec. 3.1 and the
 #: authors' schedule): ``p = p_init / 2^j`` after the j-th entry.
@@ -100,10 +100,12 @@ class Square(Attack):
             if victim.unit is None and victim.select is not None and index.numel() < victim.num_units:
                 sub = victim.select(index)
                 logits = sub.forward({**sub.inputs, name: x[index] + delta})
+                check_logits(logits, sub, "during the Square search")  # NaN margins would never be accepted
                 sub_targets = None if target_labels is None else target_labels[index]
                 return self._unit_margin(sub, logits, sub_targets), logits
             full = {**victim.inputs, name: x.index_copy(0, index, x[index] + delta)}
             logits = victim.forward(full)
+            check_logits(logits, victim, "during the Square search")
             margins = self._unit_margin(victim, logits, target_labels)[index]
             # logits are tracked per output only when outputs are units (images, audio)
             return margins, (logits[index] if victim.unit is None else None)
