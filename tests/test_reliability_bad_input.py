@@ -381,3 +381,66 @@ def test_an_exception_inside_an_attack_leaves_the_model_as_it_was(attack, digits
     for key in ("modes", "flags", "hooks"):
         assert before[key] == after[key], key
     assert torch.equal(params[0].grad, torch.ones_like(params[0])) and params[1].grad is None
+
+
+# -- callbacks: bad batches and bad set-ups --------------------------------------------------------------
+class ManualModule(DigitsModule):
+    def __init__(self):
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        opt = self.optimizers()
+        opt.zero_grad()
+        self.manual_backward(nn.functional.cross_entropy(self(batch[0]), batch[1]))
+        opt.step()
+
+
+def _tuple_collate(samples):
+    return tuple(torch.stack(t) for t in zip(*samples))
+
+
+def _bad_label(y):
+    y = y.clone()
+    y[3] = 10
+    return y
+
+
+CALLBACK_SETUPS = [
+    ("AdversarialTraining, label 10 of 10 classes", lambda: [AdversarialTraining(PGD(BOX, steps=1))], None,
+     lambda x, y: (x, _bad_label(y)), None, ValueError,
+     r"labels must be class indices in \[0, C - 1\] .* got values in \[0, 10\]"),
+    ("AdversarialTraining, integer images", lambda: [AdversarialTraining(PGD(BOX, steps=1))], None,
+     lambda x, y: ((x * 16).long(), y), None, TypeError, r"input must be a floating-point tensor"),
+    ("AdversarialTraining, images outside the box", lambda: [AdversarialTraining(PGD(BOX, steps=1))], None,
+     lambda x, y: (x * 3, y), None, ValueError, r"above the threat model's upper bound 1"),
+    ("AdversarialTraining, tuple batches", lambda: [AdversarialTraining(PGD(BOX, steps=1))], None,
+     lambda x, y: (x, y), _tuple_collate, TypeError, r"immutable tuple; return a list or a dict"),
+    ("RandomBitErrorTraining without Quantization", lambda: [RandomBitErrorTraining(0.01)], None,
+     lambda x, y: (x, y), None, RuntimeError, r"needs quantised weights; put the Quantization callback before it"),
+    ("RandomBitErrorTraining with manual optimisation", lambda: [Quantization(), RandomBitErrorTraining(0.01)],
+     ManualModule, lambda x, y: (x, y), None, RuntimeError, r"needs automatic optimisation"),
+    ("AWP loss_fn returning a vector",
+     lambda: [AdversarialWeightPerturbation(0.01, loss_fn=lambda m, b: m(b[0]).sum(0))], None,
+     lambda x, y: (x, y), None, ValueError, r"loss_fn must return a scalar tensor"),
+    ("Pruning, no prunable layer", lambda: [Pruning(0.5, types=(nn.LSTM,))], None, lambda x, y: (x, y), None,
+     ValueError, r"no layer of types \['LSTM'\] to prune"),
+    ("Quantization, no quantisable layer", lambda: [Quantization(types=(nn.LSTM,))], None, lambda x, y: (x, y),
+     None, ValueError, r"no layer of types \['LSTM'\] to quantise"),
+]
+
+
+@pytest.mark.parametrize("callbacks, module, edit, collate, error, message", [c[1:] for c in CALLBACK_SETUPS],
+                         ids=[c[0] for c in CALLBACK_SETUPS])
+def test_callbacks_refuse_bad_batches_and_setups_clearly(callbacks, module, edit, collate, error, message, digits,
+                                                         tmp_path):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x, y = edit(digits[0][:32], digits[1][:32])
+    loader = DataLoader(TensorDataset(x, y), batch_size=16, collate_fn=collate)
+    model = (module or DigitsModule)()
+    before = weights(model)
+    with pytest.raises(error, match=message):
+        trainer(tmp_path, callbacks(), max_epochs=1).fit(model, loader)
+    after = weights(model)
+    assert all(torch.equal(before[k], after[k]) for k in before if k in after)  # failed before any update

@@ -252,7 +252,17 @@ class Attack(ABC):
             victim.inputs = {k: normal_tensor(v).detach() for k, v in victim.inputs.items()}
             victim.target = normal_tensor(victim.target)
             threats = self.threats_for(victim)
-            out = self.perturb(victim, threats, target_labels, None)
+            # the same input checks as __call__: projecting would otherwise silently clip out-of-box data
+            for name, threat in threats.items():
+                threat.check_input(victim.inputs[name], name=name)
+            try:
+                out = self.perturb(victim, threats, target_labels, None)
+            except IndexError as e:  # no clean pass here to learn the class count first
+                y = victim.target
+                if "out of bounds" in str(e) and y.numel() and y.dtype != torch.bool:
+                    raise ValueError(f"labels must be class indices in [0, C - 1] for a model with C outputs, got "
+                                     f"values in [{int(y.min())}, {int(y.max())}] ({e})") from e
+                raise
             adv = out[0] if isinstance(out, tuple) else out
             return victim.rebuild({k: v.detach() for k, v in adv.items()})
 
