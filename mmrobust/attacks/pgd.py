@@ -10,7 +10,7 @@ from torch import Tensor
 from ..adapters.base import Victim
 from ..errors import NonFiniteError, check_int, check_positive
 from ..threats.base import ThreatModel
-from .base import Attack, Threat, apply_masks
+from .base import Attack, Threat, apply_masks, normal_tensor
 
 
 def input_gradients(attack: Attack, victim: Victim, x: Dict[str, Tensor], delta: Dict[str, Tensor],
@@ -36,6 +36,16 @@ def input_gradients(attack: Attack, victim: Victim, x: Dict[str, Tensor], delta:
     return logits, loss, None
 
 
+def restrict(victim: Victim, units: Optional[Tensor], target_labels: Optional[Tensor]):
+    """The victim restricted to ``units`` (``None``: all) and the matching target labels."""
+    if units is None or units.numel() == victim.num_units:
+        return victim, target_labels
+    sub = victim.select(units)
+    sub.inputs = {k: normal_tensor(v).detach() for k, v in sub.inputs.items()}
+    sub.target = normal_tensor(sub.target)
+    return sub, None if target_labels is None else target_labels[units]
+
+
 class PGD(Attack):
     """Projected gradient ascent with random restarts (Madry et al. 2018, https://arxiv.org/abs/1706.06083).
 
@@ -54,18 +64,23 @@ class PGD(Attack):
         restarts: number of random restarts (the first starts at a random point if ``random_start``).
         random_start: start inside the ball at random instead of at the clean input.
         keep_best: return the best iterate (default) instead of the last.
+        early_stop: when evaluating (``attack(model, batch)``), stop working on units as soon as they are
+            adversarial, and skip them in later restarts. Robust accuracy and success are the same as
+            without it; only the loss reported for successful units can be lower. ``generate`` (training)
+            never stops early, so adversarial training maximises the loss on every example.
     """
 
     name = "pgd"
 
     def __init__(self, threat: Threat, *, steps: int = 10, step_size: Optional[float] = None, restarts: int = 1,
-                 random_start: bool = True, keep_best: bool = True, **kwargs):
+                 random_start: bool = True, keep_best: bool = True, early_stop: bool = True, **kwargs):
         super().__init__(threat, **kwargs)
         self.steps = check_int("steps", steps, 1)
         self.step_size = 2.5 / self.steps if step_size is None else check_positive("step_size", step_size)
         self.restarts = check_int("restarts", restarts, 1)
         self.random_start = bool(random_start)
         self.keep_best = bool(keep_best)
+        self.early_stop = bool(early_stop)
 
     def describe(self) -> str:
         return (super().describe()[:-1] + f", steps={self.steps}, step_size={self.step_size:g}, "
@@ -74,40 +89,63 @@ class PGD(Attack):
     def perturb(self, victim, threats: Dict[str, ThreatModel], target_labels, clean_logits):
         x = victim.inputs
         device = next(iter(x.values())).device
-        gen = self.generator(device)
+        gen = self.generator()
         keep_best = self.keep_best and clean_logits is not None
-        radius = {k: t.radius(x[k]) for k, t in threats.items()}
+        # Evaluation only: once a unit is adversarial its best point cannot lose that status, so it
+        # leaves the working batch (and later restarts). Robust accuracy is unchanged, work shrinks.
+        early = keep_best and self.early_stop and victim.unit is None and victim.select is not None
         best = {k: torch.zeros_like(x[k]) for k in threats}
-        best_logits = None
+        best_logits = None if clean_logits is None else clean_logits.clone()
         best_succ = torch.full((victim.num_units,), -1.0, device=device)
         best_loss = torch.full((victim.num_units,), float("-inf"), device=device)
         for restart in range(self.restarts):
+            active = (best_succ < 1).nonzero().squeeze(1) if early else None
+            if active is not None and active.numel() == 0:
+                break
+            work, labels = restrict(victim, active, target_labels)
+            xw = work.inputs
+            radius = {k: t.radius(xw[k]) for k, t in threats.items()}
             if self.random_start:
-                delta = {k: t.random_init(x[k], gen) for k, t in threats.items()}
+                delta = {k: t.random_init(xw[k], gen) for k, t in threats.items()}
             else:
-                delta = {k: torch.zeros_like(x[k]) for k in threats}
-            delta = self._project(apply_masks(delta, victim), threats, x)
+                delta = {k: torch.zeros_like(xw[k]) for k in threats}
+            delta = self._project(apply_masks(delta, work), threats, xw)
             last = self.steps if keep_best else self.steps - 1
             for t in range(last + 1):
                 need_grad = t < self.steps
-                logits, loss, grads = input_gradients(self, victim, x, delta, target_labels, need_grad)
+                logits, loss, grads = input_gradients(self, work, xw, delta, labels, need_grad)
                 if keep_best:
-                    succ = victim.per_unit(self.is_success(logits, victim, target_labels).float())
-                    uloss = victim.per_unit(loss)
-                    better = (succ > best_succ) | ((succ == best_succ) & (uloss > best_loss))
-                    if bool(better.any()):
+                    succ = work.per_unit(self.is_success(logits, work, labels).float())
+                    uloss = work.per_unit(loss)
+                    if active is None:
+                        better = (succ > best_succ) | ((succ == best_succ) & (uloss > best_loss))
                         best_succ = torch.where(better, succ, best_succ)
                         best_loss = torch.where(better, uloss, best_loss)
                         for k in threats:
-                            m = better.reshape(-1, *([1] * (x[k].dim() - 1)))
-                            best[k] = torch.where(m, delta[k], best[k])
-                        out_better = victim.per_output(better)[:, None]
-                        best_logits = logits if best_logits is None else torch.where(out_better, logits, best_logits)
+                            best[k] = torch.where(better.reshape(-1, *([1] * (x[k].dim() - 1))), delta[k], best[k])
+                        best_logits = torch.where(victim.per_output(better)[:, None], logits, best_logits)
+                    else:
+                        better = (succ > best_succ[active]) | ((succ == best_succ[active]) & (uloss > best_loss[active]))
+                        sel = active[better]
+                        best_succ[sel], best_loss[sel], best_logits[sel] = succ[better], uloss[better], logits[better]
+                        for k in threats:
+                            best[k][sel] = delta[k][better]
+                        done = succ >= 1
+                        if need_grad and bool(done.any()):
+                            keep = ~done
+                            if not bool(keep.any()):
+                                break
+                            active = active[keep]
+                            work, labels = restrict(victim, active, target_labels)
+                            xw = work.inputs
+                            radius = {k: r[keep] for k, r in radius.items()}
+                            delta = {k: d[keep] for k, d in delta.items()}
+                            grads = {k: g[keep] for k, g in grads.items()}
                 if not need_grad:
                     break
                 with torch.no_grad():
                     delta = {k: threats[k].step(delta[k], grads[k], radius[k] * self.step_size) for k in threats}
-                    delta = self._project(apply_masks(delta, victim), threats, x)
+                    delta = self._project(apply_masks(delta, work), threats, xw)
             if not keep_best:
                 best = delta
         adv = {k: x[k] + best[k] if k in best else x[k] for k in x}
