@@ -181,7 +181,7 @@ def main():
     ap.add_argument("--epochs", type=int, default=125)
     ap.add_argument("--resampling", type=int, default=100)
     ap.add_argument("--loss", default="prob_margin")
-    ap.add_argument("--eval-every", type=int, default=0)
+    ap.add_argument("--eval-every", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-pyg", action="store_true")

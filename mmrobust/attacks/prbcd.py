@@ -277,7 +277,7 @@ class PRBCD(GraphAttack):
         epochs: total gradient steps; ``epochs_resampling`` of them resample the block.
         lr: base learning rate (scaled by budget / nodes).
         final_samples: discrete samples drawn at the end (``K`` in the paper).
-        eval_every: every this many epochs the top-:math:`\\Delta` flips are evaluated and the best
+        eval_every: every this many epochs (default 5) the top-:math:`\\Delta` flips are evaluated and the best
             weights kept (early stopping of the reference implementation); ``0`` disables it.
         loss: ``"tanh_margin"`` (default; the paper's recommendation for global attacks), ``"prob_margin"``,
             ``"margin"``, ``"ce"``, ``"masked_ce"`` or a callable.
@@ -291,7 +291,7 @@ class PRBCD(GraphAttack):
     name = "prbcd"
 
     def __init__(self, threat, *, block_size: int = 250_000, epochs: int = 125, epochs_resampling: int = 100,
-                 lr: float = 1000.0, final_samples: int = 20, eval_every: int = 0,
+                 lr: float = 1000.0, final_samples: int = 20, eval_every: int = 5,
                  feature_step_size: float = 0.1, loss="tanh_margin", **kwargs):
         super().__init__(threat, loss=_graph_loss(loss), **kwargs)
         if self.edge_threat is None and isinstance(self.threat, ThreatModel):
