@@ -81,8 +81,9 @@ def tasks(args) -> List[Task]:
                                                max_length=4000, batch_size=32, seed=seed, augment=False),
              lambda: RobustClassifier(M5(10, width=16), optimizer="adam", lr=3e-3, weight_decay=0.0, adapter=wave),
              lambda: PGD(SNRBall(30.0), steps=3, seed=seed, adapter=wave),
-             lambda: PGD(SNRBall(30.0), steps=5 if q else 10, seed=seed, adapter=wave),
-             f"PGD-{5 if q else 10}, SNR >= 30 dB", epochs=4 if q else 6, steps_per_epoch=-(-n_speech // 32)),
+             # tested louder (20 dB) than trained (30 dB): at 30 dB both models are near 100% on this task
+             lambda: PGD(SNRBall(20.0), steps=5 if q else 10, seed=seed, adapter=wave),
+             f"PGD-{5 if q else 10}, SNR >= 20 dB", epochs=4 if q else 6, steps_per_epoch=-(-n_speech // 32)),
         Task("graph", "GCN on KarateClub",
              KarateClubDataModule,
              lambda: NodeClassifier(GCN(34, 4, hidden=16, dropout=0.5), lr=0.01),
