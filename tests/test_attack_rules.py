@@ -148,3 +148,14 @@ def test_step_size_and_steps_are_validated():
         PGD(L2Ball(1.0), step_size=-1.0)
     with pytest.raises(TypeError, match="threat must be a ThreatModel"):
         PGD(0.3)
+
+
+def test_early_stopping_changes_work_not_results(digits, digits_cnn):
+    _, _, xt, yt = digits
+    threat = LinfBall(0.1, lower=0, upper=1)
+    full = PGD(threat, steps=10, seed=0, early_stop=False)(digits_cnn, (xt, yt))
+    early = PGD(threat, steps=10, seed=0)(digits_cnn, (xt, yt))
+    assert torch.equal(full.robust, early.robust)
+    still_robust = early.robust
+    assert torch.allclose(full.inputs["image"][still_robust], early.inputs["image"][still_robust])
+    assert bool((early.logits.argmax(1) != yt)[~early.robust & early.clean_correct].all())

@@ -34,6 +34,9 @@ class Victim:
         select: optional ``(unit_index) -> Victim`` restricting the victim to some units (attacks use it
             to spend effort only on units still robust); ``None`` when units cannot be separated.
         meta: adapter-specific extras (e.g. sample rate, lengths), for reports.
+        deterministic: ``forward`` gives the same logits for the same inputs. Wrappers that sample
+            (expectation over transformation, randomized defenses) set it to ``False``, which stops
+            attacks from treating one lucky success as final.
     """
 
     inputs: Dict[str, Tensor]
@@ -44,6 +47,7 @@ class Victim:
     masks: Dict[str, Tensor] = field(default_factory=dict)
     select: Optional[Callable[[Tensor], "Victim"]] = None
     meta: Dict[str, Any] = field(default_factory=dict)
+    deterministic: bool = True
 
     @property
     def num_units(self) -> int:

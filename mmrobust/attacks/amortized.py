@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from ..adapters.base import Victim, infer_adapter
 from ..errors import check_int, check_positive
 from ..threats.base import ThreatModel, per_unit
-from .base import Attack, apply_masks, attack_mode, normal_tensor
+from .base import Attack, apply_masks, attack_mode, prepare_victim
 
 
 class ConvPerturbationGenerator(nn.Module):
@@ -153,9 +153,7 @@ class AmortizedAttack(Attack):
         adapter = self.adapter or infer_adapter(batch)
         was_training = self.generator_net.training
         with attack_mode(model):
-            victim = adapter.victim(model, batch)
-            victim.inputs = {k: normal_tensor(v).detach() for k, v in victim.inputs.items()}
-            victim.target = normal_tensor(victim.target)
+            victim = prepare_victim(adapter.victim(model, batch))
             name = self._name(victim)
             x = victim.inputs[name]
             threat = self.threats_for(victim)[name]

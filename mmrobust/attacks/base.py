@@ -114,6 +114,18 @@ def normal_tensor(t: Tensor) -> Tensor:
     return t.clone() if isinstance(t, Tensor) and t.is_inference() else t
 
 
+def victim_for(model: nn.Module, batch: Any, adapter: Optional[BatchAdapter] = None) -> Victim:
+    """The :class:`Victim` of ``batch`` (adapter inferred when ``None``), ready for autograd."""
+    return prepare_victim((adapter or infer_adapter(batch)).victim(model, batch))
+
+
+def prepare_victim(victim: Victim) -> Victim:
+    """Detach the victim's inputs and clone those created under ``inference_mode`` (Lightning's eval loops)."""
+    victim.inputs = {k: normal_tensor(v).detach() for k, v in victim.inputs.items()}
+    victim.target = normal_tensor(victim.target)
+    return victim
+
+
 def check_logits(logits: Tensor, victim: Victim, where: str) -> None:
     if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != victim.num_outputs:
         shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
@@ -207,15 +219,21 @@ class Attack(ABC):
         return f"{type(self).__name__}({t}, loss={self.loss_name}{', targeted' if self.targeted else ''})"
 
     # -- the call ---------------------------------------------------------------------------------
+    def _prepare(self, model: nn.Module, batch: Any):
+        """The victim (inputs usable by autograd) and its threat models, with the inputs checked.
+
+        The same checks run for evaluation and for training: projecting out-of-box data would otherwise
+        silently clip it.
+        """
+        victim = victim_for(model, batch, self.adapter)
+        threats = self.threats_for(victim)
+        for name, threat in threats.items():
+            threat.check_input(victim.inputs[name], name=name)
+        return victim, threats
+
     def __call__(self, model: nn.Module, batch: Any, *, target_labels: Optional[Tensor] = None) -> AttackResult:
-        adapter = self.adapter or infer_adapter(batch)
         with attack_mode(model):
-            victim = adapter.victim(model, batch)
-            victim.inputs = {k: normal_tensor(v).detach() for k, v in victim.inputs.items()}
-            victim.target = normal_tensor(victim.target)
-            threats = self.threats_for(victim)
-            for name, threat in threats.items():
-                threat.check_input(victim.inputs[name], name=name)
+            victim, threats = self._prepare(model, batch)
             with torch.no_grad():
                 clean_logits = victim.forward(victim.inputs)
             check_logits(clean_logits, victim, "on the clean batch")
@@ -246,15 +264,8 @@ class Attack(ABC):
         """
         if self.targeted and target_labels is None:
             raise ValueError("generate() with a targeted attack needs target_labels")
-        adapter = self.adapter or infer_adapter(batch)
         with attack_mode(model):
-            victim = adapter.victim(model, batch)
-            victim.inputs = {k: normal_tensor(v).detach() for k, v in victim.inputs.items()}
-            victim.target = normal_tensor(victim.target)
-            threats = self.threats_for(victim)
-            # the same input checks as __call__: projecting would otherwise silently clip out-of-box data
-            for name, threat in threats.items():
-                threat.check_input(victim.inputs[name], name=name)
+            victim, threats = self._prepare(model, batch)
             try:
                 out = self.perturb(victim, threats, target_labels, None)
             except IndexError as e:  # no clean pass here to learn the class count first

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..adapters.base import infer_adapter
 from ..threats.base import ThreatModel, per_unit
-from .base import Attack, AttackResult, attack_mode, check_logits, normal_tensor
+from .base import Attack, AttackResult, attack_mode, check_logits, prepare_victim
 
 
 class Ensemble(Attack):
@@ -81,8 +81,7 @@ class Ensemble(Attack):
             raise ValueError("Ensemble is untargeted; give target_labels to its members instead")
         adapter = self.adapter or infer_adapter(batch)
         first = self.attacks[0](model, batch)
-        victim = adapter.victim(model, batch)
-        victim.inputs = {k: normal_tensor(v).detach() for k, v in victim.inputs.items()}
+        victim = prepare_victim(adapter.victim(model, batch))
         inputs = {k: v.clone() for k, v in first.inputs.items()}
         logits = first.logits.clone()
         clean_correct = first.clean_correct

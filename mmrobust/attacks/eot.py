@@ -48,7 +48,7 @@ def eot_victim(victim: Victim, transform: Callable, samples: int,
 
     return Victim(inputs=victim.inputs, target=victim.target, forward=forward, rebuild=victim.rebuild,
                   unit=victim.unit, masks=victim.masks, select=None if victim.select is None else select,
-                  meta=victim.meta)
+                  meta=victim.meta, deterministic=False)
 
 
 class EOT(Attack):

@@ -10,7 +10,7 @@ from torch import Tensor
 from ..adapters.base import Victim
 from ..errors import NonFiniteError, check_int, check_positive
 from ..threats.base import ThreatModel
-from .base import Attack, Threat, apply_masks, normal_tensor
+from .base import Attack, Threat, apply_masks, prepare_victim
 
 
 def input_gradients(attack: Attack, victim: Victim, x: Dict[str, Tensor], delta: Dict[str, Tensor],
@@ -36,14 +36,13 @@ def input_gradients(attack: Attack, victim: Victim, x: Dict[str, Tensor], delta:
     return logits, loss, None
 
 
-def restrict(victim: Victim, units: Optional[Tensor], target_labels: Optional[Tensor]):
-    """The victim restricted to ``units`` (``None``: all) and the matching target labels."""
+def restrict(victim: Victim, units: Optional[Tensor], target_labels: Optional[Tensor],
+             threats: Dict[str, ThreatModel]):
+    """The victim, target labels and threat models restricted to ``units`` (``None``: all)."""
     if units is None or units.numel() == victim.num_units:
-        return victim, target_labels
-    sub = victim.select(units)
-    sub.inputs = {k: normal_tensor(v).detach() for k, v in sub.inputs.items()}
-    sub.target = normal_tensor(sub.target)
-    return sub, None if target_labels is None else target_labels[units]
+        return victim, target_labels, threats
+    return (prepare_victim(victim.select(units)), None if target_labels is None else target_labels[units],
+            {k: t.subset(units) for k, t in threats.items()})
 
 
 class PGD(Attack):
@@ -67,7 +66,8 @@ class PGD(Attack):
         early_stop: when evaluating (``attack(model, batch)``), stop working on units as soon as they are
             adversarial, and skip them in later restarts. Robust accuracy and success are the same as
             without it; only the loss reported for successful units can be lower. ``generate`` (training)
-            never stops early, so adversarial training maximises the loss on every example.
+            never stops early, so adversarial training maximises the loss on every example, and neither
+            do victims with a sampling forward (``Victim.deterministic=False``, e.g. :class:`EOT`).
     """
 
     name = "pgd"
@@ -93,7 +93,8 @@ class PGD(Attack):
         keep_best = self.keep_best and clean_logits is not None
         # Evaluation only: once a unit is adversarial its best point cannot lose that status, so it
         # leaves the working batch (and later restarts). Robust accuracy is unchanged, work shrinks.
-        early = keep_best and self.early_stop and victim.unit is None and victim.select is not None
+        early = (keep_best and self.early_stop and victim.deterministic and victim.unit is None
+                 and victim.select is not None)
         best = {k: torch.zeros_like(x[k]) for k in threats}
         best_logits = None if clean_logits is None else clean_logits.clone()
         best_succ = torch.full((victim.num_units,), -1.0, device=device)
@@ -102,14 +103,14 @@ class PGD(Attack):
             active = (best_succ < 1).nonzero().squeeze(1) if early else None
             if active is not None and active.numel() == 0:
                 break
-            work, labels = restrict(victim, active, target_labels)
+            work, labels, wthreats = restrict(victim, active, target_labels, threats)
             xw = work.inputs
-            radius = {k: t.radius(xw[k]) for k, t in threats.items()}
+            radius = {k: t.radius(xw[k]) for k, t in wthreats.items()}
             if self.random_start:
-                delta = {k: t.random_init(xw[k], gen) for k, t in threats.items()}
+                delta = {k: t.random_init(xw[k], gen) for k, t in wthreats.items()}
             else:
-                delta = {k: torch.zeros_like(xw[k]) for k in threats}
-            delta = self._project(apply_masks(delta, work), threats, xw)
+                delta = {k: torch.zeros_like(xw[k]) for k in wthreats}
+            delta = self._project(apply_masks(delta, work), wthreats, xw)
             last = self.steps if keep_best else self.steps - 1
             for t in range(last + 1):
                 need_grad = t < self.steps
@@ -136,7 +137,7 @@ class PGD(Attack):
                             if not bool(keep.any()):
                                 break
                             active = active[keep]
-                            work, labels = restrict(victim, active, target_labels)
+                            work, labels, wthreats = restrict(victim, active, target_labels, threats)
                             xw = work.inputs
                             radius = {k: r[keep] for k, r in radius.items()}
                             delta = {k: d[keep] for k, d in delta.items()}
@@ -144,8 +145,8 @@ class PGD(Attack):
                 if not need_grad:
                     break
                 with torch.no_grad():
-                    delta = {k: threats[k].step(delta[k], grads[k], radius[k] * self.step_size) for k in threats}
-                    delta = self._project(apply_masks(delta, work), threats, xw)
+                    delta = {k: wthreats[k].step(delta[k], grads[k], radius[k] * self.step_size) for k in wthreats}
+                    delta = self._project(apply_masks(delta, work), wthreats, xw)
             if not keep_best:
                 best = delta
         adv = {k: x[k] + best[k] if k in best else x[k] for k in x}

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from ..adapters.base import BatchAdapter, Victim, infer_adapter
 from ..errors import check_int, check_positive
 from ..threats.base import ThreatModel
-from .base import Attack, attack_mode, normal_tensor
+from .base import Attack, attack_mode, prepare_victim
 
 
 def fit_length(delta: Tensor, length: int) -> Tensor:
@@ -101,9 +101,7 @@ class UniversalPerturbation(Attack):
         victim = adapter.victim(model, batch)
         if len(victim.inputs) != 1:
             raise ValueError(f"a universal perturbation needs a batch with one attackable input, got {sorted(victim.inputs)}")
-        victim.inputs = {k: normal_tensor(v).detach() for k, v in victim.inputs.items()}
-        victim.target = normal_tensor(victim.target)
-        return victim
+        return prepare_victim(victim)
 
     def fit(self, model: nn.Module, dataloader: Iterable, epochs: int = 1, *, max_batches: Optional[int] = None,
             progress: bool = False) -> Tensor:

@@ -5,19 +5,13 @@ from __future__ import annotations
 from typing import Any, Dict, Optional, Tuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ..adapters.base import BatchAdapter, Victim, infer_adapter
-from ..attacks.base import normal_tensor
+from ..adapters.base import Victim
+from ..attacks.base import victim_for
 from ..threats.base import ThreatModel
 
-
-def victim_for(model: nn.Module, batch: Any, adapter: Optional[BatchAdapter] = None) -> Victim:
-    """The :class:`Victim` of ``batch`` with inputs detached from any graph and inference mode."""
-    victim = (adapter or infer_adapter(batch)).victim(model, batch)
-    victim.inputs = {k: normal_tensor(v).detach() for k, v in victim.inputs.items()}
-    victim.target = normal_tensor(victim.target)
-    return victim
+__all__ = ["victim_for", "single_input", "forward_at", "flat", "unit_norm", "check_threat"]
 
 
 def single_input(victim: Victim, input_name: Optional[str]) -> Tuple[str, Tensor]:

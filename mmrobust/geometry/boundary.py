@@ -40,6 +40,9 @@ class PerUnitRadius(ThreatModel):
             raise ValueError(f"PerUnitRadius has {self.radii.numel()} radii for {x.shape[0]} units")
         return self.radii.to(device=x.device, dtype=x.dtype)
 
+    def subset(self, units: Tensor) -> "PerUnitRadius":
+        return PerUnitRadius(self.base, self.radii[units.to(self.radii.device)])
+
     def random_init(self, x, generator=None):
         unit = self.base.with_eps(1.0).random_init(x, generator)
         return self.project(unit * self.radius(x).reshape(-1, *([1] * (x.dim() - 1))), x)

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ..adapters.base import BatchAdapter
-from ..attacks.base import attack_mode, normal_tensor
+from ..attacks.base import attack_mode, prepare_victim
 from ..attacks.losses import get_loss, margin
 from ..errors import check_choice, check_int, check_positive
 from ..utils import make_generator, randn
@@ -90,9 +90,7 @@ def decision_slice(model: nn.Module, batch: Any, *, index: int = 0, extent: Unio
             raise ValueError(f"index must lie in [0, {xs.shape[0] - 1}] for this batch, got {index}")
         if full.select is None:
             raise ValueError("this batch's adapter cannot select single units (Victim.select is None)")
-        victim = full.select(torch.tensor([index], device=xs.device))
-        victim.inputs = {k: normal_tensor(v).detach() for k, v in victim.inputs.items()}
-        victim.target = normal_tensor(victim.target)
+        victim = prepare_victim(full.select(torch.tensor([index], device=xs.device)))
         x = victim.inputs[name]
         with torch.no_grad():
             logits = victim.forward(victim.inputs)

@@ -52,6 +52,14 @@ class ThreatModel(ABC):
         """Per-unit radius of the ball around ``x`` (shape ``(units,)``)."""
         return torch.full((x.shape[0],), self.eps, dtype=x.dtype, device=x.device)
 
+    def subset(self, units: Tensor) -> "ThreatModel":
+        """The threat model for a subset of the units (attacks shrink batches to units still robust).
+
+        Stateless threat models return themselves; those holding per-unit state (e.g. one radius per
+        unit) return a copy restricted to ``units``.
+        """
+        return self
+
     def with_eps(self, eps: float) -> "ThreatModel":
         """A copy of this threat model with another budget (schedules, budget curves)."""
         clone = object.__new__(type(self))
