@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from mmrobust.attacks import PGD
-from mmrobust.geometry import (CurvatureRegularizer, GeometricRegularization, InputGradientNorm,
+from mmrobust.callbacks import GeometricRegularization
+from mmrobust.geometry import (CurvatureRegularizer, InputGradientNorm,
                                LipschitzRegularizer, MinimalNormSearch, boundary_distance, curvature,
                                decision_slice, local_lipschitz, with_predicted_labels)
 from mmrobust.metrics.geometry import BoundaryDistance, GeometryStatistic

@@ -1,11 +1,16 @@
-"""Lightning callbacks: robust training, evaluation and weight perturbations."""
+"""Lightning callbacks: robust training, weight perturbations, compression and robustness evaluation."""
 
 from .adversarial import AdversarialTraining, FastAdversarialTraining, catastrophic_overfitting
 from .bit_errors import RandomBitErrorTraining
-from .quantization import Quantization
-from .noise import GaussianNoiseTraining
-from .weight_perturbation import AdversarialWeightPerturbation
-from .evaluation import RobustnessEvaluation
-from .pruning import Pruning
-from .fourier import FourierSparsity
 from .distillation import Distillation
+from .evaluation import RobustnessEvaluation
+from .fourier import FourierSparsity
+from .noise import GaussianNoiseTraining
+from .pruning import Pruning
+from .quantization import Quantization
+from .regularization import GeometricRegularization
+from .weight_perturbation import AdversarialWeightPerturbation
+
+__all__ = ["AdversarialTraining", "FastAdversarialTraining", "catastrophic_overfitting", "AdversarialWeightPerturbation",
+           "GaussianNoiseTraining", "GeometricRegularization", "RobustnessEvaluation", "Pruning", "FourierSparsity",
+           "Quantization", "RandomBitErrorTraining", "Distillation"]

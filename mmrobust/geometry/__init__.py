@@ -5,12 +5,11 @@ from .boundary import (MinimalNormSearch, PerUnitRadius, PredictedLabelAdapter, 
                        boundary_distances, with_predicted_labels)
 from .curvature import curvature, curvature_direction, hessian_vector_norm
 from .lipschitz import LipschitzPairs, adversarial_pairs, difference_quotient, local_lipschitz
-from .regularizers import (CurvatureRegularizer, GeometricRegularization, InputGradientNorm,
-                           LipschitzRegularizer, Regularizer)
+from .regularizers import CurvatureRegularizer, InputGradientNorm, LipschitzRegularizer, Regularizer
 from .slices import DecisionSlice, decision_slice, render_slice
 
 __all__ = ["MinimalNormSearch", "PerUnitRadius", "PredictedLabelAdapter", "with_predicted_labels",
-           "CurvatureRegularizer", "GeometricRegularization", "InputGradientNorm", "LipschitzRegularizer",
+           "CurvatureRegularizer", "InputGradientNorm", "LipschitzRegularizer",
            "Regularizer", "boundary_distance", "boundary_distances", "curvature",
            "curvature_direction", "hessian_vector_norm", "LipschitzPairs", "adversarial_pairs",
            "difference_quotient", "local_lipschitz", "DecisionSlice", "decision_slice", "render_slice"]
