@@ -45,7 +45,7 @@ def test_every_recipe_yaml_is_covered_here():
     """A new YAML recipe must get a test below (and an entry in recipes/README.md)."""
     found = {p.relative_to(RECIPES).as_posix() for p in RECIPES.rglob("*.yaml")}
     tested = {"image/digits_at.yaml", "image/mnist_trades.yaml", "image/evaluate_digits.yaml",
-              "cli/speech_at.yaml", "cli/graph_at.yaml"}
+              "cli/speech_at.yaml", "cli/graph_at.yaml", "multimodal/fit.yaml"}
     assert found == tested
 
 
@@ -99,6 +99,26 @@ def test_graph_yaml_builds_prbcd_adversarial_training(tmp_path):
     evaluation = _callback(cli, RobustnessEvaluation)
     assert next(iter(evaluation.attacks.values())).adapter.mask == "test"
     assert "val/robust_acc" in cli.trainer.callback_metrics
+
+
+def test_multimodal_yaml_builds_a_joint_threat_from_a_mapping(tmp_path):
+    from mmrobust.callbacks import AdversarialTraining, RobustnessEvaluation
+    from mmrobust.multimodal import LateFusionClassifier
+    from mmrobust.threats import LinfBall, SNRBall
+
+    cli = _fit_one_step(RECIPES / "multimodal" / "fit.yaml", tmp_path, "--data.init_args.num_train=64",
+                        "--data.init_args.num_val=32", "--data.init_args.num_test=32")
+    assert isinstance(cli.model.model, LateFusionClassifier) and cli.model.model.fusion == "sum"
+    training = _callback(cli, AdversarialTraining)
+    threat = training.attack.threat
+    assert isinstance(threat["image"], LinfBall) and isinstance(threat["audio"], SNRBall)
+    assert training.adversarial_steps == 1
+    evaluation = _callback(cli, RobustnessEvaluation)
+    assert set(evaluation.attacks) == {"joint", "image_only"}
+    assert set(evaluation.attacks["image_only"].threat) == {"image"}
+    metrics = cli.trainer.callback_metrics
+    assert {"val/robust_acc/joint", "val/robust_acc/image_only"} <= set(metrics)
+    assert float(metrics["val/robust_acc"]) <= float(metrics["val/robust_acc/image_only"])
 
 
 @pytest.mark.data
