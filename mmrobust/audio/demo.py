@@ -85,5 +85,6 @@ def run(report, args) -> List[Dict]:
                      "audio.model": f"M5(width={cfg['width']})", "audio.epochs": cfg["epochs"],
                      "audio.optimizer": "Adam lr 3e-3",
                      "audio.train_attack": f"PGD-{cfg['train_steps']} SNRBall({train_snr:g} dB), random start",
-                     "audio.eval_attack": f"PGD-{cfg['eval_steps']} SNRBall(s) for s in {list(SNR_GRID)}, seed {args.seed}"})
+                     "audio.eval_attack": f"PGD-{cfg['eval_steps']} SNRBall(s) for s in {list(SNR_GRID)}, "
+                                          f"seed {args.seed}"})
     return rows
