@@ -180,8 +180,9 @@ class TradesAttack(PGD):
         kwargs.pop("loss", None)
         if kwargs.get("targeted"):
             raise ValueError("TradesAttack is untargeted (it maximises the KL to the clean prediction)")
-        # The KL objective does not stop at misclassification, and its reference is per batch: no early stop.
-        kwargs["early_stop"] = False
+        # The KL objective does not stop at misclassification, and its reference is per batch.
+        if kwargs.pop("early_stop", False):
+            raise ValueError("TradesAttack cannot stop early: its KL objective is not about misclassification")
         super().__init__(threat, steps=steps, step_size=step_size, loss="ce", **kwargs)
         self.loss_name = "trades_kl"
         self.init_std = check_finite_nonneg("init_std", init_std)

@@ -154,7 +154,7 @@ def test_early_stopping_changes_work_not_results(digits, digits_cnn):
     _, _, xt, yt = digits
     threat = LinfBall(0.1, lower=0, upper=1)
     full = PGD(threat, steps=10, seed=0, early_stop=False)(digits_cnn, (xt, yt))
-    early = PGD(threat, steps=10, seed=0)(digits_cnn, (xt, yt))
+    early = PGD(threat, steps=10, seed=0, early_stop=True)(digits_cnn, (xt, yt))
     assert torch.equal(full.robust, early.robust)
     still_robust = early.robust
     assert torch.allclose(full.inputs["image"][still_robust], early.inputs["image"][still_robust])

@@ -65,7 +65,10 @@ class PGD(Attack):
         keep_best: return the best iterate (default) instead of the last.
         early_stop: when evaluating (``attack(model, batch)``), stop working on units as soon as they are
             adversarial, and skip them in later restarts. Robust accuracy and success are the same as
-            without it; only the loss reported for successful units can be lower. ``generate`` (training)
+            without it, at a fraction of the cost on weak models; but the loss and the confidence of the
+            returned points are those at the first success, so leave it off when a metric reads them
+            (e.g. :class:`~mmrobust.metrics.ConfidenceThresholdedError`, which needs high-confidence
+            adversarial examples). ``generate`` (training)
             never stops early, so adversarial training maximises the loss on every example, and neither
             do victims with a sampling forward (``Victim.deterministic=False``, e.g. :class:`EOT`).
     """
@@ -73,7 +76,7 @@ class PGD(Attack):
     name = "pgd"
 
     def __init__(self, threat: Threat, *, steps: int = 10, step_size: Optional[float] = None, restarts: int = 1,
-                 random_start: bool = True, keep_best: bool = True, early_stop: bool = True, **kwargs):
+                 random_start: bool = True, keep_best: bool = True, early_stop: bool = False, **kwargs):
         super().__init__(threat, **kwargs)
         self.steps = check_int("steps", steps, 1)
         self.step_size = 2.5 / self.steps if step_size is None else check_positive("step_size", step_size)
