@@ -81,6 +81,14 @@ class Timer:
         self.seconds = time.perf_counter() - self.start
 
 
+def bit_error_row(name: str, result, seconds: float) -> List[str]:
+    """One table row from :class:`~mmrobust.metrics.BitErrorAccuracy` ``compute()``: clean %, then per rate
+    ``mean ± std (min)`` in %, then the training seconds."""
+    return ([name, f"{100 * float(result['clean']):.2f}"] +
+            [f"{100 * float(m):.2f} ± {100 * float(s):.2f} (min {100 * float(lo):.2f})"
+             for m, s, lo in zip(result["mean"], result["std"], result["min"])] + [f"{seconds:.0f}"])
+
+
 def markdown_table(header: Sequence[str], rows: List[Sequence]) -> str:
     def fmt(v):
         return f"{v:.4g}" if isinstance(v, float) else str(v)

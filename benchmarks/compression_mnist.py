@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pytorch_lightning as pl  # noqa: E402
 
-from benchmarks.common import Timer, accuracy, markdown_table, mnist_tensors  # noqa: E402
+from benchmarks.common import Timer, accuracy, bit_error_row, markdown_table, mnist_tensors  # noqa: E402
 from mmrobust import PGD, LinfBall  # noqa: E402
 from mmrobust.callbacks import AdversarialTraining, Quantization, RandomBitErrorTraining  # noqa: E402
 from mmrobust.compression import bit_errors, hydra_prune, model_size_bytes, prune_magnitude, weight_sparsity  # noqa: E402
@@ -85,10 +85,7 @@ def part_biterrors(args):
         metric = BitErrorAccuracy(rates, patterns=args.patterns, seed=1)
         for i in range(0, len(yt), 500):
             metric.update(lit, [xt[i:i + 500], yt[i:i + 500]])
-        r = metric.compute()
-        rows.append([name, f"{100 * float(r['clean']):.2f}"] +
-                    [f"{100 * float(m):.2f} ± {100 * float(s):.2f} (min {100 * float(lo):.2f})"
-                     for m, s, lo in zip(r["mean"], r["std"], r["min"])] + [f"{seconds:.0f}"])
+        rows.append(bit_error_row(name, metric.compute(), seconds))
         sizes.append(model_size_bytes(lit))
         print(name, rows[-1], flush=True)
     print(f"\nSmallCNN, 8-bit asymmetric per-tensor QAT, {args.train} train / {args.test} test images, "
