@@ -112,30 +112,46 @@ def run_ours(fraction: float, block_size: int, epochs: int, resampling: int, see
 def strength(args):
     clean = setup_cora(Path(args.data), args.seed)
     data = STATE["data"]
+    ours_blocks = args.our_block_size or [args.block_size]
     print(f"Cora: {data.num_nodes} nodes, {data.edge_index.shape[1] // 2} undirected edges, "
-          f"GCN clean test accuracy {clean:.3f}; block_size={args.block_size} (ours "
-          f"{args.our_block_size or args.block_size}), epochs={args.epochs} "
-          f"({args.resampling} resampling), {args.threads} threads, loss={args.loss}, eval_every={args.eval_every}")
+          f"GCN clean test accuracy {clean:.3f} ({int(data.test_mask.sum())} test nodes attacked)")
+    print(f"PyG PRBCDAttack: block_size={args.block_size}, epochs={args.epochs} ({args.resampling} resampling), "
+          f"loss=prob_margin, lr=1000, max_final_samples=20 (its defaults)")
+    print(f"ours PRBCD: block_size={ours_blocks}, epochs={args.epochs} ({args.resampling} resampling), "
+          f"loss={args.loss}, eval_every={args.eval_every}, other arguments at their defaults")
+    print(f"{args.threads} thread(s); per budget the runs interleave PyG, ours, PyG, ours ({args.repeats} rounds) so "
+          "that machine load hits both alike; seconds are the mean over the rounds, memory the max")
+    names = ["PyG"] * (not args.skip_pyg) + [f"ours {b // 1000}k" for b in ours_blocks]
     rows = []
     for frac in args.budgets:
         budget = int(frac * data.edge_index.shape[1] / 2)
-        pyg = measured(run_pyg, budget, args.block_size, args.epochs, args.resampling, args.seed,
-                       threads=args.threads) if not args.skip_pyg else None
-        ours = measured(run_ours, frac, args.our_block_size or args.block_size, args.epochs, args.resampling, args.seed, args.loss,
-                        args.eval_every, threads=args.threads)
-        rows.append((frac, budget, pyg, ours))
-        p = f"{pyg[0][0]:.3f} | {pyg[1]:.1f} | {pyg[2] / 2**20:.0f}" if pyg else "- | - | -"
-        print(f"budget {frac:.0%} ({budget} flips): PyG acc | s | MiB = {p};  ours = {ours[0][0]:.3f} | "
-              f"{ours[1]:.1f} | {ours[2] / 2**20:.0f} (flips {ours[0][1]})", flush=True)
-    print("\n| budget | flips | PyG acc | ours acc | PyG s | ours s | speed-up | PyG peak MiB | ours peak MiB |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for frac, budget, pyg, ours in rows:
-        if pyg:
-            print(f"| {frac:.0%} | {budget} | {pyg[0][0]:.3f} | {ours[0][0]:.3f} | {pyg[1]:.1f} | {ours[1]:.1f} | "
-                  f"{pyg[1] / ours[1]:.2f}x | {pyg[2] / 2**20:.0f} | {ours[2] / 2**20:.0f} |")
-        else:
-            print(f"| {frac:.0%} | {budget} | - | {ours[0][0]:.3f} | - | {ours[1]:.1f} | - | - | "
-                  f"{ours[2] / 2**20:.0f} |")
+        runs = {name: [] for name in names}
+        for rnd in range(args.repeats):
+            if not args.skip_pyg:
+                runs["PyG"].append(measured(run_pyg, budget, args.block_size, args.epochs, args.resampling,
+                                            args.seed, threads=args.threads))
+            for b in ours_blocks:
+                runs[f"ours {b // 1000}k"].append(measured(run_ours, frac, b, args.epochs, args.resampling,
+                                                           args.seed, args.loss, args.eval_every,
+                                                           threads=args.threads))
+            print(f"budget {frac:.0%} ({budget} flips) round {rnd + 1}: " + "; ".join(
+                f"{n} acc {r[-1][0][0]:.3f} {r[-1][1]:.1f}s {r[-1][2] / 2**20:.0f}MiB" for n, r in runs.items()),
+                flush=True)
+        summary = {}
+        for name, r in runs.items():
+            accs = [x[0][0] for x in r]
+            summary[name] = (sum(accs) / len(accs), max(accs) - min(accs), sum(x[1] for x in r) / len(r),
+                             max(x[2] for x in r))
+        rows.append((frac, budget, summary))
+    print("\n| budget | flips | attack | acc after attack (mean; spread over rounds) | s (mean) | "
+          "speed-up vs PyG | peak MiB |")
+    print("|---|---|---|---|---|---|---|")
+    for frac, budget, summary in rows:
+        pyg_s = summary["PyG"][2] if "PyG" in summary else None
+        for name, (acc, spread, s, mem) in summary.items():
+            speed = f"{pyg_s / s:.2f}x" if pyg_s else "-"
+            print(f"| {frac:.0%} | {budget} | {name} | {acc:.3f} ({spread:.3f}) | {s:.1f} | {speed} | "
+                  f"{mem / 2**20:.0f} |")
 
 
 def run_scaling_point(n: int, degree: float, block_size: int, epochs: int, seed: int):
@@ -182,8 +198,9 @@ def main():
     ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--budgets", type=float, nargs="+", default=[0.01, 0.05, 0.10, 0.25])
     ap.add_argument("--block-size", type=int, default=250_000)
-    ap.add_argument("--our-block-size", type=int, default=None,
-                    help="block size of our PRBCD (default: --block-size, the same as PyG's)")
+    ap.add_argument("--our-block-size", type=int, nargs="+", default=None,
+                    help="block size(s) of our PRBCD (default: --block-size, the same as PyG's)")
+    ap.add_argument("--repeats", type=int, default=2, help="interleaved rounds (PyG, ours) per budget")
     ap.add_argument("--epochs", type=int, default=125)
     ap.add_argument("--resampling", type=int, default=100)
     ap.add_argument("--loss", default="prob_margin")

@@ -209,3 +209,40 @@ def test_projection_onto_capped_simplex():
         q = torch.rand(25, generator=g)
         q = q * min(1.0, 3.0 / float(q.sum()))
         assert float((q - v[seg == 0]).norm()) >= float((p[seg == 0] - v[seg == 0]).norm()) - 1e-5
+
+
+def _graph_batch(num_graphs=4):
+    graphs = []
+    for i in range(num_graphs):
+        d = sbm_graph(num_nodes=10 + 2 * i, num_classes=2, p_in=0.4, p_out=0.05, seed=20 + i)
+        graphs.append(Data(x=d.x, edge_index=d.edge_index, y=torch.tensor([i % 2])))
+    return Batch.from_data_list(graphs)
+
+
+def test_adversarial_training_ratio_perturbs_only_chosen_graphs():
+    from mmrobust.callbacks.adversarial import AdversarialTraining
+
+    batch = _graph_batch()
+    torch.manual_seed(0)
+    model = GCN(batch.num_features, 2, hidden=8, graph_level=True).eval()
+    at = AdversarialTraining(PGD(FeatureBall(0.1), steps=3, seed=0), ratio=0.5, seed=0)
+    adv = at.adversarial_batch(model, batch, at.attack)
+    assert adv.x.shape == batch.x.shape
+    changed = torch.zeros(batch.num_graphs, dtype=torch.bool).index_fill_(
+        0, batch.batch[(adv.x - batch.x).abs().amax(1) > 0], True)
+    assert int(changed.sum()) == 2                      # ratio 0.5 of 4 graphs, the rest untouched
+    assert float((adv.x - batch.x).abs().max()) <= 0.1 + 1e-6
+
+
+def test_masked_ce_is_a_registered_per_output_loss():
+    from mmrobust.attacks import get_loss, masked_cross_entropy
+    from mmrobust.attacks.prbcd import masked_cross_entropy as from_prbcd
+
+    assert get_loss("masked_ce") is masked_cross_entropy is from_prbcd
+    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [1.0, 0.5]])
+    labels = torch.tensor([0, 0, 0])                   # row 1 is already misclassified
+    loss = get_loss("masked_ce")(logits, labels)
+    ce = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    assert loss.shape == (3,) and loss[1] == 0 and torch.allclose(loss[[0, 2]], ce[[0, 2]])
+    with pytest.raises(ValueError, match="untargeted"):
+        masked_cross_entropy(logits, labels, torch.tensor([1, 1, 1]))

@@ -64,17 +64,32 @@ def tanh_margin(logits: Tensor, labels: Tensor, target_labels: Optional[Tensor] 
     return torch.tanh(margin(logits, labels, target_labels))
 
 
+def masked_cross_entropy(logits: Tensor, labels: Tensor, target_labels: Optional[Tensor] = None) -> Tensor:
+    """Cross-entropy on the still correctly classified outputs only (Geisler et al. 2021,
+    https://arxiv.org/abs/2110.14038, Sec. 4, "masked CE", their recommended loss for greedy attacks):
+    misclassified outputs contribute zero, so the budget goes to outputs not yet fooled.
+
+    .. math:: \\ell_i = \\mathbb{1}[\\arg\\max_j z_{ij} = y_i] \\cdot \\mathrm{CE}(z_i, y_i)
+    """
+    if target_labels is not None:
+        raise ValueError("masked_ce is an untargeted loss; use 'ce' or 'margin' for targeted attacks")
+    correct = (logits.argmax(1) == labels).to(logits.dtype)
+    return correct * F.cross_entropy(logits, labels, reduction="none")
+
+
 LOSSES: Dict[str, LossFn] = {
     "ce": cross_entropy,
     "margin": margin,
     "dlr": dlr,
     "prob_margin": probability_margin,
     "tanh_margin": tanh_margin,
+    "masked_ce": masked_cross_entropy,
 }
 
 
 def get_loss(loss) -> LossFn:
-    """Resolve a loss by name (``ce``, ``margin``, ``dlr``, ``prob_margin``, ``tanh_margin``) or pass a callable."""
+    """Resolve a loss by name (``ce``, ``margin``, ``dlr``, ``prob_margin``, ``tanh_margin``,
+    ``masked_ce``) or pass a callable."""
     if callable(loss):
         return loss
     if loss not in LOSSES:

@@ -25,6 +25,7 @@ from ..errors import NonFiniteError, check_int, check_positive
 from ..threats.base import ThreatModel
 from ..threats.graph import EdgeFlips, project_capped_simplex
 from .base import Attack, AttackResult, apply_masks
+from .losses import masked_cross_entropy  # noqa: F401  (re-exported: it lived here first)
 
 _EPS = 1e-7
 
@@ -293,10 +294,9 @@ class PRBCD(GraphAttack):
     def __init__(self, threat, *, block_size: int = 250_000, epochs: int = 125, epochs_resampling: int = 100,
                  lr: float = 1000.0, final_samples: int = 20, eval_every: int = 5,
                  feature_step_size: float = 0.1, loss="tanh_margin", **kwargs):
-        super().__init__(threat, loss=_graph_loss(loss), **kwargs)
+        super().__init__(threat, loss=loss, **kwargs)
         if self.edge_threat is None and isinstance(self.threat, ThreatModel):
             raise TypeError("PRBCD needs an EdgeFlips threat (use PGD for feature-only attacks)")
-        self.loss_name = loss if isinstance(loss, str) else self.loss_name
         self.block_size = check_int("block_size", block_size, 1)
         self.epochs = check_int("epochs", epochs, 1)
         self.epochs_resampling = check_int("epochs_resampling", epochs_resampling, 0)
@@ -464,23 +464,6 @@ def _better(score, best) -> Tensor:
     return (succ > bsucc) | ((succ == bsucc) & (loss > bloss))
 
 
-def masked_cross_entropy(logits: Tensor, labels: Tensor, target_labels: Optional[Tensor] = None) -> Tensor:
-    """Cross-entropy on the still correctly classified outputs only (Geisler et al. 2021, Sec. 4, "masked
-    CE", their recommended loss for greedy attacks): misclassified outputs contribute zero.
-
-    .. math:: \\ell_i = \\mathbb{1}[\\arg\\max z_i = y_i] \\cdot \\mathrm{CE}(z_i, y_i)
-    """
-    import torch.nn.functional as F
-    if target_labels is not None:
-        raise ValueError("masked_ce is an untargeted loss")
-    correct = (logits.argmax(1) == labels).to(logits.dtype)
-    return correct * F.cross_entropy(logits, labels, reduction="none")
-
-
-def _graph_loss(loss):
-    return masked_cross_entropy if loss == "masked_ce" else loss
-
-
 class GRBCD(GraphAttack):
     """Greedy Randomized Block Coordinate Descent (Geisler et al. 2021, https://arxiv.org/abs/2110.14038,
     Algorithm 2).
@@ -498,10 +481,9 @@ class GRBCD(GraphAttack):
     name = "grbcd"
 
     def __init__(self, threat, *, block_size: int = 250_000, epochs: int = 125, loss="masked_ce", **kwargs):
-        super().__init__(threat, loss=_graph_loss(loss), **kwargs)
+        super().__init__(threat, loss=loss, **kwargs)
         if not isinstance(self.threat, EdgeFlips):
             raise TypeError("GRBCD takes an EdgeFlips threat")
-        self.loss_name = loss if isinstance(loss, str) else self.loss_name
         self.block_size = check_int("block_size", block_size, 1)
         self.epochs = check_int("epochs", epochs, 1)
 
