@@ -86,7 +86,8 @@ def bit_error_row(name: str, result, seconds: float) -> List[str]:
     ``mean ± std (min)`` in %, then the training seconds."""
     return ([name, f"{100 * float(result['clean']):.2f}"] +
             [f"{100 * float(m):.2f} ± {100 * float(s):.2f} (min {100 * float(lo):.2f})"
-             for m, s, lo in zip(result["mean"], result["std"], result["min"])] + [f"{seconds:.0f}"])
+             for m, s, lo in zip(*(result[k].reshape(-1) for k in ("mean", "std", "min")))] +
+            [f"{seconds:.0f}"])
 
 
 def markdown_table(header: Sequence[str], rows: List[Sequence]) -> str:
