@@ -59,7 +59,13 @@ class FourierSparsity(pl.Callback):
             pl_module.log("fourier/compression_ratio", stats["compression_ratio"], on_step=True, on_epoch=False)
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"current_sparsity": self.current_sparsity, "sparsity": self.sparsity, "scope": self.scope}
+        return {"current_sparsity": self.current_sparsity, "sparsity": self.sparsity,
+                "initial_sparsity": self.initial_sparsity, "begin_step": self.begin_step, "end_step": self.end_step,
+                "frequency": self.frequency, "scope": self.scope}
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        # the checkpoint's schedule wins, so a resumed run prunes exactly like the uninterrupted one
         self.current_sparsity = float(state_dict["current_sparsity"])
+        for key in ("sparsity", "initial_sparsity", "begin_step", "end_step", "frequency", "scope"):
+            if key in state_dict:
+                setattr(self, key, state_dict[key])

@@ -71,4 +71,8 @@ class Pruning(pl.Callback):
                 "end_step": self.end_step, "frequency": self.frequency, "scope": self.scope}
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        # the checkpoint's schedule wins, so a resumed run prunes exactly like the uninterrupted one
         self.current_sparsity = float(state_dict["current_sparsity"])
+        for key in ("sparsity", "initial_sparsity", "begin_step", "end_step", "frequency", "scope"):
+            if key in state_dict:
+                setattr(self, key, state_dict[key])

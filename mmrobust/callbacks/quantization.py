@@ -38,8 +38,14 @@ class Quantization(pl.Callback):
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         if not any(True for _ in quantized_modules(pl_module)):
             quantize_model(pl_module, self.config, types=self.types, exclude=self.exclude)
+            self._owns_quantizers = True
 
     def on_fit_start(self, trainer, pl_module) -> None:
+        if getattr(self, "_owns_quantizers", False):
+            # setup() ran before Lightning restored this callback's state: give the quantisers it registered
+            # the checkpoint's configuration (buffer shapes already matched, or loading the weights had failed)
+            for _, _, quantizer in quantized_modules(pl_module):
+                quantizer.cfg = self.config
         clip_weights(pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
