@@ -116,3 +116,28 @@ def test_half_precision_weights_and_inputs_in_validation_are_refused(digits, tmp
     t = trainer(tmp_path, [RobustnessEvaluation(_pgd())], max_epochs=1, precision="bf16-true")
     with pytest.raises(TypeError, match=r"attacks need float32 or float64 inputs"):
         t.validate(module, digits_loader(digits, n=32))
+
+
+TRUE_BF16 = {  # precision="bf16-true": weights and batches in bf16
+    "AdversarialTraining": (lambda: [AdversarialTraining(_pgd())], "refused"),
+    "AdversarialWeightPerturbation": (lambda: [AdversarialWeightPerturbation(0.01)], "works"),
+    "Pruning": (lambda: [Pruning(0.5, begin_step=1, end_step=3, frequency=1)], "works"),
+    "Quantization": (lambda: [Quantization(bits=4, clip=0.2)], "works"),
+    "RandomBitErrorTraining": (lambda: [Quantization(bits=8, clip=0.2), RandomBitErrorTraining(0.02, seed=0)], "works"),
+    "FourierSparsity": (lambda: [FourierSparsity(0.5)], "works"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TRUE_BF16))
+def test_callbacks_under_bf16_true_precision_work_or_are_refused_clearly(case, digits, tmp_path):
+    make, expected = TRUE_BF16[case]
+    module = DigitsModule()
+    t = trainer(tmp_path, make(), max_epochs=1, precision="bf16-true", limit_train_batches=3)
+    if expected == "refused":
+        with pytest.raises(TypeError, match=r"attacks need float32 or float64 inputs.*'bf16-mixed'"):
+            t.fit(module, digits_loader(digits, n=48))
+        return
+    t.fit(module, digits_loader(digits, n=48))
+    assert module.global_step == 3
+    assert all(p.dtype == torch.bfloat16 and bool(torch.isfinite(p).all()) for p in module.parameters())
+    assert torch.isfinite(t.callback_metrics["train_loss"])

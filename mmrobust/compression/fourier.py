@@ -50,15 +50,23 @@ class FourierKernel(nn.Module):
         return tuple(range(-self.spatial_dims, 0))
 
     def forward(self, coefficients: Tensor) -> Tensor:
-        spec = torch.view_as_complex(coefficients) * self.mask
+        work = _fft_precision(coefficients)
+        spec = torch.view_as_complex(work) * self.mask.to(work.dtype)
         # dims shift by one: the real pair axis is gone in the complex view
-        return torch.fft.irfftn(spec, s=self.kernel_size, dim=self.dims)
+        return torch.fft.irfftn(spec, s=self.kernel_size, dim=self.dims).to(coefficients.dtype)
 
     def right_inverse(self, weight: Tensor) -> Tensor:
-        return torch.view_as_real(torch.fft.rfftn(weight, dim=self.dims)).contiguous()
+        coefficients = torch.fft.rfftn(_fft_precision(weight), dim=self.dims)
+        return torch.view_as_real(coefficients).contiguous().to(weight.dtype)
 
     def magnitudes(self, coefficients: Tensor) -> Tensor:
-        return torch.view_as_complex(coefficients.detach()).abs()
+        return torch.view_as_complex(_fft_precision(coefficients.detach())).abs()
+
+
+def _fft_precision(t: Tensor) -> Tensor:
+    """``t`` in float32 when it is half precision (Trainer(precision="bf16-true")): there are no bf16
+    complex numbers, and CPU FFTs do not take float16."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def fourier_modules(model: nn.Module) -> List[Tuple[str, nn.Module, FourierKernel]]:
