@@ -131,7 +131,8 @@ class _SpeechDataModule(pl.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         if self.augment and trainer is not None and trainer.training:
             wave, y, lengths = batch
-            batch = (augment_batch(wave, lengths, max_shift=self.sample_rate // 20), y, lengths)
+            # keep the collated container (a list): adversarial-training callbacks replace its entries in place
+            batch = type(batch)((augment_batch(wave, lengths, max_shift=self.sample_rate // 20), y, lengths))
         return batch
 
     @staticmethod

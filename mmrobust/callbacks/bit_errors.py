@@ -15,8 +15,16 @@ from ..utils import make_generator
 
 
 def adapter_cross_entropy(model: nn.Module, batch: Any) -> Tensor:
-    """Cross-entropy of ``model`` on ``batch``, read through the batch's adapter (any modality)."""
-    victim = infer_adapter(batch).victim(model, batch)
+    """Cross-entropy of ``model`` on ``batch``, read through the batch's adapter (any modality).
+
+    A training loss: for node classification it scores the ``train_mask`` nodes (the inferred
+    ``GraphAdapter`` scores the test nodes, whose labels must never reach training).
+    """
+    adapter = infer_adapter(batch)
+    if getattr(adapter, "modality", None) == "graph" and adapter.mask == "test" \
+            and getattr(batch, "train_mask", None) is not None:
+        adapter = type(adapter)(mask="train", forward=adapter.forward_fn, task=adapter.task)
+    victim = adapter.victim(model, batch)
     return nn.functional.cross_entropy(victim.forward(victim.inputs), victim.target)
 
 
