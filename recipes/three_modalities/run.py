@@ -76,7 +76,7 @@ def tasks(args) -> List[Task]:
              lambda: PGD(LinfBall(0.1, lower=0, upper=1), steps=10 if q else 20, seed=seed),
              f"PGD-{10 if q else 20}, L-inf 0.1", epochs=4 if q else 12, steps_per_epoch=20),
         Task("speech", "M5 on synthetic spoken digits",
-             # augmentation off: the callbacks replace list batches in place (and the comparison isolates AT)
+             # augmentation off: the comparison isolates adversarial training
              lambda: SyntheticSpeechDataModule(num_train=n_speech, num_val=50, num_test=100 if q else 200,
                                                max_length=4000, batch_size=32, seed=seed, augment=False),
              lambda: RobustClassifier(M5(10, width=16), optimizer="adam", lr=3e-3, weight_decay=0.0, adapter=wave),
