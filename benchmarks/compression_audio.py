@@ -143,24 +143,25 @@ def part_pruning(args):
     print(rows[-1], f"AT {seconds:.0f}s", flush=True)
     score_loader = torch.utils.data.DataLoader(dm.train_set, batch_size=64, shuffle=True,
                                                generator=torch.Generator().manual_seed(0))
-    for sparsity in args.sparsities:
-        for method in ("magnitude (layer)", "HYDRA (layer)"):
-            model = copy.deepcopy(base)
-            with Timer() as t:
-                if method.startswith("magnitude"):
-                    prune_magnitude(model, sparsity, scope="layer")
-                else:
-                    hydra_prune(model, score_loader, sparsity, attack=snr_pgd(args.snr, args.at_steps, seed=2),
-                                epochs=args.score_epochs, lr=0.1, scope="layer", loss_fn=waveform_loss)
-            if args.finetune_epochs:
-                # adversarial fine-tuning of the surviving weights; the parametrised masks keep the rest at zero
-                pl.seed_everything(0)
-                fit(LitAudio(model, args.lr / 3), dm, [AdversarialTraining(snr_pgd(args.snr, args.at_steps, seed=3))],
-                    args.finetune_epochs)
-            model.eval()
-            rows.append([method, 100 * weight_sparsity(model), 100 * accuracy(model, test),
-                         100 * robust_accuracy(model, test, args.snr, args.steps), f"{t.seconds:.0f}"])
-            print(rows[-1], flush=True)
+    # the dense model with the same fine-tuning as the pruned ones: the reference that isolates pruning
+    for sparsity, method in [(0.0, "dense + AT fine-tune")] + [(s, m) for s in args.sparsities
+                                                               for m in ("magnitude (layer)", "HYDRA (layer)")]:
+        model = copy.deepcopy(base)
+        with Timer() as t:
+            if method.startswith("magnitude"):
+                prune_magnitude(model, sparsity, scope="layer")
+            elif method.startswith("HYDRA"):
+                hydra_prune(model, score_loader, sparsity, attack=snr_pgd(args.snr, args.at_steps, seed=2),
+                            epochs=args.score_epochs, lr=0.1, scope="layer", loss_fn=waveform_loss)
+        if args.finetune_epochs:
+            # adversarial fine-tuning of the surviving weights; the parametrised masks keep the rest at zero
+            pl.seed_everything(0)
+            fit(LitAudio(model, args.lr / 3), dm, [AdversarialTraining(snr_pgd(args.snr, args.at_steps, seed=3))],
+                args.finetune_epochs)
+        model.eval()
+        rows.append([method, 100 * weight_sparsity(model), 100 * accuracy(model, test),
+                     100 * robust_accuracy(model, test, args.snr, args.steps), f"{t.seconds:.0f}"])
+        print(rows[-1], flush=True)
     print(f"\nM5(width={args.width}) on FSDD (official split, {len(dm.test_set)} test clips); PGD-AT under "
           f"SNRBall({args.snr:g} dB), PGD-{args.at_steps}, {args.epochs} epochs Adam one-cycle {args.lr}; HYDRA "
           f"scores: {args.score_epochs} epoch(s) with PGD-{args.at_steps}; after pruning {args.finetune_epochs} "

@@ -117,25 +117,26 @@ def part_pruning(args):
     base.eval()
     rows = [["dense (PRBCD-AT)", 0.0, 100 * node_accuracy(base, data), 100 * robust_accuracy(base, data, args), "-"]]
     print(rows[-1], f"AT {t.seconds:.0f}s", flush=True)
-    for sparsity in args.sparsities:
-        for method in ("magnitude (layer)", "HYDRA (layer)"):
-            model = copy.deepcopy(base)
-            with Timer() as t:
-                if method.startswith("magnitude"):
-                    prune_magnitude(model, sparsity, scope="layer")
-                else:
-                    hydra_prune(model, [data], sparsity, attack=prbcd(args.eps, "train", args.at_attack_epochs, 2),
-                                epochs=args.score_steps, lr=0.1, scope="layer", loss_fn=train_loss)
-            if args.finetune_epochs:
-                # adversarial fine-tuning of the surviving weights; the parametrised masks keep the rest at zero
-                torch.manual_seed(0)
-                train_node_classifier(model, data, epochs=args.finetune_epochs, lr=0.01, weight_decay=5e-4,
-                                      attack=prbcd(args.eps, "train", args.at_attack_epochs, seed=3),
-                                      attack_every=args.attack_every)
-            model.eval()
-            rows.append([method, 100 * weight_sparsity(model), 100 * node_accuracy(model, data),
-                         100 * robust_accuracy(model, data, args), f"{t.seconds:.0f}"])
-            print(rows[-1], flush=True)
+    # the dense model with the same fine-tuning as the pruned ones: the reference that isolates pruning
+    for sparsity, method in [(0.0, "dense + AT fine-tune")] + [(s, m) for s in args.sparsities
+                                                               for m in ("magnitude (layer)", "HYDRA (layer)")]:
+        model = copy.deepcopy(base)
+        with Timer() as t:
+            if method.startswith("magnitude"):
+                prune_magnitude(model, sparsity, scope="layer")
+            elif method.startswith("HYDRA"):
+                hydra_prune(model, [data], sparsity, attack=prbcd(args.eps, "train", args.at_attack_epochs, 2),
+                            epochs=args.score_steps, lr=0.1, scope="layer", loss_fn=train_loss)
+        if args.finetune_epochs:
+            # adversarial fine-tuning of the surviving weights; the parametrised masks keep the rest at zero
+            torch.manual_seed(0)
+            train_node_classifier(model, data, epochs=args.finetune_epochs, lr=0.01, weight_decay=5e-4,
+                                  attack=prbcd(args.eps, "train", args.at_attack_epochs, seed=3),
+                                  attack_every=args.attack_every)
+        model.eval()
+        rows.append([method, 100 * weight_sparsity(model), 100 * node_accuracy(model, data),
+                     100 * robust_accuracy(model, data, args), f"{t.seconds:.0f}"])
+        print(rows[-1], flush=True)
     print(f"\nGCN(hidden={args.hidden}, 2 layers) on Cora (public split); PRBCD-AT: {args.clean_epochs} clean + "
           f"{args.epochs - args.clean_epochs} adversarial epochs, a fresh PRBCD graph (global {100 * args.eps:g}% "
           f"edge flips scored on the training nodes, {args.at_attack_epochs} attack epochs) every "
