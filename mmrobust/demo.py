@@ -105,6 +105,8 @@ def main(argv: Sequence[str] = ()) -> Path:
                         choices=sorted(RUNNERS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="fewer epochs (for smoke tests)")
+    parser.add_argument("--cora-root", default=None,
+                        help="folder holding Cora/raw: the graph part uses Cora instead of KarateClub (no download)")
     args = parser.parse_args(list(argv))
     report = Report("mmrobust demo: robustness across modalities", args.out)
     report.text("Each modality trains a small reference model normally and with adversarial training "

@@ -61,3 +61,19 @@ def test_quick_demo_writes_a_consistent_report(tmp_path, monkeypatch):
             assert saved[key] == pytest.approx(row[key])
         assert 0 <= saved["robust acc"] <= saved["clean acc"] <= 1
     assert {r["modality"].split()[0] for r in summary} == {"image", "speech", "graph"}
+
+
+def test_cora_root_reaches_the_graph_runner(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_graph_run(report, args):
+        seen["cora_root"] = args.cora_root
+        report.section("Graph")
+        return [{"modality": "graph (Cora)", "model": "GCN normal", "clean acc": 0.8, "robust acc": 0.5,
+                 "attack": "PRBCD", "train s": 1.0}]
+
+    monkeypatch.setattr(graph_demo, "run", fake_graph_run)
+    main(["demo", "--modalities", "graph", "--cora-root", str(tmp_path / "planetoid"), "--out", str(tmp_path / "out")])
+    assert seen["cora_root"] == str(tmp_path / "planetoid")
+    rows = {t["title"]: t["rows"] for t in json.loads((tmp_path / "out" / "results.json").read_text())["tables"]}
+    assert rows[SUMMARY][0]["modality"] == "graph (Cora)"
