@@ -137,7 +137,7 @@ def main(argv=None):
     report.text("Late fusion (logits " + ("summed" if args.fusion == "sum" else "concatenated, linear head") +
                 f") of SmallCNN (image) and M5 (waveform). Budgets: image L-inf {args.eps:g} in [0, 1], audio SNR "
                 f">= {args.snr:g} dB; an attack on one modality leaves the other clean.")
-    report.table("Test accuracy", rows, note=f"{results['normal']['num_examples']} test pairs; PGD-{args.steps}")
+    table = report.table("Test accuracy", rows, note=f"{results['normal']['num_examples']} test pairs; PGD-{args.steps}")
 
     import matplotlib
 
@@ -167,7 +167,7 @@ def main(argv=None):
                      "total seconds": round(time.perf_counter() - start, 1),
                      "command": "python recipes/multimodal/run.py " + " ".join(argv if argv is not None else sys.argv[1:])})
     path = report.write()
-    print("\n" + report._tables[-1].markdown())
+    print("\n" + table.markdown())
     print(f"\nReport: {path}")
     return rows
 

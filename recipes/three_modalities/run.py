@@ -139,7 +139,7 @@ def main(argv=None):
     report.section("AdversarialTraining + Pruning + RobustnessEvaluation")
     report.text("Each modality: a reference model trained normally and with the AdversarialTraining and Pruning "
                 "callbacks; the RobustnessEvaluation callback measures clean and robust accuracy on the test split.")
-    report.table("Clean and robust test accuracy", rows,
+    table = report.table("Clean and robust test accuracy", rows,
                  columns=["modality", "model", "training", "clean acc", "robust acc", "attack", "sparsity", "train s"])
     report.settings({"seed": args.seed, "quick": args.quick, "sparsity": args.sparsity,
                      "pruning": "global magnitude, cubic schedule from 20% to 70% of the training steps",
@@ -148,7 +148,7 @@ def main(argv=None):
                      "graph": "KarateClub; AT: PRBCD 10% on train nodes after clean epochs; Adam 0.01",
                      "total seconds": round(time.perf_counter() - start, 1)})
     path = report.write()
-    print("\n" + report._tables[-1].markdown())
+    print("\n" + table.markdown())
     print(f"\nReport: {path}")
     return rows
 
