@@ -1,7 +1,8 @@
 """PRBCD side by side with PyG's ``torch_geometric.contrib.nn.PRBCDAttack`` on Cora, and scaling.
 
 Same trained 2-layer GCN, same test nodes, same budgets (fractions of the undirected edges, PyG's
-convention ``int(fraction * num_edges / 2)``), same block size and epochs.  Every attack runs in a
+convention ``int(fraction * num_edges / 2)``), same epochs (block sizes stated per row).  Per budget the runs alternate PyG, ours, PyG, ours
+(``--repeats`` rounds), so load on a shared machine hits both alike.  Every attack runs in a
 forked child process so that its peak memory (VmHWM above the child's starting RSS) is measured alone.
 
     python benchmarks/graph_prbcd.py                      # strength + speed table (Cora)
@@ -116,7 +117,7 @@ def strength(args):
     print(f"Cora: {data.num_nodes} nodes, {data.edge_index.shape[1] // 2} undirected edges, "
           f"GCN clean test accuracy {clean:.3f} ({int(data.test_mask.sum())} test nodes attacked)")
     print(f"PyG PRBCDAttack: block_size={args.block_size}, epochs={args.epochs} ({args.resampling} resampling), "
-          f"loss=prob_margin, lr=1000, max_final_samples=20 (its defaults)")
+          f"loss=prob_margin, lr=1000, max_final_samples=20 (PyG's defaults except block_size, which it requires)")
     print(f"ours PRBCD: block_size={ours_blocks}, epochs={args.epochs} ({args.resampling} resampling), "
           f"loss={args.loss}, eval_every={args.eval_every}, other arguments at their defaults")
     print(f"{args.threads} thread(s); per budget the runs interleave PyG, ours, PyG, ours ({args.repeats} rounds) so "
