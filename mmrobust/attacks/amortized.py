@@ -77,9 +77,9 @@ class AmortizedAttack(Attack):
         online: if true, :meth:`generate` (used by adversarial training) first takes ``online_steps`` generator
             updates on the batch against the current model, so the generator tracks the classifier.
         loss: the attack loss the generator maximises (default ``"margin"``, the C&W loss AdvGAN uses, Eq. 4).
-        kappa: cap on the per-output loss while training the generator, :math:`\min(\mathcal L, \kappa)`; with
+        kappa: cap on the per-output loss while training the generator, :math:`\\min(\\mathcal L, \\kappa)`; with
             the margin loss and ``kappa=0`` an output stops pulling the generator once it is misclassified
-            (AdvGAN's :math:`\max(Z_y - \max_{i\ne y} Z_i, -\kappa)`, Eq. 4). ``None``: no cap.
+            (AdvGAN's :math:`\\max(Z_y - \\max_{i\\ne y} Z_i, -\\kappa)`, Eq. 4). ``None``: no cap.
     ``fit(model, data)`` trains the generator against a fixed model; ``update(model, batch)`` is one step.
     The generator and its optimiser state are part of :meth:`state_dict`.
     """

@@ -7,7 +7,7 @@ for asymmetric quantisation) flips independently with probability ``p``:
     \\text{ and bits } j
 
 Patterns are drawn exactly and in ``O(pNm)`` time: the gaps between flipped bit positions of a
-Bernoulli(``p``) process are i.i.d. geometric, :math:`\lfloor \log U / \log(1-p) \rfloor`, so only the
+Bernoulli(``p``) process are i.i.d. geometric, :math:`\\lfloor \\log U / \\log(1-p) \\rfloor`, so only the
 flipped positions are ever generated and touched (:class:`BitFlips` is sparse).
 Injection never touches the float weights: the flips live on the :class:`FakeQuantize`
 parametrisations and are removed on exit, so the clean weights come back bit-exactly, also on error.

@@ -21,28 +21,28 @@ class ConfidenceThresholdedError(Metric):
     (https://arxiv.org/abs/1910.06259, Sec. 4.1). With confidence :math:`c(x) = \\max_k
     \\mathrm{softmax}(f(x))_k`, inputs with :math:`c(x) < \\tau` are rejected. The threshold is fixed
     on the *clean* examples so that a fraction ``tpr`` (99% in the paper) of the correctly classified
-    clean examples is kept. With :math:`\tilde x_n` the adversarial example of :math:`x_n`, the
+    clean examples is kept. With :math:`\\tilde x_n` the adversarial example of :math:`x_n`, the
     confidence-thresholded test and robust test errors (Sec. 4.1) are
 
     .. math::
-        \mathrm{Err}(\tau) = \frac{\sum_n \mathbb 1[f(x_n)\ne y_n]\,\mathbb 1[c(x_n)\ge\tau]}
-                                    {\sum_n \mathbb 1[c(x_n)\ge\tau]}, \qquad
-        \mathrm{RErr}(\tau) = \frac{\sum_n \max\{\mathbb 1[f(x_n)\ne y_n]\mathbb 1[c(x_n)\ge\tau],\;
-                                                    \mathbb 1[f(\tilde x_n)\ne y_n]\mathbb 1[c(\tilde x_n)\ge\tau]\}}
-                                     {\sum_n \max\{\mathbb 1[c(x_n)\ge\tau],\; \mathbb 1[c(\tilde x_n)\ge\tau]\}}
+        \\mathrm{Err}(\\tau) = \\frac{\\sum_n \\mathbb 1[f(x_n)\\ne y_n]\\,\\mathbb 1[c(x_n)\\ge\\tau]}
+                                    {\\sum_n \\mathbb 1[c(x_n)\\ge\\tau]}, \\qquad
+        \\mathrm{RErr}(\\tau) = \\frac{\\sum_n \\max\\{\\mathbb 1[f(x_n)\\ne y_n]\\mathbb 1[c(x_n)\\ge\\tau],\\;
+                                                    \\mathbb 1[f(\\tilde x_n)\\ne y_n]\\mathbb 1[c(\\tilde x_n)\\ge\\tau]\\}}
+                                     {\\sum_n \\max\\{\\mathbb 1[c(x_n)\\ge\\tau],\\; \\mathbb 1[c(\\tilde x_n)\\ge\\tau]\\}}
 
-    i.e. an error counts only when it is made with confidence at least :math:`\tau` (on the clean or
+    i.e. an error counts only when it is made with confidence at least :math:`\\tau` (on the clean or
     on the perturbed input), and examples rejected both clean and perturbed leave the denominator. At
-    :math:`\tau = 0` RErr is the usual robust test error. This is the formula of the authors' evaluation
+    :math:`\\tau = 0` RErr is the usual robust test error. This is the formula of the authors' evaluation
     code (``robust_test_error_at_confidence``), over every attacked example.
 
     Several attacks (a list of results for the same batch) are combined per example as the worst case
-    for RErr: :math:`\tilde x_n` is the misclassified adversarial example of highest confidence if any
+    for RErr: :math:`\\tilde x_n` is the misclassified adversarial example of highest confidence if any
     attack misclassifies, otherwise the correctly classified one of lowest confidence (which, if
     rejected, leaves the denominator). The paper's code picks the attack with the best attack
     objective instead; the objectives of different attacks are not comparable in general.
 
-    The paper chooses :math:`\tau` on held-out clean examples; pass ``threshold=`` (e.g. the
+    The paper chooses :math:`\\tau` on held-out clean examples; pass ``threshold=`` (e.g. the
     ``threshold`` this metric computed on validation data) to do the same, otherwise it is chosen on
     the evaluated clean examples.
 
