@@ -1,12 +1,13 @@
 """Batch adapters: one per batch convention (modality); see :mod:`mmrobust.adapters.base`."""
 
-from .base import BatchAdapter, Victim, infer_adapter, register_adapter
-from .tensor import ImageAdapter, TensorAdapter, replace_entries, select_examples
 from .audio import WaveformAdapter
+from .base import BatchAdapter, Victim, infer_adapter, register_adapter
+from .graph import GraphAdapter, GraphStructure, edge_weight_as_edge_attr
 from .multimodal import MultimodalAdapter
+from .tensor import ImageAdapter, TensorAdapter, replace_entries, select_examples
 
-__all__ = ["BatchAdapter", "Victim", "infer_adapter", "register_adapter", "TensorAdapter", "ImageAdapter",
-           "replace_entries", "select_examples",
-           "WaveformAdapter", "MultimodalAdapter"]
-from .graph import GraphAdapter, GraphStructure, edge_weight_as_edge_attr  # noqa: E402  (PyG Data/Batch)
-__all__ += ["GraphAdapter", "GraphStructure", "edge_weight_as_edge_attr"]
+__all__ = [
+    "BatchAdapter", "Victim", "infer_adapter", "register_adapter",
+    "TensorAdapter", "ImageAdapter", "replace_entries", "select_examples",
+    "WaveformAdapter", "MultimodalAdapter", "GraphAdapter", "GraphStructure", "edge_weight_as_edge_attr",
+]
