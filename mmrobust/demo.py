@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Sequence
 
-import torch
 
 MODALITIES = ("image", "audio", "graph")
 

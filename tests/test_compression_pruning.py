@@ -54,7 +54,7 @@ def test_magnitude_pruning_removes_the_smallest_weights(scope):
 
 
 def test_pruning_a_gnn_layer():
-    pyg = pytest.importorskip("torch_geometric")
+    pytest.importorskip("torch_geometric")
     from torch_geometric.nn import GCNConv
 
     class GCN(nn.Module):

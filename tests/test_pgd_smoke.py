@@ -1,5 +1,3 @@
-import torch
-
 from mmrobust import FGSM, PGD, L2Ball, LinfBall
 
 

@@ -25,7 +25,7 @@ from mmrobust.callbacks import (AdversarialTraining, AdversarialWeightPerturbati
 from mmrobust.compression import quantized_modules
 from mmrobust.errors import NonFiniteError
 from mmrobust.evaluation import evaluate
-from mmrobust.metrics import AttackSuccessRate, CleanAccuracy, RobustAccuracy
+from mmrobust.metrics import RobustAccuracy
 from mmrobust.threats import EdgeFlips, FeatureBall, L2Ball, LinfBall, PeakDBBall, SNRBall, WeightBall
 
 BOX = LinfBall(0.1, lower=0, upper=1)

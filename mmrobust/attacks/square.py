@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional
+from typing import Dict
 
 import torch
 from torch import Tensor
@@ -11,7 +11,7 @@ from torch import Tensor
 from ..errors import check_fraction, check_int
 from ..threats.base import ThreatModel, per_unit
 from ..utils import rand
-from .base import Attack, Threat, apply_masks, check_logits
+from .base import Attack, Threat, check_logits
 
 #: Iterations (on a 10 000-query scale) at which the window fraction ``p`` is halved (Sec. 3.1 and the
 #: authors' schedule): ``p = p_init / 2^j`` after the j-th entry.

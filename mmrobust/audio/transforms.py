@@ -14,7 +14,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..errors import check_finite_nonneg, check_int, check_positive
+from ..errors import check_int, check_positive
 from ..utils import rand, randn
 
 

@@ -11,13 +11,12 @@ place: return lists or dicts from the collate function (the default collate alre
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, MutableMapping, MutableSequence
+from collections.abc import MutableMapping, MutableSequence
 from typing import Any, Dict, Optional
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
-from torch import Tensor
 
 from ..adapters.base import BatchAdapter, infer_adapter
 from ..attacks.base import Attack, attack_mode

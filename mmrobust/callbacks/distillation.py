@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 import pytorch_lightning as pl
-import torch
 from torch import nn
 
 from ..adapters.base import BatchAdapter

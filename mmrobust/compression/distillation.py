@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..adapters.base import BatchAdapter, infer_adapter
-from ..attacks.base import Attack, attack_mode
+from ..attacks.base import Attack
 from ..errors import check_choice, check_fraction, check_positive
 
 __all__ = ["kd_loss", "soft_kl", "DistillationObjective", "load_teacher"]

@@ -17,7 +17,7 @@ CNNs" (https://arxiv.org/abs/1905.13545).
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple, Type
+from typing import Dict, List, Sequence, Tuple, Type
 
 import torch
 from torch import Tensor, nn

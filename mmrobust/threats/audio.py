@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .base import ThreatModel, db_to_ratio
+from .base import db_to_ratio
 from .norms import L2Ball, LinfBall
 
 _TINY = 1e-12

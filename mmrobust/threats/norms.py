@@ -10,7 +10,6 @@ floating-point tolerance), not the common "project onto the ball, then clip" app
 
 from __future__ import annotations
 
-from typing import Optional
 
 import torch
 from torch import Tensor

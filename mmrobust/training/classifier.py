@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ..adapters.base import BatchAdapter, Victim, infer_adapter
 from ..attacks.base import Attack, attack_mode
-from ..errors import check_choice, check_finite_nonneg, check_fraction, check_int, check_positive
+from ..errors import check_choice, check_finite_nonneg, check_fraction, check_positive
 from ..objectives import OBJECTIVES, ccat_loss, mart_loss, trades_loss
 
 OPTIMIZERS = ("sgd", "adam")
