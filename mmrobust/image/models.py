@@ -73,29 +73,39 @@ def _normalization(mean, std, channels: int) -> nn.Module:
     return nn.Identity() if mean is None else InputNormalization(mean, std, channels)
 
 
-class PreActBlock(nn.Module):
-    """Pre-activation residual block (He et al. 2016, https://arxiv.org/abs/1603.05027, Fig. 1b):
-    :math:`x_{l+1} = x_l + F(\\mathrm{ReLU}(\\mathrm{BN}(x_l)))`, with a 1x1 projection shortcut
-    (applied to the pre-activated input) when the shape changes."""
+class WideBasicBlock(nn.Module):
+    """Wide residual block (Zagoruyko & Komodakis 2016, https://arxiv.org/abs/1605.07146, Fig. 1d, "B(3,3)"):
+    BN-ReLU-conv3x3-(dropout)-BN-ReLU-conv3x3 with an identity or 1x1 projection shortcut."""
 
-    expansion = 1
-
-    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+    def __init__(self, in_planes: int, planes: int, stride: int, dropout: float):
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.shortcut = None
         if stride != 1 or in_planes != planes:
             self.shortcut = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(x))
+        # as in the reference implementation, a projection shortcut sees the pre-activated input
         shortcut = self.shortcut(out) if self.shortcut is not None else x
         out = self.conv1(out)
-        out = self.conv2(F.relu(self.bn2(out)))
+        out = self.conv2(self.dropout(F.relu(self.bn2(out))))
         return out + shortcut
+
+
+class PreActBlock(WideBasicBlock):
+    """Pre-activation residual block (He et al. 2016, https://arxiv.org/abs/1603.05027, Fig. 1b):
+    :math:`x_{l+1} = x_l + F(\\mathrm{ReLU}(\\mathrm{BN}(x_l)))`, with a 1x1 projection shortcut
+    (applied to the pre-activated input) when the shape changes -- the wide block without dropout."""
+
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__(in_planes, planes, stride, dropout=0.0)
 
 
 class PreActResNet18(nn.Module):
@@ -135,30 +145,6 @@ class PreActResNet18(nn.Module):
         out = self.layers(self.conv1(self.normalize(x)))
         out = F.adaptive_avg_pool2d(F.relu(self.bn(out)), 1).flatten(1)
         return self.linear(out)
-
-
-class WideBasicBlock(nn.Module):
-    """Wide residual block (Zagoruyko & Komodakis 2016, https://arxiv.org/abs/1605.07146, Fig. 1d, "B(3,3)"):
-    BN-ReLU-conv3x3-(dropout)-BN-ReLU-conv3x3 with an identity or 1x1 projection shortcut."""
-
-    def __init__(self, in_planes: int, planes: int, stride: int, dropout: float):
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_planes)
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.shortcut = None
-        if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = F.relu(self.bn1(x))
-        # as in the reference implementation, a projection shortcut sees the pre-activated input
-        shortcut = self.shortcut(out) if self.shortcut is not None else x
-        out = self.conv1(out)
-        out = self.conv2(self.dropout(F.relu(self.bn2(out))))
-        return out + shortcut
 
 
 class WideResNet(nn.Module):
