@@ -49,12 +49,33 @@ def db_x(delta: Tensor, x: Tensor) -> Tensor:
     return 20 * torch.log10(_flat(delta).abs().amax(1)) - 20 * torch.log10(_flat(x).abs().amax(1).clamp_min(_TINY))
 
 
-class _AudioSizes:
+class _DecibelBall:
+    """A norm ball whose budget is a level in decibels relative to the signal, held in ``eps`` (so
+    :meth:`with_eps` sweeps levels); subclasses name the level (``db_name``) and turn it into a radius."""
+
+    db_name = "db"
+
+    def __init__(self, level: float, *, lower: Optional[float] = -1.0, upper: Optional[float] = 1.0):
+        super().__init__(0.0, lower=lower, upper=upper)
+        self.eps = _check_db(self.db_name, level)
+
+    def with_eps(self, eps: float):
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone.eps = _check_db(self.db_name, eps)
+        return clone
+
     def extra_sizes(self, delta: Tensor, x: Tensor) -> dict[str, Tensor]:
         return {"snr_db": snr_db(delta, x), "db_x": db_x(delta, x)}
 
+    def describe(self) -> str:
+        return f"{type(self).__name__}({self.db_name}={self.eps:g})"
 
-class SNRBall(_AudioSizes, L2Ball):
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.db_name}={self.eps:g}, box=[{self.lower}, {self.upper}])"
+
+
+class SNRBall(_DecibelBall, L2Ball):
     """Perturbations with a signal-to-noise ratio of at least ``snr_db`` decibels.
 
     .. math:: \\mathrm{SNR}(x, \\delta) = 20\\log_{10}\\frac{\\|x\\|_2}{\\|\\delta\\|_2} \\ge s
@@ -67,31 +88,20 @@ class SNRBall(_AudioSizes, L2Ball):
     budget of a padded waveform equals that of its unpadded version.
     """
 
+    db_name = "snr_db"
+
     def __init__(self, snr_db: float, *, lower: Optional[float] = -1.0, upper: Optional[float] = 1.0):
-        super().__init__(0.0, lower=lower, upper=upper)
-        self.eps = _check_db("snr_db", snr_db)
+        super().__init__(snr_db, lower=lower, upper=upper)
 
     @property
     def snr_db(self) -> float:
         return self.eps
 
-    def with_eps(self, eps: float) -> "SNRBall":
-        clone = object.__new__(type(self))
-        clone.__dict__.update(self.__dict__)
-        clone.eps = _check_db("snr_db", eps)
-        return clone
-
     def radius(self, x: Tensor) -> Tensor:
         return _flat(x).norm(dim=1) * db_to_ratio(-self.eps)
 
-    def describe(self) -> str:
-        return f"SNRBall(snr_db={self.eps:g})"
 
-    def __repr__(self) -> str:
-        return f"SNRBall(snr_db={self.eps:g}, box=[{self.lower}, {self.upper}])"
-
-
-class PeakDBBall(_AudioSizes, LinfBall):
+class PeakDBBall(_DecibelBall, LinfBall):
     """Perturbations at most ``db`` decibels louder than the signal's peak (Carlini & Wagner 2018).
 
     Carlini & Wagner, "Audio Adversarial Examples: Targeted Attacks on Speech-to-Text",
@@ -106,25 +116,14 @@ class PeakDBBall(_AudioSizes, LinfBall):
     ``eps`` holds ``db`` so that :meth:`with_eps` sweeps loudness levels.
     """
 
+    db_name = "db"
+
     def __init__(self, db: float, *, lower: Optional[float] = -1.0, upper: Optional[float] = 1.0):
-        super().__init__(0.0, lower=lower, upper=upper)
-        self.eps = _check_db("db", db)
+        super().__init__(db, lower=lower, upper=upper)
 
     @property
     def db(self) -> float:
         return self.eps
 
-    def with_eps(self, eps: float) -> "PeakDBBall":
-        clone = object.__new__(type(self))
-        clone.__dict__.update(self.__dict__)
-        clone.eps = _check_db("db", eps)
-        return clone
-
     def radius(self, x: Tensor) -> Tensor:
         return _flat(x).abs().amax(1) * db_to_ratio(self.eps)
-
-    def describe(self) -> str:
-        return f"PeakDBBall(db={self.eps:g})"
-
-    def __repr__(self) -> str:
-        return f"PeakDBBall(db={self.eps:g}, box=[{self.lower}, {self.upper}])"
