@@ -42,21 +42,32 @@ def make_digits_cnn() -> nn.Module:
         nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16 * 16, 64), nn.ReLU(), nn.Linear(64, 10))
 
 
+def train_classifier(model: nn.Module, x, y, *, epochs: int, lr: float = 3e-3, batch_size: int = 64,
+                     seed=None) -> nn.Module:
+    """Plain Adam + cross-entropy training on shuffled mini-batches; returns the model in eval mode.
+
+    ``seed`` reseeds the global RNG first (``None``: continue with its current state).
+    """
+    if seed is not None:
+        torch.manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr)
+    for _ in range(epochs):
+        model.train()
+        perm = torch.randperm(len(y))
+        for i in range(0, len(y), batch_size):
+            idx = perm[i:i + batch_size]
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    return model.eval()
+
+
 @pytest.fixture(scope="session")
 def digits_cnn(digits):
     """A small CNN trained normally on digits (about 97% clean test accuracy); do not modify it in tests."""
     x, y, xt, yt = digits
     torch.manual_seed(0)
-    model = make_digits_cnn()
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
-    for _ in range(15):
-        perm = torch.randperm(len(y))
-        for i in range(0, len(y), 64):
-            idx = perm[i:i + 64]
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    model.eval()
+    model = train_classifier(make_digits_cnn(), x, y, epochs=15, batch_size=64)
     acc = (model(xt).argmax(1) == yt).float().mean().item()
     assert acc > 0.9, f"fixture model trained badly ({acc:.3f})"
     return model

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import train_classifier
 from mmrobust.adapters import WaveformAdapter, infer_adapter
 from mmrobust.attacks import EOT, PGD, UniversalPerturbation, eot_victim
 from mmrobust.audio import M5, AddNoise, LogMelCNN, RandomReverb, RandomTimeShift, synth_digits, synthetic_rir
@@ -17,17 +18,7 @@ LENGTH = 4000
 
 
 def train(model, waves, labels, epochs, lr=3e-3, seed=0):
-    torch.manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr)
-    for _ in range(epochs):
-        model.train()
-        perm = torch.randperm(len(labels))
-        for i in range(0, len(labels), 32):
-            idx = perm[i:i + 32]
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(waves[idx]), labels[idx]).backward()
-            opt.step()
-    return model.eval()
+    return train_classifier(model, waves, labels, epochs=epochs, lr=lr, batch_size=32, seed=seed)
 
 
 @pytest.fixture(scope="module")
