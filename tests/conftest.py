@@ -71,3 +71,16 @@ def digits_cnn(digits):
     acc = (model(xt).argmax(1) == yt).float().mean().item()
     assert acc > 0.9, f"fixture model trained badly ({acc:.3f})"
     return model
+
+
+def assert_projection_is_closest(threat, v, x, generator, draws: int):
+    """``threat.project(v, x)`` is the admissible point closest to ``v`` (in L2): for ``draws`` other
+    admissible points ``z`` the obtuse-angle condition :math:`\\langle v - p, z - p\\rangle \\le 0` holds and
+    ``z`` is no closer to ``v`` than ``p``."""
+    p = threat.project(v, x)
+    for _ in range(draws):
+        z = threat.project(torch.randn(v.shape, generator=generator, dtype=v.dtype) * v.abs().max().clamp_min(1e-3), x)
+        d_vp, d_zp = (v - p).flatten(1), (z - p).flatten(1)
+        inner = (d_vp * d_zp).sum(1)
+        assert bool((inner <= 1e-7 * (1 + d_vp.norm(dim=1) * d_zp.norm(dim=1))).all()), (threat, inner)
+        assert bool((d_vp.norm(dim=1) <= (v - z).flatten(1).norm(dim=1) + 1e-9).all())
