@@ -46,7 +46,8 @@ class Square(Attack):
 
     Random search on the margin loss :math:`L(x) = z_y(x) - \\max_{j \\ne y} z_j(x)` (targeted:
     :math:`\\max_{j \\ne t} z_j - z_t`): each query changes one random square window of side
-    :math:`s = \\lceil\\sqrt{p \\cdot h w}\\rceil` and is kept only if the loss decreases,
+    :math:`s = \\mathrm{round}(\\sqrt{p \\cdot h w})` (at most :math:`h - 1`; for L2 odd and at least 3)
+    and is kept only if the loss decreases,
 
     .. math:: \\delta^{k+1} = \\begin{cases} \\delta_{new} & L(x + \\delta_{new}) < L(x + \\delta^k) \\\\ \\delta^k & \\text{else}\\end{cases}
 
