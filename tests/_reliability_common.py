@@ -29,6 +29,27 @@ def tiny_cnn() -> nn.Module:
                          nn.Linear(8 * 16, 10))
 
 
+class LitClassifier(pl.LightningModule):
+    """The smallest Lightning classifier: ``model``, cross-entropy on ``(x, y, ...)`` batches and
+    ``optimizer(parameters, lr, **optimizer_kwargs)`` (Adam by default)."""
+
+    def __init__(self, model: nn.Module, lr: float = 3e-3, optimizer=torch.optim.Adam, **optimizer_kwargs):
+        super().__init__()
+        self.model = model
+        self.lr = lr
+        self.optimizer = optimizer
+        self.optimizer_kwargs = optimizer_kwargs
+
+    def forward(self, x):
+        return self.model(x)
+
+    def training_step(self, batch, batch_idx):
+        return nn.functional.cross_entropy(self(batch[0]), batch[1])
+
+    def configure_optimizers(self):
+        return self.optimizer(self.parameters(), self.lr, **self.optimizer_kwargs)
+
+
 class DigitsModule(pl.LightningModule):
     """A user's plain classifier (lists from the default collate, SGD with momentum)."""
 

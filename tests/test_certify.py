@@ -11,6 +11,7 @@ from scipy.stats import norm
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from _reliability_common import LitClassifier
 from mmrobust.callbacks import GaussianNoiseTraining
 from mmrobust.certify import ABSTAIN, SmoothedClassifier, clopper_pearson_lower
 from mmrobust.metrics import CertifiedAccuracy
@@ -118,29 +119,15 @@ def test_certified_accuracy_of_a_noise_trained_digits_model(digits):
     """GaussianNoiseTraining + SmoothedClassifier + CertifiedAccuracy end to end, through a Lightning fit."""
     x, y, xt, yt = digits
 
-    class Module(pl.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
-
-        def forward(self, inp):
-            return self.net(inp)
-
-        def training_step(self, batch, batch_idx):
-            return nn.functional.cross_entropy(self(batch[0]), batch[1])
-
-        def configure_optimizers(self):
-            return torch.optim.Adam(self.parameters(), 1e-2)
-
     pl.seed_everything(0)
-    module = Module()
+    module = LitClassifier(nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)), 1e-2)
     noise = GaussianNoiseTraining(0.25, seed=0)
     loader = DataLoader(TensorDataset(x, y), batch_size=100, shuffle=True)
     x_before = x.clone()
     pl.Trainer(max_epochs=8, callbacks=[noise], logger=False, enable_checkpointing=False, enable_progress_bar=False,
                enable_model_summary=False).fit(module, loader)
     assert torch.equal(x, x_before)  # the dataset's tensors were never written to
-    smoothed = SmoothedClassifier(module.net, 0.25, num_classes=10, n0=20, n=200, alpha=0.01, batch_size=200,
+    smoothed = SmoothedClassifier(module.model, 0.25, num_classes=10, n0=20, n=200, alpha=0.01, batch_size=200,
                                   generator=0)
     metric = CertifiedAccuracy(radii=[0.0, 0.25, 0.5, 1.0])
     metric.update(smoothed.certify(xt[:60]), yt[:60])

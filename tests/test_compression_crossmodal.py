@@ -4,6 +4,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from _reliability_common import LitClassifier
 from mmrobust.adapters import WaveformAdapter
 from mmrobust.attacks import PGD
 from mmrobust.audio import M5, SyntheticSpeechDataModule
@@ -46,22 +47,6 @@ def test_hydra_scores_on_a_node_graph_ignore_test_labels():
         assert torch.equal(a, b)
 
 
-class _Speech(pl.LightningModule):
-    def __init__(self):
-        super().__init__()
-        self.model = M5(4, width=4)
-
-    def forward(self, wave):
-        return self.model(wave)
-
-    def training_step(self, batch, batch_idx):
-        wave, y, _ = batch
-        return nn.functional.cross_entropy(self(wave), y)
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), 1e-3)
-
-
 def test_augmenting_speech_datamodule_works_with_adversarial_training():
     # the datamodule's train-time augmentation used to return a tuple, which the callback cannot update in place
     dm = SyntheticSpeechDataModule(num_train=16, num_val=4, num_test=4, num_classes=4, batch_size=8,
@@ -77,6 +62,6 @@ def test_augmenting_speech_datamodule_works_with_adversarial_training():
                          enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
                          limit_val_batches=0, num_sanity_val_steps=0)
     pl.seed_everything(0)
-    trainer.fit(_Speech(), datamodule=dm)
+    trainer.fit(LitClassifier(M5(4, width=4), 1e-3), datamodule=dm)
     assert at.adversarial_steps == 2
     assert len(seen) == 2 and all(torch.isfinite(w).all() for w in seen)

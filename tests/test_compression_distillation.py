@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from _reliability_common import LitClassifier
 from mmrobust import PGD, LinfBall
 from mmrobust.callbacks import Distillation
 from mmrobust.compression import (DistillationObjective, compression_report, kd_loss, prune_magnitude,
@@ -32,20 +33,9 @@ def test_kd_loss_definition():
         kd_loss(s, t, y, alpha=2)
 
 
-class Student(pl.LightningModule):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(1)
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
-
-    def forward(self, x):
-        return self.net(x)
-
-    def training_step(self, batch, batch_idx):
-        return nn.functional.cross_entropy(self(batch[0]), batch[1])
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), 3e-3)
+def small_student() -> LitClassifier:
+    torch.manual_seed(1)
+    return LitClassifier(nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)), 3e-3)
 
 
 def test_kd_callback_trains_the_student_from_a_checkpointed_teacher(digits, digits_cnn, tmp_path):
@@ -56,7 +46,7 @@ def test_kd_callback_trains_the_student_from_a_checkpointed_teacher(digits, digi
     teacher = callback.teacher
     assert all(torch.equal(a, b) for a, b in zip(teacher.state_dict().values(), digits_cnn.state_dict().values()))
     teacher.train()
-    student = Student()
+    student = small_student()
     loader = DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True)
     pl.Trainer(max_epochs=4, callbacks=[callback], logger=False, enable_checkpointing=False,
                enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from _reliability_common import LitClassifier
 from mmrobust.callbacks import FourierSparsity
 from mmrobust.compression.fourier import (fourier_modules, fourier_parametrize, fourier_prune, fourier_stats,
                                           remove_fourier)
@@ -53,27 +54,16 @@ def test_fourier_pruning_sparsity_stats_and_low_pass_effect():
     assert fourier_modules(model)  # removing from a deepcopy leaves the original intact
 
 
-class Lit(pl.LightningModule):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                                   nn.Linear(8 * 16, 10))
-
-    def forward(self, x):
-        return self.model(x)
-
-    def training_step(self, batch, batch_idx):
-        return nn.functional.cross_entropy(self(batch[0]), batch[1])
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), 3e-3)
+def fourier_classifier() -> LitClassifier:
+    torch.manual_seed(0)
+    return LitClassifier(nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                                       nn.Linear(8 * 16, 10)), 3e-3)
 
 
 def test_fourier_sparsity_callback_trains_a_sparse_spectrum(digits, tmp_path):
     x, y, xt, yt = digits
     loader = DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True)
-    lit = Lit()
+    lit = fourier_classifier()
     cb = FourierSparsity(0.5, begin_step=5, end_step=30, frequency=5)
     pl.Trainer(max_epochs=3, callbacks=[cb], logger=False, enable_checkpointing=False, enable_progress_bar=False,
                enable_model_summary=False, default_root_dir=tmp_path, accelerator="cpu").fit(lit, loader)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from _reliability_common import LitClassifier
 from mmrobust.callbacks import Pruning
 from mmrobust.compression.quantization import original_weight
 from mmrobust.compression import (pruning_mask, hydra_prune, magnitude_masks, make_permanent, prunable_modules, prune_channels,
@@ -74,22 +75,11 @@ def test_pruning_a_gnn_layer():
     assert model(torch.randn(4, 6), edge_index).shape == (4, 3)
 
 
-class LitClassifier(pl.LightningModule):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                                   nn.Linear(8 * 16, 32), nn.ReLU(), nn.Linear(32, 10))
-
-    def forward(self, x):
-        return self.model(x)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return nn.functional.cross_entropy(self(x), y)
-
-    def configure_optimizers(self):
-        return torch.optim.AdamW(self.parameters(), 3e-3, weight_decay=1e-2)
+def pruning_classifier() -> LitClassifier:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                          nn.Linear(8 * 16, 32), nn.ReLU(), nn.Linear(32, 10))
+    return LitClassifier(model, 3e-3, torch.optim.AdamW, weight_decay=1e-2)
 
 
 def _trainer(tmp_path, callbacks, max_epochs):
@@ -105,7 +95,7 @@ def _masked_weights_are_zero(module):
 def test_gradual_pruning_keeps_pruned_weights_zero_through_training_and_resume(digits, tmp_path):
     x, y, xt, yt = digits
     loader = DataLoader(TensorDataset(x[:1280], y[:1280]), batch_size=64, shuffle=True)  # 20 steps per epoch
-    lit = LitClassifier()
+    lit = pruning_classifier()
     callback = Pruning(0.8, begin_step=10, end_step=40, frequency=10)
     _trainer(tmp_path, [callback], 3).fit(lit, loader)
     assert callback.current_sparsity == pytest.approx(0.8)
@@ -119,7 +109,7 @@ def test_gradual_pruning_keeps_pruned_weights_zero_through_training_and_resume(d
     trainer.strategy.connect(lit)  # save without fitting again
     trainer.save_checkpoint(ckpt)
 
-    resumed = LitClassifier()
+    resumed = pruning_classifier()
     callback2 = Pruning(0.8, begin_step=10, end_step=40, frequency=10)
     _trainer(tmp_path, [callback2], 5).fit(resumed, loader, ckpt_path=ckpt)
     assert callback2.current_sparsity == pytest.approx(0.8)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from _reliability_common import LitClassifier
 from mmrobust.callbacks import Quantization, RandomBitErrorTraining
 from mmrobust.compression import (QuantizerConfig, bit_error_mask, bit_errors, dequantize_model, export_quantized,
                                   model_size_bytes, popcount, quantize_model, quantize_tensor, quantized_modules)
@@ -149,23 +150,6 @@ def test_bit_error_accuracy_known_cases(digits, digits_cnn):
     assert out["std"][1].item() == pytest.approx(accs.std().item())
     assert out["min"][1].item() == pytest.approx(accs.min().item())
     assert out["mean"][1] < clean  # 2% bit errors hurt an unprotected 8-bit model
-
-
-class LitClassifier(pl.LightningModule):
-    def __init__(self, model, lr=3e-3):
-        super().__init__()
-        self.model = model
-        self.lr = lr
-
-    def forward(self, x):
-        return self.model(x)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return nn.functional.cross_entropy(self(x), y)
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), self.lr)
 
 
 def _trainer(callbacks, epochs, tmp_path):
