@@ -10,6 +10,8 @@ from .models import M5, LogMelCNN
 from .synth import NUM_SYNTH_CLASSES, synth_digit, synth_digits
 from .transforms import AddNoise, RandomGain, RandomReverb, RandomTimeShift, RandomTransforms, synthetic_rir
 
-__all__ = ["FSDDDataModule", "SpeechCommandsDataModule", "SyntheticSpeechDataModule", "WaveformDataset",
-           "augment_batch", "load_wav", "pad_or_crop", "M5", "LogMelCNN", "synth_digit", "synth_digits", "NUM_SYNTH_CLASSES", "AddNoise", "RandomGain",
-           "RandomReverb", "RandomTimeShift", "RandomTransforms", "synthetic_rir"]
+__all__ = [
+    "FSDDDataModule", "SpeechCommandsDataModule", "SyntheticSpeechDataModule", "WaveformDataset", "augment_batch",
+    "load_wav", "pad_or_crop", "M5", "LogMelCNN", "synth_digit", "synth_digits", "NUM_SYNTH_CLASSES",
+    "AddNoise", "RandomGain", "RandomReverb", "RandomTimeShift", "RandomTransforms", "synthetic_rir",
+]
