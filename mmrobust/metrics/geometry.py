@@ -137,7 +137,8 @@ class GeometryStatistic(Metric):
         if not isinstance(values, Tensor) or values.dim() != 1:
             raise ValueError(f"values must be a 1-D tensor of per-unit estimates, got {getattr(values, 'shape', values)}")
         if not bool(torch.isfinite(values).all()):
-            raise ValueError("values must be finite")
+            bad = int((~torch.isfinite(values)).sum())
+            raise ValueError(f"values must be finite, got {bad} NaN/Inf among {values.numel()} values")
         self.values.append(values.detach().float().clone())
 
     def compute(self) -> Dict[str, Tensor]:

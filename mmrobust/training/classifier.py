@@ -67,7 +67,7 @@ class RobustClassifier(pl.LightningModule):
         if objective != "ce" and attack is None:
             raise ValueError(f"objective={objective!r} needs a training attack (attack=...)")
         if attack is not None and attack.targeted:
-            raise ValueError("the training attack must be untargeted")
+            raise ValueError(f"attack must be untargeted (targeted=False) for training, got {attack.describe()}")
         self.attack = attack
         self.beta = check_finite_nonneg("beta", beta)
         self.rho = check_positive("rho", rho)
