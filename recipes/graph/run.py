@@ -48,7 +48,7 @@ def parse_args(argv=None):
     p.add_argument("--train-budget", type=float, default=0.05, help="PRBCD budget during adversarial training")
     p.add_argument("--train-attack-epochs", type=int, default=20, help="PRBCD epochs per training step")
     p.add_argument("--attack-epochs", type=int, default=125, help="PRBCD epochs in evaluation")
-    p.add_argument("--block-size", type=int, default=250_000)
+    p.add_argument("--block-size", type=int, default=100_000)
     p.add_argument("--setting", choices=["auto", "inductive", "transductive"], default="auto",
                    help="inductive: train without the test nodes (Gosch et al. 2023); auto: inductive for "
                         "Planetoid, transductive for KarateClub (4 labelled nodes)")
@@ -142,6 +142,7 @@ def main(argv=None):
                          epochs_resampling=int(0.8 * args.train_attack_epochs), final_samples=5, loss="prob_margin",
                          adapter=GraphAdapter(mask="train"), seed=args.seed)
     adv_module = NodeClassifier(model, lr=0.005, weight_decay=5e-4)
+    model.train()  # Lightning keeps the mode it finds; the evaluation above left the model in eval (no dropout)
     fit(adv_module, dm, args.adv_epochs, [AdversarialTraining(train_attack)])
     model.eval()
     after = curve(model, data, args, block)
