@@ -61,6 +61,40 @@ def test_apgd_checkpoints_follow_the_paper():
     assert apgd_checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
 
 
+def test_apgd_momentum_after_a_restart_from_the_best_point(digits_cnn, batch, monkeypatch):
+    """Croce & Hein 2020, Alg. 1: after x^(k) <- x_max at a checkpoint, the next update keeps the momentum
+    term (1 - alpha)(x^(k) - x^(k-1)) = (1 - alpha)(x_max - x^(k-1)), as in the authors' code."""
+    from mmrobust.attacks import apgd as apgd_module
+
+    threat = LinfBall(0.1, **BOX)
+    evaluated, steps_from = [], []
+    real_gradients, real_step = apgd_module.input_gradients, LinfBall.step
+
+    def recording_gradients(attack, victim, x, delta, *args, **kwargs):
+        evaluated.append(delta["image"].detach().clone())
+        return real_gradients(attack, victim, x, delta, *args, **kwargs)
+
+    def recording_step(self, delta, grad, step_size):
+        steps_from.append((delta.detach().clone(), real_step(self, delta, grad, step_size)))
+        return steps_from[-1][1]
+
+    monkeypatch.setattr(apgd_module, "input_gradients", recording_gradients)
+    monkeypatch.setattr(LinfBall, "step", recording_step)
+    x = batch[0][:32]
+    APGD(threat, steps=30, seed=0)(digits_cnn, (x, batch[1][:32]))
+    # evaluated[0] is the start, then one point per iteration; steps_from[k] is the step taken after
+    # evaluated[k] (from x^(k) = evaluated[k] itself, or from x_max where the step was halved and reset)
+    alpha, restarted = 0.75, 0
+    for k in range(1, len(steps_from)):
+        origin, stepped = steps_from[k]
+        previous = steps_from[k - 1][0]  # x^(k-1)
+        z = threat.project(stepped, x)
+        expected = threat.project(origin + alpha * (z - origin) + (1 - alpha) * (origin - previous), x)
+        torch.testing.assert_close(evaluated[k + 1], expected, rtol=0, atol=1e-6)
+        restarted += int((origin != evaluated[k]).flatten(1).any(1).sum())
+    assert restarted > 0  # the check above covered restarts from x_max
+
+
 def test_apgdt_hits_explicit_targets(digits_cnn, batch):
     x, y = batch
     targets = (y + 1) % 10

@@ -171,8 +171,7 @@ class APGD(Attack):
                 eta = torch.where(reduce, eta / 2, eta)
                 delta = {n: torch.where(per_unit(reduce, delta[n]), max_delta[n], delta[n]) for n in threats}
                 grad = {n: torch.where(per_unit(reduce, grad[n]), max_grad[n], grad[n]) for n in threats}
-                delta_prev = {n: torch.where(per_unit(reduce, delta_prev[n]), max_delta[n], delta_prev[n])
-                              for n in threats}
+                # delta_prev stays x^(k-1): the next momentum term is x_max - x^(k-1) (Alg. 1, authors' code)
                 increases = torch.zeros_like(increases)
                 last_ckpt = k
             with torch.no_grad():
