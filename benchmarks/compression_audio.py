@@ -144,15 +144,15 @@ def part_pruning(args):
     score_loader = torch.utils.data.DataLoader(dm.train_set, batch_size=64, shuffle=True,
                                                generator=torch.Generator().manual_seed(0))
     # the dense model with the same fine-tuning as the pruned ones: the reference that isolates pruning
-    for sparsity, method in [(0.0, "dense + AT fine-tune")] + [(s, m) for s in args.sparsities
-                                                               for m in ("magnitude (layer)", "HYDRA (layer)")]:
+    methods = (f"magnitude ({args.scope})", f"HYDRA ({args.scope})")
+    for sparsity, method in [(0.0, "dense + AT fine-tune")] + [(s, m) for s in args.sparsities for m in methods]:
         model = copy.deepcopy(base)
         with Timer() as t:
             if method.startswith("magnitude"):
-                prune_magnitude(model, sparsity, scope="layer")
+                prune_magnitude(model, sparsity, scope=args.scope)
             elif method.startswith("HYDRA"):
                 hydra_prune(model, score_loader, sparsity, attack=snr_pgd(args.snr, args.at_steps, seed=2),
-                            epochs=args.score_epochs, lr=0.1, scope="layer", loss_fn=waveform_loss)
+                            epochs=args.score_epochs, lr=0.1, scope=args.scope, loss_fn=waveform_loss)
         if args.finetune_epochs:
             # adversarial fine-tuning of the surviving weights; the parametrised masks keep the rest at zero
             pl.seed_everything(0)
@@ -188,6 +188,8 @@ def main():
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--score-epochs", type=int, default=1)
     parser.add_argument("--finetune-epochs", type=int, default=1)
+    parser.add_argument("--scope", choices=["layer", "global"], default="layer",
+                        help="sparsity per layer (HYDRA's choice) or over all pruned weights together")
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.9, 0.95])
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pytorch_lightning as pl  # noqa: E402
 
-from benchmarks.common import Timer, accuracy, markdown_table, mnist_tensors  # noqa: E402
+from benchmarks.common import accuracy, markdown_table, mnist_tensors  # noqa: E402
 from benchmarks.compression_mnist import Lit, fit, robust_accuracy  # noqa: E402
 from mmrobust import PGD, LinfBall  # noqa: E402
 from mmrobust.callbacks import AdversarialTraining, FourierSparsity, Pruning  # noqa: E402
@@ -74,7 +74,8 @@ def main():
 
     x, y = mnist_tensors(True, args.train)
     xt, yt = mnist_tensors(False, args.test)
-    loader = DataLoader(TensorDataset(x, y), batch_size=128, shuffle=True, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(TensorDataset(x, y), batch_size=128, shuffle=True,
+                        generator=torch.Generator().manual_seed(0))
     steps_per_epoch = math.ceil(args.train / 128)
     # reach the target sparsity half-way through fine-tuning; the rest recovers at the final sparsity
     schedule = dict(begin_step=0, end_step=max(1, args.finetune_epochs * steps_per_epoch // 2), frequency=5)
@@ -83,8 +84,11 @@ def main():
     lit = Lit(SmallCNN(width=0.5, hidden=256))
     seconds = fit(lit, loader, [pgd_at(args.eps, args.at_steps, 0)], args.epochs)
     base = lit.model.eval()
-    row = lambda name, s, ratio, model: [name, f"{100 * s:.0f}", f"{ratio:.2f}", 100 * accuracy(model, xt, yt),  # noqa: E731
-                                         100 * robust_accuracy(model, xt, yt, args.eps)]
+
+    def row(name, sparsity, ratio, model):
+        return [name, f"{100 * sparsity:.0f}", f"{ratio:.2f}", 100 * accuracy(model, xt, yt),
+                100 * robust_accuracy(model, xt, yt, args.eps)]
+
     rows = [row("dense (PGD-AT)", 0.0, 1.0, base)]
     print(rows[-1], f"AT {seconds:.0f}s", flush=True)
     for s in args.sparsities:
