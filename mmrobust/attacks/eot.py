@@ -29,10 +29,11 @@ def eot_victim(victim: Victim, transform: Callable, samples: int,
 
     .. math:: \\tilde f(x) = \\frac1S \\sum_{s=1}^{S} \\log\\mathrm{softmax}\\, f(t_s(x)),\\quad t_s \\sim T
 
-    Every call draws ``samples`` fresh transforms (from ``generator``), applied to the whole input batch
-    at once by stacking the samples along the batch dimension. Attacks differentiating any loss of
-    :math:`\\tilde f` therefore follow the Monte-Carlo EOT gradient. Only the first (unit) dimension of
-    each input is repeated, so any modality with dense inputs works (waveforms, images).
+    Every call draws ``samples`` fresh transforms (from ``generator``); each is applied to the whole
+    batch and run through the model in its own forward pass (the samples are not stacked into one
+    batch). Attacks differentiating any loss of :math:`\\tilde f` therefore follow the Monte-Carlo
+    EOT gradient. ``transform(tensor, generator)`` is applied to every attackable input, so any modality
+    with dense inputs works (waveforms, images).
     """
 
     def forward(inputs: Dict[str, Tensor]) -> Tensor:
