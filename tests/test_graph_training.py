@@ -177,3 +177,13 @@ def test_models_without_edge_weights_are_attacked_through_the_hook():
                    seed=0)(model.eval(), data)
     assert result.clean_correct.float().mean() > 0.7
     assert result.adv_correct.float().mean() < result.clean_correct.float().mean() - 0.1
+
+
+def test_adversarial_training_refuses_mixing_edge_flips():
+    from mmrobust.attacks import PRBCD
+    from mmrobust.callbacks import AdversarialTraining
+    from mmrobust.threats import EdgeFlips
+
+    with pytest.raises(ValueError, match="ratio must be 1 for PRBCD with edge flips"):
+        AdversarialTraining(PRBCD(EdgeFlips(0.05)), ratio=0.5)
+    AdversarialTraining(PRBCD(EdgeFlips(0.05)), ratio=1.0)

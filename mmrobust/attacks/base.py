@@ -152,6 +152,15 @@ class Attack(ABC):
 
     name = "attack"
 
+    @property
+    def changes_structure(self) -> bool:
+        """Whether the attack changes parts of the batch that are not attackable inputs (e.g. graph edges).
+
+        Such perturbations cannot be split per unit, so callers that mix clean and adversarial units
+        (``AdversarialTraining(ratio < 1)``) refuse them.
+        """
+        return False
+
     def __init__(self, threat: Threat, *, loss: Union[str, Callable[..., Tensor]] = "ce", targeted: bool = False,
                  adapter: Optional[BatchAdapter] = None, seed: Optional[int] = None):
         if not isinstance(threat, ThreatModel) and not (

@@ -191,6 +191,10 @@ class GraphAttack(Attack):
         super().__init__(threat, **kwargs)
 
     @property
+    def changes_structure(self) -> bool:
+        return self.edge_threat is not None
+
+    @property
     def edge_threat(self) -> Optional[EdgeFlips]:
         if isinstance(self.threat, EdgeFlips):
             return self.threat

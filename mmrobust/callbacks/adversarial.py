@@ -94,6 +94,10 @@ class AdversarialTraining(pl.Callback):
             raise ValueError("adversarial training needs an untargeted attack (targeted=False)")
         self.attack = attack
         self.ratio = check_fraction("ratio", ratio, open_low=True)
+        if self.ratio < 1.0 and attack.changes_structure:
+            raise ValueError(f"ratio must be 1 for {type(attack).__name__} with edge flips: a graph's edge "
+                             "perturbation cannot be split between clean and adversarial units (got "
+                             f"ratio={ratio}); use ratio=1, or a feature-only threat to mix units")
         self.every_n_steps = check_int("every_n_steps", every_n_steps, 1)
         self.warmup_epochs = check_finite_nonneg("warmup_epochs", warmup_epochs)
         self.start_epoch = check_int("start_epoch", start_epoch, 0)
