@@ -7,13 +7,14 @@ run through :func:`mmrobust.attacks.attack_mode` like every other attack.
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .attacks.base import Threat
+from .adapters.base import BatchAdapter, stage_adapter
+from .attacks.base import Threat, prepare_victim
 from .attacks.pgd import PGD
 from .errors import check_finite_nonneg, check_int, check_positive
 from .threats.base import ThreatModel
@@ -21,6 +22,18 @@ from .utils import randn
 
 #: floor inside logarithms of probabilities (the official MART code uses 1e-12 too)
 _LOG_FLOOR = 1e-12
+
+
+
+def batch_cross_entropy(model: torch.nn.Module, batch: Any, adapter: Optional[BatchAdapter] = None) -> Tensor:
+    """Mean cross-entropy of ``model`` on a training ``batch`` of any modality, read through its adapter.
+
+    The default loss of the weight-space callbacks (AWP, RandBET, HYDRA). Without ``adapter`` it scores
+    the batch's *training* outputs (:func:`~mmrobust.adapters.base.stage_adapter`): for a PyG graph the
+    ``train_mask`` nodes, never the test nodes an evaluation adapter would pick.
+    """
+    victim = prepare_victim(stage_adapter(batch, "train", adapter).victim(model, batch))
+    return F.cross_entropy(victim.forward(victim.inputs), victim.target)
 
 
 def _check_pair(logits_clean: Tensor, logits_adv: Tensor, y: Tensor) -> None:

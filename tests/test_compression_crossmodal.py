@@ -9,7 +9,7 @@ from mmrobust.adapters import WaveformAdapter
 from mmrobust.attacks import PGD
 from mmrobust.audio import M5, SyntheticSpeechDataModule
 from mmrobust.callbacks import AdversarialTraining
-from mmrobust.callbacks.bit_errors import adapter_cross_entropy
+from mmrobust.objectives import batch_cross_entropy
 from mmrobust.compression import hydra_prune, pruning_mask, weight_sparsity
 from mmrobust.graph import GCN, sbm_graph
 from mmrobust.threats import SNRBall
@@ -20,7 +20,7 @@ def test_default_training_loss_on_a_node_graph_never_sees_test_labels():
     data = sbm_graph(num_nodes=60, seed=0)
     torch.manual_seed(0)
     model = GCN(data.num_features, 3, hidden=8).eval()
-    loss = adapter_cross_entropy(model, data)
+    loss = batch_cross_entropy(model, data)
     with torch.no_grad():
         out = model(data.x, data.edge_index)
     expected = nn.functional.cross_entropy(out[data.train_mask], data.y[data.train_mask])
@@ -28,7 +28,7 @@ def test_default_training_loss_on_a_node_graph_never_sees_test_labels():
     scrambled = data.clone()
     scrambled.y = data.y.clone()
     scrambled.y[~data.train_mask] = (data.y[~data.train_mask] + 1) % 3
-    assert torch.allclose(adapter_cross_entropy(model, scrambled), loss)
+    assert torch.allclose(batch_cross_entropy(model, scrambled), loss)
 
 
 def test_hydra_scores_on_a_node_graph_ignore_test_labels():

@@ -187,3 +187,24 @@ def test_adversarial_training_refuses_mixing_edge_flips():
     with pytest.raises(ValueError, match="ratio must be 1 for PRBCD with edge flips"):
         AdversarialTraining(PRBCD(EdgeFlips(0.05)), ratio=0.5)
     AdversarialTraining(PRBCD(EdgeFlips(0.05)), ratio=1.0)
+
+
+def test_training_code_scores_training_nodes_and_evaluation_the_split_of_its_stage():
+    """Without an explicit adapter, training-time attacks and losses read a graph's train_mask nodes and
+    validation reads val_mask nodes: test labels never reach training or model selection."""
+    from mmrobust.adapters import GraphAdapter, infer_adapter, stage_adapter
+    from mmrobust.attacks import PGD
+    from mmrobust.threats import FeatureBall
+
+    data = sbm_graph(num_nodes=60, seed=0)
+    assert infer_adapter(data).mask == "test"  # evaluation default
+    assert stage_adapter(data, "train").mask == "train"
+    assert stage_adapter(data, "val").mask == "val"
+    explicit = GraphAdapter(mask="test")
+    assert stage_adapter(data, "train", explicit) is explicit  # the user's choice wins
+    attack = PGD(FeatureBall(0.1), steps=1)
+    assert attack.for_stage(data, "train").adapter.mask == "train"
+    with_adapter = PGD(FeatureBall(0.1), steps=1, adapter=explicit)
+    assert with_adapter.for_stage(data, "train") is with_adapter
+    with pytest.raises(ValueError, match="stage must be one of"):
+        stage_adapter(data, "fit")

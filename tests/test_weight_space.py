@@ -312,12 +312,12 @@ def test_awp_restores_weights_when_training_step_raises(digits):
 
 def test_awp_searches_on_the_adversarial_batch_when_listed_after_adversarial_training(digits):
     from mmrobust.callbacks import AdversarialTraining
-    from mmrobust.callbacks.weight_perturbation import adapter_cross_entropy
+    from mmrobust.objectives import batch_cross_entropy
 
     x, y, _, _ = digits
     loader = DataLoader(TensorDataset(x[:128], y[:128]), batch_size=64, shuffle=False)
     seen = []
-    default_loss = adapter_cross_entropy()
+    default_loss = batch_cross_entropy
 
     def recording_loss(pl_module, batch):
         seen.append(batch[0].detach().clone())

@@ -96,6 +96,15 @@ class BatchAdapter(ABC):
         """Number of scored outputs (for metrics and progress bars)."""
         raise NotImplementedError
 
+    def for_stage(self, batch: Any, stage: str) -> "BatchAdapter":
+        """This adapter as used at a training stage (``"train"``, ``"val"`` or ``"test"``).
+
+        Adapters whose scored outputs depend on a data split return a copy that scores that split's
+        outputs (a graph's ``train_mask`` nodes while training), so training never sees test labels.
+        Batches carry the same data in every stage otherwise, so the default returns ``self``.
+        """
+        return self
+
 
 _REGISTRY: List[Tuple[int, Callable[[Any], bool], Callable[[Any], BatchAdapter]]] = []
 
@@ -109,6 +118,20 @@ def register_adapter(matches: Callable[[Any], bool], factory: Callable[[Any], Ba
     """
     _REGISTRY.append((priority, matches, factory))
     _REGISTRY.sort(key=lambda t: -t[0])
+
+
+STAGES = ("train", "val", "test")
+
+
+def stage_adapter(batch: Any, stage: str, adapter: Optional[BatchAdapter] = None) -> BatchAdapter:
+    """``adapter`` when given (the user's choice wins), else the inferred adapter for ``stage``.
+
+    Training code (callbacks, losses) asks for ``stage="train"``, validation for ``"val"``: for a PyG graph
+    with split masks that scores the matching nodes instead of the evaluation default (the test nodes).
+    """
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {list(STAGES)}, got {stage!r}")
+    return adapter if adapter is not None else infer_adapter(batch).for_stage(batch, stage)
 
 
 def infer_adapter(batch: Any) -> BatchAdapter:

@@ -123,6 +123,13 @@ class GraphAdapter(BatchAdapter):
         self.forward_fn = forward
         self.task = task
 
+    def for_stage(self, batch, stage: str) -> "GraphAdapter":
+        """Score the ``{stage}_mask`` nodes when the graph has that split (node classification)."""
+        if self._task(batch) == "node" and getattr(batch, f"{stage}_mask", None) is not None \
+                and self.mask != stage:
+            return GraphAdapter(mask=stage, forward=self.forward_fn, task=self.task)
+        return self
+
     # -- helpers -----------------------------------------------------------------------------------
     def _task(self, data) -> str:
         if self.task != "auto":

@@ -220,6 +220,23 @@ class Attack(ABC):
         clone.threat = threat
         return clone
 
+    def with_adapter(self, adapter: BatchAdapter) -> "Attack":
+        """A shallow copy reading batches with ``adapter``; it shares this attack's random generator."""
+        self.generator()
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone.adapter = adapter
+        return clone
+
+    def for_stage(self, batch: Any, stage: str) -> "Attack":
+        """This attack as used at a training stage: an attack without an adapter reads the batch with
+        :func:`~mmrobust.adapters.base.stage_adapter` (e.g. a graph's training nodes while training)."""
+        if self.adapter is not None:
+            return self
+        inferred = infer_adapter(batch)
+        staged = inferred.for_stage(batch, stage)
+        return self if staged is inferred else self.with_adapter(staged)
+
     def describe(self) -> str:
         if isinstance(self.threat, ThreatModel):
             t = repr(self.threat)

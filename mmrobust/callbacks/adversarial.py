@@ -169,7 +169,8 @@ class AdversarialTraining(pl.Callback):
         self.current_budget_factor = factor
         if factor == 0.0:
             return
-        adv = self.adversarial_batch(pl_module, batch, self._attack_at(factor, pl_module.device))
+        attack = self._attack_at(factor, pl_module.device).for_stage(batch, "train")
+        adv = self.adversarial_batch(pl_module, batch, attack)
         assign_batch(batch, adv)
         self.adversarial_steps += 1
 
@@ -281,8 +282,8 @@ class FastAdversarialTraining(AdversarialTraining):
 
     def run_probe(self, pl_module: "pl.LightningModule", batch: Any) -> Optional[str]:
         """PGD and FGSM accuracy on the clean ``batch``; logs them and warns on catastrophic overfitting."""
-        pgd = self.probe(pl_module, batch)
-        fgsm = self.attack(pl_module, batch)
+        pgd = self.probe.for_stage(batch, "train")(pl_module, batch)
+        fgsm = self.attack.for_stage(batch, "train")(pl_module, batch)
         pgd_acc = pgd.adv_correct.float().mean().item()
         fgsm_acc = fgsm.adv_correct.float().mean().item()
         if getattr(pl_module, "_trainer", None) is not None:  # also usable by hand, outside a Trainer

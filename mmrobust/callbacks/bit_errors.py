@@ -8,24 +8,10 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from ..adapters.base import infer_adapter
 from ..compression.bit_errors import bit_errors, has_quantized_weights
 from ..errors import check_finite_nonneg, check_fraction, check_int
+from ..objectives import batch_cross_entropy
 from ..utils import make_generator
-
-
-def adapter_cross_entropy(model: nn.Module, batch: Any) -> Tensor:
-    """Cross-entropy of ``model`` on ``batch``, read through the batch's adapter (any modality).
-
-    A training loss: for node classification it scores the ``train_mask`` nodes (the inferred
-    ``GraphAdapter`` scores the test nodes, whose labels must never reach training).
-    """
-    adapter = infer_adapter(batch)
-    if getattr(adapter, "modality", None) == "graph" and adapter.mask == "test" \
-            and getattr(batch, "train_mask", None) is not None:
-        adapter = type(adapter)(mask="train", forward=adapter.forward_fn, task=adapter.task)
-    victim = adapter.victim(model, batch)
-    return nn.functional.cross_entropy(victim.forward(victim.inputs), victim.target)
 
 
 class RandomBitErrorTraining(pl.Callback):
@@ -54,7 +40,7 @@ class RandomBitErrorTraining(pl.Callback):
                  seed: Optional[int] = None):
         self.rate = check_fraction("rate", rate)
         self.weight = check_finite_nonneg("weight", weight)
-        self.loss_fn = loss_fn or adapter_cross_entropy
+        self.loss_fn = loss_fn or batch_cross_entropy
         self.start_step = check_int("start_step", start_step, 0)
         self.seed = seed
         self._generator: Optional[torch.Generator] = None

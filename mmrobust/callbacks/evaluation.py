@@ -114,7 +114,8 @@ class RobustnessEvaluation(Callback):
         if not self._active(stage, trainer, batch_idx):
             return
         try:
-            results = [attack(pl_module, batch) for attack in self.attacks.values()]
+            split = "val" if stage == "validate" else "test"
+            results = [attack.for_stage(batch, split)(pl_module, batch) for attack in self.attacks.values()]
         except RuntimeError as e:
             if "nference tensor" in str(e):
                 raise RuntimeError(

@@ -2,29 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Any, Callable, Dict, Optional
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from ..adapters.base import BatchAdapter, infer_adapter
-from ..attacks.base import normal_tensor
+from ..adapters.base import BatchAdapter
 from ..errors import NonFiniteError, check_finite_nonneg, check_int, check_positive
+from ..objectives import batch_cross_entropy
 from ..threats.weights import WeightBall, apply_deltas, perturbed_weights, restore_weights
 
 LossFn = Callable[[pl.LightningModule, Any], Tensor]
-
-
-def adapter_cross_entropy(adapter: Optional[BatchAdapter] = None) -> LossFn:
-    """``loss_fn(pl_module, batch)``: mean cross-entropy of the module's logits through the batch adapter."""
-    def loss_fn(pl_module: pl.LightningModule, batch: Any) -> Tensor:
-        victim = (adapter or infer_adapter(batch)).victim(pl_module, batch)
-        inputs = {k: normal_tensor(v) for k, v in victim.inputs.items()}
-        return F.cross_entropy(victim.forward(inputs), normal_tensor(victim.target))
-    return loss_fn
 
 
 class AdversarialWeightPerturbation(pl.Callback):
@@ -85,7 +76,7 @@ class AdversarialWeightPerturbation(pl.Callback):
         self.steps = check_int("steps", steps, 1)
         self.step_size = 2.5 / self.steps if step_size is None else check_positive("step_size", step_size)
         self.warmup_epochs = check_int("warmup_epochs", warmup_epochs, 0)
-        self.loss_fn = loss_fn if loss_fn is not None else adapter_cross_entropy(adapter)
+        self.loss_fn = loss_fn if loss_fn is not None else functools.partial(batch_cross_entropy, adapter=adapter)
         self.perturbed_batches = 0
         self.last_relative_size = 0.0
         self._originals: Optional[Dict[str, Tensor]] = None
@@ -178,4 +169,4 @@ class AdversarialWeightPerturbation(pl.Callback):
         self.last_relative_size = state_dict.get("last_relative_size", self.last_relative_size)
 
 
-__all__ = ["AdversarialWeightPerturbation", "adapter_cross_entropy"]
+__all__ = ["AdversarialWeightPerturbation"]

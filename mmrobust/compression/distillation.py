@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..adapters.base import BatchAdapter, infer_adapter
+from ..adapters.base import BatchAdapter, stage_adapter
 from ..attacks.base import Attack
 from ..errors import check_choice, check_fraction, check_positive
 
@@ -117,14 +117,14 @@ class DistillationObjective:
                 m.training = training
 
     def __call__(self, student: nn.Module, batch: Any) -> Tensor:
-        adapter = self.adapter or infer_adapter(batch)
+        adapter = stage_adapter(batch, "train", self.adapter)
         victim = adapter.victim(student, batch)
         y = victim.target
         t_logits = self._teacher_on(batch, adapter)
         if self.method == "kd":
             return kd_loss(victim.forward(victim.inputs), t_logits, y, temperature=self.temperature, alpha=self.alpha)
         if self.method == "ard":
-            adv = self.attack.generate(student, batch)
+            adv = (self.attack if self.attack.adapter else self.attack.with_adapter(adapter)).generate(student, batch)
             av = adapter.victim(student, adv)
             soft = soft_kl(av.forward(av.inputs), F.softmax(t_logits / self.temperature, 1), self.temperature).mean()
             loss = self.alpha * self.temperature ** 2 * soft
@@ -133,7 +133,7 @@ class DistillationObjective:
             return loss
         # RSLAD: the attack maximises the KL to the robust soft labels
         soft_labels = F.softmax(t_logits, 1)
-        attack = self.attack.with_threat(self.attack.threat)
+        attack = self.attack.with_adapter(self.attack.adapter or adapter)
         attack.loss_fn = lambda logits, labels, target=None: soft_kl(logits, soft_labels)
         attack.loss_name = "kl_to_teacher"
         adv = attack.generate(student, batch)

@@ -252,13 +252,13 @@ def hydra_prune(model: nn.Module, data: Iterable, sparsity: float, *, attack=Non
         scope: ``"layer"`` (k per layer, as in HYDRA) or ``"global"``.
         loss_fn: ``(model, batch) -> scalar loss`` (default: cross-entropy through the batch adapter).
     """
-    from ..callbacks.bit_errors import adapter_cross_entropy
+    from ..objectives import batch_cross_entropy
 
     sparsity = check_fraction("sparsity", sparsity)
     epochs = check_int("epochs", epochs, 1)
     lr = check_positive("lr", lr)
     check_choice("scope", scope, {"global", "layer"})
-    loss_fn = loss_fn or adapter_cross_entropy
+    loss_fn = loss_fn or batch_cross_entropy
     modules = prunable_modules(model, types, exclude)
     add_masks(modules)
     scored = _ScoredNetwork(model, modules, sparsity, scope)

@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from ..adapters.base import BatchAdapter, Victim, infer_adapter
+from ..adapters.base import BatchAdapter, Victim, stage_adapter
 from ..attacks.base import Attack, attack_mode
 from ..errors import check_choice, check_finite_nonneg, check_fraction, check_positive
 from ..objectives import OBJECTIVES, ccat_loss, mart_loss, trades_loss
@@ -31,7 +31,7 @@ class RobustClassifier(pl.LightningModule):
       :math:`(1-\\lambda)\\,\\mathrm{onehot} + \\lambda/K`, :math:`\\lambda = 1-(1-\\min(1, \\|\\delta\\|/\\epsilon))^\\rho`.
       Evaluate by confidence thresholding.
 
-    Batches go through adapters (``adapter`` or :func:`infer_adapter`), so image, audio and graph
+    Batches go through adapters (``adapter`` or :func:`~mmrobust.adapters.base.stage_adapter`), so image, audio and graph
     batches all work; the attack runs in eval mode (batch-norm statistics untouched).
 
     Logs ``train/loss``, ``train/clean_acc``, ``train/adv_acc`` (with an attack), ``val/clean_acc`` and
@@ -95,19 +95,20 @@ class RobustClassifier(pl.LightningModule):
             self.attack.load_state_dict(checkpoint["mmrobust_attack"])
 
     # -- helpers ----------------------------------------------------------------------------------
-    def _adapter(self, batch: Any) -> BatchAdapter:
-        return self.adapter or (self.attack.adapter if self.attack is not None else None) or infer_adapter(batch)
+    def _adapter(self, batch: Any, stage: str) -> BatchAdapter:
+        explicit = self.adapter or (self.attack.adapter if self.attack is not None else None)
+        return stage_adapter(batch, stage, explicit)
 
-    def victim(self, batch: Any) -> Victim:
-        return self._adapter(batch).victim(self, batch)
+    def victim(self, batch: Any, stage: str = "train") -> Victim:
+        """The batch read for ``stage``: a graph's train/val/test nodes unless an adapter was given."""
+        return self._adapter(batch, stage).victim(self, batch)
 
     def _attack(self, batch: Any) -> Any:
         attack = self.attack
         if self.adapter is not None and attack.adapter is None:
             attack.generator(self.device)  # the copy shares the (checkpointed) generator
-            attack = attack.with_threat(attack.threat)
-            attack.adapter = self.adapter
-        return attack.generate(self, batch)
+            attack = attack.with_adapter(self.adapter)
+        return attack.for_stage(batch, "train").generate(self, batch)
 
     @staticmethod
     def _accuracy(logits: Tensor, y: Tensor) -> Tensor:
@@ -172,7 +173,7 @@ class RobustClassifier(pl.LightningModule):
         return loss
 
     def _evaluate(self, batch: Any, stage: str) -> Tensor:
-        victim = self.victim(batch)
+        victim = self.victim(batch, stage)
         logits = victim.forward(victim.inputs)
         acc = self._accuracy(logits, victim.target)
         self.log(f"{stage}/clean_acc", acc, prog_bar=stage == "val", batch_size=victim.num_outputs)
