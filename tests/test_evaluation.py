@@ -205,3 +205,25 @@ def test_evaluate_reads_custom_batches_through_the_adapter(digits, digits_cnn, c
     assert out["num_examples"] == 80 and set(out["per_attack"]) == {"strong"}
     assert out["robust_accuracy"] < out["clean_accuracy"]
     assert "robustness evaluation" in capsys.readouterr().err  # the tqdm bar
+
+
+def test_callback_feeds_result_metrics_such_as_boundary_distance(tmp_path, digits, digits_cnn):
+    from mmrobust.attacks import FMN
+    from mmrobust.metrics import BoundaryDistance
+    from mmrobust.threats import L2Ball
+
+    fmn = FMN(L2Ball(1.0, lower=0.0, upper=1.0), steps=20, seed=0)
+    callback = RobustnessEvaluation({"fmn": fmn}, result_metrics={"boundary": ("fmn", BoundaryDistance())})
+    t = trainer(tmp_path, [callback])
+    t.validate(Wrapped(copy.deepcopy(digits_cnn)), dataloaders=loader(digits, n=100), verbose=False)
+    logged = t.callback_metrics
+    direct = BoundaryDistance()
+    for batch in loader(digits, n=100):
+        direct.update(FMN(L2Ball(1.0, lower=0.0, upper=1.0), steps=20, seed=0)(digits_cnn, batch))
+    # the callback's FMN continues one seeded stream over batches; compare the statistic loosely
+    assert logged["val/boundary/median"].item() == pytest.approx(direct.compute()["median"].item(), rel=0.25)
+    assert 0 < logged["val/boundary/median"].item() < 5
+    with pytest.raises(KeyError, match="names attack 'pgd'"):
+        RobustnessEvaluation({"fmn": fmn}, result_metrics={"b": ("pgd", BoundaryDistance())})
+    with pytest.raises(TypeError, match="must be a pair"):
+        RobustnessEvaluation({"fmn": fmn}, result_metrics={"b": BoundaryDistance()})

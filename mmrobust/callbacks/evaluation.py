@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Tuple
+import copy
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
+from torchmetrics import Metric
 
 from ..adapters.base import BatchAdapter
 from ..errors import check_choice, check_int
@@ -49,13 +51,29 @@ class RobustnessEvaluation(Callback):
 
     The sanity-check validation run is skipped. The attacks' random-generator states are in
     :meth:`state_dict`, so a resumed run draws the same random starts.
+
+    ``result_metrics`` feeds further metrics with one attack's results, ``{log name: (attack name,
+    Metric)}``; e.g. ``{"boundary": ("fmn", BoundaryDistance())}`` with an ``FMN`` attack named ``"fmn"``
+    logs the distance to the decision boundary as ``val/boundary/median`` etc. (metrics whose
+    ``compute()`` returns a dict are logged one key per entry). Each stage and dataloader gets its own
+    copy of the metric; it is computed (synced across processes by torchmetrics) and reset at epoch end.
     """
 
     def __init__(self, attacks: Attacks, *, every_n_epochs: int = 1, max_batches: Optional[int] = None,
                  stages: Sequence[str] = STAGES, adapter: Optional[BatchAdapter] = None,
-                 prefix: Optional[str] = None):
+                 prefix: Optional[str] = None, result_metrics: Optional[Mapping[str, Tuple[str, Metric]]] = None):
         super().__init__()
         self.attacks = named_attacks(attacks, adapter)
+        self.result_metrics: Dict[str, Tuple[str, Metric]] = {}
+        for log_name, entry in (result_metrics or {}).items():
+            if not (isinstance(entry, (tuple, list)) and len(entry) == 2 and isinstance(entry[1], Metric)):
+                raise TypeError(f"result_metrics[{log_name!r}] must be a pair (attack name, torchmetrics Metric), "
+                                f"got {entry!r}")
+            if entry[0] not in self.attacks:
+                raise KeyError(f"result_metrics[{log_name!r}] names attack {entry[0]!r}; the attacks are "
+                               f"{sorted(self.attacks)}")
+            self.result_metrics[log_name] = (entry[0], entry[1])
+        self._extra: Dict[Tuple[str, int], Dict[str, Metric]] = {}
         self.every_n_epochs = check_int("every_n_epochs", every_n_epochs, 1)
         self.max_batches = None if max_batches is None else check_int("max_batches", max_batches, 1)
         if isinstance(stages, str):
@@ -123,6 +141,13 @@ class RobustnessEvaluation(Callback):
                     f"({e}). Create the model outside torch.inference_mode() or pass "
                     "Trainer(inference_mode=False).") from e
             raise
+        if self.result_metrics:
+            extra = self._extra.setdefault((stage, dataloader_idx), {
+                name: copy.deepcopy(metric) for name, (_, metric) in self.result_metrics.items()})
+            by_attack = dict(zip(self.attacks, results))
+            for name, (attack_name, _) in self.result_metrics.items():
+                extra[name] = extra[name].to(pl_module.device)
+                extra[name].update(by_attack[attack_name])
         metrics = self._metric_set(stage, dataloader_idx, pl_module.device)
         metrics["clean_acc"].update(results)
         metrics["robust_acc"].update(results)
@@ -133,3 +158,26 @@ class RobustnessEvaluation(Callback):
             # the Metric object itself is logged: Lightning computes (and syncs) it at epoch end, then resets it
             pl_module.log(f"{self.prefix}{stage_name}/{key}", metric, on_step=False, on_epoch=True,
                           metric_attribute=f"_robustness_evaluation_{stage_name}_{dataloader_idx}_{key}")
+
+    def on_validation_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._log_result_metrics("validate", pl_module)
+
+    def on_test_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._log_result_metrics("test", pl_module)
+
+    def _log_result_metrics(self, stage: str, pl_module: "pl.LightningModule") -> None:
+        for (metric_stage, dataloader_idx), extra in self._extra.items():
+            if metric_stage != stage:
+                continue
+            suffix = "" if dataloader_idx == 0 else f"/dataloader_{dataloader_idx}"
+            for name, metric in extra.items():
+                if not metric.update_called:
+                    continue
+                value = metric.compute()
+                values = value if isinstance(value, Mapping) else {"": value}
+                for key, v in values.items():
+                    tag = f"{self.prefix}{_LOG_PREFIX[stage]}/{name}" + (f"/{key}" if key else "") + suffix
+                    pl_module.log(tag, torch.as_tensor(v, dtype=torch.float32).mean(), on_step=False, on_epoch=True,
+                                  sync_dist=False)  # already synced by the metric's compute()
+                metric.reset()
+
