@@ -64,8 +64,9 @@ class PGD(Attack):
         random_start: start inside the ball at random instead of at the clean input.
         keep_best: return the best iterate (default) instead of the last.
         early_stop: when evaluating (``attack(model, batch)``), stop working on units as soon as they are
-            adversarial, and skip them in later restarts. Robust accuracy and success are the same as
-            without it, at a fraction of the cost on weak models; but the loss and the confidence of the
+            adversarial, and skip them in later restarts. Every remaining example takes the same steps as
+            without it (results differ only by floating-point effects of the smaller batches), at a
+            fraction of the cost on weak models; but the loss and the confidence of the
             returned points are those at the first success, so leave it off when a metric reads them
             (e.g. :class:`~mmrobust.metrics.ConfidenceThresholdedError`, which needs high-confidence
             adversarial examples). ``generate`` (training)
