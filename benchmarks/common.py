@@ -96,3 +96,28 @@ def markdown_table(header: Sequence[str], rows: List[Sequence]) -> str:
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def quiet_run(threads: int) -> None:
+    """Benchmark process set-up: ``threads`` torch threads, no warnings or Lightning info chatter."""
+    import logging
+    import warnings
+
+    torch.set_num_threads(threads)
+    warnings.filterwarnings("ignore")
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning_fabric").setLevel(logging.ERROR)
+
+
+BIT_ERROR_SETTINGS = ["normal", "clipping", "randbet"]
+
+
+def add_bit_error_args(parser, *, patterns: int, with_randbet_options: bool = True) -> None:
+    """The command-line options every bit-error benchmark shares (training settings, rates, patterns)."""
+    parser.add_argument("--patterns", type=int, default=patterns)
+    parser.add_argument("--settings", nargs="+", default=list(BIT_ERROR_SETTINGS), choices=BIT_ERROR_SETTINGS)
+    parser.add_argument("--rates", type=float, nargs="+", default=[0.001, 0.005, 0.01, 0.05, 0.1])
+    if with_randbet_options:
+        parser.add_argument("--clip", type=float, default=0.1)
+        parser.add_argument("--randbet-rate", type=float, default=0.01)
+

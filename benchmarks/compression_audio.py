@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import logging
 import sys
-import warnings
 from pathlib import Path
 
 import torch
@@ -31,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pytorch_lightning as pl  # noqa: E402
 
-from benchmarks.common import SHARED_DATA, Timer, bit_error_row, markdown_table  # noqa: E402
+from benchmarks.common import SHARED_DATA, Timer, add_bit_error_args, bit_error_row, markdown_table, quiet_run  # noqa: E402
 from mmrobust.adapters import WaveformAdapter  # noqa: E402
 from mmrobust.attacks import PGD  # noqa: E402
 from mmrobust.audio import M5, FSDDDataModule  # noqa: E402
@@ -177,12 +175,7 @@ def main():
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--patterns", type=int, default=5)
-    parser.add_argument("--settings", nargs="+", default=["normal", "clipping", "randbet"],
-                        choices=["normal", "clipping", "randbet"])
-    parser.add_argument("--rates", type=float, nargs="+", default=[0.001, 0.005, 0.01, 0.05, 0.1])
-    parser.add_argument("--clip", type=float, default=0.1)
-    parser.add_argument("--randbet-rate", type=float, default=0.01)
+    add_bit_error_args(parser, patterns=5)
     parser.add_argument("--snr", type=float, default=30.0)
     parser.add_argument("--at-steps", type=int, default=2)
     parser.add_argument("--steps", type=int, default=10)
@@ -193,10 +186,7 @@ def main():
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.9, 0.95])
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore")
-    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
-    logging.getLogger("lightning_fabric").setLevel(logging.ERROR)
+    quiet_run(args.threads)
     {"biterrors": part_biterrors, "pruning": part_pruning}[args.part](args)
 
 

@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import logging
 import math
 import sys
-import warnings
 from pathlib import Path
 
 import torch
@@ -33,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pytorch_lightning as pl  # noqa: E402
 
-from benchmarks.common import accuracy, markdown_table, mnist_tensors  # noqa: E402
+from benchmarks.common import accuracy, markdown_table, mnist_tensors, quiet_run  # noqa: E402
 from benchmarks.compression_mnist import Lit, fit, robust_accuracy  # noqa: E402
 from mmrobust import PGD, LinfBall  # noqa: E402
 from mmrobust.callbacks import AdversarialTraining, FourierSparsity, Pruning  # noqa: E402
@@ -67,10 +65,7 @@ def main():
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.75, 0.9])
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore")
-    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
-    logging.getLogger("lightning_fabric").setLevel(logging.ERROR)
+    quiet_run(args.threads)
 
     x, y = mnist_tensors(True, args.train)
     xt, yt = mnist_tensors(False, args.test)

@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import logging
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 
 import torch
@@ -32,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pytorch_lightning as pl  # noqa: E402
 
-from benchmarks.common import SHARED_DATA, Timer, bit_error_row, markdown_table  # noqa: E402
+from benchmarks.common import SHARED_DATA, Timer, add_bit_error_args, bit_error_row, markdown_table, quiet_run  # noqa: E402
 from mmrobust.adapters import GraphAdapter  # noqa: E402
 from mmrobust.attacks import PRBCD  # noqa: E402
 from mmrobust.callbacks import Quantization, RandomBitErrorTraining  # noqa: E402
@@ -153,12 +151,7 @@ def main():
     parser.add_argument("--data", default=str(SHARED_DATA / "planetoid"))
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=200)
-    parser.add_argument("--patterns", type=int, default=10)
-    parser.add_argument("--settings", nargs="+", default=["normal", "clipping", "randbet"],
-                        choices=["normal", "clipping", "randbet"])
-    parser.add_argument("--rates", type=float, nargs="+", default=[0.001, 0.005, 0.01, 0.05, 0.1])
-    parser.add_argument("--clip", type=float, default=0.1)
-    parser.add_argument("--randbet-rate", type=float, default=0.01)
+    add_bit_error_args(parser, patterns=10)
     parser.add_argument("--eps", type=float, default=0.05, help="global edge-flip budget (fraction of edges)")
     parser.add_argument("--attack-epochs", type=int, default=30)
     parser.add_argument("--at-attack-epochs", type=int, default=5)
@@ -172,10 +165,7 @@ def main():
     args = parser.parse_args()
     global BLOCK_SIZE
     BLOCK_SIZE = args.block_size
-    torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore")
-    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
-    logging.getLogger("lightning_fabric").setLevel(logging.ERROR)
+    quiet_run(args.threads)
     {"biterrors": part_biterrors, "pruning": part_pruning}[args.part](args)
 
 

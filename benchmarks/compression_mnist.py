@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import logging
 import sys
-import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -28,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pytorch_lightning as pl  # noqa: E402
 
-from benchmarks.common import Timer, accuracy, bit_error_row, markdown_table, mnist_tensors  # noqa: E402
+from benchmarks.common import (Timer, accuracy, add_bit_error_args, bit_error_row, markdown_table,  # noqa: E402
+                               mnist_tensors, quiet_run)
 from mmrobust import PGD, LinfBall  # noqa: E402
 from mmrobust.callbacks import AdversarialTraining, Quantization, RandomBitErrorTraining  # noqa: E402
 from mmrobust.compression import bit_errors, hydra_prune, model_size_bytes, prune_magnitude, weight_sparsity  # noqa: E402
@@ -168,10 +166,7 @@ def main():
     parser.add_argument("--train", type=int, default=8000)
     parser.add_argument("--test", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--patterns", type=int, default=5)
-    parser.add_argument("--settings", nargs="+", default=["normal", "clipping", "randbet"],
-                        choices=["normal", "clipping", "randbet"])
-    parser.add_argument("--rates", type=float, nargs="+", default=[0.001, 0.005, 0.01, 0.05, 0.1])
+    add_bit_error_args(parser, patterns=5, with_randbet_options=False)
     parser.add_argument("--timing-reps", type=int, default=10)
     parser.add_argument("--eps", type=float, default=0.1)
     parser.add_argument("--at-steps", type=int, default=5)
@@ -179,10 +174,7 @@ def main():
     parser.add_argument("--finetune-epochs", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore")
-    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
-    logging.getLogger("lightning_fabric").setLevel(logging.ERROR)
+    quiet_run(args.threads)
     {"biterrors": part_biterrors, "pruning": part_pruning}[args.part](args)
 
 

@@ -32,7 +32,7 @@ from mmrobust.attacks import PGD  # noqa: E402
 from mmrobust.callbacks import AdversarialTraining, AdversarialWeightPerturbation, GaussianNoiseTraining  # noqa: E402
 from mmrobust.certify import SmoothedClassifier  # noqa: E402
 from mmrobust.metrics import CertifiedAccuracy, WeightFlatness  # noqa: E402
-from mmrobust.threats import LinfBall, WeightBall  # noqa: E402
+from mmrobust.threats import LinfBall  # noqa: E402
 
 
 def digits():
