@@ -215,6 +215,15 @@ class GraphAttack(Attack):
             raise KeyError(f"graph threats name inputs {sorted(unknown)}; use 'edges' and 'x'")
         return features
 
+    def edge_problem(self, victim: Victim):
+        """What every edge attack starts from: the graph, its features, the candidate pairs and the
+        per-graph flip budget, and the attack's generator."""
+        graph: GraphStructure = victim.meta["graph"]
+        x_units = victim.inputs["x"]
+        pairs = CandidatePairs(graph, self.edge_threat.local)
+        budget = self.edge_budget(graph, self.edge_threat, pairs)
+        return graph, x_units, pairs, budget, self.generator(x_units.device)
+
     def edge_budget(self, graph: GraphStructure, threat: EdgeFlips, pairs: CandidatePairs) -> Tensor:
         from torch_geometric.utils import is_undirected
 
@@ -319,13 +328,9 @@ class PRBCD(GraphAttack):
                 f"epochs_resampling={self.epochs_resampling})")
 
     def perturb(self, victim, threats, target_labels, clean_logits):
-        graph: GraphStructure = victim.meta["graph"]
+        graph, x_units, pairs, budget, gen = self.edge_problem(victim)
         edge_threat = self.edge_threat
-        x_units = victim.inputs["x"]
         device = x_units.device
-        gen = self.generator(device)
-        pairs = CandidatePairs(graph, edge_threat.local)
-        budget = self.edge_budget(graph, edge_threat, pairs)
         if int(budget.max()) >= self.block_size:
             raise ValueError(f"block_size ({self.block_size}) must exceed the edge budget ({int(budget.max())})")
         lookup = EdgeLookup(graph.edge_index, graph.num_nodes)
@@ -495,13 +500,9 @@ class GRBCD(GraphAttack):
         self.epochs = check_int("epochs", epochs, 1)
 
     def perturb(self, victim, threats, target_labels, clean_logits):
-        graph: GraphStructure = victim.meta["graph"]
+        graph, x_units, pairs, budget, gen = self.edge_problem(victim)
         threat = self.edge_threat
-        x_units = victim.inputs["x"]
         device = x_units.device
-        gen = self.generator(device)
-        pairs = CandidatePairs(graph, threat.local)
-        budget = self.edge_budget(graph, threat, pairs)
         steps = max(1, min(self.epochs, int(budget.max())))
         # per unit and step: the budget split as evenly as possible, remainder first (reference schedule)
         t = torch.arange(steps, device=device)
