@@ -57,6 +57,16 @@ class Victim:
     def num_outputs(self) -> int:
         return self.target.shape[0]
 
+    def input_name(self, name: Optional[str] = None) -> str:
+        """``name`` checked against the attackable inputs, or the only input when ``name`` is ``None``."""
+        if name is None:
+            if len(self.inputs) != 1:
+                raise ValueError(f"this batch has several attackable inputs {sorted(self.inputs)}; pass input_name")
+            return next(iter(self.inputs))
+        if name not in self.inputs:
+            raise KeyError(f"input_name {name!r} is not an attackable input; choose from {sorted(self.inputs)}")
+        return name
+
     def unit_index(self) -> Tensor:
         if self.unit is None:
             return torch.arange(self.num_outputs, device=self.target.device)

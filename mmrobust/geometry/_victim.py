@@ -16,12 +16,7 @@ __all__ = ["victim_for", "single_input", "forward_at", "flat", "unit_norm", "che
 
 def single_input(victim: Victim, input_name: Optional[str]) -> Tuple[str, Tensor]:
     """The one input a geometric quantity is measured on (``input_name`` picks it when there are several)."""
-    if input_name is None:
-        if len(victim.inputs) != 1:
-            raise ValueError(f"this batch has several attackable inputs {sorted(victim.inputs)}; pass input_name")
-        input_name = next(iter(victim.inputs))
-    if input_name not in victim.inputs:
-        raise KeyError(f"input_name {input_name!r} is not an attackable input; choose from {sorted(victim.inputs)}")
+    input_name = victim.input_name(input_name)
     x = victim.inputs[input_name]
     if not torch.is_floating_point(x):
         raise TypeError(f"input {input_name!r} must be floating point to measure geometry, got {x.dtype}")

@@ -142,13 +142,7 @@ class LatentAdapter(BatchAdapter):
 
     def latent_victim(self, inner: Victim) -> Victim:
         """The latent-space view of an input-space victim."""
-        name = self.input_name
-        if name is None:
-            if len(inner.inputs) != 1:
-                raise ValueError(f"the batch has several inputs {sorted(inner.inputs)}; pass input_name to the adapter")
-            name = next(iter(inner.inputs))
-        if name not in inner.inputs:
-            raise KeyError(f"input_name {name!r} is not an input of this batch ({sorted(inner.inputs)})")
+        name = inner.input_name(self.input_name)
         x = inner.inputs[name]
         z = self.threat.encode(x.clone() if x.is_inference() else x)
         threat = self.threat
