@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mmrobust.image import (CIFAR10DataModule, DigitsDataModule, InputNormalization, MNISTDataModule,
-                            PreActResNet18, SmallCNN, WideResNet)
+                            PreActResNet18, SmallCNN, StridedCNN, WideResNet)
 
 
 def test_digits_datamodule_shapes_ranges_and_seeded_split():
@@ -77,6 +77,8 @@ def test_mnist_datamodule_from_shared_copy(tmp_path, shared_data):
     (lambda: WideResNet(depth=10, widen_factor=1), (2, 3, 32, 32)),
     (lambda: WideResNet(depth=16, widen_factor=2, in_channels=1, num_classes=5, dropout=0.3), (2, 1, 28, 28)),
     (lambda: SmallCNN(in_channels=1, image_size=8, width=0.25, hidden=32), (2, 1, 8, 8)),
+    (lambda: StridedCNN(), (2, 1, 28, 28)),
+    (lambda: StridedCNN(in_channels=3, image_size=32, width=0.5, hidden=16), (2, 3, 32, 32)),
 ])
 def test_reference_models_forward_and_backward(make, shape):
     torch.manual_seed(0)
@@ -99,6 +101,12 @@ def test_reference_architectures_match_the_papers():
     # WRN-28-10: 36.5M parameters (Zagoruyko & Komodakis 2016, Table 4)
     assert abs(sum(p.numel() for p in wrn.parameters()) / 1e6 - 36.5) < 0.1
     assert sum(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3) for m in wrn.modules()) == 25
+    strided = StridedCNN()
+    # Wong & Kolter 2018's small MNIST model: conv 16@4x4/2, conv 32@4x4/2, 1568 -> 100 -> 10
+    assert [m.out_channels for m in strided.modules() if isinstance(m, torch.nn.Conv2d)] == [16, 32]
+    assert sum(p.numel() for p in strided.parameters()) == (16 * 16 + 16) + (32 * 16 * 16 + 32) + (1568 * 100 + 100) + 1010
+    with pytest.raises(ValueError, match="image_size must be a multiple of 4"):
+        StridedCNN(image_size=30)
 
 
 def test_input_normalization_inside_the_model():

@@ -1,7 +1,7 @@
 """Image modality: datamodules and reference models."""
 
 from .data import CIFAR10DataModule, DigitsDataModule, FashionMNISTDataModule, MNISTDataModule
-from .models import InputNormalization, PreActResNet18, SmallCNN, WideResNet
+from .models import InputNormalization, PreActResNet18, SmallCNN, StridedCNN, WideResNet
 
-__all__ = ["SmallCNN", "PreActResNet18", "WideResNet", "InputNormalization", "DigitsDataModule", "MNISTDataModule",
+__all__ = ["SmallCNN", "StridedCNN", "PreActResNet18", "WideResNet", "InputNormalization", "DigitsDataModule", "MNISTDataModule",
            "FashionMNISTDataModule", "CIFAR10DataModule"]

@@ -38,6 +38,38 @@ class SmallCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
+class StridedCNN(nn.Module):
+    """The fast small MNIST CNN of the certified- and fast-adversarial-training papers.
+
+    Two 4x4 convolutions with stride 2 (16 and 32 channels) and a 100-unit hidden layer: the "small"
+    model of Wong & Kolter 2018 (https://arxiv.org/abs/1711.00851) that Wong et al. 2020
+    (https://arxiv.org/abs/2001.03994) train with FGSM and PGD at L-inf 0.3 on MNIST. About 20x cheaper
+    per step than :class:`SmallCNN`, so full-MNIST adversarial training fits on a CPU. ``image_size``
+    must be a multiple of 4.
+    """
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 28, width: float = 1.0,
+                 hidden: int = 100):
+        super().__init__()
+        check_int("in_channels", in_channels, 1)
+        check_int("num_classes", num_classes, 2)
+        check_int("image_size", image_size, 4)
+        check_int("hidden", hidden, 1)
+        if image_size % 4:
+            raise ValueError(f"image_size must be a multiple of 4 (two stride-2 convolutions), got {image_size}")
+        c1, c2 = max(1, int(16 * width)), max(1, int(32 * width))
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, c1, 4, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(c1, c2, 4, stride=2, padding=1), nn.ReLU(),
+        )
+        side = image_size // 4
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(c2 * side * side, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
 def _channel_stats(name: str, values, channels: int) -> Tensor:
     t = torch.as_tensor(values, dtype=torch.float32).flatten()
     if t.numel() == 1:
