@@ -254,11 +254,31 @@ def test_robust_classifier_objectives_train_and_log(digits, objective, attack):
     assert all(p.requires_grad for p in module.parameters())
 
 
+def test_cyclic_schedule_is_the_fast_at_triangle(digits):
+    """Wong et al. 2020's cyclic learning rate: 0 -> lr over the first 40% of all steps, back to 0 at the end."""
+    seen = []
+
+    class RecordLR(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    module = RobustClassifier(bn_net(), optimizer="adam", lr=0.01, scheduler="cyclic", peak=0.4)
+    t = trainer(max_epochs=2, callbacks=[RecordLR()])
+    t.fit(module, loader(digits, n=160, batch_size=16))  # 10 steps per epoch, 20 in all
+    assert t.lr_scheduler_configs[0].interval == "step"
+    assert len(seen) == 20 and seen[0] == 0.0
+    assert max(seen) == pytest.approx(0.01) and seen.index(max(seen)) == 8  # round(0.4 * 20)
+    assert all(a < b for a, b in zip(seen[:8], seen[1:9])) and all(a > b for a, b in zip(seen[8:], seen[9:]))
+    assert seen[-1] == pytest.approx(0.01 / 12)  # one step before the schedule's end at 0
+
+
 def test_robust_classifier_rejects_bad_configuration():
     with pytest.raises(ValueError, match="objective must be one of"):
         RobustClassifier(bn_net(), objective="hinge")
     with pytest.raises(ValueError, match="needs a training attack"):
         RobustClassifier(bn_net(), objective="trades")
+    with pytest.raises(ValueError, match="peak"):
+        RobustClassifier(bn_net(), scheduler="cyclic", peak=1.0)
     with pytest.raises(ValueError, match="optimizer must be one of"):
         RobustClassifier(bn_net(), optimizer="lbfgs")
     with pytest.raises(ValueError, match="lr must be a finite number > 0"):

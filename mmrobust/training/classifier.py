@@ -14,7 +14,7 @@ from ..errors import check_choice, check_finite_nonneg, check_fraction, check_po
 from ..objectives import OBJECTIVES, ccat_loss, mart_loss, trades_loss
 
 OPTIMIZERS = ("sgd", "adam")
-SCHEDULERS = (None, "cosine", "multistep")
+SCHEDULERS = (None, "cosine", "multistep", "cyclic")
 
 
 class RobustClassifier(pl.LightningModule):
@@ -46,7 +46,10 @@ class RobustClassifier(pl.LightningModule):
         optimizer: ``"sgd"`` (momentum ``momentum``, Nesterov off) or ``"adam"``.
         lr, weight_decay, momentum: optimizer settings.
         scheduler: ``None``, ``"cosine"`` (to 0 over ``trainer.max_epochs``) or ``"multistep"`` (decay by
-            ``gamma`` at the ``milestones`` fractions of ``trainer.max_epochs``), stepped per epoch.
+            ``gamma`` at the ``milestones`` fractions of ``trainer.max_epochs``), stepped per epoch; or
+            ``"cyclic"``: the triangular schedule of fast adversarial training (Wong et al. 2020,
+            https://arxiv.org/abs/2001.03994, Sec. 5.1), stepped per batch: linear from 0 to ``lr`` over the
+            first ``peak`` fraction of all training steps, then linear back to 0.
         adapter: how to read batches.
         track_clean_acc: with ``objective="ce"`` and an attack, spend one extra forward pass (eval mode, no
             gradients) per step to log ``train/clean_acc``; switch off for timing.
@@ -55,7 +58,7 @@ class RobustClassifier(pl.LightningModule):
     def __init__(self, model: nn.Module, *, objective: str = "ce", attack: Optional[Attack] = None,
                  beta: float = 6.0, rho: float = 10.0, optimizer: str = "sgd", lr: float = 0.1,
                  weight_decay: float = 5e-4, momentum: float = 0.9, scheduler: Optional[str] = None,
-                 milestones: Sequence[float] = (0.5, 0.75), gamma: float = 0.1,
+                 milestones: Sequence[float] = (0.5, 0.75), gamma: float = 0.1, peak: float = 0.4,
                  adapter: Optional[BatchAdapter] = None, track_clean_acc: bool = True):
         super().__init__()
         if not isinstance(model, nn.Module):
@@ -78,6 +81,7 @@ class RobustClassifier(pl.LightningModule):
         self.scheduler_name = check_choice("scheduler", scheduler, SCHEDULERS)
         self.milestones = [check_fraction("milestones", m, open_low=True, open_high=True) for m in milestones]
         self.gamma = check_fraction("gamma", gamma, open_low=True)
+        self.peak = check_fraction("peak", peak, open_low=True, open_high=True)
         self.adapter = adapter
         self.track_clean_acc = bool(track_clean_acc)
 
@@ -195,6 +199,15 @@ class RobustClassifier(pl.LightningModule):
             opt = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
         if self.scheduler_name is None:
             return opt
+        if self.scheduler_name == "cyclic":
+            total = max(2, int(self.trainer.estimated_stepping_batches))
+            top = max(1, min(total - 1, round(self.peak * total)))
+
+            def triangle(step: int) -> float:
+                return step / top if step <= top else max(0.0, (total - step) / (total - top))
+
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, triangle)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
         epochs = max(1, int(self.trainer.max_epochs or 1))
         if self.scheduler_name == "cosine":
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
