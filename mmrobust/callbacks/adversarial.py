@@ -234,7 +234,11 @@ class FastAdversarialTraining(AdversarialTraining):
     (``probe_steps`` steps) and the FGSM attack are evaluated on the current clean batch (module in eval
     mode), ``train/pgd_probe_acc`` and ``train/fgsm_probe_acc`` are logged, and a rank-zero warning is
     raised the first time the rule of :func:`catastrophic_overfitting` fires; ``overfitting_detected``
-    then stays true (and is part of the checkpointed state).
+    then stays true (and is part of the checkpointed state). The check warns; it does not stop training.
+    To keep the weights from before a collapse (Wong et al.'s early stopping), select the checkpoint by
+    robust accuracy: :class:`~mmrobust.callbacks.RobustnessEvaluation` logs ``val/robust_acc`` for
+    Lightning's ``ModelCheckpoint(monitor="val/robust_acc", mode="max")``. The paper's cyclic learning
+    rate is ``RobustClassifier(..., scheduler="cyclic")``.
 
     Args:
         threat: the budget (e.g. ``LinfBall(0.3, lower=0, upper=1)``).
