@@ -216,6 +216,21 @@ def test_fast_at_probe_warns_when_pgd_breaks_what_fgsm_does_not(digits, digits_c
     assert not digits_cnn.training and all(p.requires_grad for p in digits_cnn.parameters())
 
 
+def test_fast_at_probe_is_not_judged_during_the_warmup(digits, digits_cnn, recwarn):
+    """Mid warm-up the probe runs at the step's budget and never flags: the config that warns at eps 0.2
+    (previous test) stays quiet at a quarter of it, and its accuracies are those of eps 0.05."""
+    module = RobustClassifier(digits_cnn)
+    batch = [digits[2][:128], digits[3][:128]]
+    cb = FastAdversarialTraining(LinfBall(0.2, lower=0, upper=1), co_threshold=0.5, min_fgsm_acc=0.05, seed=0)
+    assert cb.run_probe(module, batch, budget_factor=0.25) is None
+    assert not cb.overfitting_detected and cb.best_probe_acc == -1.0
+    assert cb.last_probe["budget_factor"] == 0.25 and cb.last_probe["pgd_acc"] > 0.8
+    assert not [w for w in recwarn if "catastrophic" in str(w.message)]
+    assert cb.attack.threat.eps == 0.2 and cb.probe.threat.eps == 0.2  # the callback's own attacks untouched
+    with pytest.raises(ValueError, match="budget_factor"):
+        cb.run_probe(module, batch, budget_factor=0.0)
+
+
 def test_fast_at_logs_the_probe_during_training(digits):
     module = UserModule()
     cb = FastAdversarialTraining(LinfBall(EPS, lower=0, upper=1), probe_every_n_steps=2, seed=0)

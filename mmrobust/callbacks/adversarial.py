@@ -231,10 +231,12 @@ class FastAdversarialTraining(AdversarialTraining):
               \\quad \\eta \\sim U(\\Delta(x)),\\ \\alpha = 1.25\\,\\epsilon
 
     plus a catastrophic-overfitting check: every ``probe_every_n_steps`` training steps a PGD attack
-    (``probe_steps`` steps) and the FGSM attack are evaluated on the current clean batch (module in eval
-    mode), ``train/pgd_probe_acc`` and ``train/fgsm_probe_acc`` are logged, and a rank-zero warning is
-    raised the first time the rule of :func:`catastrophic_overfitting` fires; ``overfitting_detected``
-    then stays true (and is part of the checkpointed state). The check warns; it does not stop training.
+    (``probe_steps`` steps) and the FGSM attack are evaluated at the step's budget on the current clean
+    batch (module in eval mode), ``train/pgd_probe_acc`` and ``train/fgsm_probe_acc`` are logged, and a
+    rank-zero warning is raised the first time the rule of :func:`catastrophic_overfitting` fires;
+    ``overfitting_detected`` then stays true (and is part of the checkpointed state). During the eps
+    warm-up the probe is logged but not judged: with a growing budget PGD accuracy falls and FGSM lags
+    behind on a healthy model too, so both rules would fire falsely. The check warns; it does not stop training.
     To keep the weights from before a collapse (Wong et al.'s early stopping), select the checkpoint by
     robust accuracy: :class:`~mmrobust.callbacks.RobustnessEvaluation` logs ``val/robust_acc`` for
     Lightning's ``ModelCheckpoint(monitor="val/robust_acc", mode="max")``. The paper's cyclic learning
@@ -265,6 +267,7 @@ class FastAdversarialTraining(AdversarialTraining):
         self.min_fgsm_acc = check_fraction("min_fgsm_acc", min_fgsm_acc)
         self.best_probe_acc = -1.0
         self.overfitting_detected = False
+        self.last_probe: Optional[Dict[str, float]] = None
 
     def state_dict(self) -> Dict[str, Any]:
         state = super().state_dict()
@@ -281,18 +284,31 @@ class FastAdversarialTraining(AdversarialTraining):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if (self.probe_every_n_steps and trainer.current_epoch >= self.start_epoch
                 and self.steps_seen % self.probe_every_n_steps == 0):
-            self.run_probe(pl_module, batch)
+            factor = self.budget_factor(trainer, batch_idx)
+            if factor > 0.0:
+                self.run_probe(pl_module, batch, budget_factor=factor)
         super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
 
-    def run_probe(self, pl_module: "pl.LightningModule", batch: Any) -> Optional[str]:
-        """PGD and FGSM accuracy on the clean ``batch``; logs them and warns on catastrophic overfitting."""
-        pgd = self.probe.for_stage(batch, "train")(pl_module, batch)
-        fgsm = self.attack.for_stage(batch, "train")(pl_module, batch)
+    def run_probe(self, pl_module: "pl.LightningModule", batch: Any, budget_factor: float = 1.0) -> Optional[str]:
+        """PGD and FGSM accuracy on the clean ``batch`` at ``budget_factor`` x the budget; logs them, keeps
+        them in ``last_probe`` and, at the full budget, warns on catastrophic overfitting."""
+        budget_factor = check_fraction("budget_factor", budget_factor, open_low=True)
+        device = pl_module.device
+        fgsm_attack = self._attack_at(budget_factor, device)
+        probe = self.probe
+        if budget_factor < 1.0:
+            probe.generator(device)  # the copy shares the (checkpointed) random stream
+            probe = probe.with_threat(scaled_threat(probe.threat, budget_factor))
+        pgd = probe.for_stage(batch, "train")(pl_module, batch)
+        fgsm = fgsm_attack.for_stage(batch, "train")(pl_module, batch)
         pgd_acc = pgd.adv_correct.float().mean().item()
         fgsm_acc = fgsm.adv_correct.float().mean().item()
+        self.last_probe = {"pgd_acc": pgd_acc, "fgsm_acc": fgsm_acc, "budget_factor": budget_factor}
         if getattr(pl_module, "_trainer", None) is not None:  # also usable by hand, outside a Trainer
             pl_module.log("train/pgd_probe_acc", pgd_acc, on_step=True, on_epoch=False)
             pl_module.log("train/fgsm_probe_acc", fgsm_acc, on_step=True, on_epoch=False)
+        if budget_factor < 1.0:
+            return None
         reason = catastrophic_overfitting(pgd_acc, fgsm_acc, self.best_probe_acc, co_threshold=self.co_threshold,
                                           max_drop=self.max_drop, min_fgsm_acc=self.min_fgsm_acc)
         self.best_probe_acc = max(self.best_probe_acc, pgd_acc)
