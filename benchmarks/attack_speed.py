@@ -17,16 +17,14 @@ misclassified, so its saving grows with the share of examples the attack breaks 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import markdown_table, mnist_cnn, mnist_tensors  # noqa: E402
+from benchmarks.common import interleaved_medians, markdown_table, mnist_cnn, mnist_tensors  # noqa: E402
 from mmrobust.attacks import PGD  # noqa: E402
 from mmrobust.threats import LinfBall  # noqa: E402
 
@@ -83,13 +81,7 @@ def main():
             "ART ProjectedGradientDescent": lambda: art.generate(x_np, y=y_np),
         }
         passes = {name: count_passes(model, fn) for name, fn in runs.items()}  # also the warm-up
-        times = {k: [] for k in runs}
-        for _ in range(args.rounds):
-            for name, fn in runs.items():
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
-        med = {k: statistics.median(v) for k, v in times.items()}
+        med = interleaved_medians(runs, args.rounds)
         ta_s, art_s = med["torchattacks PGD"], med["ART ProjectedGradientDescent"]
         # work per example in forward+backward units: a backward costs about one forward
         work = {k: (2 * g + n) / 2 / args.batch for k, (g, n) in passes.items()}

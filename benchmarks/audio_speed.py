@@ -16,9 +16,7 @@ Every round times each implementation once, in turn; the table reports medians o
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +25,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import CACHE, SHARED_DATA, markdown_table, train_classifier  # noqa: E402
+from benchmarks.common import CACHE, SHARED_DATA, interleaved_medians, markdown_table, train_classifier  # noqa: E402
 from mmrobust.adapters import WaveformAdapter  # noqa: E402
 from mmrobust.attacks import PGD  # noqa: E402
 from mmrobust.audio import M5, FSDDDataModule, synth_digits  # noqa: E402
@@ -100,13 +98,7 @@ def main():
         }
         for fn in runs.values():  # warm-up
             fn()
-        times = {k: [] for k in runs}
-        for _ in range(args.rounds):
-            for name, fn in runs.items():
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
-        med = {k: statistics.median(v) for k, v in times.items()}
+        med = interleaved_medians(runs, args.rounds)
         art_s = med["ART ProjectedGradientDescent"]
         robust = float(ours(model, batch).robust.float().mean())
         robust_early = float(ours_early(model, batch).robust.float().mean())

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import shutil
+import statistics
 import time
 from pathlib import Path
-from typing import List, Sequence
+from typing import Callable, Dict, List, Sequence
 
 import torch
 from torch import nn
@@ -88,6 +89,18 @@ def bit_error_row(name: str, result, seconds: float) -> List[str]:
             [f"{100 * float(m):.2f} ± {100 * float(s):.2f} (min {100 * float(lo):.2f})"
              for m, s, lo in zip(*(result[k].reshape(-1) for k in ("mean", "std", "min")))] +
             [f"{seconds:.0f}"])
+
+
+def interleaved_medians(runs: Dict[str, Callable[[], object]], rounds: int) -> Dict[str, float]:
+    """Median seconds per call of each of ``runs``; every round calls each once, in turn, so background
+    load hits all alike. Warm up before calling this."""
+    times = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, fn in runs.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def markdown_table(header: Sequence[str], rows: List[Sequence]) -> str:
