@@ -187,6 +187,7 @@ class TradesAttack(PGD):
     """
 
     name = "trades"
+    can_stop_early = False
 
     def __init__(self, threat: Threat, *, steps: int = 10, step_size: Optional[float] = None, init_std: float = 1e-3,
                  **kwargs):

@@ -14,6 +14,7 @@ import mmrobust
 from mmrobust.attacks import FGSM, PGD
 from mmrobust.callbacks import RobustnessEvaluation
 from mmrobust.threats import LinfBall
+from mmrobust.objectives import TradesAttack
 
 EPS = 0.1
 
@@ -55,6 +56,28 @@ def trainer(tmp_path, callbacks, **kwargs):
     return pl.Trainer(default_root_dir=tmp_path, callbacks=callbacks, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1,
                       **kwargs)
+
+
+def test_evaluate_stops_early_for_the_same_accuracy_at_less_cost(digits, digits_cnn):
+    """Only whether an output broke is read, so early stopping keeps the numbers and saves model passes."""
+    attack = PGD(LinfBall(0.2, lower=0.0, upper=1.0), steps=10, seed=0)
+    seen = []
+    hook = digits_cnn.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+    try:
+        fast = mmrobust.evaluate(digits_cnn, loader(digits), attack, progress=False)
+        work_fast, seen[:] = sum(seen), []
+        full = mmrobust.evaluate(digits_cnn, loader(digits), attack, progress=False, early_stop=False)
+        work_full = sum(seen)
+    finally:
+        hook.remove()
+    assert abs(fast["robust_accuracy"] - full["robust_accuracy"]) <= 1 / fast["num_examples"]
+    assert fast["clean_accuracy"] == full["clean_accuracy"] and full["robust_accuracy"] < 0.3
+    assert work_fast < 0.6 * work_full  # most digits break within a few of the 10 steps at eps 0.2
+    assert attack.early_stop is False  # the user's attack is untouched
+    # an attack that cannot stop early is left as it is
+    trades = mmrobust.evaluate(digits_cnn, loader(digits, n=50), TradesAttack(LinfBall(EPS), steps=2, seed=0),
+                               progress=False)
+    assert 0.0 <= trades["robust_accuracy"] <= trades["clean_accuracy"]
 
 
 def test_evaluate_lowers_accuracy_and_reports_settings(digits, digits_cnn):

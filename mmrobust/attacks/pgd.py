@@ -69,12 +69,15 @@ class PGD(Attack):
             fraction of the cost on weak models; but the loss and the confidence of the
             returned points are those at the first success, so leave it off when a metric reads them
             (e.g. :class:`~mmrobust.metrics.ConfidenceThresholdedError`, which needs high-confidence
-            adversarial examples). ``generate`` (training)
+            adversarial examples). :func:`mmrobust.evaluate`, which reads only robust accuracy, turns it
+            on for its private copies of the attacks. ``generate`` (training)
             never stops early, so adversarial training maximises the loss on every example, and neither
             do victims with a sampling forward (``Victim.deterministic=False``, e.g. :class:`EOT`).
     """
 
     name = "pgd"
+    #: whether ``early_stop`` may be switched on (objectives not about misclassification say no)
+    can_stop_early = True
 
     def __init__(self, threat: Threat, *, steps: int = 10, step_size: Optional[float] = None, restarts: int = 1,
                  random_start: bool = True, keep_best: bool = True, early_stop: bool = False, **kwargs):
