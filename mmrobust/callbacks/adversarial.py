@@ -139,9 +139,10 @@ class AdversarialTraining(pl.Callback):
     def is_active(self, trainer: "pl.Trainer") -> bool:
         return trainer.current_epoch >= self.start_epoch and self.steps_seen % self.every_n_steps == 0
 
-    def _attack_at(self, factor: float, device) -> Attack:
-        """The attack at this step's budget, reading batches with the callback's adapter if one is given."""
-        attack = self.attack
+    def _attack_at(self, factor: float, device, attack: Optional[Attack] = None) -> Attack:
+        """``attack`` (default: the training attack) at this step's budget, reading batches with the
+        callback's adapter if one is given."""
+        attack = self.attack if attack is None else attack
         needs_adapter = self.adapter is not None and attack.adapter is None
         if factor >= 1.0 and not needs_adapter:
             return attack
@@ -236,9 +237,9 @@ class FastAdversarialTraining(AdversarialTraining):
     rank-zero warning is raised the first time the rule of :func:`catastrophic_overfitting` fires;
     ``overfitting_detected`` then stays true (and is part of the checkpointed state). During the eps
     warm-up the probe is logged but not judged: with a growing budget PGD accuracy falls and FGSM lags
-    behind on a healthy model too, so both rules would fire falsely. The check warns; it does not stop training.
-    To keep the weights from before a collapse (Wong et al.'s early stopping), select the checkpoint by
-    robust accuracy: :class:`~mmrobust.callbacks.RobustnessEvaluation` logs ``val/robust_acc`` for
+    behind on a healthy model too, so both rules would fire falsely. The check warns; it does not stop
+    training. To keep the weights from before a collapse (Wong et al.'s early stopping), select the
+    checkpoint by robust accuracy: :class:`~mmrobust.callbacks.RobustnessEvaluation` logs ``val/robust_acc`` for
     Lightning's ``ModelCheckpoint(monitor="val/robust_acc", mode="max")``. The paper's cyclic learning
     rate is ``RobustClassifier(..., scheduler="cyclic")``.
 
@@ -295,10 +296,7 @@ class FastAdversarialTraining(AdversarialTraining):
         budget_factor = check_fraction("budget_factor", budget_factor, open_low=True)
         device = pl_module.device
         fgsm_attack = self._attack_at(budget_factor, device)
-        probe = self.probe
-        if budget_factor < 1.0:
-            probe.generator(device)  # the copy shares the (checkpointed) random stream
-            probe = probe.with_threat(scaled_threat(probe.threat, budget_factor))
+        probe = self._attack_at(budget_factor, device, self.probe)
         pgd = probe.for_stage(batch, "train")(pl_module, batch)
         fgsm = fgsm_attack.for_stage(batch, "train")(pl_module, batch)
         pgd_acc = pgd.adv_correct.float().mean().item()

@@ -3,5 +3,5 @@
 from .data import CIFAR10DataModule, DigitsDataModule, FashionMNISTDataModule, MNISTDataModule
 from .models import InputNormalization, PreActResNet18, SmallCNN, StridedCNN, WideResNet
 
-__all__ = ["SmallCNN", "StridedCNN", "PreActResNet18", "WideResNet", "InputNormalization", "DigitsDataModule", "MNISTDataModule",
-           "FashionMNISTDataModule", "CIFAR10DataModule"]
+__all__ = ["SmallCNN", "StridedCNN", "PreActResNet18", "WideResNet", "InputNormalization", "DigitsDataModule",
+           "MNISTDataModule", "FashionMNISTDataModule", "CIFAR10DataModule"]
