@@ -19,6 +19,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import loader_accuracy  # noqa: E402
 from mmrobust.adapters import WaveformAdapter  # noqa: E402
 from mmrobust.attacks import PGD  # noqa: E402
 from mmrobust.audio import M5, FSDDDataModule, augment_batch  # noqa: E402
@@ -48,18 +49,9 @@ def train(model, dm, epochs, lr, attack=None, seed=0):
             nn.functional.cross_entropy(model(wave), y).backward()
             opt.step()
             sched.step()
-        log(f"  epoch {ep + 1}/{epochs} ({time.time() - start:.0f} s) val acc {accuracy(model, dm.val_dataloader()):.3f}")
+        val = loader_accuracy(model, dm.val_dataloader())
+        log(f"  epoch {ep + 1}/{epochs} ({time.time() - start:.0f} s) val acc {val:.3f}")
     return model.eval()
-
-
-@torch.no_grad()
-def accuracy(model, loader):
-    model.eval()
-    hits = n = 0
-    for wave, y, _ in loader:
-        hits += int((model(wave).argmax(1) == y).sum())
-        n += len(y)
-    return hits / n
 
 
 def robust_accuracy(model, loader, snr, steps):
@@ -96,13 +88,13 @@ def main():
     log(f"official split: {len(official.train_set)} train, {len(official.val_set)} val, {len(official.test_set)} test")
     test = official.test_dataloader()
     normal = train(M5(10, width=args.width), official, args.epochs, args.lr)
-    results["official/normal"] = {"clean": accuracy(normal, test)}
+    results["official/normal"] = {"clean": loader_accuracy(normal, test)}
     for s in args.snrs:
         results["official/normal"][f"snr{s:g}"] = robust_accuracy(normal, test, s, args.steps)
     log(f"normal: {results['official/normal']}")
     at = PGD(SNRBall(args.train_snr), steps=args.train_steps, seed=0, adapter=ADAPTER)
     robust = train(M5(10, width=args.width), official, args.adv_epochs, args.lr, attack=at)
-    results["official/adversarial"] = {"clean": accuracy(robust, test)}
+    results["official/adversarial"] = {"clean": loader_accuracy(robust, test)}
     for s in args.snrs:
         results["official/adversarial"][f"snr{s:g}"] = robust_accuracy(robust, test, s, args.steps)
     log(f"adversarial: {results['official/adversarial']}")
@@ -111,7 +103,7 @@ def main():
         held = FSDDDataModule(root=args.root, split="speaker", test_speakers=(args.speaker,), batch_size=64, seed=0)
         held.setup()
         model = train(M5(10, width=args.width), held, args.epochs, args.lr)
-        results["speaker/normal"] = {"clean": accuracy(model, held.test_dataloader())}
+        results["speaker/normal"] = {"clean": loader_accuracy(model, held.test_dataloader())}
         for s in args.snrs:
             results["speaker/normal"][f"snr{s:g}"] = robust_accuracy(model, held.test_dataloader(), s, args.steps)
         log(f"speaker held out: {results['speaker/normal']}")

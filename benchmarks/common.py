@@ -91,6 +91,17 @@ def bit_error_row(name: str, result, seconds: float) -> List[str]:
             [f"{seconds:.0f}"])
 
 
+@torch.no_grad()
+def loader_accuracy(model: nn.Module, loader) -> float:
+    """Clean accuracy over a speech loader of ``(wave, label, length)`` batches (model left in eval mode)."""
+    model.eval()
+    hits = n = 0
+    for wave, y, _ in loader:
+        hits += int((model(wave).argmax(1) == y).sum())
+        n += len(y)
+    return hits / n
+
+
 def interleaved_medians(runs: Dict[str, Callable[[], object]], rounds: int) -> Dict[str, float]:
     """Median seconds per call of each of ``runs``; every round calls each once, in turn, so background
     load hits all alike. Warm up before calling this."""

@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pytorch_lightning as pl  # noqa: E402
 
-from benchmarks.common import SHARED_DATA, Timer, add_bit_error_args, bit_error_row, markdown_table, quiet_run  # noqa: E402
+from benchmarks.common import (SHARED_DATA, Timer, add_bit_error_args, bit_error_row, loader_accuracy,  # noqa: E402
+                               markdown_table, quiet_run)
 from mmrobust.adapters import WaveformAdapter  # noqa: E402
 from mmrobust.attacks import PGD  # noqa: E402
 from mmrobust.audio import M5, FSDDDataModule  # noqa: E402
@@ -80,16 +81,6 @@ def fit(module, dm, callbacks, epochs: int) -> float:
     return t.seconds
 
 
-@torch.no_grad()
-def accuracy(model, loader) -> float:
-    model.eval()
-    hits = n = 0
-    for wave, y, _ in loader:
-        hits += int((model(wave).argmax(1) == y).sum())
-        n += len(y)
-    return hits / n
-
-
 def snr_pgd(snr: float, steps: int, seed: int) -> PGD:
     return PGD(SNRBall(snr), steps=steps, seed=seed, adapter=ADAPTER)
 
@@ -136,7 +127,8 @@ def part_pruning(args):
     lit = LitAudio(M5(10, width=args.width), args.lr)
     seconds = fit(lit, dm, [AdversarialTraining(snr_pgd(args.snr, args.at_steps, seed=1))], args.epochs)
     base = lit.model.eval()
-    rows = [["dense (PGD-AT)", 0.0, 100 * accuracy(base, test), 100 * robust_accuracy(base, test, args.snr, args.steps),
+    rows = [["dense (PGD-AT)", 0.0, 100 * loader_accuracy(base, test),
+             100 * robust_accuracy(base, test, args.snr, args.steps),
              "-"]]
     print(rows[-1], f"AT {seconds:.0f}s", flush=True)
     score_loader = torch.utils.data.DataLoader(dm.train_set, batch_size=64, shuffle=True,
@@ -157,7 +149,7 @@ def part_pruning(args):
             fit(LitAudio(model, args.lr / 3), dm, [AdversarialTraining(snr_pgd(args.snr, args.at_steps, seed=3))],
                 args.finetune_epochs)
         model.eval()
-        rows.append([method, 100 * weight_sparsity(model), 100 * accuracy(model, test),
+        rows.append([method, 100 * weight_sparsity(model), 100 * loader_accuracy(model, test),
                      100 * robust_accuracy(model, test, args.snr, args.steps), f"{t.seconds:.0f}"])
         print(rows[-1], flush=True)
     print(f"\nM5(width={args.width}) on FSDD (official split, {len(dm.test_set)} test clips); PGD-AT under "
