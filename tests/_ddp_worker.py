@@ -4,6 +4,10 @@ Run as ``python tests/_ddp_worker.py OUT_DIR --devices N --batch-size B``; with 
 re-launches this script once per extra process (gloo on CPU).  Every rank writes
 ``OUT_DIR/rank<r>.pt`` with its final weights, the masks' sparsity and the robust accuracy Lightning
 logged (synchronised by torchmetrics over both shards of the validation set).
+
+``--scenario fast_at_restore`` instead fits FastAdversarialTraining(on_overfit="restore") with the collapse
+rule rigged to fire on rank 1 only, from its third judged probe on: both ranks must stop together and
+restore the same weights.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset  # no
 
 from _reliability_common import DigitsModule  # noqa: E402
 from mmrobust.attacks import PGD  # noqa: E402
-from mmrobust.callbacks import AdversarialTraining, Pruning, RobustnessEvaluation  # noqa: E402
+from mmrobust.callbacks import AdversarialTraining, FastAdversarialTraining, Pruning, RobustnessEvaluation  # noqa: E402
+from mmrobust.callbacks import adversarial as adversarial_callbacks  # noqa: E402
 from mmrobust.compression import weight_sparsity  # noqa: E402
 from mmrobust.threats import LinfBall  # noqa: E402
 
@@ -46,8 +51,26 @@ def evaluation() -> RobustnessEvaluation:
                                 stages=("validate",))
 
 
+def rank_one_collapses_at_third_probe():
+    """Replace the collapse rule: it fires on rank 1 from its third judged probe on, never on rank 0."""
+    calls = []
+
+    def rule(*args, **kwargs):
+        calls.append(1)
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        return "rigged collapse on rank 1" if rank == 1 and len(calls) >= 3 else None
+
+    adversarial_callbacks.catastrophic_overfitting = rule
+
+
+def fast_at_restore() -> list:
+    rank_one_collapses_at_third_probe()
+    return [FastAdversarialTraining(LinfBall(EPS, lower=0, upper=1), probe_every_n_steps=2, probe_steps=2,
+                                    on_overfit="restore", seed=0)]
+
+
 def run(out: Path, devices: int, n_train: int = 256, n_val: int = 64, batch_size: int = 32,
-        epochs: int = 2) -> dict:
+        epochs: int = 2, scenario: str = "at") -> dict:
     """Fit on ``devices`` processes with ``batch_size`` per process; returns (and saves) this rank's results."""
     pl.seed_everything(0)
     (x, y), (xv, yv) = digits_data(n_train, n_val)
@@ -59,8 +82,11 @@ def run(out: Path, devices: int, n_train: int = 256, n_val: int = 64, batch_size
     train = DataLoader(dataset, batch_size=batch_size, sampler=sampler)
     val = DataLoader(TensorDataset(xv, yv), batch_size=batch_size, shuffle=False)
     module = DigitsModule(lr=0.1)
-    callbacks = [AdversarialTraining(PGD(LinfBall(EPS, lower=0, upper=1), steps=2, random_start=False)),
-                 Pruning(0.5, begin_step=2, end_step=6, frequency=2), evaluation()]
+    if scenario == "fast_at_restore":
+        callbacks = fast_at_restore()
+    else:
+        callbacks = [AdversarialTraining(PGD(LinfBall(EPS, lower=0, upper=1), steps=2, random_start=False)),
+                     Pruning(0.5, begin_step=2, end_step=6, frequency=2), evaluation()]
     trainer = pl.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
                          max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0, deterministic=True,
@@ -70,7 +96,8 @@ def run(out: Path, devices: int, n_train: int = 256, n_val: int = 64, batch_size
               "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
               "sparsity": weight_sparsity(module), "world_size": trainer.world_size,
               "val_batches_per_rank": int(trainer.num_val_batches[0]), "global_step": trainer.global_step,
-              "pid": os.getpid()}
+              "pid": os.getpid(), "healthy_step": getattr(callbacks[0], "healthy_step", None),
+              "overfitting_detected": getattr(callbacks[0], "overfitting_detected", None)}
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         torch.save(result, out / f"rank{trainer.global_rank}.pt")
@@ -82,8 +109,9 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--devices", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16, help="per process")
+    parser.add_argument("--scenario", choices=("at", "fast_at_restore"), default="at")
     args = parser.parse_args()
-    run(args.out, args.devices, batch_size=args.batch_size)
+    run(args.out, args.devices, batch_size=args.batch_size, scenario=args.scenario)
 
 
 if __name__ == "__main__":

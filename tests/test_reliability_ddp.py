@@ -5,6 +5,9 @@ AdversarialTraining + Pruning + RobustnessEvaluation are fitted by ``tests/_ddp_
 examples per step drawn from the same permutation. The weights, masks and the logged (torchmetrics-
 synchronised) robust accuracy must agree, and the logged value must be the robust accuracy over the
 *whole* validation set, not one rank's shard.
+
+A second run checks that FastAdversarialTraining's collapse decision is shared: flagged on one rank only,
+both ranks stop at the same step and restore the same healthy weights.
 """
 
 from __future__ import annotations
@@ -27,14 +30,18 @@ from mmrobust.threats import LinfBall  # noqa: E402
 WORKER = Path(__file__).resolve().parent / "_ddp_worker.py"
 
 
-@pytest.mark.slow
-def test_ddp_two_processes_equal_one_process(tmp_path):
+def run_two_ranks(out: Path, *extra: str, timeout: int = 400) -> list:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(WORKER.parents[1]))
     env.pop("LOCAL_RANK", None)
-    proc = subprocess.run([sys.executable, str(WORKER), str(tmp_path / "ddp"), "--devices", "2", "--batch-size", "16"],
-                          env=env, capture_output=True, text=True, timeout=400)
+    proc = subprocess.run([sys.executable, str(WORKER), str(out), "--devices", "2", "--batch-size", "16", *extra],
+                          env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ranks = [torch.load(tmp_path / "ddp" / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_equal_one_process(tmp_path):
+    ranks = run_two_ranks(tmp_path / "ddp")
     assert all(r["world_size"] == 2 for r in ranks)
     assert ranks[0]["val_batches_per_rank"] == 2  # each rank validated half of the 64 examples
 
@@ -61,3 +68,15 @@ def test_ddp_two_processes_equal_one_process(tmp_path):
     assert result.robust.float().mean().item() == pytest.approx(ranks[0]["metrics"]["val/robust_acc"], abs=1e-6)
     assert result.clean_correct.float().mean().item() == pytest.approx(ranks[0]["metrics"]["val/clean_acc"], abs=1e-6)
     assert ranks[0]["metrics"]["val/clean_acc"] > 0.3  # it learned something, so the comparison is not vacuous
+
+
+@pytest.mark.slow
+def test_ddp_fast_at_collapse_on_one_rank_stops_and_restores_all(tmp_path):
+    """Probes at steps 0, 2, 4; rank 1's third is rigged to flag. Both ranks stop after step 5 and load
+    step 2's weights, so the replicas stay identical."""
+    # without the shared decision rank 1 stops alone and rank 0 waits forever in its next all-reduce
+    ranks = run_two_ranks(tmp_path / "ddp_fast_at", "--scenario", "fast_at_restore", timeout=200)
+    assert [r["global_step"] for r in ranks] == [5, 5]  # 16 steps without the stop
+    assert [r["overfitting_detected"] for r in ranks] == [True, True]
+    assert [r["healthy_step"] for r in ranks] == [2, 2]
+    assert all(torch.equal(ranks[1]["weights"][k], v) for k, v in ranks[0]["weights"].items())

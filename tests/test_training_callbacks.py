@@ -243,6 +243,94 @@ def test_fast_at_logs_the_probe_during_training(digits):
         assert (seen - x[32 * i:32 * (i + 1)]).abs().max() <= EPS + 1e-6
 
 
+class StateRecorder(pl.Callback):
+    """The module's state at the start of every training step (listed before the callback under test)."""
+
+    def __init__(self):
+        self.states = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.states[trainer.global_step] = state(pl_module)
+
+
+def flag_from_probe(monkeypatch, first_flagged, also=()):
+    """The collapse rule fires from its ``first_flagged``-th call (0-based) on, and at the calls in ``also``."""
+    calls = []
+
+    def rule(*args, **kwargs):
+        calls.append(1)
+        return "PGD accuracy collapsed (test)" if len(calls) > first_flagged or len(calls) - 1 in also else None
+
+    monkeypatch.setattr("mmrobust.callbacks.adversarial.catastrophic_overfitting", rule)
+
+
+@pytest.mark.parametrize("on_overfit", ["warn", "stop", "restore"])
+def test_fast_at_on_overfit_warns_stops_or_restores_the_last_healthy_weights(digits, monkeypatch, on_overfit):
+    """Probes at steps 0, 2, 4, ...; the third (step 4) is flagged. "stop" ends training after that step,
+    "restore" also puts back the weights of step 2's probe (Wong et al.'s early stopping), "warn" trains on."""
+    flag_from_probe(monkeypatch, 2)
+    module, recorder = UserModule(), StateRecorder()
+    cb = FastAdversarialTraining(LinfBall(EPS, lower=0, upper=1), probe_every_n_steps=2, probe_steps=2,
+                                 on_overfit=on_overfit, seed=0)
+    t = trainer(max_epochs=3, callbacks=[recorder, cb])
+    with pytest.warns(UserWarning, match="catastrophic overfitting at step 4"):
+        t.fit(module, loader(digits, n=192))
+    assert cb.overfitting_detected
+    if on_overfit == "warn":
+        assert t.global_step == 18 and cb.healthy_state is None
+        return
+    assert t.global_step == 5  # the flagged step itself still trains
+    final = state(module)
+    if on_overfit == "stop":
+        assert cb.healthy_state is None
+        assert any(not torch.equal(final[k], recorder.states[4][k]) for k in final)  # last weights kept
+        return
+    assert cb.healthy_step == 2
+    assert all(torch.equal(final[k], recorder.states[2][k]) for k in final)  # parameters and BN buffers
+    assert any(not torch.equal(final[k], recorder.states[4][k]) for k in final)
+
+
+def test_fast_at_restore_during_the_warmup_uses_the_last_probe_without_the_collapse_signature(digits, monkeypatch):
+    """Warm-up over the first epoch (6 steps): probes at steps 2 and 4 run at 1/3 and 2/3 of the budget and
+    cannot warn; step 4's shows the signature, so the copy stays at step 2; step 6 is judged and flagged."""
+    flag_from_probe(monkeypatch, 2, also=(1,))
+    module, recorder = UserModule(), StateRecorder()
+    cb = FastAdversarialTraining(LinfBall(EPS, lower=0, upper=1), probe_every_n_steps=2, probe_steps=2,
+                                 on_overfit="restore", warmup_epochs=1, seed=0)
+    t = trainer(max_epochs=3, callbacks=[recorder, cb])
+    with pytest.warns(UserWarning, match="at step 6: .* last healthy probe \\(step 2\\)"):
+        t.fit(module, loader(digits, n=192))
+    assert t.global_step == 7 and cb.healthy_step == 2
+    final = state(module)
+    assert all(torch.equal(final[k], recorder.states[2][k]) for k in final)
+
+
+def test_fast_at_restore_keeps_its_healthy_weights_in_the_checkpointed_state(digits, monkeypatch, tmp_path):
+    flag_from_probe(monkeypatch, 10)
+    module = UserModule()
+    cb = FastAdversarialTraining(LinfBall(EPS, lower=0, upper=1), probe_every_n_steps=2, probe_steps=2,
+                                 on_overfit="restore", seed=0)
+    trainer(callbacks=[cb]).fit(module, loader(digits))
+    assert cb.healthy_step == 2 and not cb.overfitting_detected
+    torch.save(cb.state_dict(), tmp_path / "cb.pt")
+    resumed = FastAdversarialTraining(LinfBall(EPS, lower=0, upper=1), on_overfit="restore", seed=1)
+    resumed.load_state_dict(torch.load(tmp_path / "cb.pt", weights_only=True))
+    assert resumed.healthy_step == 2
+    assert all(torch.equal(resumed.healthy_state[k], v) for k, v in cb.healthy_state.items())
+
+
+def test_fast_at_restore_without_a_healthy_probe_says_so(digits, monkeypatch):
+    flag_from_probe(monkeypatch, 0)
+    module = UserModule()
+    cb = FastAdversarialTraining(LinfBall(EPS, lower=0, upper=1), probe_every_n_steps=2, probe_steps=2,
+                                 on_overfit="restore", seed=0)
+    with pytest.warns(UserWarning, match="no healthy weights to restore"):
+        trainer(max_epochs=2, callbacks=[cb]).fit(module, loader(digits))
+    assert cb.healthy_state is None and cb.overfitting_detected
+    with pytest.raises(ValueError, match="on_overfit must be one of"):
+        FastAdversarialTraining(LinfBall(EPS), on_overfit="rewind")
+
+
 # -- RobustClassifier -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("objective, attack", [

@@ -21,7 +21,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from ..adapters.base import BatchAdapter, infer_adapter
 from ..attacks.base import Attack, attack_mode
 from ..attacks.pgd import FGSM, PGD
-from ..errors import check_finite_nonneg, check_fraction, check_int, check_positive
+from ..errors import check_choice, check_finite_nonneg, check_fraction, check_int, check_positive
 from ..threats.base import ThreatModel
 from ..utils import make_generator
 
@@ -237,11 +237,22 @@ class FastAdversarialTraining(AdversarialTraining):
     rank-zero warning is raised the first time the rule of :func:`catastrophic_overfitting` fires;
     ``overfitting_detected`` then stays true (and is part of the checkpointed state). During the eps
     warm-up the probe is logged but not judged: with a growing budget PGD accuracy falls and FGSM lags
-    behind on a healthy model too, so both rules would fire falsely. The check warns; it does not stop
-    training. To keep the weights from before a collapse (Wong et al.'s early stopping), select the
-    checkpoint by robust accuracy: :class:`~mmrobust.callbacks.RobustnessEvaluation` logs ``val/robust_acc`` for
-    Lightning's ``ModelCheckpoint(monitor="val/robust_acc", mode="max")``. The paper's cyclic learning
-    rate is ``RobustClassifier(..., scheduler="cyclic")``.
+    behind on a healthy model too, so both rules would fire falsely.
+
+    What happens on a collapse is ``on_overfit``'s choice: ``"warn"`` (default) keeps training;
+    ``"stop"`` asks the Trainer to stop after the current step; ``"restore"`` also stops and, when
+    training ends, loads the module's weights (parameters and buffers) from the last healthy probe --
+    Wong et al.'s early stopping, which keeps the weights from before a PGD-accuracy drop (their code
+    checks once per epoch; here every ``probe_every_n_steps`` steps, so at most that many steps are
+    lost). Healthy means the rule did not fire; during the warm-up, where only the PGD-vs-FGSM rule is
+    meaningful, that rule alone decides, at the probe's own budget, so a collapse during the warm-up
+    rewinds to weights trained at a smaller budget. The healthy copy lives on the CPU and in the
+    callback's checkpointed state. If no probe was healthy before the collapse, nothing is restored (a
+    warning says so); selecting checkpoints by robust accuracy (:class:`~mmrobust.callbacks.RobustnessEvaluation`
+    logs ``val/robust_acc`` for ``ModelCheckpoint(monitor="val/robust_acc", mode="max")``) covers that
+    case too. Under DDP a collapse seen on any process counts on all, so every process stops and restores
+    the same weights. Optimizer and scheduler states are not rewound. The paper's cyclic learning rate
+    is ``RobustClassifier(..., scheduler="cyclic")``.
 
     Args:
         threat: the budget (e.g. ``LinfBall(0.3, lower=0, upper=1)``).
@@ -250,13 +261,14 @@ class FastAdversarialTraining(AdversarialTraining):
         probe_steps: PGD steps of the probe.
         co_threshold / max_drop / min_fgsm_acc: the warning rule, see :func:`catastrophic_overfitting`;
             it warns once (the first time it fires) and sets ``overfitting_detected``.
+        on_overfit: ``"warn"``, ``"stop"`` or ``"restore"`` (see above).
         seed: seeds the FGSM random starts, the probe's random starts and the unit draws.
         Other keyword arguments go to :class:`AdversarialTraining`.
     """
 
     def __init__(self, threat, *, step_size: float = 1.25, probe_every_n_steps: int = 50, probe_steps: int = 10,
-                 co_threshold: float = 0.5, max_drop: float = 0.2, min_fgsm_acc: float = 0.2, seed: int = 0,
-                 **kwargs):
+                 co_threshold: float = 0.5, max_drop: float = 0.2, min_fgsm_acc: float = 0.2,
+                 on_overfit: str = "warn", seed: int = 0, **kwargs):
         attack = FGSM(threat, step_size=check_positive("step_size", step_size), random_start=True, seed=seed,
                       adapter=kwargs.get("adapter"))
         super().__init__(attack, seed=seed, **kwargs)
@@ -266,14 +278,20 @@ class FastAdversarialTraining(AdversarialTraining):
         self.co_threshold = check_fraction("co_threshold", co_threshold)
         self.max_drop = check_fraction("max_drop", max_drop)
         self.min_fgsm_acc = check_fraction("min_fgsm_acc", min_fgsm_acc)
+        self.on_overfit = check_choice("on_overfit", on_overfit, ("warn", "stop", "restore"))
         self.best_probe_acc = -1.0
         self.overfitting_detected = False
         self.last_probe: Optional[Dict[str, float]] = None
+        #: with ``on_overfit="restore"``: the module's state at the last healthy judged probe (CPU copies)
+        self.healthy_state: Optional[Dict[str, torch.Tensor]] = None
+        #: the training step (``steps_seen``) of that probe
+        self.healthy_step: Optional[int] = None
 
     def state_dict(self) -> Dict[str, Any]:
         state = super().state_dict()
         state.update(probe=self.probe.state_dict(), best_probe_acc=self.best_probe_acc,
-                     overfitting_detected=self.overfitting_detected)
+                     overfitting_detected=self.overfitting_detected, healthy_state=self.healthy_state,
+                     healthy_step=self.healthy_step)
         return state
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
@@ -281,6 +299,8 @@ class FastAdversarialTraining(AdversarialTraining):
         self.probe.load_state_dict(state_dict["probe"])
         self.best_probe_acc = float(state_dict["best_probe_acc"])
         self.overfitting_detected = bool(state_dict["overfitting_detected"])
+        self.healthy_state = state_dict.get("healthy_state")
+        self.healthy_step = state_dict.get("healthy_step")
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if (self.probe_every_n_steps and trainer.current_epoch >= self.start_epoch
@@ -292,7 +312,8 @@ class FastAdversarialTraining(AdversarialTraining):
 
     def run_probe(self, pl_module: "pl.LightningModule", batch: Any, budget_factor: float = 1.0) -> Optional[str]:
         """PGD and FGSM accuracy on the clean ``batch`` at ``budget_factor`` x the budget; logs them, keeps
-        them in ``last_probe`` and, at the full budget, warns on catastrophic overfitting."""
+        them in ``last_probe``, at the full budget warns on catastrophic overfitting (returning the reason),
+        and with ``on_overfit="restore"`` keeps a copy of healthy weights."""
         budget_factor = check_fraction("budget_factor", budget_factor, open_low=True)
         device = pl_module.device
         fgsm_attack = self._attack_at(budget_factor, device)
@@ -302,16 +323,51 @@ class FastAdversarialTraining(AdversarialTraining):
         pgd_acc = pgd.adv_correct.float().mean().item()
         fgsm_acc = fgsm.adv_correct.float().mean().item()
         self.last_probe = {"pgd_acc": pgd_acc, "fgsm_acc": fgsm_acc, "budget_factor": budget_factor}
-        if getattr(pl_module, "_trainer", None) is not None:  # also usable by hand, outside a Trainer
+        trainer = getattr(pl_module, "_trainer", None)  # None: called by hand, outside a Trainer
+        if trainer is not None:
             pl_module.log("train/pgd_probe_acc", pgd_acc, on_step=True, on_epoch=False)
             pl_module.log("train/fgsm_probe_acc", fgsm_acc, on_step=True, on_epoch=False)
-        if budget_factor < 1.0:
-            return None
-        reason = catastrophic_overfitting(pgd_acc, fgsm_acc, self.best_probe_acc, co_threshold=self.co_threshold,
-                                          max_drop=self.max_drop, min_fgsm_acc=self.min_fgsm_acc)
+        judged = budget_factor >= 1.0
+        # During the warm-up the budget grows: a drop from the best accuracy means nothing there, and the
+        # PGD-vs-FGSM rule can misfire (FGSM lags behind on a model not yet robust). Such probes never
+        # warn; they only decide whether the weights may serve as the healthy copy.
+        reason = catastrophic_overfitting(pgd_acc, fgsm_acc, self.best_probe_acc if judged else -1.0,
+                                          co_threshold=self.co_threshold, max_drop=self.max_drop,
+                                          min_fgsm_acc=self.min_fgsm_acc)
+        if trainer is not None and trainer.world_size > 1:  # any process's flag counts on all of them
+            flagged = trainer.strategy.reduce_boolean_decision(reason is not None, all=False)
+            if flagged and reason is None:
+                reason = "flagged by the probe of another process"
+        if judged:
+            self._judge(trainer, pgd_acc, reason)
+        if reason is None and not self.overfitting_detected and self.on_overfit == "restore":
+            self.healthy_state = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()}
+            self.healthy_step = self.steps_seen
+        return reason if judged else None
+
+    def _judge(self, trainer: Optional["pl.Trainer"], pgd_acc: float, reason: Optional[str]) -> None:
         self.best_probe_acc = max(self.best_probe_acc, pgd_acc)
-        if reason is not None and not self.overfitting_detected:  # warn once; the logged probe shows the rest
+        if reason is not None and not self.overfitting_detected:  # once; the logged probe shows the rest
+            action = {"warn": "Consider a smaller step_size, early stopping (on_overfit='restore') or PGD "
+                              "training.",
+                      "stop": "Stopping training (on_overfit='stop').",
+                      "restore": "Stopping training (on_overfit='restore'); " + (
+                          "no probe before was healthy, so there are no weights to restore."
+                          if self.healthy_step is None else
+                          f"the weights of the last healthy probe (step {self.healthy_step}) are restored when "
+                          "it ends.")}
             rank_zero_warn(f"FastAdversarialTraining: possible catastrophic overfitting at step {self.steps_seen}: "
-                           f"{reason}. Consider a smaller step_size, early stopping, or PGD training.")
+                           f"{reason}. {action[self.on_overfit]}")
+            if trainer is not None and self.on_overfit != "warn":
+                trainer.should_stop = True
         self.overfitting_detected = self.overfitting_detected or reason is not None
-        return reason
+
+    def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        if self.on_overfit != "restore" or not self.overfitting_detected:
+            return
+        if self.healthy_state is None:
+            rank_zero_warn("FastAdversarialTraining(on_overfit='restore'): no probe was healthy before the "
+                           "collapse, so there are no healthy weights to restore; the module keeps its last "
+                           "weights (probe more often, or select checkpoints by val/robust_acc)")
+            return
+        pl_module.load_state_dict(self.healthy_state)
