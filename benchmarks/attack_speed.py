@@ -8,6 +8,9 @@ leave the working batch once adversarial: the same steps per example, less work)
 
     python benchmarks/attack_speed.py --batch 256 --steps 10 --rounds 7 --eps 0.1 0.3
 
+``--keep-freed-memory`` tunes glibc's allocator for the whole process (see
+:func:`benchmarks.common.keep_freed_memory_in_process`): every library gets faster alike, the ratios stay.
+
 The last column counts the model's work per example (forward+backward pairs): on a CPU the time is the
 model's, so speed ratios follow work ratios. torchattacks does ``steps`` pairs; a full AttackResult adds
 a clean and a final evaluation forward (``steps + 1``); ``early_stop`` drops each example once it is
@@ -24,7 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import interleaved_medians, markdown_table, mnist_cnn, mnist_tensors  # noqa: E402
+from benchmarks.common import (interleaved_medians, keep_freed_memory_in_process, markdown_table, mnist_cnn,  # noqa: E402
+                               mnist_tensors)
 from mmrobust.attacks import PGD  # noqa: E402
 from mmrobust.threats import LinfBall  # noqa: E402
 
@@ -54,8 +58,13 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--train-limit", type=int, default=None)
+    ap.add_argument("--keep-freed-memory", action="store_true",
+                    help="keep freed memory in the process (glibc mallopt) for all libraries alike")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    allocator = "glibc defaults"
+    if args.keep_freed_memory:
+        allocator = "freed memory kept (mallopt)" if keep_freed_memory_in_process() else "glibc defaults (mallopt n/a)"
 
     import torchattacks
     from art.attacks.evasion import ProjectedGradientDescent
@@ -87,7 +96,7 @@ def main():
         work = {k: (2 * g + n) / 2 / args.batch for k, (g, n) in passes.items()}
         rows = [(k, args.batch / s, s, ta_s / s, art_s / s, work[k]) for k, s in med.items()]
         print(f"\nPGD L-inf eps={eps}, {args.steps} steps, batch {args.batch} MNIST images, SmallCNN, CPU, "
-              f"{args.threads} threads, median of {args.rounds} interleaved rounds\n")
+              f"{args.threads} threads, allocator: {allocator}, median of {args.rounds} interleaved rounds\n")
         print(markdown_table(["library", "examples / s", "seconds / batch", "speed vs torchattacks",
                               "speed vs ART", "model passes / example"], rows))
         robust = {name: float(r.robust.float().mean()) for name, r in

@@ -102,6 +102,29 @@ def loader_accuracy(model: nn.Module, loader) -> float:
     return hits / n
 
 
+def keep_freed_memory_in_process() -> bool:
+    """Stop glibc from handing freed tensor memory back to the OS after every step; True if applied.
+
+    With glibc's defaults a CPU attack or training step page-faults its activations in afresh each time
+    (tensors of a few MB are mmap'ed, or the heap top is trimmed, on every free). Raising the mmap
+    threshold to its 32 MiB ceiling and the trim threshold to 1 GiB keeps that memory for reuse: the same
+    effect as ``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824`` in the environment or an
+    ``LD_PRELOAD``-ed jemalloc/tcmalloc. It is process-wide, so every library in a side-by-side run gains
+    alike; call it before the first large allocation.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):  # not glibc (macOS, Windows, musl without mallopt)
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    return bool(mallopt(m_mmap_threshold, 32 * 1024 * 1024)) and bool(mallopt(m_trim_threshold, 1 << 30))
+
+
 def interleaved_medians(runs: Dict[str, Callable[[], object]], rounds: int) -> Dict[str, float]:
     """Median seconds per call of each of ``runs``; every round calls each once, in turn, so background
     load hits all alike. Warm up before calling this."""

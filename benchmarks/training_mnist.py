@@ -56,8 +56,10 @@ def fit(name, module, callbacks, loader, args):
                          deterministic=True)
     start = time.perf_counter()
     trainer.fit(module, loader)
-    per_epoch = (time.perf_counter() - start) / args.epochs
-    print(f"[{name}] trained, {per_epoch:.1f} s/epoch", flush=True)
+    # epochs actually run: early stopping (fast AT's on_overfit) may end training before max_epochs
+    epochs = trainer.global_step / max(1, trainer.num_training_batches)
+    per_epoch = (time.perf_counter() - start) / max(epochs, 1e-9)
+    print(f"[{name}] trained {epochs:.2f} epochs, {per_epoch:.1f} s/epoch", flush=True)
     return module.model.eval(), per_epoch
 
 
@@ -176,6 +178,11 @@ def main():
         "fast_at": lambda: (RobustClassifier(make_model(args), **cyclic),
                             [FastAdversarialTraining(threat, seed=args.seed, warmup_epochs=args.warmup,
                                                      probe_every_n_steps=20)]),
+        # the paper's setting with Wong et al.'s early stopping: stop at the collapse, rewind to the last
+        # healthy probe
+        "fast_at_restore": lambda: (RobustClassifier(make_model(args), **cyclic),
+                                    [FastAdversarialTraining(threat, seed=args.seed, warmup_epochs=args.warmup,
+                                                             probe_every_n_steps=20, on_overfit="restore")]),
         # a smaller FGSM step, which catastrophic overfitting hits less on this model
         "fast_at_075": lambda: (RobustClassifier(make_model(args), **cyclic),
                                 [FastAdversarialTraining(threat, step_size=0.75, seed=args.seed,

@@ -213,7 +213,9 @@ def catastrophic_overfitting(pgd_acc: float, fgsm_acc: float, best_pgd_acc: floa
     collapsing while FGSM accuracy stays high.  It is flagged when, on the probe batch,
 
     * ``pgd_acc < co_threshold * fgsm_acc`` while ``fgsm_acc >= min_fgsm_acc`` (PGD finds far more errors
-      than the training attack; the floor keeps the first steps, where both accuracies are near 0, quiet), or
+      than the training attack, whose accuracy stays high in a collapse; the floor keeps early training
+      quiet, where a model not yet robust shows e.g. FGSM 0.2-0.3 and PGD below half of it -- measured
+      on MNIST, and enough to stop a run with ``on_overfit="restore"`` at its 40th step), or
     * ``pgd_acc < best_pgd_acc - max_drop`` (PGD accuracy fell more than ``max_drop`` below its best;
       Wong et al.'s early stopping uses a drop of 0.2 on a training minibatch).
     """
@@ -259,15 +261,16 @@ class FastAdversarialTraining(AdversarialTraining):
         step_size: FGSM step as a fraction of the radius (1.25 in the paper).
         probe_every_n_steps: steps between probes (0 disables the probe).
         probe_steps: PGD steps of the probe.
-        co_threshold / max_drop / min_fgsm_acc: the warning rule, see :func:`catastrophic_overfitting`;
-            it warns once (the first time it fires) and sets ``overfitting_detected``.
+        co_threshold / max_drop / min_fgsm_acc: the collapse rule, see :func:`catastrophic_overfitting`;
+            it warns once (the first time it fires) and sets ``overfitting_detected``. ``co_threshold=0``
+            leaves only Wong et al.'s drop rule.
         on_overfit: ``"warn"``, ``"stop"`` or ``"restore"`` (see above).
         seed: seeds the FGSM random starts, the probe's random starts and the unit draws.
         Other keyword arguments go to :class:`AdversarialTraining`.
     """
 
     def __init__(self, threat, *, step_size: float = 1.25, probe_every_n_steps: int = 50, probe_steps: int = 10,
-                 co_threshold: float = 0.5, max_drop: float = 0.2, min_fgsm_acc: float = 0.2,
+                 co_threshold: float = 0.5, max_drop: float = 0.2, min_fgsm_acc: float = 0.5,
                  on_overfit: str = "warn", seed: int = 0, **kwargs):
         attack = FGSM(threat, step_size=check_positive("step_size", step_size), random_start=True, seed=seed,
                       adapter=kwargs.get("adapter"))
