@@ -305,6 +305,24 @@ def test_fast_at_restore_during_the_warmup_uses_the_last_probe_without_the_colla
     assert all(torch.equal(final[k], recorder.states[2][k]) for k in final)
 
 
+def test_fast_at_restore_refuses_weights_of_another_structure(digits, monkeypatch):
+    """State entries added after the healthy probe (here a buffer registered at step 3): warn, keep the weights.
+    (mmrobust's own Pruning/Quantization register theirs at setup, so their masks rewind with the weights.)"""
+
+    class AddsBuffer(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 3:
+                pl_module.register_buffer("late", torch.zeros(1))
+
+    flag_from_probe(monkeypatch, 2)
+    module = UserModule()
+    cb = FastAdversarialTraining(LinfBall(EPS, lower=0, upper=1), probe_every_n_steps=2, probe_steps=2,
+                                 on_overfit="restore", seed=0)
+    with pytest.warns(UserWarning, match="changed shape since the healthy probe at step 2"):
+        trainer(max_epochs=2, callbacks=[cb, AddsBuffer()]).fit(module, loader(digits))
+    assert "late" in module.state_dict()
+
+
 def test_fast_at_restore_keeps_its_healthy_weights_in_the_checkpointed_state(digits, monkeypatch, tmp_path):
     flag_from_probe(monkeypatch, 10)
     module = UserModule()

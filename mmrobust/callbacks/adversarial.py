@@ -249,7 +249,9 @@ class FastAdversarialTraining(AdversarialTraining):
     lost). Healthy means the rule did not fire; during the warm-up, where only the PGD-vs-FGSM rule is
     meaningful, that rule alone decides, at the probe's own budget, so a collapse during the warm-up
     rewinds to weights trained at a smaller budget. The healthy copy lives on the CPU and in the
-    callback's checkpointed state. If no probe was healthy before the collapse, nothing is restored (a
+    callback's checkpointed state; what other callbacks keep in the module's state (pruning masks,
+    quantiser ranges) rewinds with it, and if the state's entries changed since, nothing is restored
+    (a warning says so). If no probe was healthy before the collapse, nothing is restored (a
     warning says so); selecting checkpoints by robust accuracy (:class:`~mmrobust.callbacks.RobustnessEvaluation`
     logs ``val/robust_acc`` for ``ModelCheckpoint(monitor="val/robust_acc", mode="max")``) covers that
     case too. Under DDP a collapse seen on any process counts on all, so every process stops and restores
@@ -372,5 +374,11 @@ class FastAdversarialTraining(AdversarialTraining):
             rank_zero_warn("FastAdversarialTraining(on_overfit='restore'): no probe was healthy before the "
                            "collapse, so there are no healthy weights to restore; the module keeps its last "
                            "weights (probe more often, or select checkpoints by val/robust_acc)")
+            return
+        changed = set(self.healthy_state) ^ set(pl_module.state_dict())
+        if changed:  # e.g. pruning or quantization parametrisations registered after the healthy probe
+            rank_zero_warn("FastAdversarialTraining(on_overfit='restore'): the module's state changed shape since "
+                           f"the healthy probe at step {self.healthy_step} (entries {sorted(changed)[:4]} differ), "
+                           "so the weights are not restored")
             return
         pl_module.load_state_dict(self.healthy_state)
