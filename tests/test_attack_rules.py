@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from mmrobust import PGD, L2Ball, LinfBall
+from mmrobust.attacks import APGD, APGDT
 from mmrobust.adapters import TensorAdapter
 from mmrobust.errors import NonFiniteError
 
@@ -161,3 +162,35 @@ def test_early_stopping_changes_work_not_results(digits, digits_cnn):
     close = (full.inputs["image"][both] - early.inputs["image"][both]).flatten(1).abs().amax(1) < 1e-5
     assert close.float().mean() > 0.95
     assert bool((early.logits.argmax(1) != yt)[~early.robust & early.clean_correct].all())
+
+
+@pytest.mark.parametrize("make", [
+    lambda t: APGD(t, steps=8, restarts=2, seed=0),
+    lambda t: APGDT(t, steps=8, n_target_classes=3, seed=0),
+], ids=["apgd-2-restarts", "apgd-t-3-targets"])
+def test_apgd_early_stopping_changes_work_not_results(digits, digits_cnn, make):
+    """Later restarts / target classes run only on units still robust, as the reference implementation does."""
+    _, _, xt, yt = digits
+    threat = LinfBall(0.1, lower=0, upper=1)
+    seen = []
+    hook = digits_cnn.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+    try:
+        full = make(threat)(digits_cnn, (xt, yt))
+        work_full, seen[:] = sum(seen), []
+        attack = make(threat)
+        attack.early_stop = True
+        early = attack(digits_cnn, (xt, yt))
+        work_early = sum(seen)
+    finally:
+        hook.remove()
+    assert int((full.robust != early.robust).sum()) <= 2
+    assert 0.1 < early.robust.float().mean() < 0.9  # neither run is trivial
+    assert work_early < 0.85 * work_full
+    broken = ~early.robust & early.clean_correct
+    assert bool((early.logits.argmax(1) != yt)[broken].all())  # the returned points are adversarial
+    assert bool((early.logits == digits_cnn(early.inputs["image"]).detach()).all() or
+                torch.allclose(early.logits, digits_cnn(early.inputs["image"]).detach(), atol=1e-5))
+    # units wrong on the clean input are not attacked: their returned point is the clean input
+    wrong = ~early.clean_correct
+    assert bool(wrong.any()) and float(early.size["image"][wrong].abs().max()) == 0.0
+    assert (early.inputs["image"] - xt).abs().amax() <= 0.1 + 1e-6

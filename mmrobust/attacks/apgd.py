@@ -11,7 +11,7 @@ from torch import Tensor
 from ..errors import check_fraction, check_int, check_positive
 from ..threats.base import ThreatModel, per_unit
 from .base import Attack, Threat, apply_masks
-from .pgd import input_gradients
+from .pgd import input_gradients, restrict
 
 
 def apgd_checkpoints(steps: int) -> List[int]:
@@ -51,6 +51,21 @@ class BestPoint:
         out_better = victim.per_output(better)[:, None]
         self.logits = logits if self.logits is None else torch.where(out_better, logits, self.logits)
 
+    def take(self, units: Tensor) -> "BestPoint":
+        """The best points of ``units`` (one output per unit), to continue on a smaller batch."""
+        part = object.__new__(BestPoint)
+        part.delta = {k: d[units] for k, d in self.delta.items()}
+        part.succ, part.loss = self.succ[units], self.loss[units]
+        part.logits = None if self.logits is None else self.logits[units]
+        return part
+
+    def put(self, units: Tensor, part: "BestPoint") -> None:
+        """Write back what :meth:`take` handed out, after a run on those units."""
+        for k in self.delta:
+            self.delta[k][units] = part.delta[k]
+        self.succ[units], self.loss[units] = part.succ, part.loss
+        self.logits[units] = part.logits
+
 
 class APGD(Attack):
     """Auto-PGD (Croce & Hein 2020, "Reliable evaluation of adversarial robustness with an ensemble of
@@ -79,14 +94,24 @@ class APGD(Attack):
         momentum: :math:`\\alpha` above.
         initial_step: :math:`\\eta^0` as a multiple of the budget radius (default 2; 1 for L1 balls).
         random_start: start each restart at a random point of the ball (else at the clean input).
+        early_stop: when evaluating (``attack(model, batch)``), give each restart (and, for
+            :class:`APGDT`, each target class) only the units not yet adversarial, and skip units already
+            misclassified on the clean input -- what the reference implementation (and torchattacks') does.
+            Robust accuracy is that of the full attack; the loss and confidence returned for a broken unit
+            are those of the run that first broke it, not the highest over all runs, so leave it off when a
+            metric reads them. :func:`mmrobust.evaluate` turns it on for its private copies. Each run itself
+            always takes all its iterations (APGD's step-size schedule is per run).
     """
 
     name = "apgd"
+    #: whether ``early_stop`` may be switched on (see :class:`~mmrobust.attacks.PGD`)
+    can_stop_early = True
 
     def __init__(self, threat: Threat, *, steps: int = 100, restarts: int = 1, loss="ce", rho: float = 0.75,
                  momentum: float = 0.75, initial_step: Optional[float] = None, random_start: bool = True,
-                 **kwargs):
+                 early_stop: bool = False, **kwargs):
         super().__init__(threat, loss=loss, **kwargs)
+        self.early_stop = bool(early_stop)
         self.steps = check_int("steps", steps, 1)
         self.restarts = check_int("restarts", restarts, 1)
         self.rho = check_fraction("rho", rho)
@@ -104,32 +129,74 @@ class APGD(Attack):
 
     def perturb(self, victim, threats, target_labels, clean_logits):
         x = victim.inputs
-        device = next(iter(x.values())).device
-        best = BestPoint(x, threats, victim.num_units, device)
-        last_max = None
+        if clean_logits is None:  # generate(): x_max of the last restart
+            for _ in range(self.restarts):
+                last_max = self.run_once(victim, threats, target_labels, None)
+            return {k: x[k] + last_max[k] if k in last_max else x[k] for k in x}
+        best = self.start_best(victim, threats, target_labels, clean_logits)
         for _ in range(self.restarts):
-            last_max = self.run_once(victim, threats, target_labels, best if clean_logits is not None else None)
-        if clean_logits is None:
-            chosen = last_max
-        else:
-            chosen = best.delta
-        adv = {k: x[k] + chosen[k] if k in chosen else x[k] for k in x}
-        return (adv, best.logits) if clean_logits is not None else adv
+            if not self.run_on_remaining(victim, threats, target_labels, best):
+                break
+        adv = {k: x[k] + best.delta[k] if k in best.delta else x[k] for k in x}
+        return adv, best.logits
+
+    def stops_early(self, victim) -> bool:
+        return self.early_stop and victim.deterministic and victim.unit is None and victim.select is not None
+
+    def start_best(self, victim, threats, target_labels, clean_logits) -> BestPoint:
+        """An empty best point; with early stopping, units successful at the clean input count as done."""
+        x = victim.inputs
+        best = BestPoint(x, threats, victim.num_units, next(iter(x.values())).device)
+        if self.stops_early(victim):
+            succ, uloss = self.unit_scores(victim, clean_logits, self.output_loss(clean_logits, victim, target_labels),
+                                           target_labels)
+            done = succ >= 1
+            best.succ = torch.where(done, succ, best.succ)
+            best.loss = torch.where(done, uloss, best.loss)
+            best.logits = clean_logits.clone()  # replaced for every other unit by its first iterate
+        return best
+
+    def run_on_remaining(self, victim, threats, target_labels, best: BestPoint) -> bool:
+        """One run on the units ``best`` does not yet count as adversarial (all units without early
+        stopping); ``False`` when none is left."""
+        if not self.stops_early(victim):
+            self.run_once(victim, threats, target_labels, best)
+            return True
+        active = (best.succ < 1).nonzero().squeeze(1)
+        if active.numel() == 0:
+            return False
+        work, labels, wthreats = restrict(victim, active, target_labels, threats)
+        if work is victim:
+            self.run_once(victim, threats, target_labels, best)
+            return True
+        # the start is drawn for the whole batch, as without early stopping, so every unit starts from
+        # the same random point either way and only the work differs
+        start = {k: d[active] for k, d in self.initial_delta(victim, threats).items()}
+        part = best.take(active)
+        self.run_once(work, wthreats, labels, part, start=start)
+        best.put(active, part)
+        return True
 
     def unit_scores(self, victim, logits, loss, target_labels):
         succ = victim.per_unit(self.is_success(logits, victim, target_labels).float())
         return succ, victim.per_unit(loss)
 
-    def run_once(self, victim, threats, target_labels, best: Optional[BestPoint]) -> Dict[str, Tensor]:
-        """One APGD run (Algorithm 1); updates ``best`` and returns :math:`x_{max} - x`."""
+    def initial_delta(self, victim, threats) -> Dict[str, Tensor]:
+        """The starting perturbation of a run: random in the ball, or zero."""
+        x = victim.inputs
+        if self.random_start:
+            gen = self.generator(next(iter(x.values())).device)
+            return {k: t.random_init(x[k], gen) for k, t in threats.items()}
+        return {k: torch.zeros_like(x[k]) for k in threats}
+
+    def run_once(self, victim, threats, target_labels, best: Optional[BestPoint],
+                 start: Optional[Dict[str, Tensor]] = None) -> Dict[str, Tensor]:
+        """One APGD run (Algorithm 1) from ``start`` (default :meth:`initial_delta`); updates ``best`` and
+        returns :math:`x_{max} - x`."""
         x = victim.inputs
         device = next(iter(x.values())).device
-        gen = self.generator(device)
         radius = {k: t.radius(x[k]) for k, t in threats.items()}
-        if self.random_start:
-            delta = {k: t.random_init(x[k], gen) for k, t in threats.items()}
-        else:
-            delta = {k: torch.zeros_like(x[k]) for k in threats}
+        delta = self.initial_delta(victim, threats) if start is None else start
         delta = _project(apply_masks(delta, victim), threats, x)
 
         def step(d, grad, eta):
@@ -235,15 +302,15 @@ class APGDT(APGD):
         if self._explicit_targets or clean_logits is None:
             return super().perturb(victim, threats, target_labels, clean_logits)
         x = victim.inputs
-        device = next(iter(x.values())).device
         n_classes = clean_logits.shape[1]
         ranked = clean_logits.masked_fill(
             torch.nn.functional.one_hot(victim.target, n_classes).bool(), float("-inf")).argsort(1, descending=True)
-        best = BestPoint(x, threats, victim.num_units, device)
+        best = self.start_best(victim, threats, ranked[:, 0], clean_logits)
         for rank in range(min(self.n_target_classes, n_classes - 1)):
             targets = ranked[:, rank]
             for _ in range(self.restarts):
-                self.run_once(victim, threats, targets, best)
+                if not self.run_on_remaining(victim, threats, targets, best):
+                    break
         adv = {k: x[k] + best.delta[k] if k in best.delta else x[k] for k in x}
         return adv, best.logits
 
