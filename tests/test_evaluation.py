@@ -250,3 +250,14 @@ def test_callback_feeds_result_metrics_such_as_boundary_distance(tmp_path, digit
         RobustnessEvaluation({"fmn": fmn}, result_metrics={"b": ("pgd", BoundaryDistance())})
     with pytest.raises(TypeError, match="must be a pair"):
         RobustnessEvaluation({"fmn": fmn}, result_metrics={"b": BoundaryDistance()})
+
+
+def test_callback_stops_early_except_for_attacks_feeding_result_metrics(digits):
+    from mmrobust.metrics import ConfidenceThresholdedError
+
+    mine = pgd()
+    callback = RobustnessEvaluation({"fast": mine, "read": pgd()},
+                                    result_metrics={"conf": ("read", ConfidenceThresholdedError())})
+    assert callback.attacks["fast"].early_stop and not callback.attacks["read"].early_stop
+    assert mine.early_stop is False  # the user's attack is untouched
+    assert not RobustnessEvaluation({"pgd": pgd()}, early_stop=False).attacks["pgd"].early_stop

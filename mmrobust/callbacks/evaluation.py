@@ -45,6 +45,10 @@ class RobustnessEvaluation(Callback):
         stages: any of ``"validate"``, ``"test"``.
         adapter: how to read batches, for attacks that have none.
         prefix: prepended to the logged keys, e.g. ``"adv_"`` -> ``adv_val/robust_acc``.
+        early_stop: as in :func:`mmrobust.evaluate`: attacks that can (``can_stop_early``) drop each output
+            from their work once it is adversarial -- the accuracies are those of the full attacks at less
+            cost. Attacks whose results feed ``result_metrics`` keep their own setting, since such metrics
+            may read losses or confidences. The user's attack objects are not changed.
 
     If the LightningModule logs the same key itself (e.g. ``val/clean_acc``), Lightning keeps the
     callback's value, computed over the attacked batches only; set ``prefix`` to keep both.
@@ -61,7 +65,8 @@ class RobustnessEvaluation(Callback):
 
     def __init__(self, attacks: Attacks, *, every_n_epochs: int = 1, max_batches: Optional[int] = None,
                  stages: Sequence[str] = STAGES, adapter: Optional[BatchAdapter] = None,
-                 prefix: Optional[str] = None, result_metrics: Optional[Mapping[str, Tuple[str, Metric]]] = None):
+                 prefix: Optional[str] = None, result_metrics: Optional[Mapping[str, Tuple[str, Metric]]] = None,
+                 early_stop: bool = True):
         super().__init__()
         self.attacks = named_attacks(attacks, adapter)
         self.result_metrics: Dict[str, Tuple[str, Metric]] = {}
@@ -73,6 +78,11 @@ class RobustnessEvaluation(Callback):
                 raise KeyError(f"result_metrics[{log_name!r}] names attack {entry[0]!r}; the attacks are "
                                f"{sorted(self.attacks)}")
             self.result_metrics[log_name] = (entry[0], entry[1])
+        if early_stop:  # private copies (named_attacks); the ones feeding result metrics keep their setting
+            read_in_full = {attack_name for attack_name, _ in self.result_metrics.values()}
+            for name, attack in self.attacks.items():
+                if name not in read_in_full and getattr(attack, "can_stop_early", False):
+                    attack.early_stop = True
         self._extra: Dict[Tuple[str, int], Dict[str, Metric]] = {}
         self.every_n_epochs = check_int("every_n_epochs", every_n_epochs, 1)
         self.max_batches = None if max_batches is None else check_int("max_batches", max_batches, 1)
