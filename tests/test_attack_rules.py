@@ -165,11 +165,13 @@ def test_early_stopping_changes_work_not_results(digits, digits_cnn):
 
 
 @pytest.mark.parametrize("make", [
+    lambda t: APGD(t, steps=10, seed=0),
     lambda t: APGD(t, steps=8, restarts=2, seed=0),
     lambda t: APGDT(t, steps=8, n_target_classes=3, seed=0),
-], ids=["apgd-2-restarts", "apgd-t-3-targets"])
+], ids=["apgd-1-run", "apgd-2-restarts", "apgd-t-3-targets"])
 def test_apgd_early_stopping_changes_work_not_results(digits, digits_cnn, make):
-    """Later restarts / target classes run only on units still robust, as the reference implementation does."""
+    """Units leave a run once adversarial, and later restarts / target classes run only on units still
+    robust (the reference implementation does the latter); the other units' runs are unchanged."""
     _, _, xt, yt = digits
     threat = LinfBall(0.1, lower=0, upper=1)
     seen = []

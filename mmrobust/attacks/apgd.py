@@ -40,7 +40,17 @@ class BestPoint:
         self.loss = torch.full((num_units,), float("-inf"), device=device)
         self.logits: Optional[Tensor] = None
 
-    def update(self, victim, delta, logits, succ_units: Tensor, loss_units: Tensor) -> None:
+    def update(self, victim, delta, logits, succ_units: Tensor, loss_units: Tensor,
+               at: Optional[Tensor] = None) -> None:
+        """Keep the better of the stored and the given points; ``at``: the units the given values belong
+        to when a run works on a subset (one output per unit)."""
+        if at is not None:
+            better = (succ_units > self.succ[at]) | ((succ_units == self.succ[at]) & (loss_units > self.loss[at]))
+            sel = at[better]
+            self.succ[sel], self.loss[sel], self.logits[sel] = succ_units[better], loss_units[better], logits[better]
+            for k in self.delta:
+                self.delta[k][sel] = delta[k][better]
+            return
         better = (succ_units > self.succ) | ((succ_units == self.succ) & (loss_units > self.loss))
         if not bool(better.any()):
             return
@@ -192,12 +202,19 @@ class APGD(Attack):
     def run_once(self, victim, threats, target_labels, best: Optional[BestPoint],
                  start: Optional[Dict[str, Tensor]] = None) -> Dict[str, Tensor]:
         """One APGD run (Algorithm 1) from ``start`` (default :meth:`initial_delta`); updates ``best`` and
-        returns :math:`x_{max} - x`."""
+        returns :math:`x_{max} - x`.
+
+        With early stopping a unit leaves the run at the first iterate that is adversarial (its step size,
+        momentum and checkpoint state are per unit, so the others go on exactly as before)."""
         x = victim.inputs
         device = next(iter(x.values())).device
         radius = {k: t.radius(x[k]) for k, t in threats.items()}
         delta = self.initial_delta(victim, threats) if start is None else start
         delta = _project(apply_masks(delta, victim), threats, x)
+        early = best is not None and self.stops_early(victim)
+        base, base_threats, base_labels = victim, threats, target_labels
+        at: Optional[Tensor] = None  # the units still in the run, as positions in ``base`` (None: all)
+        max_full: Optional[Dict[str, Tensor]] = None  # x_max - x of the units that left
 
         def step(d, grad, eta):
             moved = {k: threats[k].step(d[k], grad[k], radius[k] * eta) for k in threats}
@@ -208,29 +225,35 @@ class APGD(Attack):
         logits, loss, grad = input_gradients(self, victim, x, delta, target_labels)
         succ, uloss = self.unit_scores(victim, logits, loss, target_labels)
         if best is not None:
-            best.update(victim, delta, logits, succ, uloss)
+            best.update(victim, delta, logits, succ, uloss, at=at)
         max_loss, max_delta, max_grad = uloss, delta, grad
         prev_uloss = uloss
         increases = torch.zeros_like(uloss)
         last_ckpt, eta_at_ckpt, max_loss_at_ckpt = 0, eta.clone(), max_loss.clone()
         delta_prev = delta
-        with torch.no_grad():
-            delta = step(delta, grad, eta)  # first step without momentum
-        for k in range(1, self.steps + 1):
-            need_grad = k < self.steps
-            logits, loss, grad = input_gradients(self, victim, x, delta, target_labels, need_grad)
-            succ, uloss = self.unit_scores(victim, logits, loss, target_labels)
-            if best is not None:
-                best.update(victim, delta, logits, succ, uloss)
-            improved = uloss > max_loss
-            increases += (uloss > prev_uloss).float()
-            prev_uloss = uloss
-            max_loss = torch.where(improved, uloss, max_loss)
-            max_delta = {n: torch.where(per_unit(improved, delta[n]), delta[n], max_delta[n]) for n in threats}
-            if not need_grad:
+        k = 0
+        while True:
+            if k == self.steps:
                 break
-            max_grad = {n: torch.where(per_unit(improved, grad[n]), grad[n], max_grad[n]) for n in threats}
-            if k in checkpoints:
+            if early and bool((succ >= 1).any()):  # adversarial units leave the run
+                done = succ >= 1
+                keep = ~done
+                where = torch.arange(base.num_units, device=device) if at is None else at
+                if max_full is None:  # the first departure: nothing has left yet, max_delta is full-size
+                    max_full = {n: d.clone() for n, d in max_delta.items()}
+                for n in max_delta:
+                    max_full[n][where[done]] = max_delta[n][done]
+                if not bool(keep.any()):
+                    return max_full
+                at = where[keep]
+                (eta, max_loss, prev_uloss, increases, eta_at_ckpt, max_loss_at_ckpt, delta, grad,
+                 max_delta, max_grad, delta_prev, radius) = [
+                    {n: v[keep] for n, v in o.items()} if isinstance(o, dict) else o[keep]
+                    for o in (eta, max_loss, prev_uloss, increases, eta_at_ckpt, max_loss_at_ckpt, delta,
+                              grad, max_delta, max_grad, delta_prev, radius)]
+                victim, target_labels, threats = restrict(base, at, base_labels, base_threats)
+                x = victim.inputs
+            if k > 0 and k in checkpoints:
                 oscillating = increases < self.rho * (k - last_ckpt)                       # Eq. 4
                 stalled = (eta == eta_at_ckpt) & (max_loss <= max_loss_at_ckpt)           # Eq. 5
                 reduce = oscillating | stalled
@@ -242,12 +265,33 @@ class APGD(Attack):
                 increases = torch.zeros_like(increases)
                 last_ckpt = k
             with torch.no_grad():
-                z = step(delta, grad, eta)
-                a = self.momentum
-                moved = {n: delta[n] + a * (z[n] - delta[n]) + (1 - a) * (delta[n] - delta_prev[n]) for n in threats}
-                delta_prev = delta
-                delta = _project(apply_masks(moved, victim), threats, x)
-        return max_delta
+                if k == 0:
+                    delta = step(delta, grad, eta)  # first step without momentum
+                else:
+                    z = step(delta, grad, eta)
+                    a = self.momentum
+                    moved = {n: delta[n] + a * (z[n] - delta[n]) + (1 - a) * (delta[n] - delta_prev[n])
+                             for n in threats}
+                    delta_prev = delta
+                    delta = _project(apply_masks(moved, victim), threats, x)
+            k += 1
+            need_grad = k < self.steps
+            logits, loss, grad = input_gradients(self, victim, x, delta, target_labels, need_grad)
+            succ, uloss = self.unit_scores(victim, logits, loss, target_labels)
+            if best is not None:
+                best.update(victim, delta, logits, succ, uloss, at=at)
+            improved = uloss > max_loss
+            increases += (uloss > prev_uloss).float()
+            prev_uloss = uloss
+            max_loss = torch.where(improved, uloss, max_loss)
+            max_delta = {n: torch.where(per_unit(improved, delta[n]), delta[n], max_delta[n]) for n in threats}
+            if need_grad:
+                max_grad = {n: torch.where(per_unit(improved, grad[n]), grad[n], max_grad[n]) for n in threats}
+        if max_full is None:
+            return max_delta
+        for n in max_delta:
+            max_full[n][at] = max_delta[n]
+        return max_full
 
 
 class APGDT(APGD):
