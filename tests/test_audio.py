@@ -217,10 +217,11 @@ def test_apgd_and_fmn_work_unchanged_under_audio_budgets(m5, speech):
     _, (wt, yt, lt) = speech
     batch = {"audio": wt[:32], "label": yt[:32], "lengths": lt[:32]}
     pad = torch.arange(LENGTH)[None] >= lt[:32, None]
-    res = APGD(PeakDBBall(-25.0), steps=10, seed=0)(m5, batch)
-    assert res.robust.float().mean() < res.clean_correct.float().mean() - 0.4
-    assert bool((res.extras["audio/db_x"] <= -25.0 + 1e-3).all())
-    assert bool(((res.inputs["audio"] - wt[:32])[pad] == 0).all())
+    for early_stop in (False, True):  # early stopping works on per-signal budgets and masks of sub-batches
+        res = APGD(PeakDBBall(-25.0), steps=10, seed=0, early_stop=early_stop)(m5, batch)
+        assert res.robust.float().mean() < res.clean_correct.float().mean() - 0.4
+        assert bool((res.extras["audio/db_x"] <= -25.0 + 1e-3).all())
+        assert bool(((res.inputs["audio"] - wt[:32])[pad] == 0).all())
     fmn = FMN(SNRBall(10.0), steps=20)(m5, batch)
     found = torch.isfinite(fmn.size["audio"])
     assert found.float().mean() > 0.8

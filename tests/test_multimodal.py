@@ -68,6 +68,14 @@ def test_joint_attack_respects_each_budget_and_beats_single_modalities(fused):
     assert joint_acc <= res["image"].robust.float().mean() + 1e-6
     assert joint_acc <= res["audio"].robust.float().mean() + 1e-6
     assert joint_acc < clean - 0.5
+    # APGD with early stopping shrinks multimodal batches consistently and keeps both budgets
+    from mmrobust.attacks import APGD
+
+    a = APGD(joint, steps=10, seed=0, early_stop=True)(model, batch)
+    assert float(a.size["image"].max()) <= 0.2 + 1e-6
+    snr = 20 * torch.log10(batch["audio"].norm(dim=1) / (a.inputs["audio"] - batch["audio"]).norm(dim=1))
+    assert float(snr.min()) >= 10 - 1e-3
+    assert a.robust.float().mean() < clean - 0.5
 
 
 def test_joint_threat_validates_names(fused):
