@@ -104,13 +104,14 @@ class APGD(Attack):
         momentum: :math:`\\alpha` above.
         initial_step: :math:`\\eta^0` as a multiple of the budget radius (default 2; 1 for L1 balls).
         random_start: start each restart at a random point of the ball (else at the clean input).
-        early_stop: when evaluating (``attack(model, batch)``), give each restart (and, for
-            :class:`APGDT`, each target class) only the units not yet adversarial, and skip units already
-            misclassified on the clean input -- what the reference implementation (and torchattacks') does.
-            Robust accuracy is that of the full attack; the loss and confidence returned for a broken unit
-            are those of the run that first broke it, not the highest over all runs, so leave it off when a
-            metric reads them. :func:`mmrobust.evaluate` turns it on for its private copies. Each run itself
-            always takes all its iterations (APGD's step-size schedule is per run).
+        early_stop: when evaluating (``attack(model, batch)``), a unit leaves a run at its first
+            adversarial iterate (step size, momentum and checkpoints are per unit, so the other units run
+            on exactly as before), later restarts (and, for :class:`APGDT`, target classes) get only the
+            units not yet adversarial -- as the reference implementation and torchattacks do -- and units
+            misclassified on the clean input are not attacked. Robust accuracy is that of the full attack;
+            the loss and confidence returned for a broken unit are those of its first adversarial point,
+            not the highest found, so leave it off when a metric reads them. :func:`mmrobust.evaluate` and
+            :class:`~mmrobust.callbacks.RobustnessEvaluation` turn it on for their private copies.
     """
 
     name = "apgd"
