@@ -70,7 +70,8 @@ class PGD(Attack):
             returned points are those at the first success, so leave it off when a metric reads them
             (e.g. :class:`~mmrobust.metrics.ConfidenceThresholdedError`, which needs high-confidence
             adversarial examples). :func:`mmrobust.evaluate`, which reads only robust accuracy, turns it
-            on for its private copies of the attacks. ``generate`` (training)
+            on for its private copies of the attacks, as does :class:`~mmrobust.callbacks.RobustnessEvaluation`
+            for attacks that feed no ``result_metrics``. ``generate`` (training)
             never stops early, so adversarial training maximises the loss on every example, and neither
             do victims with a sampling forward (``Victim.deterministic=False``, e.g. :class:`EOT`).
     """
