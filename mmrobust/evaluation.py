@@ -50,6 +50,15 @@ def named_attacks(attacks: Attacks, adapter: Optional[BatchAdapter] = None) -> D
     return out
 
 
+def stop_early(named: Dict[str, Attack], keep: Iterable[str] = ()) -> None:
+    """Switch ``early_stop`` on for the private copies in ``named`` that can stop early
+    (``can_stop_early``), except those named in ``keep``, whose results are read beyond robust accuracy."""
+    keep = set(keep)
+    for name, attack in named.items():
+        if name not in keep and getattr(attack, "can_stop_early", False):
+            attack.early_stop = True
+
+
 def move_batch(batch: Any, device: torch.device) -> Any:
     """Every tensor of a (nested) tuple/list/dict batch on ``device``; objects with ``.to`` (PyG) too."""
     if isinstance(batch, torch.Tensor) or (hasattr(batch, "to") and not isinstance(batch, (Mapping, list, tuple))):
@@ -91,7 +100,7 @@ def evaluate(model: nn.Module, dataloader: Iterable, attacks: Attacks, *, adapte
         progress: show a tqdm progress bar.
         device: where to evaluate; default the model's device. The model is moved there for the
             evaluation and moved back afterwards.
-        early_stop: run PGD-family attacks (``can_stop_early``) with ``early_stop=True``: each output
+        early_stop: run PGD- and APGD-family attacks (``can_stop_early``) with ``early_stop=True``: each output
             leaves an attack's working batch once it is adversarial. Only whether an output was broken is
             read here, so the accuracies are those of the full attack (up to floating-point effects of
             smaller batches) at a fraction of the cost when many outputs break early. The user's attack
@@ -105,10 +114,8 @@ def evaluate(model: nn.Module, dataloader: Iterable, attacks: Attacks, *, adapte
     if max_batches is not None:
         check_int("max_batches", max_batches, 1)
     named = named_attacks(attacks, adapter)
-    if early_stop:
-        for attack in named.values():  # private copies: the user's attacks keep their setting
-            if getattr(attack, "can_stop_early", False):
-                attack.early_stop = True
+    if early_stop:  # on private copies: the user's attacks keep their setting
+        stop_early(named)
     home = model_device(model)
     target_device = home if device is None else torch.device(device)
     worst, success = RobustAccuracy(), AttackSuccessRate()

@@ -12,7 +12,7 @@ from torchmetrics import Metric
 
 from ..adapters.base import BatchAdapter
 from ..errors import check_choice, check_int
-from ..evaluation import Attacks, named_attacks
+from ..evaluation import Attacks, named_attacks, stop_early
 from ..metrics.robust_accuracy import CleanAccuracy, RobustAccuracy
 
 STAGES = ("validate", "test")
@@ -79,10 +79,7 @@ class RobustnessEvaluation(Callback):
                                f"{sorted(self.attacks)}")
             self.result_metrics[log_name] = (entry[0], entry[1])
         if early_stop:  # private copies (named_attacks); the ones feeding result metrics keep their setting
-            read_in_full = {attack_name for attack_name, _ in self.result_metrics.values()}
-            for name, attack in self.attacks.items():
-                if name not in read_in_full and getattr(attack, "can_stop_early", False):
-                    attack.early_stop = True
+            stop_early(self.attacks, keep=(attack_name for attack_name, _ in self.result_metrics.values()))
         self._extra: Dict[Tuple[str, int], Dict[str, Metric]] = {}
         self.every_n_epochs = check_int("every_n_epochs", every_n_epochs, 1)
         self.max_batches = None if max_batches is None else check_int("max_batches", max_batches, 1)
