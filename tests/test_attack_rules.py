@@ -151,11 +151,12 @@ def test_step_size_and_steps_are_validated():
         PGD(0.3)
 
 
-def test_early_stopping_changes_work_not_results(digits, digits_cnn):
+@pytest.mark.parametrize("restarts", [1, 2])
+def test_early_stopping_changes_work_not_results(digits, digits_cnn, restarts):
     _, _, xt, yt = digits
     threat = LinfBall(0.1, lower=0, upper=1)
-    full = PGD(threat, steps=10, seed=0, early_stop=False)(digits_cnn, (xt, yt))
-    early = PGD(threat, steps=10, seed=0, early_stop=True)(digits_cnn, (xt, yt))
+    full = PGD(threat, steps=10, restarts=restarts, seed=0, early_stop=False)(digits_cnn, (xt, yt))
+    early = PGD(threat, steps=10, restarts=restarts, seed=0, early_stop=True)(digits_cnn, (xt, yt))
     # the same steps per example; only float effects of the smaller batches can flip a borderline sign
     assert int((full.robust != early.robust).sum()) <= 2
     both = full.robust & early.robust

@@ -11,7 +11,7 @@ from torch import Tensor
 from ..errors import check_fraction, check_int, check_positive
 from ..threats.base import ThreatModel, per_unit
 from .base import Attack, Threat, apply_masks
-from .pgd import input_gradients, restrict
+from .pgd import initial_delta, input_gradients, may_drop_units, restrict
 
 
 def apgd_checkpoints(steps: int) -> List[int]:
@@ -152,7 +152,7 @@ class APGD(Attack):
         return adv, best.logits
 
     def stops_early(self, victim) -> bool:
-        return self.early_stop and victim.deterministic and victim.unit is None and victim.select is not None
+        return self.early_stop and may_drop_units(victim)
 
     def start_best(self, victim, threats, target_labels, clean_logits) -> BestPoint:
         """An empty best point; with early stopping, units successful at the clean input count as done."""
@@ -180,9 +180,7 @@ class APGD(Attack):
         if work is victim:
             self.run_once(victim, threats, target_labels, best)
             return True
-        # the start is drawn for the whole batch, as without early stopping, so every unit starts from
-        # the same random point either way and only the work differs
-        start = {k: d[active] for k, d in self.initial_delta(victim, threats).items()}
+        start = initial_delta(victim, threats, self.generator(), self.random_start, active)
         part = best.take(active)
         self.run_once(work, wthreats, labels, part, start=start)
         best.put(active, part)
@@ -192,17 +190,9 @@ class APGD(Attack):
         succ = victim.per_unit(self.is_success(logits, victim, target_labels).float())
         return succ, victim.per_unit(loss)
 
-    def initial_delta(self, victim, threats) -> Dict[str, Tensor]:
-        """The starting perturbation of a run: random in the ball, or zero."""
-        x = victim.inputs
-        if self.random_start:
-            gen = self.generator(next(iter(x.values())).device)
-            return {k: t.random_init(x[k], gen) for k, t in threats.items()}
-        return {k: torch.zeros_like(x[k]) for k in threats}
-
     def run_once(self, victim, threats, target_labels, best: Optional[BestPoint],
                  start: Optional[Dict[str, Tensor]] = None) -> Dict[str, Tensor]:
-        """One APGD run (Algorithm 1) from ``start`` (default :meth:`initial_delta`); updates ``best`` and
+        """One APGD run (Algorithm 1) from ``start`` (default: :func:`initial_delta`); updates ``best`` and
         returns :math:`x_{max} - x`.
 
         With early stopping a unit leaves the run at the first iterate that is adversarial (its step size,
@@ -210,8 +200,9 @@ class APGD(Attack):
         x = victim.inputs
         device = next(iter(x.values())).device
         radius = {k: t.radius(x[k]) for k, t in threats.items()}
-        delta = self.initial_delta(victim, threats) if start is None else start
-        delta = _project(apply_masks(delta, victim), threats, x)
+        if start is None:
+            start = initial_delta(victim, threats, self.generator(), self.random_start)
+        delta = _project(apply_masks(start, victim), threats, x)
         early = best is not None and self.stops_early(victim)
         base, base_threats, base_labels = victim, threats, target_labels
         at: Optional[Tensor] = None  # the units still in the run, as positions in ``base`` (None: all)

@@ -36,6 +36,27 @@ def input_gradients(attack: Attack, victim: Victim, x: Dict[str, Tensor], delta:
     return logits, loss, None
 
 
+def may_drop_units(victim: Victim) -> bool:
+    """Whether an evaluating attack may take units out of its working batch once they are adversarial:
+    the forward is deterministic (one success is final), outputs are units, and the adapter can select."""
+    return victim.deterministic and victim.unit is None and victim.select is not None
+
+
+def initial_delta(victim: Victim, threats: Dict[str, ThreatModel], generator: Optional[torch.Generator],
+                  random: bool, units: Optional[Tensor] = None) -> Dict[str, Tensor]:
+    """A run's starting perturbation: a random point of each ball, or zero.
+
+    Random starts are drawn for the whole batch and then restricted to ``units``, so a unit starts from
+    the same point whichever units an early-stopping attack still works on.
+    """
+    x = victim.inputs
+    if random:
+        delta = {k: t.random_init(x[k], generator) for k, t in threats.items()}
+    else:
+        delta = {k: torch.zeros_like(x[k]) for k in threats}
+    return delta if units is None else {k: d[units] for k, d in delta.items()}
+
+
 def restrict(victim: Victim, units: Optional[Tensor], target_labels: Optional[Tensor],
              threats: Dict[str, ThreatModel]):
     """The victim, target labels and threat models restricted to ``units`` (``None``: all)."""
@@ -64,8 +85,9 @@ class PGD(Attack):
         random_start: start inside the ball at random instead of at the clean input.
         keep_best: return the best iterate (default) instead of the last.
         early_stop: when evaluating (``attack(model, batch)``), stop working on units as soon as they are
-            adversarial, and skip them in later restarts. Every remaining example takes the same steps as
-            without it (results differ only by floating-point effects of the smaller batches), at a
+            adversarial, and skip them in later restarts. Every remaining example takes the same steps from
+            the same random starts as without it (results differ only by floating-point effects of the
+            smaller batches), at a
             fraction of the cost on weak models; but the loss and the confidence of the
             returned points are those at the first success, so leave it off when a metric reads them
             (e.g. :class:`~mmrobust.metrics.ConfidenceThresholdedError`, which needs high-confidence
@@ -101,8 +123,7 @@ class PGD(Attack):
         keep_best = self.keep_best and clean_logits is not None
         # Evaluation only: once a unit is adversarial its best point cannot lose that status, so it
         # leaves the working batch (and later restarts). Robust accuracy is unchanged, work shrinks.
-        early = (keep_best and self.early_stop and victim.deterministic and victim.unit is None
-                 and victim.select is not None)
+        early = keep_best and self.early_stop and may_drop_units(victim)
         best = {k: torch.zeros_like(x[k]) for k in threats}
         best_logits = None if clean_logits is None else clean_logits.clone()
         best_succ = torch.full((victim.num_units,), -1.0, device=device)
@@ -114,10 +135,7 @@ class PGD(Attack):
             work, labels, wthreats = restrict(victim, active, target_labels, threats)
             xw = work.inputs
             radius = {k: t.radius(xw[k]) for k, t in wthreats.items()}
-            if self.random_start:
-                delta = {k: t.random_init(xw[k], gen) for k, t in wthreats.items()}
-            else:
-                delta = {k: torch.zeros_like(xw[k]) for k in wthreats}
+            delta = initial_delta(victim, threats, gen, self.random_start, None if work is victim else active)
             delta = self._project(apply_masks(delta, work), wthreats, xw)
             last = self.steps if keep_best else self.steps - 1
             for t in range(last + 1):
