@@ -238,17 +238,17 @@ class FastAdversarialTraining(AdversarialTraining):
     batch (module in eval mode), ``train/pgd_probe_acc`` and ``train/fgsm_probe_acc`` are logged, and a
     rank-zero warning is raised the first time the rule of :func:`catastrophic_overfitting` fires;
     ``overfitting_detected`` then stays true (and is part of the checkpointed state). During the eps
-    warm-up the probe is logged but not judged: with a growing budget PGD accuracy falls and FGSM lags
-    behind on a healthy model too, so both rules would fire falsely.
+    warm-up the probe is logged but never warns: with a growing budget PGD accuracy falls on a healthy
+    model too, and FGSM lags behind on a model not yet robust, so both rules could fire falsely.
 
     What happens on a collapse is ``on_overfit``'s choice: ``"warn"`` (default) keeps training;
     ``"stop"`` asks the Trainer to stop after the current step; ``"restore"`` also stops and, when
     training ends, loads the module's weights (parameters and buffers) from the last healthy probe --
     Wong et al.'s early stopping, which keeps the weights from before a PGD-accuracy drop (their code
     checks once per epoch; here every ``probe_every_n_steps`` steps, so at most that many steps are
-    lost). Healthy means the rule did not fire; during the warm-up, where only the PGD-vs-FGSM rule is
-    meaningful, that rule alone decides, at the probe's own budget, so a collapse during the warm-up
-    rewinds to weights trained at a smaller budget. The healthy copy lives on the CPU and in the
+    lost). Healthy means the rule did not fire; during the warm-up the PGD-vs-FGSM rule alone decides,
+    at the probe's own budget (a false alarm there only keeps the copy older), so a collapse during the
+    warm-up rewinds to weights trained at a smaller budget. The healthy copy lives on the CPU and in the
     callback's checkpointed state; what other callbacks keep in the module's state (pruning masks,
     quantiser ranges) rewinds with it, and if the state's entries changed since, nothing is restored
     (a warning says so). If no probe was healthy before the collapse, nothing is restored (a
@@ -376,7 +376,7 @@ class FastAdversarialTraining(AdversarialTraining):
                            "weights (probe more often, or select checkpoints by val/robust_acc)")
             return
         changed = set(self.healthy_state) ^ set(pl_module.state_dict())
-        if changed:  # e.g. pruning or quantization parametrisations registered after the healthy probe
+        if changed:  # entries a module or callback registered during training, after the healthy probe
             rank_zero_warn("FastAdversarialTraining(on_overfit='restore'): the module's state changed shape since "
                            f"the healthy probe at step {self.healthy_step} (entries {sorted(changed)[:4]} differ), "
                            "so the weights are not restored")
