@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pytorch_lightning as pl  # noqa: E402
 
 from benchmarks.common import accuracy, markdown_table, mnist_tensors  # noqa: E402
-from mmrobust.attacks import FGSM, PGD  # noqa: E402
+from mmrobust.attacks import FGSMRS, PGD  # noqa: E402
 from mmrobust.callbacks import AdversarialTraining, FastAdversarialTraining  # noqa: E402
 from mmrobust.image import SmallCNN, StridedCNN  # noqa: E402
 from mmrobust.metrics import ConfidenceThresholdedError, worst_case_robust  # noqa: E402
@@ -110,7 +110,7 @@ def step_costs(args, x, y, k=10, reps=15):
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     threat = LinfBall(EPS, lower=0, upper=1)
     pgd = PGD(threat, steps=k, seed=0)
-    fgsm = FGSM(threat, step_size=1.25, random_start=True, seed=0)
+    fgsm = FGSMRS(threat, step_size=1.25, seed=0)
 
     def train_step(batch):
         opt.zero_grad()
@@ -183,7 +183,7 @@ def main():
         "fast_at_restore": lambda: (RobustClassifier(make_model(args), **cyclic),
                                     [FastAdversarialTraining(threat, seed=args.seed, warmup_epochs=args.warmup,
                                                              probe_every_n_steps=20, on_overfit="restore")]),
-        # a smaller FGSM step, which catastrophic overfitting hits less on this model
+        # a smaller FGSM step
         "fast_at_075": lambda: (RobustClassifier(make_model(args), **cyclic),
                                 [FastAdversarialTraining(threat, step_size=0.75, seed=args.seed,
                                                          warmup_epochs=args.warmup, probe_every_n_steps=20)]),

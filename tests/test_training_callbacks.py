@@ -261,7 +261,7 @@ def flag_from_probe(monkeypatch, first_flagged, also=()):
         calls.append(1)
         return "PGD accuracy collapsed (test)" if len(calls) > first_flagged or len(calls) - 1 in also else None
 
-    monkeypatch.setattr("mmrobust.callbacks.adversarial.catastrophic_overfitting", rule)
+    monkeypatch.setattr("mmrobust.callbacks.fast_adversarial.catastrophic_overfitting", rule)
 
 
 @pytest.mark.parametrize("on_overfit", ["warn", "stop", "restore"])

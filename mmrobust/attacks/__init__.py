@@ -10,6 +10,7 @@ from .fmn import FMN
 from .graph_baselines import DICE, RandomFlips
 from .losses import LOSSES, cross_entropy, dlr, get_loss, margin
 from .pgd import FGSM, PGD
+from .single_step import FGSMRS, NFGSM
 from .prbcd import GRBCD, PRBCD, GraphAttack, masked_cross_entropy
 from .square import Square
 from .universal import UniversalPerturbation
@@ -20,7 +21,7 @@ __all__ = [
     # losses
     "LOSSES", "get_loss", "cross_entropy", "margin", "dlr",
     # gradient-based, bounded
-    "FGSM", "PGD", "APGD", "APGDT", "EOT", "eot_victim", "UniversalPerturbation", "CTCTargetedAttack",
+    "FGSM", "FGSMRS", "NFGSM", "PGD", "APGD", "APGDT", "EOT", "eot_victim", "UniversalPerturbation", "CTCTargetedAttack",
     # minimal norm and black box
     "FMN", "Square",
     # combinations and learned attacks

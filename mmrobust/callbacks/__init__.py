@@ -1,6 +1,7 @@
 """Lightning callbacks: robust training, weight perturbations, compression and robustness evaluation."""
 
-from .adversarial import AdversarialTraining, FastAdversarialTraining, catastrophic_overfitting
+from .adversarial import AdversarialTraining
+from .fast_adversarial import FastAdversarialTraining, catastrophic_overfitting
 from .bit_errors import RandomBitErrorTraining
 from .distillation import Distillation
 from .evaluation import RobustnessEvaluation

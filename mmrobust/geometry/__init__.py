@@ -1,6 +1,7 @@
 """Geometry of robustness: boundary distance, local Lipschitz constant, curvature, decision slices and the
-geometric regularisers (CLIP, CURE, input-gradient norm)."""
+geometric regularisers (CLIP, CURE, input-gradient norm, GradAlign)."""
 
+from .alignment import GradientAlignment, gradient_cosines
 from .boundary import (MinimalNormSearch, PerUnitRadius, PredictedLabelAdapter, boundary_distance,
                        boundary_distances, with_predicted_labels)
 from .curvature import curvature, curvature_direction, hessian_vector_norm
@@ -9,7 +10,7 @@ from .regularizers import CurvatureRegularizer, InputGradientNorm, LipschitzRegu
 from .slices import DecisionSlice, decision_slice, render_slice
 
 __all__ = ["MinimalNormSearch", "PerUnitRadius", "PredictedLabelAdapter", "with_predicted_labels",
-           "CurvatureRegularizer", "InputGradientNorm", "LipschitzRegularizer",
+           "CurvatureRegularizer", "GradientAlignment", "InputGradientNorm", "gradient_cosines", "LipschitzRegularizer",
            "Regularizer", "boundary_distance", "boundary_distances", "curvature",
            "curvature_direction", "hessian_vector_norm", "LipschitzPairs", "adversarial_pairs",
            "difference_quotient", "local_lipschitz", "DecisionSlice", "decision_slice", "render_slice"]

@@ -1,0 +1,185 @@
+"""Single-step adversarial training on MNIST through the library: Wong et al. 2020's recipe, N-FGSM, GradAlign, PGD-AT.
+
+Wong et al.'s published MNIST recipe (``locuslab/fast_adversarial``, ``MNIST/train_mnist.py``): the Wong &
+Kolter small CNN (:class:`~mmrobust.image.StridedCNN`), L-inf eps 0.3, batch 100, 10 epochs, Adam with the
+cyclic learning rate 0 -> 5e-3 (at 2/5 of the epochs) -> 0 stepped per iteration, no eps warm-up, run as
+``RobustClassifier(..., scheduler="cyclic")`` + :class:`~mmrobust.callbacks.FastAdversarialTraining` with
+its defaults. Every method uses the same model, data order and schedule. Evaluation on the first 1000
+test images: PGD-50 x 10 restarts (step 0.01, the paper's evaluation) and, beside it, APGD-CE and APGD-T
+(100 steps, 9 target classes); "worst" is the per-example worst case of all three.
+
+    python benchmarks/single_step_mnist.py --method fgsm_rs --seed 0      # one run -> results/single_step/*.json
+    python benchmarks/single_step_mnist.py --report                       # the table of all runs so far
+    python benchmarks/single_step_mnist.py --cost                         # time per step, interleaved rounds
+
+Methods: ``fgsm_rs`` (the paper), ``fgsm_clipped`` (random start clipped to the box before the gradient:
+``method="fgsm"``, the library's earlier behaviour), ``n_fgsm`` (de Jorge et al. 2022, k=2, step eps),
+``grad_align`` (FGSM-RS + GradAlign, ``--grad-align-weight``), ``pgd_at`` (PGD-10, step eps/4).
+Each run logs the catastrophic-overfitting probe (every 50 steps, PGD-10 vs FGSM-RS on the training batch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pytorch_lightning as pl  # noqa: E402
+
+from benchmarks.common import accuracy, interleaved_medians, markdown_table, mnist_tensors  # noqa: E402
+from mmrobust import evaluate  # noqa: E402
+from mmrobust.attacks import APGD, APGDT, PGD  # noqa: E402
+from mmrobust.callbacks import AdversarialTraining, FastAdversarialTraining  # noqa: E402
+from mmrobust.image import StridedCNN  # noqa: E402
+from mmrobust.threats import LinfBall  # noqa: E402
+from mmrobust.training import RobustClassifier  # noqa: E402
+
+EPS = 0.3
+OUT = Path(__file__).resolve().parent / "results" / "single_step"
+METHODS = ("fgsm_rs", "fgsm_clipped", "n_fgsm", "grad_align", "pgd_at")
+
+
+class ProbeLog(pl.Callback):
+    """Keeps every probe of a FastAdversarialTraining callback: (step, PGD acc, FGSM acc)."""
+
+    def __init__(self, fast: FastAdversarialTraining):
+        self.fast, self.rows, self._last = fast, [], None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        probe = self.fast.last_probe
+        if probe is not None and probe is not self._last:
+            self._last = probe
+            self.rows.append((self.fast.steps_seen - 1, round(probe["pgd_acc"], 3), round(probe["fgsm_acc"], 3)))
+
+
+def callbacks_for(method: str, threat, args):
+    """The library's callbacks for ``method`` (defaults unless the method says otherwise)."""
+    if method == "pgd_at":
+        return [AdversarialTraining(PGD(threat, steps=10, seed=args.seed))], None
+    fast_method = {"fgsm_rs": "fgsm_rs", "grad_align": "fgsm_rs", "fgsm_clipped": "fgsm", "n_fgsm": "n_fgsm"}[method]
+    fast = FastAdversarialTraining(threat, method=fast_method, seed=args.seed)
+    cbs = [fast, ProbeLog(fast)]
+    if method == "grad_align":
+        from mmrobust.callbacks import GeometricRegularization
+        from mmrobust.geometry import GradientAlignment
+        # listed first: the regulariser reads the clean batch, before fast AT replaces it
+        cbs.insert(0, GeometricRegularization(GradientAlignment(threat, seed=args.seed), weight=args.grad_align_weight,
+                                              module_attr="model"))
+    return cbs, fast
+
+
+def setup(method: str, x, y, args, epochs: int, limit_batches=1.0):
+    """The module, loader, callbacks and Trainer of one run (the recipe above)."""
+    pl.seed_everything(args.seed, verbose=False)
+    model = StridedCNN()
+    module = RobustClassifier(model, optimizer="adam", lr=5e-3, weight_decay=0.0, scheduler="cyclic",
+                              track_clean_acc=False)
+    loader = DataLoader(TensorDataset(x, y), batch_size=100, shuffle=True,
+                        generator=torch.Generator().manual_seed(args.seed))
+    callbacks, fast = callbacks_for(method, LinfBall(EPS, lower=0, upper=1), args)
+    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks,
+                         limit_train_batches=limit_batches)
+    return model, module, loader, callbacks, fast, trainer
+
+
+def costs(args) -> dict:
+    """Median seconds per training step of every method through the library (``--cost-steps`` steps of a
+    fresh run each, probe included, interleaved rounds so background load hits all alike)."""
+    torch.set_num_threads(args.threads)
+    x, y = mnist_tensors(True, 100 * args.cost_steps)
+    runs = {}
+    for method in ("pgd_at", "fgsm_rs", "n_fgsm", "grad_align"):
+        def fn(method=method):
+            _, module, loader, _, _, trainer = setup(method, x, y, args, 1)
+            trainer.fit(module, loader)
+        fn()  # warm-up
+        runs[method] = fn
+    med = interleaved_medians(runs, args.rounds)
+    return {m: t / args.cost_steps for m, t in med.items()}
+
+
+def run(args) -> dict:
+    torch.set_num_threads(args.threads)
+    x, y = mnist_tensors(True, args.train)
+    xt, yt = mnist_tensors(False, args.test)
+    threat = LinfBall(EPS, lower=0, upper=1)
+    model, module, loader, callbacks, fast, trainer = setup(args.method, x, y, args, args.epochs, args.limit_batches)
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(module, loader)
+    seconds = time.perf_counter() - start
+    epochs = trainer.global_step / max(1, trainer.num_training_batches)
+    model.eval()
+    test = [[xt[i:i + 250], yt[i:i + 250]] for i in range(0, len(yt), 250)]
+    attacks = {"pgd50x10": PGD(threat, steps=50, restarts=10, step_size=0.01 / EPS, seed=args.seed),
+               "apgd_ce": APGD(threat, steps=100, loss="ce", seed=args.seed),
+               "apgd_t": APGDT(threat, steps=100, n_target_classes=9, seed=args.seed)}
+    ev = evaluate(model, test, attacks, progress=False)
+    co_warnings = [str(w.message) for w in caught if "catastrophic overfitting" in str(w.message)]
+    return {"method": args.method, "seed": args.seed, "epochs": epochs, "s_per_epoch": seconds / max(epochs, 1e-9),
+            "clean": accuracy(model, xt, yt), "pgd50x10": ev["per_attack"]["pgd50x10"],
+            "apgd_ce": ev["per_attack"]["apgd_ce"], "apgd_t": ev["per_attack"]["apgd_t"],
+            "worst": ev["robust_accuracy"], "train": len(y), "test": len(yt), "threads": args.threads,
+            "grad_align_weight": args.grad_align_weight if args.method == "grad_align" else None,
+            "probe_flagged": None if fast is None else fast.overfitting_detected, "probe_warnings": co_warnings,
+            "probes": None if fast is None else callbacks[-1].rows}
+
+
+def report() -> str:
+    rows = []
+    for path in sorted(OUT.glob("*.json")):
+        r = json.loads(path.read_text())
+        rows.append([r["method"] + (f" (lambda {r['grad_align_weight']:g})" if r.get("grad_align_weight") else ""),
+                     r["seed"], f"{r['epochs']:.2f}", r["clean"], r["pgd50x10"], r["apgd_ce"], r["apgd_t"], r["worst"],
+                     f"{r['s_per_epoch']:.1f}", {None: "-", True: "flagged", False: "silent"}[r["probe_flagged"]]])
+    return markdown_table(["method", "seed", "epochs", "clean", "PGD-50x10", "APGD-CE", "APGD-T", "worst",
+                           "s / epoch", "probe"], rows)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--method", choices=METHODS, default="fgsm_rs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--train", type=int, default=None, help="training images (default: all 60k)")
+    parser.add_argument("--test", type=int, default=1000)
+    parser.add_argument("--limit-batches", type=float, default=1.0, help="Trainer(limit_train_batches)")
+    parser.add_argument("--grad-align-weight", type=float, default=1.0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--report", action="store_true", help="print the table of all stored runs and exit")
+    parser.add_argument("--cost", action="store_true", help="only time the training steps of every method")
+    parser.add_argument("--cost-steps", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    if args.report:
+        print(report())
+        return
+    if args.cost:
+        per_step = costs(args)
+        OUT.mkdir(parents=True, exist_ok=True)
+        (OUT / "costs.json").write_text(json.dumps({"s_per_step": per_step, "steps": args.cost_steps,
+                                                    "rounds": args.rounds, "threads": args.threads}, indent=1))
+        print(markdown_table(["method", "ms / step", "x PGD-10 AT"],
+                             [[m, 1000 * t, t / per_step["pgd_at"]] for m, t in per_step.items()]))
+        return
+    result = run(args)
+    OUT.mkdir(parents=True, exist_ok=True)
+    name = f"{args.method}_s{args.seed}" + ("" if args.epochs == 10 and args.train is None else
+                                            f"_e{args.epochs}_n{args.train}")
+    (OUT / f"{name}.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps({k: v for k, v in result.items() if k != "probes"}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+"""Single-step adversarial training: FGSM-RS as Wong et al.'s code, N-FGSM, GradAlign, the probe's random stream."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from mmrobust.attacks import FGSMRS, NFGSM
+from mmrobust.callbacks import FastAdversarialTraining, GeometricRegularization
+from mmrobust.geometry import GradientAlignment, gradient_cosines
+from mmrobust.threats import L2Ball, LinfBall
+
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+
+EPS = 0.3
+
+
+class Recording(nn.Module):
+    """A small CNN that records every input it is called on."""
+
+    def __init__(self, dtype=torch.float32):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 64, 10)).to(dtype)
+        self.inputs = []
+
+    def forward(self, x):
+        self.inputs.append(x.detach().clone())
+        return self.net(x)
+
+
+def binary_digits(digits, n=32):
+    """Digits with pixels pushed to 0 or 1, like most MNIST pixels (where clipping the start matters)."""
+    return (digits[0][:n] > 0.5).float(), digits[1][:n]
+
+
+def input_grad(net, x, y):
+    x = x.detach().requires_grad_(True)
+    (g,) = torch.autograd.grad(nn.functional.cross_entropy(net(x), y, reduction="sum"), x)
+    return g
+
+
+def test_fast_at_takes_the_gradient_at_the_unclipped_start_as_wong_et_al(digits):
+    """Wong et al.'s code: eta ~ U[-eps, eps] (not clipped to [0, 1]), gradient at x + eta, step 1.25 eps,
+    then clip to the ball and the box. The library's earlier FGSM clipped the start first."""
+    x, y = binary_digits(digits)
+    model = Recording()
+    cb = FastAdversarialTraining(LinfBall(EPS, lower=0, upper=1), seed=0)
+    adv = cb.attack.generate(model, [x, y])[0]
+    assert len(model.inputs) == 1
+    start = model.inputs[0]
+    eta = start - x
+    assert eta.abs().max() <= EPS + 1e-6
+    assert start.min() < -0.1 and start.max() > 1.1  # outside the box on 0/1 pixels: not clipped
+    assert eta.std() > 0.9 * EPS / 3 ** 0.5  # uniform in [-eps, eps] everywhere, not halved on 0/1 pixels
+    g = input_grad(model.net, start, y)
+    expected = (x + (eta + 1.25 * EPS * g.sign()).clamp(-EPS, EPS)).clamp(0, 1)
+    torch.testing.assert_close(adv, expected, atol=1e-6, rtol=0)
+    # evaluated as an attack, its points lie in the threat model
+    result = FGSMRS(LinfBall(EPS, lower=0, upper=1), seed=0)(model, [x, y])
+    assert bool(LinfBall(EPS, lower=0, upper=1).contains(result.inputs[next(iter(result.inputs))] - x, x).all())
+
+
+def test_fgsm_rs_l2_start_is_uniform_in_the_ball_and_the_result_inside_ball_and_box(digits):
+    x, y = binary_digits(digits)
+    model = Recording(torch.float64)
+    threat = L2Ball(1.0, lower=0, upper=1)
+    adv = FGSMRS(threat, seed=1).generate(model, [x.double(), y])[0]
+    start = model.inputs[0] - x.double()
+    assert (start.flatten(1).norm(dim=1) <= 1.0 + 1e-9).all() and start.min() < 0 and (x.double() + start).max() > 1
+    assert bool(threat.contains(adv - x.double(), x.double()).all())
+
+
+def test_n_fgsm_exceeds_the_ball_but_stays_in_the_box_as_de_jorge_et_al(digits):
+    """eta ~ U[-2 eps, 2 eps] clipped to the box, gradient there, step eps, clip to the box only."""
+    x = digits[0][:32] * 0.5 + 0.25  # mid-range pixels: the box does not hide the larger radius
+    y = digits[1][:32]
+    model = Recording()
+    threat = LinfBall(EPS, lower=0, upper=1)
+    cb = FastAdversarialTraining(threat, method="n_fgsm", seed=0)
+    assert isinstance(cb.attack, NFGSM) and cb.attack.step_size == 1.0 and cb.attack.noise == 2.0
+    adv = cb.attack.generate(model, [x, y])[0]
+    start = model.inputs[0]
+    assert start.min() >= 0 and start.max() <= 1  # noise clipped to the box, as the reference code
+    assert (start - x).abs().max() > 1.5 * EPS
+    g = input_grad(model.net, start, y)
+    torch.testing.assert_close(adv, (start + EPS * g.sign()).clamp(0, 1), atol=1e-6, rtol=0)
+    size = (adv - x).abs().flatten(1).amax(1)
+    assert (size > EPS + 0.05).float().mean() > 0.9 and size.max() <= 3 * EPS + 1e-6
+    assert adv.min() >= 0 and adv.max() <= 1
+    with pytest.raises(TypeError, match="training perturbation"):
+        cb.attack(model, [x, y])  # no robust accuracy for points outside the threat model
+    with pytest.raises(ValueError, match="noise"):
+        NFGSM(threat, noise=-1)
+
+
+def test_fast_at_method_and_step_size_arguments():
+    with pytest.raises(ValueError, match="method"):
+        FastAdversarialTraining(LinfBall(EPS), method="pgd")
+    assert FastAdversarialTraining(LinfBall(EPS)).attack.step_size == 1.25
+    assert FastAdversarialTraining(LinfBall(EPS), method="n_fgsm", step_size=1.25).attack.step_size == 1.25
+
+
+class Plain(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        return nn.functional.cross_entropy(self(batch[0]), batch[1])
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), 1e-3)
+
+
+def fit(callbacks, digits, n=160):
+    t = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+                   enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks)
+    module = Plain()
+    t.fit(module, DataLoader(TensorDataset(digits[0][:n], digits[1][:n]), batch_size=32))
+    return module
+
+
+@pytest.mark.parametrize("method", ["fgsm_rs", "n_fgsm"])
+def test_the_probe_leaves_the_training_random_stream_and_weights_alone(digits, method):
+    """The same run with a probe every step and without one trains the same weights: the probe draws its
+    random starts from its own generators (it used to draw FGSM starts from the training attack's)."""
+    threat = LinfBall(0.1, lower=0, upper=1)
+    probed = FastAdversarialTraining(threat, method=method, probe_every_n_steps=1, probe_steps=2, seed=0)
+    plain = FastAdversarialTraining(threat, method=method, probe_every_n_steps=0, seed=0)
+    a, b = fit([probed], digits), fit([plain], digits)
+    assert probed.last_probe is not None and plain.last_probe is None
+    assert torch.equal(probed.attack.generator().get_state(), plain.attack.generator().get_state())
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, atol=0, rtol=0)
+
+
+def reference_grad_align(net, x, y, eta):
+    """The reference code's regulariser (tml-epfl/understanding-fast-adv-training, train.py), written out."""
+    d0 = torch.zeros_like(x, requires_grad=True)
+    (g1,) = torch.autograd.grad(nn.functional.cross_entropy(net(x + d0), y), d0)
+    d1 = eta.clone().requires_grad_(True)
+    (g2,) = torch.autograd.grad(nn.functional.cross_entropy(net(x + d1), y), d1, create_graph=True)
+    keep = (g1.flatten(1).norm(dim=1) != 0) & (g2.flatten(1).norm(dim=1) != 0)
+    g1, g2 = g1[keep].flatten(1), g2[keep].flatten(1)
+    cos = ((g1 / g1.norm(dim=1, keepdim=True)) * (g2 / g2.norm(dim=1, keepdim=True))).sum(1)
+    return 1.0 - cos.mean()
+
+
+def test_grad_align_value_and_parameter_gradient_match_a_direct_computation(digits):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.Softplus(), nn.Linear(32, 10)).double()
+    x, y = digits[0][:16].double(), digits[1][:16]
+    threat = LinfBall(EPS, lower=0, upper=1)
+    reg = GradientAlignment(threat, seed=0)
+    eta = reg.noise(x)
+    assert eta.abs().max() <= EPS and (x + eta).min() < 0  # uniform in the ball, not clipped to the box
+    reg = GradientAlignment(threat, seed=0)  # same seed: the same noise in the call below
+    value = reg(net, [x, y])
+    grads = torch.autograd.grad(value, list(net.parameters()))
+    expected = reference_grad_align(net, x, y, eta)
+    expected_grads = torch.autograd.grad(expected, list(net.parameters()))
+    assert 0.0 < float(expected.detach()) < 1.0
+    torch.testing.assert_close(value, expected, atol=1e-12, rtol=1e-9)
+    for g, e in zip(grads, expected_grads):
+        torch.testing.assert_close(g, e, atol=1e-12, rtol=1e-8)
+
+
+def test_grad_align_is_zero_without_noise_and_leaves_out_vanishing_gradients(digits):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.Tanh(), nn.Linear(16, 10)).double()
+    x, y = digits[0][:8].double(), digits[1][:8]
+    # a zero ball: both gradients at the same point, perfectly aligned, penalty 0 (still differentiable)
+    value = GradientAlignment(LinfBall(0.0), seed=0)(net, [x, y])
+    assert abs(float(value)) < 1e-12 and value.requires_grad
+    assert float(GradientAlignment(LinfBall(EPS), seed=0)(net, [x, y])) > 1e-4
+    g1, g2 = torch.randn(4, 5, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
+    g1[1] = 0.0
+    g2[3] = 0.0
+    cos = gradient_cosines(g1, g2)
+    torch.testing.assert_close(cos, torch.nn.functional.cosine_similarity(g1[[0, 2]], g2[[0, 2]]))
+
+
+def test_grad_align_through_the_regularisation_callback_sees_the_clean_batch(digits):
+    """Listed before fast AT, the regulariser reads the clean batch and trains with it."""
+    seen = []
+
+    class Spy(GradientAlignment):
+        def __call__(self, model, batch):
+            seen.append(batch[0].detach().clone())
+            return super().__call__(model, batch)
+
+    threat = LinfBall(0.1, lower=0, upper=1)
+    fit([GeometricRegularization(Spy(threat, seed=0), weight=0.5),
+         FastAdversarialTraining(threat, probe_every_n_steps=0, seed=0)], digits, n=64)
+    assert len(seen) == 2 and torch.equal(seen[0], digits[0][:32])
