@@ -2,9 +2,12 @@
 
 from .data import (KarateClubDataModule, PlanetoidDataModule, SBMDataModule, TUDataModule, inductive_split,
                    karate_club, load_planetoid, sbm_graph)
+from .defenses import GCNSVD, RGCN, GNNGuard
 from .models import GAT, GCN, APPNPNet, JaccardGCN
+from .soft_median import SoftMedianGCN, SoftMedianGDC
 from .training import NodeClassifier, node_accuracy, robust_accuracy_curve, train_node_classifier
 
 __all__ = ["PlanetoidDataModule", "KarateClubDataModule", "SBMDataModule", "TUDataModule", "inductive_split",
-           "karate_club", "load_planetoid", "sbm_graph", "GCN", "GAT", "APPNPNet", "JaccardGCN", "NodeClassifier",
+           "karate_club", "load_planetoid", "sbm_graph", "GCN", "GAT", "APPNPNet", "JaccardGCN", "GNNGuard", "RGCN",
+           "GCNSVD", "SoftMedianGCN", "SoftMedianGDC", "NodeClassifier",
            "node_accuracy", "robust_accuracy_curve", "train_node_classifier"]
