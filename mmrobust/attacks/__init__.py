@@ -12,6 +12,7 @@ from .losses import LOSSES, cross_entropy, dlr, get_loss, margin
 from .pgd import FGSM, PGD
 from .single_step import FGSMRS, NFGSM
 from .prbcd import GRBCD, PRBCD, GraphAttack, masked_cross_entropy
+from .poisoning import MetaPRBCD, PoisonResult, poison, transfer_poison
 from .square import Square
 from .universal import UniversalPerturbation
 
@@ -28,4 +29,6 @@ __all__ = [
     "Ensemble", "AmortizedAttack", "ConvPerturbationGenerator", "MLPPerturbationGenerator",
     # graph structure
     "PRBCD", "GRBCD", "GraphAttack", "masked_cross_entropy", "DICE", "RandomFlips",
+    # graph poisoning (training-time)
+    "MetaPRBCD", "PoisonResult", "poison", "transfer_poison",
 ]

@@ -1,0 +1,125 @@
+"""Graph poisoning: MetaPRBCD (meta-gradients through unrolled training) and transfer poisoning."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("torch_geometric")
+
+from torch_geometric.utils import is_undirected  # noqa: E402
+
+from mmrobust.attacks.poisoning import MetaPRBCD, poison, transfer_poison  # noqa: E402
+from mmrobust.attacks.prbcd import CandidatePairs, EdgeBlock, EdgeLookup  # noqa: E402
+from mmrobust.adapters.graph import GraphAdapter  # noqa: E402
+from mmrobust.graph.data import sbm_graph  # noqa: E402
+from mmrobust.graph.models import GCN  # noqa: E402
+from mmrobust.graph.training import node_accuracy, train_node_classifier  # noqa: E402
+from mmrobust.threats.graph import EdgeFlips  # noqa: E402
+
+FAST = dict(inner_steps=20, epochs=12, epochs_resampling=8, block_size=3000, clean_epochs=80, final_samples=3)
+
+
+@pytest.fixture(scope="module")
+def graph():
+    return sbm_graph(num_nodes=150, num_classes=3, p_in=0.12, p_out=0.01, feature_noise=1.0, train_fraction=0.2,
+                     seed=0)
+
+
+def pairs_of(edge_index):
+    return {(min(a, b), max(a, b)) for a, b in edge_index.t().tolist() if a != b}
+
+
+def trained_accuracy(data, seeds=(0, 1)):
+    accs = []
+    for s in seeds:
+        torch.manual_seed(s)
+        model = GCN(data.num_features, 3, hidden=16)
+        train_node_classifier(model, data, epochs=100, lr=0.02)
+        accs.append(node_accuracy(model, data))
+    return sum(accs) / len(accs)
+
+
+def test_meta_gradient_matches_finite_differences(graph):
+    """The gradient of the unrolled training w.r.t. a flip weight is the derivative of the trained model's loss."""
+    data = graph.clone()
+    data.x = data.x.double()
+    attack = MetaPRBCD(EdgeFlips(5), inner_steps=5, inner_lr=0.1)
+    torch.manual_seed(0)
+    model = GCN(3, 3, hidden=4, dropout=0.0).double().eval()
+    init = {k: v.detach().clone() for k, v in model.named_parameters()}
+    struct = GraphAdapter(mask=None).victim(model, data).meta["graph"]
+    pairs = CandidatePairs(struct, local=False)
+    block = EdgeBlock(pairs.sample(40, torch.Generator().manual_seed(0), "cpu"), None, pairs,
+                      EdgeLookup(data.edge_index, data.num_nodes))
+    base = torch.ones(data.edge_index.shape[1], dtype=torch.float64)
+    p0 = torch.full((block.keys.numel(),), 0.3, dtype=torch.float64)
+
+    def loss(p, differentiable):
+        ei, ew = block.perturbed(data.edge_index, base, p)
+        return attack._inner(model, init, data, data.y, ei, ew, differentiable)
+
+    p = p0.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(loss(p, True), [p])
+    h = 1e-5
+    for i in (0, 7, 21):
+        e = torch.zeros_like(p0)
+        e[i] = h
+        fd = (loss(p0 + e, False) - loss(p0 - e, False)) / (2 * h)
+        assert float(fd.detach()) == pytest.approx(float(grad[i]), rel=1e-4, abs=1e-8)
+
+
+def test_meta_poisoning_stays_in_budget_and_hurts_training(graph):
+    data = graph
+    e0, x0 = data.edge_index.clone(), data.x.clone()
+    result = poison(data, EdgeFlips(0.2), method="meta", **FAST)
+    budget = int(0.2 * data.edge_index.shape[1] / 2)
+    flipped = pairs_of(data.edge_index) ^ pairs_of(result.data.edge_index)
+    assert result.budget == budget and 0 < len(flipped) <= budget
+    assert flipped == {tuple(p) for p in result.flipped_edges.t().tolist()}
+    assert is_undirected(result.data.edge_index) and not bool((result.data.edge_index[0] ==
+                                                               result.data.edge_index[1]).any())
+    assert torch.equal(data.edge_index, e0) and torch.equal(data.x, x0)
+    clean, poisoned = trained_accuracy(data), trained_accuracy(result.data)
+    assert poisoned < clean - 0.1, (clean, poisoned)
+
+
+def test_transfer_poisoning_stays_in_budget_and_keeps_labels(graph):
+    result = transfer_poison(graph, EdgeFlips(10), clean_epochs=60, attack=lambda threat, adapter: __import__(
+        "mmrobust.attacks.prbcd", fromlist=["PRBCD"]).PRBCD(threat, adapter=adapter, block_size=2000, epochs=20,
+                                                              epochs_resampling=15, seed=0))
+    flipped = pairs_of(graph.edge_index) ^ pairs_of(result.data.edge_index)
+    assert 0 < len(flipped) <= 10 and result.budget == 10
+    assert torch.equal(result.data.y, graph.y)
+
+
+def test_poisoning_keeps_edge_weights_and_float64(graph):
+    data = graph.clone()
+    data.x = data.x.double()
+    data.edge_weight = torch.full((data.edge_index.shape[1],), 0.5, dtype=torch.float64)
+    result = MetaPRBCD(EdgeFlips(4), surrogate=lambda f, c: GCN(f, c, hidden=8, dropout=0.0),
+                       **{**FAST, "epochs": 3, "epochs_resampling": 2})(data)
+    out = result.data
+    assert out.edge_weight.dtype == torch.float64 and out.edge_weight.shape[0] == out.edge_index.shape[1]
+    kept = {tuple(p) for p in out.edge_index.t().tolist()} & {tuple(p) for p in data.edge_index.t().tolist()}
+    assert kept and len(pairs_of(data.edge_index) ^ pairs_of(out.edge_index)) <= 4
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="method"):
+        poison(None, EdgeFlips(1), method="greedy")
+    with pytest.raises(TypeError, match="global EdgeFlips"):
+        MetaPRBCD(EdgeFlips(1, local=True))
+    with pytest.raises(ValueError, match="inner_steps"):
+        MetaPRBCD(EdgeFlips(1), inner_steps=0)
+
+
+def test_sparse_bag_of_words_path_gives_the_dense_result(graph):
+    data = graph.clone()
+    data.x = (torch.rand(data.num_nodes, 60, generator=torch.Generator().manual_seed(0)) < 0.05).float()
+    data.x[torch.arange(data.num_nodes), data.y] = 1.0
+    kw = {**FAST, "epochs": 3, "epochs_resampling": 2, "final_samples": 1}
+    sparse = MetaPRBCD(EdgeFlips(5), **kw)(data)                       # default surrogate: sparse features
+    dense = MetaPRBCD(EdgeFlips(5), surrogate=lambda f, c: GCN(f, c, hidden=16, dropout=0.0), **kw)(data)
+    assert sparse.loss == pytest.approx(dense.loss, rel=1e-4)
+    assert torch.equal(sparse.flipped_edges, dense.flipped_edges)
