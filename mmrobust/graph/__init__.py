@@ -1,5 +1,6 @@
 """The graph modality: PyG datasets, reference models and (adversarial) training for node classification."""
 
+from .certify import SparseCertificate, SparseSmoothing
 from .data import (KarateClubDataModule, PlanetoidDataModule, SBMDataModule, TUDataModule, inductive_split,
                    karate_club, load_planetoid, sbm_graph)
 from .defenses import GCNSVD, RGCN, GNNGuard
@@ -9,5 +10,5 @@ from .training import NodeClassifier, node_accuracy, robust_accuracy_curve, trai
 
 __all__ = ["PlanetoidDataModule", "KarateClubDataModule", "SBMDataModule", "TUDataModule", "inductive_split",
            "karate_club", "load_planetoid", "sbm_graph", "GCN", "GAT", "APPNPNet", "JaccardGCN", "GNNGuard", "RGCN",
-           "GCNSVD", "SoftMedianGCN", "SoftMedianGDC", "NodeClassifier",
+           "GCNSVD", "SoftMedianGCN", "SoftMedianGDC", "SparseSmoothing", "SparseCertificate", "NodeClassifier",
            "node_accuracy", "robust_accuracy_curve", "train_node_classifier"]

@@ -2,6 +2,7 @@
 
 from .bit_errors import BitErrorAccuracy
 from .certified import CertifiedAccuracy
+from .certified_graph import SparseCertifiedAccuracy
 from .confidence import ConfidenceThresholdedError
 from .flatness import WeightFlatness
 from .geometry import BoundaryDistance, GeometryStatistic
@@ -10,6 +11,6 @@ from .robust_accuracy import AttackSuccessRate, CleanAccuracy, RobustAccuracy, w
 
 __all__ = [
     "RobustAccuracy", "CleanAccuracy", "AttackSuccessRate", "worst_case_robust", "MinimalPerturbation",
-    "ConfidenceThresholdedError", "CertifiedAccuracy", "BoundaryDistance", "GeometryStatistic",
+    "ConfidenceThresholdedError", "CertifiedAccuracy", "SparseCertifiedAccuracy", "BoundaryDistance", "GeometryStatistic",
     "BitErrorAccuracy", "WeightFlatness",
 ]
