@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import contextlib
+from typing import Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -29,3 +30,20 @@ def make_generator(seed: Optional[int], device: torch.device | str = "cpu") -> O
     g = torch.Generator(device=device)
     g.manual_seed(int(seed))
     return g
+
+
+@contextlib.contextmanager
+def kept_buffers(module: torch.nn.Module) -> Iterator[None]:
+    """Run the body and put every buffer of ``module`` back as it was (in place, also on error).
+
+    Extra forward passes in training mode (a regulariser, a bit-error pass, a weight-perturbation search)
+    must not move BatchNorm's running statistics or ``num_batches_tracked``: only the user's own forward
+    pass of a step may.
+    """
+    saved = [(b, b.detach().clone()) for b in module.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, value in saved:
+                b.copy_(value)

@@ -5,6 +5,7 @@ from .fast_adversarial import FastAdversarialTraining, catastrophic_overfitting
 from .bit_errors import RandomBitErrorTraining
 from .distillation import Distillation
 from .evaluation import RobustnessEvaluation
+from .extra_loss import ExtraLossCallback
 from .fourier import FourierSparsity
 from .noise import GaussianNoiseTraining
 from .pruning import Pruning
@@ -14,4 +15,4 @@ from .weight_perturbation import AdversarialWeightPerturbation
 
 __all__ = ["AdversarialTraining", "FastAdversarialTraining", "catastrophic_overfitting", "AdversarialWeightPerturbation",
            "GaussianNoiseTraining", "GeometricRegularization", "RobustnessEvaluation", "Pruning", "FourierSparsity",
-           "Quantization", "RandomBitErrorTraining", "Distillation"]
+           "Quantization", "RandomBitErrorTraining", "Distillation", "ExtraLossCallback"]

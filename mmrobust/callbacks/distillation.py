@@ -5,16 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
-import pytorch_lightning as pl
 from torch import nn
 
 from ..adapters.base import BatchAdapter
 from ..attacks.base import Attack
 from ..compression.distillation import DistillationObjective
-from ..errors import check_finite_nonneg
+from .extra_loss import ExtraLossCallback
 
 
-class Distillation(pl.Callback):
+class Distillation(ExtraLossCallback):
     """Train the LightningModule (the student) with a distillation objective from a frozen teacher.
 
     The objective is :class:`~mmrobust.compression.DistillationObjective` (KD of Hinton et al. 2015, ARD of
@@ -26,9 +25,11 @@ class Distillation(pl.Callback):
       paper's objective;
     * ``replace=False``: adds ``weight * objective``'s gradient to it (e.g. a task loss plus distillation).
 
-    The teacher is moved to the student's device, put in eval mode with frozen parameters for the fit, and
+    The objective's gradient is added through :class:`~mmrobust.callbacks.ExtraLossCallback` (batch copy,
+    gradient accumulation, AMP scaler, the student's BatchNorm statistics untouched by the extra pass). The
+    teacher is moved to the student's device and floating-point dtype (``64-true``), put in eval mode with frozen parameters for the fit, and
     its device, modes and flags are restored at the end of the fit, also after an exception. Needs
-    automatic optimisation.
+    automatic optimisation. Logs ``distillation/loss``.
 
     Args:
         teacher: an ``nn.Module`` or a checkpoint path (with ``teacher_model``), loaded with ``weights_only=True``.
@@ -42,9 +43,8 @@ class Distillation(pl.Callback):
                  adapter: Optional[BatchAdapter] = None):
         self.objective = DistillationObjective(teacher, method=method, temperature=temperature, alpha=alpha,
                                                attack=attack, teacher_model=teacher_model, adapter=adapter)
-        self.weight = check_finite_nonneg("weight", weight)
+        super().__init__(weight)
         self.replace = bool(replace)
-        self._batch: Any = None
         self._saved_grads = None
         self._teacher_state = None
 
@@ -52,24 +52,27 @@ class Distillation(pl.Callback):
     def teacher(self) -> nn.Module:
         return self.objective.teacher
 
+    log_name = "distillation/loss"
+    manual_hint = "call DistillationObjective in your training_step instead"
+
     def on_fit_start(self, trainer, pl_module) -> None:
-        if not pl_module.automatic_optimization:
-            raise RuntimeError("Distillation needs automatic optimisation; call DistillationObjective in your "
-                               "training_step instead")
+        super().on_fit_start(trainer, pl_module)
         params = list(self.teacher.parameters())
         device = params[0].device if params else None
-        self._teacher_state = (device, [(m, m.training) for m in self.teacher.modules()],
+        dtype = next((p.dtype for p in params if p.is_floating_point()), None)
+        self._teacher_state = (device, dtype, [(m, m.training) for m in self.teacher.modules()],
                                [(p, p.requires_grad) for p in params])
-        self.teacher.to(pl_module.device).eval()
+        student_dtype = next((p.dtype for p in pl_module.parameters() if p.is_floating_point()), dtype)
+        self.teacher.to(device=pl_module.device, dtype=student_dtype).eval()
         for p in params:
             p.requires_grad_(False)
 
     def _restore_teacher(self) -> None:
         if self._teacher_state is None:
             return
-        device, modes, flags = self._teacher_state
+        device, dtype, modes, flags = self._teacher_state
         if device is not None:
-            self.teacher.to(device)
+            self.teacher.to(device=device, dtype=dtype)
         for m, training in modes:
             m.training = training
         for p, flag in flags:
@@ -80,26 +83,25 @@ class Distillation(pl.Callback):
         self._restore_teacher()
 
     def on_exception(self, trainer, pl_module, exception) -> None:
+        super().on_exception(trainer, pl_module, exception)
         self._restore_teacher()
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._batch = batch
+    def reset(self) -> None:
+        self._saved_grads = None
 
     def on_before_backward(self, trainer, pl_module, loss) -> None:
-        if self.replace:
+        if self.replace and self._batch is not None:
             self._saved_grads = [(p, None if p.grad is None else p.grad.clone()) for p in pl_module.parameters()]
 
     def on_after_backward(self, trainer, pl_module) -> None:
-        if self._batch is None:
-            return
-        if self.replace and self._saved_grads is not None:
-            for p, g in self._saved_grads:
+        if self._saved_grads is not None:  # replace: drop the module loss's gradient, keep earlier micro-batches'
+            saved, self._saved_grads = self._saved_grads, None
+            for p, g in saved:
                 p.grad = g
-            self._saved_grads = None
-        loss = self.objective(pl_module, self._batch)
-        (loss * (self.weight / trainer.accumulate_grad_batches)).backward()
-        pl_module.log("distillation/loss", loss.detach(), on_step=True, on_epoch=True)
-        self._batch = None
+        super().on_after_backward(trainer, pl_module)
+
+    def extra_loss(self, trainer, pl_module, batch):
+        return self.objective(pl_module, batch)
 
     def state_dict(self) -> Dict[str, Any]:
         attack = self.objective.attack

@@ -13,6 +13,7 @@ from torch import Tensor
 from ..adapters.base import BatchAdapter
 from ..errors import NonFiniteError, check_finite_nonneg, check_int, check_positive
 from ..objectives import batch_cross_entropy
+from ..utils import kept_buffers
 from ..threats.weights import WeightBall, apply_deltas, perturbed_weights, restore_weights
 
 LossFn = Callable[[pl.LightningModule, Any], Tensor]
@@ -104,24 +105,18 @@ class AdversarialWeightPerturbation(pl.Callback):
         params = self.ball.parameters(pl_module)
         radius = self.ball.radius(pl_module)
         deltas = self.ball.zeros(pl_module)
-        buffers = [(b, b.detach().clone()) for b in pl_module.buffers()]
-        try:
-            with torch.inference_mode(False), torch.enable_grad():
-                for _ in range(self.steps):
-                    with perturbed_weights(pl_module, deltas):
-                        loss = self.loss_fn(pl_module, batch)
-                        if not isinstance(loss, Tensor) or loss.dim() != 0:
-                            raise ValueError("loss_fn must return a scalar tensor, got "
-                                             f"{getattr(loss, 'shape', type(loss).__name__)}")
-                        grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
-                    grads = {k: g for k, g in zip(params, grads) if g is not None}
-                    if not all(bool(torch.isfinite(g).all()) for g in grads.values()):
-                        raise NonFiniteError("NaN/Inf in the weight gradient during the AWP search")
-                    deltas = self.ball.project(self.ball.step(deltas, grads, self.step_size, radius), radius)
-        finally:
-            with torch.no_grad():
-                for b, saved in buffers:
-                    b.copy_(saved)
+        with kept_buffers(pl_module), torch.inference_mode(False), torch.enable_grad():
+            for _ in range(self.steps):
+                with perturbed_weights(pl_module, deltas):
+                    loss = self.loss_fn(pl_module, batch)
+                    if not isinstance(loss, Tensor) or loss.dim() != 0:
+                        raise ValueError("loss_fn must return a scalar tensor, got "
+                                         f"{getattr(loss, 'shape', type(loss).__name__)}")
+                    grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+                grads = {k: g for k, g in zip(params, grads) if g is not None}
+                if not all(bool(torch.isfinite(g).all()) for g in grads.values()):
+                    raise NonFiniteError("NaN/Inf in the weight gradient during the AWP search")
+                deltas = self.ball.project(self.ball.step(deltas, grads, self.step_size, radius), radius)
         return {k: d.detach() for k, d in deltas.items()}
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
