@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from mmrobust.attacks import APGD, APGDT, FMN, PGD, Ensemble, Square
+from mmrobust.attacks import APGD, APGDT, FAB, FABT, FMN, PGD, Ensemble, Square
 from mmrobust.threats import L1Ball, L2Ball, LinfBall
 
 N = 96  # test images; keeps the file fast on a shared CPU
@@ -181,8 +181,8 @@ def test_ensemble_is_at_most_every_member(digits_cnn, batch):
 
 def test_ensemble_standard_members():
     ens = Ensemble.standard(LinfBall(0.1), steps=5, n_queries=10)
-    assert [type(a) for a in ens.attacks] == [APGD, APGDT, Square]
-    assert [type(a) for a in Ensemble.standard(L1Ball(5.0)).attacks] == [APGD, APGDT]
+    assert [type(a) for a in ens.attacks] == [APGD, APGDT, FABT, Square]
+    assert [type(a) for a in Ensemble.standard(L1Ball(5.0)).attacks] == [APGD, APGDT, FABT]
 
 
 ATTACKS = {
@@ -190,6 +190,8 @@ ATTACKS = {
     "apgdt": lambda: APGDT(L2Ball(0.8, **BOX), steps=6, n_target_classes=2, seed=3),
     "square": lambda: Square(LinfBall(0.1, **BOX), n_queries=30, seed=3),
     "fmn": lambda: FMN(L2Ball(0.8, **BOX), steps=6, seed=3),
+    "fab": lambda: FAB(L2Ball(0.8, **BOX), steps=4, restarts=2, seed=3),
+    "fabt": lambda: FABT(LinfBall(0.1, **BOX), steps=4, n_target_classes=2, cap=True, early_stop=True, seed=3),
     "ensemble": lambda: Ensemble([APGD(LinfBall(0.1, **BOX), steps=4, seed=3),
                                   Square(LinfBall(0.1, **BOX), n_queries=20, seed=3)]),
 }

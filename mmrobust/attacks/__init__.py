@@ -6,6 +6,7 @@ from .base import Attack, AttackResult, attack_mode
 from .ctc import CTCTargetedAttack
 from .ensemble import Ensemble
 from .eot import EOT, eot_victim
+from .fab import FAB, FABT
 from .fmn import FMN
 from .graph_baselines import DICE, RandomFlips
 from .losses import LOSSES, cross_entropy, dlr, get_loss, margin
@@ -24,7 +25,7 @@ __all__ = [
     # gradient-based, bounded
     "FGSM", "FGSMRS", "NFGSM", "PGD", "APGD", "APGDT", "EOT", "eot_victim", "UniversalPerturbation", "CTCTargetedAttack",
     # minimal norm and black box
-    "FMN", "Square",
+    "FMN", "FAB", "FABT", "Square",
     # combinations and learned attacks
     "Ensemble", "AmortizedAttack", "ConvPerturbationGenerator", "MLPPerturbationGenerator",
     # graph structure
