@@ -13,6 +13,7 @@ from .losses import LOSSES, cross_entropy, dlr, get_loss, margin
 from .pgd import FGSM, PGD
 from .single_step import FGSMRS, NFGSM
 from .prbcd import GRBCD, PRBCD, GraphAttack, masked_cross_entropy
+from .local import LocalGreedy, LocalResult
 from .poisoning import MetaPRBCD, PoisonResult, poison, transfer_poison
 from .square import Square
 from .universal import UniversalPerturbation
@@ -32,4 +33,6 @@ __all__ = [
     "PRBCD", "GRBCD", "GraphAttack", "masked_cross_entropy", "DICE", "RandomFlips",
     # graph poisoning (training-time)
     "MetaPRBCD", "PoisonResult", "poison", "transfer_poison",
+    # local (targeted) structure attacks
+    "LocalGreedy", "LocalResult",
 ]

@@ -1,0 +1,95 @@
+"""Local (targeted) greedy edge attacks with Nettack's degree-distribution unnoticeability test."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+pytest.importorskip("torch_geometric")
+
+from mmrobust.attacks.local import LocalGreedy, degree_test_statistic  # noqa: E402
+from mmrobust.graph.data import sbm_graph  # noqa: E402
+from mmrobust.graph.models import GCN  # noqa: E402
+from mmrobust.graph.training import train_node_classifier  # noqa: E402
+
+
+def direct_statistic(d0, d1, d_min=2):
+    def ll(ds):
+        ds = [d for d in ds if d >= d_min]
+        n, s = len(ds), sum(math.log(d) for d in ds)
+        a = 1 + n / (s - n * math.log(d_min - 0.5))
+        return n * math.log(a) + n * a * math.log(d_min) - (a + 1) * s
+    return -2 * ll(d0 + d1) + 2 * (ll(d0) + ll(d1))
+
+
+def test_degree_statistic_matches_direct_formula():
+    g = torch.Generator().manual_seed(0)
+    d0 = torch.randint(1, 12, (60,), generator=g).double()
+    cur = d0.clone()
+    cur[3] += 1
+    cur[5] -= 1
+    nodes = torch.tensor([[7, 1], [9, 2]])
+    delta = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    stat = degree_test_statistic(d0, cur, nodes, delta)
+    for k in range(2):
+        new = cur.clone()
+        new[nodes[:, k]] += delta[k]
+        assert float(stat[k]) == pytest.approx(direct_statistic(d0.tolist(), new.tolist()), rel=1e-9, abs=1e-9)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    data = sbm_graph(num_nodes=120, num_classes=3, p_in=0.15, p_out=0.01, feature_noise=1.0, seed=0)
+    torch.manual_seed(0)
+    model = GCN(3, 3, hidden=16)
+    train_node_classifier(model, data, epochs=100, lr=0.02)
+    return model.eval(), data
+
+
+def test_local_attack_flips_only_target_pairs_within_budget(trained):
+    model, data = trained
+    e0 = data.edge_index.clone()
+    nodes = data.test_mask.nonzero().squeeze(1)[:6].tolist()
+    fooled = 0
+    for t in nodes:
+        res = LocalGreedy(2.0, unnoticeable=False)(model, data, t)
+        deg = int((data.edge_index[0] == t).sum())
+        assert res.budget == max(1, 2 * deg) and len(res.flips) <= res.budget
+        assert all(t in pair for pair in res.flips) and len(set(res.flips)) == len(res.flips)
+        clean = {(min(a, b), max(a, b)) for a, b in data.edge_index.t().tolist()}
+        after = {(min(a, b), max(a, b)) for a, b in res.edge_index.t().tolist()}
+        assert clean ^ after == set(res.flips)
+        with torch.no_grad():
+            out = model(data.x, res.edge_index)[t]
+        assert float(LocalGreedy.margin(out, int(data.y[t]))) == pytest.approx(res.margins[-1], abs=1e-5)
+        assert res.margins[-1] <= res.margins[0]
+        fooled += res.margins[-1] < 0
+    assert fooled >= 3
+    assert torch.equal(data.edge_index, e0) and not model.training
+
+
+def test_unnoticeable_flips_pass_the_degree_test(trained):
+    model, data = trained
+    t = int(data.test_mask.nonzero()[0])
+    res = LocalGreedy(3.0, unnoticeable=True)(model, data, t)
+    n = data.num_nodes
+    deg0 = torch.zeros(n, dtype=torch.float64).index_add_(0, data.edge_index[0], torch.ones(data.edge_index.shape[1],
+                                                                                          dtype=torch.float64))
+    deg = deg0.clone()
+    for a, b in res.flips:      # replay: every accepted flip passes against the clean sequence
+        exists = bool(((data.edge_index[0] == a) & (data.edge_index[1] == b)).any())
+        delta = -1.0 if exists else 1.0
+        stat = degree_test_statistic(deg0, deg, torch.tensor([[a], [b]]), torch.tensor([delta], dtype=torch.float64))
+        assert float(stat[0]) < 0.004
+        deg[a] += delta
+        deg[b] += delta
+
+
+def test_bad_arguments(trained):
+    model, data = trained
+    with pytest.raises(ValueError, match="target"):
+        LocalGreedy()(model, data, data.num_nodes)
+    with pytest.raises(ValueError, match="budget_per_degree"):
+        LocalGreedy(0.0)
