@@ -34,9 +34,14 @@ def main():
     from mmrobust.attacks.poisoning import poison
     from mmrobust.threats.graph import EdgeFlips
 
-    data = planetoid_lcc(args.data)
+    if args.data == "csbm":   # generated in code: contextual SBM, 600 nodes, 3 classes, 32 binary features, 10% train
+        from mmrobust.graph.data import sbm_graph
+        data = sbm_graph(600, 3, p_in=0.03, p_out=0.004, binary_features=32, train_fraction=0.1, val_fraction=0.1,
+                         seed=0)
+    else:
+        data = planetoid_lcc(args.data)
     anchor = ANCHOR.get(args.data, {})
-    print(f"{args.data} LCC: {data.num_nodes} nodes, {data.edge_index.shape[1] // 2} edges, "
+    print(f"{args.data}: {data.num_nodes} nodes, {data.edge_index.shape[1] // 2} edges, "
           f"train/val/test {int(data.train_mask.sum())}/{int(data.val_mask.sum())}/{int(data.test_mask.sum())}")
     seeds = tuple(range(args.seeds))
     clean = gcn_accuracy(data, seeds)
