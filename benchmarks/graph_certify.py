@@ -19,6 +19,7 @@ from graph_common import gcn_accuracy, planetoid_lcc  # noqa: F401  (gcn_accurac
 
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default="Cora")
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--p_plus", type=float, default=0.001)
     ap.add_argument("--p_minus", type=float, default=0.4)
@@ -30,7 +31,12 @@ def main():
     from mmrobust.graph.training import node_accuracy, train_node_classifier
     from mmrobust.metrics.certified_graph import SparseCertifiedAccuracy
 
-    data = planetoid_lcc("Cora")
+    if args.data == "csbm":   # the generated graph of graph_poisoning.py / graph_local.py
+        from mmrobust.graph.data import sbm_graph
+        data = sbm_graph(600, 3, p_in=0.03, p_out=0.004, binary_features=32, train_fraction=0.1, val_fraction=0.1,
+                         seed=0)
+    else:
+        data = planetoid_lcc(args.data)
     torch.manual_seed(0)
     model = GCN(data.num_features, int(data.y.max()) + 1, hidden=16)
     train_node_classifier(model, data, epochs=200)
@@ -40,7 +46,7 @@ def main():
     radii = [(0, 0)] + [(a, 0) for a in (1, 2, 3)] + [(0, d) for d in (1, 2, 4, 6, 8, 10, 15)]
     metric = SparseCertifiedAccuracy(radii)
     metric.update(cert, data.y, data.test_mask)
-    print(f"GCN clean test accuracy {100 * node_accuracy(model, data):.1f}%; smoothing p+={args.p_plus} "
+    print(f"{args.data}: GCN clean test accuracy {100 * node_accuracy(model, data):.1f}%; smoothing p+={args.p_plus} "
           f"p-={args.p_minus} n={args.n}: {secs:.0f} s")
     print("| radius (add, del) | certified accuracy (%) |\n|---|---|")
     for r, v in zip(radii, metric.compute().tolist()):
