@@ -53,7 +53,7 @@ def test_snr_ball_projection_holds_snr_and_box(speech, snr):
     assert bool(((x + delta).abs() <= 1 + 1e-6).all())
     # the budget is an L2 radius of ||x|| 10^(-snr/20)
     assert torch.allclose(threat.radius(x), x.norm(dim=1) * 10 ** (-snr / 20))
-    assert threat.with_eps(20.0).snr_db == 20.0 and threat.snr_db == snr
+    assert threat.with_level(20.0).snr_db == 20.0 and threat.snr_db == snr
 
 
 def test_peak_db_ball_is_carlini_wagner_db_x(speech):

@@ -51,10 +51,12 @@ def assign_batch(batch: Any, new: Any) -> None:
 
 
 def scaled_threat(threat, factor: float):
-    """The threat (or mapping of threats) with every budget multiplied by ``factor``."""
+    """The threat (or mapping of threats) with ``factor`` times every radius (or flip count), as each threat
+    model defines it (:meth:`~mmrobust.threats.ThreatModel.scaled`: a dB level moves by ``20 log10 f``,
+    an edge count becomes ``floor(f * count)``)."""
     if isinstance(threat, ThreatModel):
-        return threat.with_eps(threat.eps * factor)
-    return {k: t.with_eps(t.eps * factor) for k, t in threat.items()}
+        return threat.scaled(factor)
+    return {k: t.scaled(factor) for k, t in threat.items()}
 
 
 class AdversarialTraining(pl.Callback):

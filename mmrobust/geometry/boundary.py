@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ..adapters.base import BatchAdapter, Victim, infer_adapter
 from ..attacks.base import Attack, AttackResult, normal_tensor
-from ..errors import check_choice, check_int, check_positive
+from ..errors import check_choice, check_finite_nonneg, check_int, check_positive
 from ..threats.base import ThreatModel
 
 
@@ -43,9 +43,17 @@ class PerUnitRadius(ThreatModel):
     def subset(self, units: Tensor) -> "PerUnitRadius":
         return PerUnitRadius(self.base, self.radii[units.to(self.radii.device)])
 
+    def scaled(self, factor: float) -> "PerUnitRadius":
+        return PerUnitRadius(self.base, self.radii * check_finite_nonneg("factor", factor))
+
     def random_init(self, x, generator=None):
-        unit = self.base.with_eps(1.0).random_init(x, generator)
-        return self.project(unit * self.radius(x).reshape(-1, *([1] * (x.dim() - 1))), x)
+        # a random start of the base set, stretched from the base's radius to this unit's one (units where the
+        # base allows nothing start at 0)
+        start = self.base.random_init(x, generator)
+        base_r = self.base.radius(x)
+        ratio = torch.where(base_r > 0, self.radius(x) / base_r.clamp_min(torch.finfo(x.dtype).tiny),
+                            torch.zeros_like(base_r))
+        return self.project(start * ratio.reshape(-1, *([1] * (x.dim() - 1))), x)
 
     def step(self, delta, grad, step_size):
         return self.base.step(delta, grad, step_size)
@@ -68,8 +76,8 @@ class MinimalNormSearch(Attack):
     without a dedicated minimal-norm attack such as FMN (Pintor et al. 2021, https://arxiv.org/abs/2102.12827).
 
     Args:
-        attack: the fixed-budget attack (e.g. ``PGD(L2Ball(3.0), steps=20)``); its threat's ``eps`` is
-            :math:`\\epsilon_{max}` unless ``eps_max`` is given.
+        attack: the fixed-budget attack (e.g. ``PGD(L2Ball(3.0), steps=20)``); its threat's radius (per unit,
+            e.g. of an ``SNRBall``) is :math:`\\epsilon_{max}` unless ``eps_max`` is given.
         search_steps: bisection steps; the bracket shrinks by :math:`2^{-\\text{steps}}`.
     """
 
@@ -85,12 +93,16 @@ class MinimalNormSearch(Attack):
         self.loss_name = attack.loss_name
         self.inner = attack
         self.search_steps = check_int("search_steps", search_steps, 1)
-        self.eps_max = attack.threat.eps if eps_max is None else check_positive("eps_max", eps_max)
-        if self.eps_max <= 0:
-            raise ValueError("the inner attack's eps (eps_max) must be > 0 for a budget search")
+        self.eps_max = None if eps_max is None else check_positive("eps_max", eps_max)
+
+    @property
+    def bounded(self) -> bool:
+        """Whether every returned point lies in the inner attack's threat model (no larger ``eps_max``)."""
+        return self.eps_max is None
 
     def describe(self) -> str:
-        return f"MinimalNormSearch({self.inner.describe()}, eps_max={self.eps_max:g}, steps={self.search_steps})"
+        top = "threat radius" if self.eps_max is None else f"{self.eps_max:g}"
+        return f"MinimalNormSearch({self.inner.describe()}, eps_max={top}, steps={self.search_steps})"
 
     def _success(self, victim, adv, target_labels) -> Tensor:
         with torch.no_grad():
@@ -108,11 +120,13 @@ class MinimalNormSearch(Attack):
         best = x.clone()
         best_size = torch.where(found, torch.zeros(n, device=device), torch.full((n,), float("inf"), device=device))
         lo = torch.zeros(n, dtype=x.dtype, device=device)
-        hi = torch.full((n,), self.eps_max, dtype=x.dtype, device=device)
+        top = (base.radius(x).to(x.dtype) if self.eps_max is None
+               else torch.full((n,), self.eps_max, dtype=x.dtype, device=device))
+        hi = top.clone()
         # first probe at eps_max, then bisect; units already adversarial need no search
         radii = hi.clone()
         for _ in range(self.search_steps + 1):
-            active = (~found & (lo < self.eps_max)) | (found & (best_size > lo + 1e-6 * self.eps_max))
+            active = (~found & (lo < top)) | (found & (best_size > lo + 1e-6 * top))
             if not bool(active.any()):
                 break
             threat = PerUnitRadius(base, torch.where(active, radii, torch.zeros_like(radii)))

@@ -13,8 +13,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .base import db_to_ratio
-from .norms import L2Ball, LinfBall
+from .base import check_scale, db_to_ratio
+from .norms import L2Ball, LinfBall, l2_norm
 
 _TINY = 1e-12
 
@@ -50,29 +50,48 @@ def db_x(delta: Tensor, x: Tensor) -> Tensor:
 
 
 class _DecibelBall:
-    """A norm ball whose budget is a level in decibels relative to the signal, held in ``eps`` (so
-    :meth:`with_eps` sweeps levels); subclasses name the level (``db_name``) and turn it into a radius."""
+    """A norm ball whose budget is a level in decibels relative to the signal, held in ``level`` (named
+    ``snr_db`` or ``db`` by the subclass). ``sign`` says how the radius follows the level:
+    ``radius = reference(x) * 10^(sign * level / 20)``, so scaling the radius by ``f`` moves the level by
+    ``sign * 20 log10(f)`` (``f = 0``: a level of ``-sign * inf``, nothing allowed)."""
 
     db_name = "db"
+    sign = 1.0
 
     def __init__(self, level: float, *, lower: Optional[float] = -1.0, upper: Optional[float] = 1.0):
-        super().__init__(0.0, lower=lower, upper=upper)
-        self.eps = _check_db(self.db_name, level)
+        super().__init__(None, lower=lower, upper=upper)
+        self.level = _check_db(self.db_name, level)
 
-    def with_eps(self, eps: float):
-        clone = object.__new__(type(self))
-        clone.__dict__.update(self.__dict__)
-        clone.eps = _check_db(self.db_name, eps)
-        return clone
+    @property
+    def eps(self):
+        raise AttributeError(f"{type(self).__name__} has no `eps`: its budget is `{self.db_name}`, a level in dB "
+                             "(not a radius). Scale its radius with .scaled(f); set another level with "
+                             ".with_level(db)")
+
+    def with_eps(self, eps):
+        raise TypeError(f"{type(self).__name__} has no radius `eps`; use .with_level({self.db_name}) for another "
+                        "level in dB or .scaled(f) for f times the radius")
+
+    def with_level(self, level: float):
+        """A copy with another level in dB (budget curves over dB levels)."""
+        return self._copy(level=_check_db(self.db_name, level))
+
+    def scaled(self, factor: float):
+        f = check_scale(factor)
+        shift = 20 * math.log10(f) if f > 0 else -math.inf
+        return self._copy(level=self.level + self.sign * shift)
+
+    def _ratio(self) -> float:
+        return db_to_ratio(self.sign * self.level)
 
     def extra_sizes(self, delta: Tensor, x: Tensor) -> dict[str, Tensor]:
         return {"snr_db": snr_db(delta, x), "db_x": db_x(delta, x)}
 
     def describe(self) -> str:
-        return f"{type(self).__name__}({self.db_name}={self.eps:g})"
+        return f"{type(self).__name__}({self.db_name}={self.level:g})"
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.db_name}={self.eps:g}, box=[{self.lower}, {self.upper}])"
+        return f"{type(self).__name__}({self.db_name}={self.level:g}, box=[{self.lower}, {self.upper}])"
 
 
 class SNRBall(_DecibelBall, L2Ball):
@@ -84,21 +103,22 @@ class SNRBall(_DecibelBall, L2Ball):
     i.e. an L2 ball whose per-example radius scales with the example's energy (the SNR budget used for
     audio attacks, e.g. Yakura & Sakuma 2019 and the speech robustness literature). A *larger*
     ``snr_db`` is a *smaller* perturbation. The value box is ``[-1, 1]`` (float waveforms) by default.
-    ``eps`` holds ``snr_db`` so that :meth:`with_eps` sweeps SNRs. Padding (zeros) adds no energy, so the
+    :meth:`with_level` gives another SNR, :meth:`scaled` ``f`` times the radius (``snr_db - 20 log10 f``). Padding (zeros) adds no energy, so the
     budget of a padded waveform equals that of its unpadded version.
     """
 
     db_name = "snr_db"
+    sign = -1.0
 
     def __init__(self, snr_db: float, *, lower: Optional[float] = -1.0, upper: Optional[float] = 1.0):
         super().__init__(snr_db, lower=lower, upper=upper)
 
     @property
     def snr_db(self) -> float:
-        return self.eps
+        return self.level
 
     def radius(self, x: Tensor) -> Tensor:
-        return _flat(x).norm(dim=1) * db_to_ratio(-self.eps)
+        return l2_norm(_flat(x)) * self._ratio()
 
 
 class PeakDBBall(_DecibelBall, LinfBall):
@@ -113,7 +133,7 @@ class PeakDBBall(_DecibelBall, LinfBall):
     .. math:: \\|\\delta\\|_\\infty \\le \\max_i|x_i|\\; 10^{d/20}.
 
     ``db`` is usually negative (C&W report -31 dB on average). The value box is ``[-1, 1]`` by default.
-    ``eps`` holds ``db`` so that :meth:`with_eps` sweeps loudness levels.
+    :meth:`with_level` gives another level, :meth:`scaled` ``f`` times the radius (``db + 20 log10 f``).
     """
 
     db_name = "db"
@@ -123,7 +143,7 @@ class PeakDBBall(_DecibelBall, LinfBall):
 
     @property
     def db(self) -> float:
-        return self.eps
+        return self.level
 
     def radius(self, x: Tensor) -> Tensor:
-        return _flat(x).abs().amax(1) * db_to_ratio(self.eps)
+        return _flat(x).abs().amax(1) * self._ratio()

@@ -34,16 +34,21 @@ class ThreatModel(ABC):
 
     ``radius(x)`` gives the per-unit budget in the set's norm; for the plain balls it is the constant
     ``eps``, for audio budgets in dB it depends on the signal.
+
+    **The budget contract.** A budget is scaled only by its threat model: :meth:`scaled` returns the set
+    whose radius (or flip count) is ``f`` times this one's, ``scaled(f).radius(x) == f * radius(x)``, for
+    every threat model -- a level in dB, a count and a fraction of edges each scale their own way. Code
+    outside :mod:`mmrobust.threats` never does arithmetic on ``eps`` (which only norm balls have).
     """
 
     #: Name of the norm the set is a ball of (``"linf"``, ``"l2"``, ``"l1"``, or something custom).
     norm: str = "custom"
 
-    def __init__(self, eps: float, *, lower: Optional[float] = None, upper: Optional[float] = None):
-        check_finite_nonneg("eps", eps)
+    def __init__(self, eps: Optional[float], *, lower: Optional[float] = None, upper: Optional[float] = None):
         if lower is not None and upper is not None and not lower < upper:
             raise ValueError(f"value box needs lower < upper, got lower={lower}, upper={upper}")
-        self.eps = float(eps)
+        if eps is not None:  # threat models whose budget is not a radius (dB levels, edge counts) pass None
+            self.eps = check_finite_nonneg("eps", eps)
         self.lower = lower
         self.upper = upper
 
@@ -61,11 +66,27 @@ class ThreatModel(ABC):
         return self
 
     def with_eps(self, eps: float) -> "ThreatModel":
-        """A copy of this threat model with another budget (schedules, budget curves)."""
+        """A copy of this norm ball with another radius ``eps`` (budget curves over absolute radii).
+
+        Threat models whose budget is not a radius (dB levels, edge counts) refuse it; use :meth:`scaled`,
+        which every threat model supports.
+        """
+        return self._copy(eps=check_finite_nonneg("eps", eps))
+
+    def scaled(self, factor: float) -> "ThreatModel":
+        """The same threat model with ``factor`` times the radius: ``scaled(f).radius(x) == f * radius(x)``.
+
+        ``f = 1`` is the same set, ``f = 0`` allows only ``delta = 0``, and counts (edge flips, bit flips)
+        become ``floor(f * count)``. Warm-ups, per-unit radii and sweeps use this instead of multiplying
+        a budget that may be a dB level, a count or a fraction. Subclasses whose budget is not the radius
+        ``eps`` override it.
+        """
+        return self._copy(eps=self.eps * check_scale(factor))
+
+    def _copy(self, **changes) -> "ThreatModel":
         clone = object.__new__(type(self))
         clone.__dict__.update(self.__dict__)
-        check_finite_nonneg("eps", eps)
-        clone.eps = float(eps)
+        clone.__dict__.update(changes)
         return clone
 
     # -- value box --------------------------------------------------------------------------------
@@ -140,6 +161,11 @@ class ThreatModel(ABC):
     def __repr__(self) -> str:
         box = "" if self.lower is None and self.upper is None else f", box=[{self.lower}, {self.upper}]"
         return f"{type(self).__name__}(eps={self.eps:g}{box})"
+
+
+def check_scale(factor) -> float:
+    """A budget scale factor: a finite number ``>= 0``."""
+    return check_finite_nonneg("factor", factor)
 
 
 def db_to_ratio(db: float) -> float:

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ..errors import check_finite_nonneg, check_fraction, check_int
-from .base import ThreatModel
+from .base import ThreatModel, check_scale
 from .norms import L1Ball, L2Ball, LinfBall
 
 _BISECTION_STEPS = 60
@@ -95,27 +95,43 @@ class EdgeFlips(ThreatModel):
         if isinstance(budget, bool) or not isinstance(budget, Real):
             raise TypeError(f"budget must be an int (number of flipped pairs) or a float in [0, 1] (fraction of "
                             f"edges), got {type(budget).__name__} ({budget!r})")
+        super().__init__(None)
+        #: an absolute number of flips per graph, or ``None`` for a fractional budget
+        self.count: Optional[int] = None
+        #: a fraction of each graph's undirected edges (or the targets' degree), or ``None``
+        self.fraction: Optional[float] = None
         if isinstance(budget, Integral):
-            self.fraction = None
             self.count = check_int("budget", int(budget), 0)
         else:
             self.fraction = check_fraction("budget", float(budget))
-            self.count = None
-        super().__init__(float(budget))
+        #: the factor :meth:`scaled` applied: ``floor(scale * count)`` or ``floor(scale * fraction * edges)`` flips
+        self.scale = 1.0
         self.local = bool(local)
         self.max_flips_per_node = (None if max_flips_per_node is None
                                    else check_int("max_flips_per_node", max_flips_per_node, 1))
 
-    def with_eps(self, eps) -> "EdgeFlips":
-        return EdgeFlips(eps, local=self.local, max_flips_per_node=self.max_flips_per_node)
+    @property
+    def eps(self):
+        raise AttributeError("EdgeFlips has no `eps`: its budget is `count` (flips per graph) or `fraction` (of the "
+                             "graph's edges), times `scale`; use flips_allowed(edges) for the number of flips and "
+                             ".scaled(f) for f times the budget")
+
+    def with_eps(self, eps):
+        raise TypeError("EdgeFlips has no radius `eps`; build EdgeFlips(count or fraction, ...) for another budget "
+                        "or use .scaled(f) for f times this one")
+
+    def scaled(self, factor: float) -> "EdgeFlips":
+        """``factor`` times the budget: ``floor(factor * count)`` flips, or ``floor(factor * fraction * edges)``."""
+        return self._copy(scale=self.scale * check_scale(factor))
 
     def flips_allowed(self, num_undirected_edges: Tensor) -> Tensor:
-        """Per-unit number of allowed flips given each unit's number of undirected edges (or degree sum)."""
+        """Per-unit number of allowed flips given each unit's number of distinct undirected edges (or the
+        targets' degree for local attacks): ``floor(scale * count)`` or ``floor(scale * fraction * edges)``."""
         m = torch.as_tensor(num_undirected_edges)
         if self.count is not None:
-            return torch.full_like(m, self.count, dtype=torch.long)
+            return torch.full_like(m, _floor(self.count * self.scale), dtype=torch.long)
         # the small tolerance keeps e.g. 0.05 * 5278 = 263.9 -> 263 exact like int(...) in PyG
-        return torch.floor(m.double() * self.fraction + 1e-9).long()
+        return torch.floor(m.double() * (self.fraction * self.scale) * (1 + 1e-12) + 1e-9).long()
 
     def check_input(self, x, name="edges"):  # structure has no value box
         return None
@@ -124,7 +140,7 @@ class EdgeFlips(ThreatModel):
     def radius(self, x: Tensor) -> Tensor:
         if self.count is None:
             raise ValueError("a fractional edge budget needs the graph's edge count; use flips_allowed()")
-        return torch.full((x.shape[0],), float(self.count), dtype=x.dtype, device=x.device)
+        return torch.full((x.shape[0],), float(_floor(self.count * self.scale)), dtype=x.dtype, device=x.device)
 
     def random_init(self, x, generator=None):
         return torch.zeros_like(x)
@@ -143,11 +159,36 @@ class EdgeFlips(ThreatModel):
 
     def describe(self) -> str:
         b = f"{self.count}" if self.count is not None else f"{self.fraction:.0%} of edges"
-        extra = ", local" if self.local else ""
+        extra = f", scale={self.scale:g}" if self.scale != 1.0 else ""
+        extra += ", local" if self.local else ""
         extra += f", max_flips_per_node={self.max_flips_per_node}" if self.max_flips_per_node else ""
         return f"EdgeFlips({b}{extra})"
 
     __repr__ = describe
+
+
+def _floor(value: float) -> int:
+    """``floor`` that keeps products such as ``10 * 0.7 = 7.000000000000001`` or ``0.3 * 10`` at the count meant."""
+    return int(math.floor(value * (1 + 1e-12) + 1e-9))
+
+
+def undirected_pairs(edge_index: Tensor) -> Tensor:
+    """The distinct undirected non-loop pairs of ``edge_index`` as a ``(2, P)`` tensor with row < col.
+
+    Duplicate edges and both directions of an edge count once: this is the edge count fractional
+    :class:`EdgeFlips` budgets are taken of, and the set flips are measured against.
+    """
+    row, col = edge_index
+    keep = row != col
+    lo, hi = torch.minimum(row[keep], col[keep]), torch.maximum(row[keep], col[keep])
+    return torch.unique(torch.stack([lo, hi]), dim=1)
+
+
+def count_undirected_edges(edge_index: Tensor, node_unit: Tensor, num_units: int) -> Tensor:
+    """Per unit (graph), the number of distinct undirected non-loop edges."""
+    pairs = undirected_pairs(edge_index)
+    return torch.zeros(num_units, dtype=torch.long, device=edge_index.device).index_add_(
+        0, node_unit[pairs[0]], torch.ones(pairs.shape[1], dtype=torch.long, device=edge_index.device))
 
 
 class BinaryFeatureFlips(L1Ball):

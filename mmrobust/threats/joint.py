@@ -30,5 +30,9 @@ class Joint(Dict[str, ThreatModel]):
             raise KeyError(f"Joint has no threat for {sorted(unknown)}; it has {sorted(self)}")
         return Joint({k: self[k] for k in names})
 
+    def scaled(self, factor: float) -> "Joint":
+        """Every input's threat model with ``factor`` times its radius (see :meth:`ThreatModel.scaled`)."""
+        return Joint({k: t.scaled(factor) for k, t in self.items()})
+
     def __repr__(self) -> str:
         return "Joint({" + ", ".join(f"{k!r}: {v!r}" for k, v in self.items()) + "})"

@@ -25,6 +25,25 @@ def _flat(t: Tensor) -> Tensor:
     return t.reshape(t.shape[0], -1)
 
 
+def l2_norm(v: Tensor) -> Tensor:
+    """Row-wise Euclidean norm of a ``(units, d)`` tensor that neither overflows nor underflows.
+
+    ``v.norm()`` squares the entries, so in float32 any entry above ~1.8e19 gives ``inf`` (and a budget
+    of ``L2Ball(1e20)`` would project every step to zero); rows whose plain norm is not finite or
+    vanishes while the row is not zero are recomputed as ``m * ||v / m||`` with ``m = max |v_i|``.
+    """
+    n = v.norm(dim=1)
+    if not v.numel():
+        return n
+    bad = ~torch.isfinite(n) | (n == 0)
+    if bool(bad.any()):
+        m = v.abs().amax(1)
+        safe = torch.where((m > 0) & torch.isfinite(m), m, torch.ones_like(m))
+        rescaled = (v / safe[:, None]).norm(dim=1) * safe
+        n = torch.where(bad & torch.isfinite(m), rescaled, n)
+    return n
+
+
 def _box_bounds(threat: ThreatModel, x: Tensor, flat_shape) -> tuple[Tensor, Tensor]:
     lo, hi = threat.box(x)
     inf = torch.tensor(float("inf"), dtype=x.dtype, device=x.device)
@@ -73,7 +92,7 @@ class L2Ball(ThreatModel):
     def random_init(self, x, generator=None):
         flat = _flat(x)
         g = randn(flat.shape, generator, x)
-        g = g / g.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        g = g / l2_norm(g)[:, None].clamp_min(1e-12)
         # uniform in the ball: radius ~ r * U^(1/d)
         u = rand((flat.shape[0], 1), generator, x) ** (1.0 / flat.shape[1])
         delta = (g * u * self.radius(x)[:, None]).reshape(x.shape)
@@ -81,7 +100,7 @@ class L2Ball(ThreatModel):
 
     def step(self, delta, grad, step_size):
         g = _flat(grad)
-        g = g / g.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        g = g / l2_norm(g)[:, None].clamp_min(1e-12)
         return delta + (g * step_size[:, None]).reshape(delta.shape)
 
     def project(self, delta, x, radius=None):
@@ -89,12 +108,12 @@ class L2Ball(ThreatModel):
         v = _flat(delta)
         lo, hi = _box_bounds(self, x, v.shape)
         clipped = torch.maximum(torch.minimum(v, hi), lo)
-        norm = clipped.norm(dim=1)
+        norm = l2_norm(clipped)
         active = norm > r
         if not bool(active.any()):
             return clipped.reshape(delta.shape)
         # Scale along v; exact when the box stays inactive after scaling.
-        vnorm = v.norm(dim=1).clamp_min(1e-30)
+        vnorm = l2_norm(v).clamp_min(1e-30)
         t = torch.where(active, r / vnorm, torch.ones_like(r)).clamp(max=1.0)
         scaled = v * t[:, None]
         out = torch.where(active[:, None], scaled, clipped)
@@ -106,7 +125,7 @@ class L2Ball(ThreatModel):
             t_hi = torch.ones_like(rr)
             for _ in range(_BISECTION_STEPS):
                 mid = (t_lo + t_hi) / 2
-                nrm = torch.maximum(torch.minimum(vv * mid[:, None], hh), ll).norm(dim=1)
+                nrm = l2_norm(torch.maximum(torch.minimum(vv * mid[:, None], hh), ll))
                 feasible = nrm <= rr
                 t_lo = torch.where(feasible, mid, t_lo)
                 t_hi = torch.where(feasible, t_hi, mid)
@@ -115,7 +134,7 @@ class L2Ball(ThreatModel):
         return out.reshape(delta.shape)
 
     def size(self, delta, x):
-        return _flat(delta).norm(dim=1)
+        return l2_norm(_flat(delta))
 
 
 class L1Ball(ThreatModel):

@@ -117,6 +117,11 @@ class WeightBall:
         clone.gamma = check_finite_nonneg("gamma", gamma)
         return clone
 
+    def scaled(self, factor: float) -> "WeightBall":
+        """``factor`` times every layer's radius (``gamma * factor``; the same contract as
+        :meth:`mmrobust.threats.ThreatModel.scaled`)."""
+        return self.with_gamma(self.gamma * check_finite_nonneg("factor", factor))
+
     # -- which weights ----------------------------------------------------------------------------
     def parameters(self, model: nn.Module) -> Dict[str, nn.Parameter]:
         """The perturbed parameters of ``model`` by name (order of ``named_parameters``)."""
