@@ -58,3 +58,8 @@ def check_choice(name: str, value: Any, choices) -> Any:
     if value not in choices:
         raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
     return value
+
+
+class BudgetViolation(RuntimeError):
+    """Raised when an attack returns a point outside its threat model (budget, value box, edge-flip limits);
+    see :mod:`mmrobust.threats.verify`."""

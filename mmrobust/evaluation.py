@@ -12,6 +12,7 @@ from .adapters.base import BatchAdapter
 from .attacks.base import Attack
 from .errors import check_int
 from .metrics.robust_accuracy import AttackSuccessRate, RobustAccuracy
+from .threats.verify import run_checked
 
 Attacks = Union[Attack, Sequence[Attack], Mapping[str, Attack]]
 
@@ -106,6 +107,11 @@ def evaluate(model: nn.Module, dataloader: Iterable, attacks: Attacks, *, adapte
             smaller batches) at a fraction of the cost when many outputs break early. The user's attack
             objects are not changed; ``False`` keeps each attack's own setting.
 
+    Every returned point is checked against its attack's threat model, measured independently of the
+    attack's own bookkeeping (:mod:`mmrobust.threats.verify`): a point outside its budget or value box
+    raises :class:`~mmrobust.errors.BudgetViolation`; attacks unbounded by design (``FMN(cap=False)``)
+    have such points dropped (counted as not broken), so the robust accuracy is the one at the budget.
+
     Returns:
         ``clean_accuracy``, ``robust_accuracy`` (worst case), ``per_attack`` (robust accuracy under
         each attack alone), ``attack_success_rate`` (any attack, of clean-correct outputs),
@@ -139,7 +145,7 @@ def evaluate(model: nn.Module, dataloader: Iterable, attacks: Attacks, *, adapte
                 if max_batches is not None and batches >= max_batches:
                     break
                 batch = move_batch(batch, target_device)
-                results = [attack(model, batch) for attack in named.values()]
+                results = [run_checked(attack, model, batch) for attack in named.values()]
                 worst.update(results)
                 success.update(results)
                 for (name, _), r in zip(named.items(), results):

@@ -60,7 +60,7 @@ class GraphStructure:
         node_unit: ``(N,)`` graph of each node (zeros for one graph).
         ptr: ``(G + 1,)`` node offsets of the graphs (nodes of a graph are contiguous, as in PyG).
         targets: ``(T,)`` indices of the scored nodes, or ``None`` for graph classification.
-        undirected_edges: ``(G,)`` number of undirected non-loop edges per graph (fractional budgets).
+        undirected_edges: ``(G,)`` number of distinct undirected non-loop edges per graph (fractional budgets).
         forward_with_edges: ``(x_nodes, edge_index, edge_weight) -> logits`` of the scored outputs.
         nodes_from_inputs: maps ``inputs["x"]`` (unit layout) to ``(N, F)`` node features.
         node_labels: ``(N,)`` labels of all nodes for node classification (label-aware baselines such as
@@ -86,10 +86,11 @@ class GraphStructure:
         """Per unit, the summed degree of the target nodes (base of local fractional budgets)."""
         if self.targets is None:
             return self.undirected_edges * 2
-        row = self.edge_index[0]
-        deg = torch.zeros(self.num_nodes, dtype=torch.long, device=row.device).index_add_(
-            0, row, (row != self.edge_index[1]).long())
-        return torch.zeros(self.num_units, dtype=torch.long, device=row.device).index_add_(
+        from ..threats.graph import undirected_pairs
+
+        pairs = undirected_pairs(self.edge_index)  # each distinct neighbour once (duplicate edges do not count)
+        deg = torch.bincount(pairs.reshape(-1), minlength=self.num_nodes)
+        return torch.zeros(self.num_units, dtype=torch.long, device=pairs.device).index_add_(
             0, self.node_unit[self.targets], deg[self.targets])
 
 
@@ -234,9 +235,9 @@ class GraphAdapter(BatchAdapter):
                         out.edge_index.shape[1], dtype=edge_weight.dtype, device=device)
             return out
 
-        row, col = edge_index
-        undirected = torch.zeros(ptr.numel() - 1, dtype=torch.long, device=device).index_add_(
-            0, node_unit[row], (row != col).long()) // 2
+        from ..threats.graph import count_undirected_edges
+
+        undirected = count_undirected_edges(edge_index, node_unit, ptr.numel() - 1)
         structure = GraphStructure(edge_index=edge_index, edge_weight=edge_weight, num_nodes=n,
                                    node_unit=node_unit, ptr=ptr, targets=targets, undirected_edges=undirected,
                                    forward_with_edges=forward_with_edges, nodes_from_inputs=nodes_from_inputs,

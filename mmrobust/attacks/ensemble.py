@@ -9,6 +9,7 @@ from torch import Tensor
 
 from ..adapters.base import infer_adapter
 from ..threats.base import ThreatModel, per_unit
+from ..threats.verify import run_checked
 from .base import Attack, AttackResult, attack_mode, check_logits, prepare_victim
 
 
@@ -26,6 +27,10 @@ class Ensemble(Attack):
     given (a randomised member run separately on the whole batch draws other random numbers, so it may
     differ on single units). ``extras["robust_after"]`` lists ``(attack, robust outputs
     left)`` after each member and ``extras["robust_counts"]`` maps each member's description to it.
+    Every member's points are checked against the member's threat model
+    (:func:`mmrobust.threats.verify.verify_result`): outside raises
+    :class:`~mmrobust.errors.BudgetViolation`, except for members unbounded by design (``FMN(cap=False)``),
+    whose points outside the budget count as not broken.
 
     Args:
         attacks: the members, in the order to run them (cheap ones first saves time).
@@ -136,7 +141,7 @@ class Ensemble(Attack):
         if target_labels is not None:
             raise ValueError("Ensemble is untargeted; give target_labels to its members instead")
         adapter = self.adapter or infer_adapter(batch)
-        first = self.attacks[0](model, batch)
+        first = run_checked(self.attacks[0], model, batch)
         victim = prepare_victim(adapter.victim(model, batch))
         inputs = {k: v.clone() for k, v in first.inputs.items()}
         logits = first.logits.clone()
@@ -157,7 +162,8 @@ class Ensemble(Attack):
             index = robust_units.nonzero().squeeze(1)
             if victim.select is not None and victim.unit is None:
                 sub = victim.select(index)
-                res = attack(model, sub.rebuild(sub.inputs))
+                sub_batch = sub.rebuild(sub.inputs)
+                res = run_checked(attack, model, sub_batch)
                 fooled = ~(res.clean_correct & res.adv_correct)
                 take = index[fooled]
                 for k in inputs:
@@ -165,7 +171,7 @@ class Ensemble(Attack):
                 logits[take] = res.logits[fooled]
                 robust[take] = False
             else:
-                res = attack(model, batch)
+                res = run_checked(attack, model, batch)
                 now_robust = res.clean_correct & res.adv_correct
                 # a unit is replaced when the member leaves fewer of its outputs robust
                 before = victim.per_unit(robust.float())

@@ -39,8 +39,9 @@ class FMN(Attack):
     perturbation found; ``size`` is its norm in the threat model's measure, ``+inf`` where no adversarial
     point was found (the clean input is returned there and ``success`` is false). With ``cap=True``,
     points larger than the threat model's radius count as not found, so the result is an ordinary
-    bounded attack (usable in an :class:`~mmrobust.attacks.Ensemble`). Already misclassified inputs have
-    size 0. Works on one attackable input (a single ThreatModel).
+    bounded attack. Already misclassified inputs have size 0. Inside a budgeted evaluation
+    (:func:`~mmrobust.evaluate`, :class:`~mmrobust.attacks.Ensemble`, ``RobustnessEvaluation``) an
+    uncapped FMN's points beyond the radius count as not broken (dropped), never as successes. Works on one attackable input (a single ThreatModel).
 
     Args:
         steps: iterations (paper: 1000 for the curves, 100 is usually close).
@@ -66,6 +67,13 @@ class FMN(Attack):
         self.alpha = check_positive("alpha", alpha)
         self.alpha_final = self.alpha / 100 if alpha_final is None else check_positive("alpha_final", alpha_final)
         self.cap = bool(cap)
+
+    @property
+    def bounded(self) -> bool:
+        """Whether every returned point lies inside the threat model's radius (only with ``cap``). Budgeted
+        evaluations (``evaluate``, ``Ensemble``, ``RobustnessEvaluation``) count the points of an uncapped
+        FMN outside the radius as not broken."""
+        return self.cap
 
     def describe(self) -> str:
         return super().describe()[:-1] + f", steps={self.steps}{', cap' if self.cap else ''})"

@@ -136,7 +136,7 @@ class Square(Attack):
     def _search(self, name, threat, x_all, victim, index, evaluate, gen):
         """Random search for the units ``index``; returns their deltas, margins and logits."""
         x = x_all[index]
-        eps = threat.radius(x_all)[index]
+        eps = usable_radius(threat, x_all)[index]
         mask = victim.masks.get(name)
         mask = None if mask is None else (mask[index] if mask.shape[0] == x_all.shape[0] else mask)
         img = _as_image(x)
@@ -274,3 +274,23 @@ def _meta_pseudo_gaussian(s: int, generator, like: Tensor) -> Tensor:
     if float(rand((1,), generator, like)) > 0.5:
         d = d.t()
     return d
+
+
+def usable_radius(threat: ThreatModel, x: Tensor) -> Tensor:
+    """The per-unit radius Square searches with: the threat's radius, capped where the value box is reached
+    anyway (beyond the box's farthest point a larger ball adds nothing), refused with an error naming
+    ``eps`` where it is not finite or the L2 search would overflow squaring it."""
+    r = threat.radius(x)
+    if threat.lower is not None and threat.upper is not None:
+        far = torch.maximum(threat.upper - x, x - threat.lower)
+        r = torch.minimum(r, threat.size(far, x).to(r.dtype))
+    limit = math.sqrt(torch.finfo(x.dtype).max) / max(1, x[0].numel())
+    too_big = ~torch.isfinite(r) | ((r > limit) if threat.norm == "l2" else torch.zeros_like(r, dtype=torch.bool))
+    if bool(too_big.any()):
+        shown = "inf" if not math.isfinite(float(r.max())) else f"{float(r.max()):.3g}"
+        raise ValueError(f"eps of {threat!r} gives a radius of {shown} in {x.dtype}, too large for Square's "
+                         f"{threat.norm} search (it must be finite{f' and <= {limit:.3g}' if threat.norm == 'l2' else ''}"
+                         f"); give the threat model a value box (lower/upper), which caps every useful radius, or a "
+                         "smaller eps")
+    return r
+

@@ -14,6 +14,7 @@ from ..adapters.base import BatchAdapter
 from ..errors import check_choice, check_int
 from ..evaluation import Attacks, named_attacks, stop_early
 from ..metrics.robust_accuracy import CleanAccuracy, RobustAccuracy
+from ..threats.verify import verify_result
 
 STAGES = ("validate", "test")
 _LOG_PREFIX = {"validate": "val", "test": "test"}
@@ -49,6 +50,10 @@ class RobustnessEvaluation(Callback):
             from their work once it is adversarial -- the accuracies are those of the full attacks at less
             cost. Attacks whose results feed ``result_metrics`` keep their own setting, since such metrics
             may read losses or confidences. The user's attack objects are not changed.
+
+    Every returned point is checked against its threat model as in :func:`mmrobust.evaluate`
+    (:class:`~mmrobust.errors.BudgetViolation`; points of unbounded attacks such as ``FMN(cap=False)``
+    outside the budget count as not broken; ``result_metrics`` still get the attack's own result).
 
     If the LightningModule logs the same key itself (e.g. ``val/clean_acc``), Lightning keeps the
     callback's value, computed over the attacked batches only; set ``prefix`` to keep both.
@@ -140,7 +145,11 @@ class RobustnessEvaluation(Callback):
             return
         try:
             split = "val" if stage == "validate" else "test"
-            results = [attack.for_stage(batch, split)(pl_module, batch) for attack in self.attacks.values()]
+            staged = [attack.for_stage(batch, split) for attack in self.attacks.values()]
+            raw = [attack(pl_module, batch) for attack in staged]
+            # robust accuracy only counts points inside the budget; result metrics (e.g. FMN's minimal
+            # norms) read the attacks' own results
+            results = [verify_result(attack, pl_module, batch, r) for attack, r in zip(staged, raw)]
         except RuntimeError as e:
             if "nference tensor" in str(e):
                 raise RuntimeError(
@@ -151,7 +160,7 @@ class RobustnessEvaluation(Callback):
         if self.result_metrics:
             extra = self._extra.setdefault((stage, dataloader_idx), {
                 name: copy.deepcopy(metric) for name, (_, metric) in self.result_metrics.items()})
-            by_attack = dict(zip(self.attacks, results))
+            by_attack = dict(zip(self.attacks, raw))
             for name, (attack_name, _) in self.result_metrics.items():
                 extra[name] = extra[name].to(pl_module.device)
                 extra[name].update(by_attack[attack_name])

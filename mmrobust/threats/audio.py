@@ -8,6 +8,7 @@ per example (``extras["<input>/snr_db"]`` and ``extras["<input>/db_x"]``) throug
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Optional
 
 import torch
@@ -61,6 +62,10 @@ class _DecibelBall:
     def __init__(self, level: float, *, lower: Optional[float] = -1.0, upper: Optional[float] = 1.0):
         super().__init__(None, lower=lower, upper=upper)
         self.level = _check_db(self.db_name, level)
+        self._warn_level()
+
+    def _warn_level(self) -> None:
+        """Warn about levels that can only be a mistake; subclasses know their usual range."""
 
     @property
     def eps(self):
@@ -110,6 +115,17 @@ class SNRBall(_DecibelBall, L2Ball):
     db_name = "snr_db"
     sign = -1.0
 
+    def _warn_level(self) -> None:
+        s = self.level
+        if 0 < s < 1:  # an amplitude ratio ||delta|| / ||x|| given where decibels are expected
+            warnings.warn(f"SNRBall(snr_db={s:g}) allows noise almost as loud as the signal; snr_db is in decibels "
+                          f"(typical budgets 20-40 dB). If {s:g} is the ratio ||delta|| / ||x||, that is "
+                          f"SNRBall({20 * math.log10(1 / s):.1f})", UserWarning, stacklevel=4)
+        elif s < -10:
+            warnings.warn(f"SNRBall(snr_db={s:g}) allows noise {10 ** (-s / 20):.3g} times louder than the signal; "
+                          f"a larger SNR is a smaller perturbation (did you mean SNRBall({-s:g})?)",
+                          UserWarning, stacklevel=4)
+
     def __init__(self, snr_db: float, *, lower: Optional[float] = -1.0, upper: Optional[float] = 1.0):
         super().__init__(snr_db, lower=lower, upper=upper)
 
@@ -137,6 +153,12 @@ class PeakDBBall(_DecibelBall, LinfBall):
     """
 
     db_name = "db"
+
+    def _warn_level(self) -> None:
+        if self.level > 0:
+            warnings.warn(f"PeakDBBall(db={self.level:g}) allows perturbations louder than the signal's peak; the "
+                          f"level is usually negative (Carlini & Wagner: -31 dB; did you mean PeakDBBall({-self.level:g})?)",
+                          UserWarning, stacklevel=4)
 
     def __init__(self, db: float, *, lower: Optional[float] = -1.0, upper: Optional[float] = 1.0):
         super().__init__(db, lower=lower, upper=upper)

@@ -8,6 +8,7 @@ graph batches).  Everything is per unit: budgets, projections and measured sizes
 from __future__ import annotations
 
 import math
+import warnings
 from abc import ABC, abstractmethod
 from typing import Optional
 
@@ -112,9 +113,18 @@ class ThreatModel(ABC):
                             "the budget. Use mixed precision (torch.autocast, Trainer(precision='bf16-mixed' or "
                             "'16-mixed')) instead of half-precision inputs and weights ('bf16-true'/'16-true'), or "
                             "evaluate a float32 copy: model.float(), x.float()")
+        eps = self.__dict__.get("eps")
+        if eps is not None and eps > torch.finfo(x.dtype).max:
+            raise ValueError(f"eps={eps:g} of {type(self).__name__} is larger than the largest {x.dtype} value "
+                             f"({torch.finfo(x.dtype).max:.3g}); give the threat model a value box (lower/upper) and an "
+                             "eps within it, or attack float64 inputs")
         if x.dim() < 1 or x.shape[0] == 0:
             raise ValueError(f"{name} must have a non-empty leading (batch) dimension, got shape {tuple(x.shape)}")
         tol = 1e-6
+        if x.dim() == 4 and self.lower is None and self.upper is None and self.norm in ("linf", "l2", "l1"):
+            warnings.warn(f"{type(self).__name__} has no value box, but {name} looks like a batch of images (4-d): "
+                          "adversarial images may leave the valid pixel range, which overstates the attack. Pass "
+                          "lower=0, upper=1 for images in [0, 1] (or the normalised range)", UserWarning, stacklevel=4)
         if self.lower is not None and bool((x < self.lower - tol).any()):
             raise ValueError(f"{name} has values below the threat model's lower bound {self.lower} "
                              f"(min {x.min().item():.4g}); rescale the input or change `lower`")

@@ -10,6 +10,8 @@ floating-point tolerance), not the common "project onto the ball, then clip" app
 
 from __future__ import annotations
 
+import warnings
+
 
 import torch
 from torch import Tensor
@@ -61,6 +63,14 @@ class LinfBall(ThreatModel):
     """
 
     norm = "linf"
+
+    def __init__(self, eps, *, lower=None, upper=None):
+        super().__init__(eps, lower=lower, upper=upper)
+        if eps is not None and lower is not None and upper is not None and self.eps > upper - lower:
+            hint = f" (did you mean {eps:g}/255 = {self.eps / 255:.4g}?)" if 1 <= self.eps <= 255 else ""
+            warnings.warn(f"LinfBall eps={eps:g} exceeds the value box's range [{lower}, {upper}], so every point of "
+                          f"the box is allowed and robust accuracy measures nothing; pixel budgets are usually "
+                          f"k/255{hint}", UserWarning, stacklevel=2)
 
     def random_init(self, x, generator=None):
         r = per_unit(self.radius(x), x)
