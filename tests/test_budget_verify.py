@@ -73,23 +73,36 @@ def test_ensemble_refuses_a_member_that_leaves_its_budget(digits, digits_cnn):
         ensemble(digits_cnn, [xt[:32], yt[:32]])
 
 
+class Module(pl.LightningModule):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x)
+
+    def validation_step(self, batch, batch_idx):
+        pass
+
+
+def validate(tmp_path, callback, model, data):
+    trainer = pl.Trainer(default_root_dir=tmp_path, callbacks=[callback], logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    trainer.validate(Module(model), dataloaders=data, verbose=False)
+    return trainer.callback_metrics
+
+
 def test_robustness_evaluation_refuses_an_attack_that_leaves_its_budget(tmp_path, digits, digits_cnn):
-    class Module(pl.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.model = digits_cnn
-
-        def forward(self, x):
-            return self.model(x)
-
-        def validation_step(self, batch, batch_idx):
-            pass
-
-    trainer = pl.Trainer(default_root_dir=tmp_path, callbacks=[RobustnessEvaluation({"cheat": Cheat(boxed())})],
-                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, accelerator="cpu")
     with pytest.raises(BudgetViolation):
-        trainer.validate(Module(), dataloaders=loader(digits), verbose=False)
+        validate(tmp_path, RobustnessEvaluation({"cheat": Cheat(boxed())}), digits_cnn, loader(digits))
+
+
+def test_robustness_evaluation_counts_uncapped_fmn_only_inside_the_budget(tmp_path, digits, digits_cnn):
+    fmn = FMN(boxed(0.05), steps=20)
+    logged = validate(tmp_path, RobustnessEvaluation({"fmn": fmn}), digits_cnn, loader(digits))
+    expected = mmrobust.evaluate(digits_cnn, loader(digits), fmn, progress=False)["robust_accuracy"]
+    assert logged["val/robust_acc"].item() == pytest.approx(expected)
+    assert expected > 0
 
 
 def test_honest_attacks_pass_the_check(digits, digits_cnn):

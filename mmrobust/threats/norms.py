@@ -11,6 +11,7 @@ floating-point tolerance), not the common "project onto the ball, then clip" app
 from __future__ import annotations
 
 import warnings
+from typing import Optional
 
 
 import torch
@@ -64,7 +65,7 @@ class LinfBall(ThreatModel):
 
     norm = "linf"
 
-    def __init__(self, eps, *, lower=None, upper=None):
+    def __init__(self, eps: float, *, lower: Optional[float] = None, upper: Optional[float] = None):
         super().__init__(eps, lower=lower, upper=upper)
         if eps is not None and lower is not None and upper is not None and self.eps > upper - lower:
             hint = f" (did you mean {eps:g}/255 = {self.eps / 255:.4g}?)" if 1 <= self.eps <= 255 else ""
