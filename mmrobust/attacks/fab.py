@@ -76,6 +76,12 @@ class FAB(Attack):
         self.early_stop = bool(early_stop)
 
     @property
+    def bounded(self) -> bool:
+        """Only a capped FAB keeps every returned point inside the radius; budgeted evaluations count an
+        uncapped FAB's points beyond it as not broken (:mod:`mmrobust.threats.verify`)."""
+        return self.cap
+
+    @property
     def can_stop_early(self) -> bool:
         """Only a capped FAB is a bounded attack whose units may stop at their first success."""
         return self.cap

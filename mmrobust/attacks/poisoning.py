@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from ..adapters.graph import GraphAdapter
 from ..errors import NonFiniteError, check_choice, check_fraction, check_int, check_positive
-from ..threats.graph import EdgeFlips, project_capped_simplex
+from ..threats.graph import EdgeFlips, project_capped_simplex, undirected_pairs
 from .prbcd import PRBCD, CandidatePairs, EdgeBlock, EdgeLookup, rank_within_unit
 
 _EPS = 1e-7
@@ -257,8 +257,8 @@ def transfer_poison(data, threat: EdgeFlips, *, surrogate: Optional[Callable[[in
     out = result.batch
     out.y = data.y
     flipped = result.inputs["flipped_edges"]
-    return PoisonResult(out, flipped, int(threat.flips_allowed(torch.tensor([data.edge_index.shape[1] // 2]))[0])
-                        if threat.count is None else threat.count, float(result.loss.mean()),
+    allowed = int(threat.flips_allowed(undirected_pairs(data.edge_index).shape[1]))  # distinct edges, scale included
+    return PoisonResult(out, flipped, allowed, float(result.loss.mean()),
                         f"transfer({evasion.describe()})")
 
 
