@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 import warnings
@@ -34,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pytorch_lightning as pl  # noqa: E402
 
-from benchmarks.common import accuracy, interleaved_medians, markdown_table, mnist_tensors  # noqa: E402
+from benchmarks.common import accuracy, markdown_table, mnist_tensors  # noqa: E402
 from mmrobust import evaluate  # noqa: E402
 from mmrobust.attacks import APGD, APGDT, PGD  # noqa: E402
 from mmrobust.callbacks import AdversarialTraining, FastAdversarialTraining  # noqa: E402
@@ -91,20 +92,34 @@ def setup(method: str, x, y, args, epochs: int, limit_batches=1.0):
     return model, module, loader, callbacks, fast, trainer
 
 
+class StepTimer(pl.Callback):
+    """Wall time of every training step, attack and extra losses included (listed first)."""
+
+    def __init__(self):
+        self.times, self._start = [], 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.times.append(time.perf_counter() - self._start)
+
+
 def costs(args) -> dict:
-    """Median seconds per training step of every method through the library (``--cost-steps`` steps of a
-    fresh run each, probe included, interleaved rounds so background load hits all alike)."""
+    """Median seconds per training step of every method through the library: ``--rounds`` interleaved
+    rounds (background load hits all alike), each a fresh run of ``--cost-steps`` steps per method; the
+    median over all steps leaves out the probe's steps (one in 50) and the first step."""
     torch.set_num_threads(args.threads)
     x, y = mnist_tensors(True, 100 * args.cost_steps)
-    runs = {}
-    for method in ("pgd_at", "fgsm_rs", "n_fgsm", "grad_align"):
-        def fn(method=method):
+    times = {m: [] for m in ("pgd_at", "fgsm_rs", "n_fgsm", "grad_align")}
+    for _ in range(args.rounds):
+        for method in times:
             _, module, loader, _, _, trainer = setup(method, x, y, args, 1)
+            timer = StepTimer()
+            trainer.callbacks.insert(0, timer)
             trainer.fit(module, loader)
-        fn()  # warm-up
-        runs[method] = fn
-    med = interleaved_medians(runs, args.rounds)
-    return {m: t / args.cost_steps for m, t in med.items()}
+            times[method] += timer.times[1:]
+    return {m: statistics.median(t) for m, t in times.items()}
 
 
 def run(args) -> dict:
@@ -159,7 +174,7 @@ def main():
     parser.add_argument("--report", action="store_true", help="print the table of all stored runs and exit")
     parser.add_argument("--cost", action="store_true", help="only time the training steps of every method")
     parser.add_argument("--cost-steps", type=int, default=30)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     if args.report:

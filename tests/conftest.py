@@ -11,7 +11,8 @@ from torch import nn
 
 torch.set_num_threads(int(os.environ.get("MMROBUST_TEST_THREADS", "2")))
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# ../shared/data beside the checkout; MMROBUST_SHARED_DATA points elsewhere (e.g. from a git worktree)
+SHARED_DATA = Path(os.environ.get("MMROBUST_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
 
 @pytest.fixture(scope="session")

@@ -203,3 +203,55 @@ def test_grad_align_through_the_regularisation_callback_sees_the_clean_batch(dig
     fit([GeometricRegularization(Spy(threat, seed=0), weight=0.5),
          FastAdversarialTraining(threat, probe_every_n_steps=0, seed=0)], digits, n=64)
     assert len(seen) == 2 and torch.equal(seen[0], digits[0][:32])
+
+
+def mnist_subset(shared_data, tmp_path_factory, n_train=10000, n_test=500):
+    import shutil
+
+    import torchvision
+
+    raw = shared_data / "MNIST" / "raw"
+    if not raw.is_dir():
+        pytest.skip("no MNIST archives in the shared data")
+    root = tmp_path_factory.mktemp("mnist")
+    shutil.copytree(raw, root / "MNIST" / "raw")
+
+    def load(train, n):
+        ds = torchvision.datasets.MNIST(root, train=train, download=True)  # finds the archives, no network
+        return ds.data[:n].float().div(255).unsqueeze(1), ds.targets[:n].long()
+
+    return load(True, n_train), load(False, n_test)
+
+
+@pytest.mark.slow
+@pytest.mark.data
+@pytest.mark.parametrize("method, collapses", [("fgsm", True), ("fgsm_rs", False)])
+def test_probe_flags_the_clipped_start_collapse_and_stays_silent_on_wong_et_al_recipe(
+        shared_data, tmp_path_factory, recwarn, method, collapses):
+    """Wong et al.'s MNIST recipe on a short schedule (10k images, 3 epochs, 300 steps, probe every 20).
+    With the start clipped to the box before the gradient the run collapses -- clean 0.90, FGSM probe
+    accuracy ~0.6, PGD-20 0.04 -- and the probe flags it (at step 180). As in the paper's code (FGSM-RS)
+    the model is not robust yet this early (clean 0.48, FGSM probe ~0.3, PGD-20 0.03: both attacks
+    succeed, no collapse signature) and the probe stays silent; the full recipe reaches PGD-50 0.8
+    (benchmarks/single_step_mnist.py)."""
+    from mmrobust.attacks import PGD
+    from mmrobust.image import StridedCNN
+    from mmrobust.training import RobustClassifier
+
+    (x, y), (xt, yt) = mnist_subset(shared_data, tmp_path_factory)
+    pl.seed_everything(0, verbose=False)
+    net = StridedCNN()
+    module = RobustClassifier(net, optimizer="adam", lr=5e-3, weight_decay=0.0, scheduler="cyclic",
+                              track_clean_acc=False)
+    threat = LinfBall(EPS, lower=0, upper=1)
+    cb = FastAdversarialTraining(threat, method=method, probe_every_n_steps=20, seed=0)
+    t = pl.Trainer(accelerator="cpu", max_epochs=3, logger=False, enable_checkpointing=False,
+                   enable_progress_bar=False, enable_model_summary=False, callbacks=[cb])
+    t.fit(module, DataLoader(TensorDataset(x, y), batch_size=100, shuffle=True,
+                             generator=torch.Generator().manual_seed(0)))
+    result = PGD(threat, steps=20, seed=0)(net.eval(), [xt, yt])
+    clean, robust = result.clean_correct.float().mean().item(), result.robust.float().mean().item()
+    warned = [w for w in recwarn if "catastrophic overfitting" in str(w.message)]
+    assert cb.overfitting_detected == collapses and bool(warned) == collapses
+    if collapses:  # the collapse signature on the test set: accurate, and not robust at all
+        assert clean > 0.8 and robust < 0.15

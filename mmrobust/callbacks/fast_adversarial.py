@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import pytorch_lightning as pl
 import torch
@@ -61,7 +61,9 @@ class FastAdversarialTraining(AdversarialTraining):
     attack (``probe_steps`` steps) and FGSM-RS are evaluated at the step's budget on the current clean
     batch (module in eval mode; both with their own random generators, so the probe leaves the training
     perturbations' random stream untouched), ``train/pgd_probe_acc`` and ``train/fgsm_probe_acc`` are logged, and a
-    rank-zero warning is raised the first time the rule of :func:`catastrophic_overfitting` fires;
+    rank-zero warning is raised the first time the rule of :func:`catastrophic_overfitting` fires on the
+    means of the last ``probe_window`` probes (one probe batch is noisy: on small batches a single
+    batch's PGD accuracy drops 0.2 below its best by chance, a false alarm);
     ``overfitting_detected`` then stays true (and is part of the checkpointed state). During the eps
     warm-up the probe is logged but never warns: with a growing budget PGD accuracy falls on a healthy
     model too, and FGSM lags behind on a model not yet robust, so both rules could fire falsely.
@@ -71,7 +73,7 @@ class FastAdversarialTraining(AdversarialTraining):
     training ends, loads the module's weights (parameters and buffers) from the last healthy probe --
     Wong et al.'s early stopping, which keeps the weights from before a PGD-accuracy drop (their code
     checks once per epoch; here every ``probe_every_n_steps`` steps, so at most that many steps are
-    lost). Healthy means the rule did not fire; during the warm-up the PGD-vs-FGSM rule alone decides,
+    lost). Healthy means the rule fired neither on the means nor on the probe alone; during the warm-up the PGD-vs-FGSM rule alone decides,
     at the probe's own budget (a false alarm there only keeps the copy older), so a collapse during the
     warm-up rewinds to weights trained at a smaller budget. The healthy copy lives on the CPU and in the
     callback's checkpointed state; what other callbacks keep in the module's state (pruning masks,
@@ -94,6 +96,8 @@ class FastAdversarialTraining(AdversarialTraining):
         co_threshold / max_drop / min_fgsm_acc: the collapse rule, see :func:`catastrophic_overfitting`;
             it warns once (the first time it fires) and sets ``overfitting_detected``. ``co_threshold=0``
             leaves only Wong et al.'s drop rule.
+        probe_window: the rule reads the means of this many last probes (1: every probe alone); the best
+            PGD accuracy of the drop rule is the best such mean.
         on_overfit: ``"warn"``, ``"stop"`` or ``"restore"`` (see above).
         seed: seeds the training perturbations' random starts (``seed``), the probe's PGD (``seed + 1``) and
             FGSM (``seed + 2``) and the unit draws.
@@ -102,8 +106,8 @@ class FastAdversarialTraining(AdversarialTraining):
 
     def __init__(self, threat, *, method: str = "fgsm_rs", step_size: Optional[float] = None, noise: float = 2.0,
                  probe_every_n_steps: int = 50, probe_steps: int = 10, co_threshold: float = 0.5,
-                 max_drop: float = 0.2, min_fgsm_acc: float = 0.5, on_overfit: str = "warn", seed: int = 0,
-                 **kwargs):
+                 max_drop: float = 0.2, min_fgsm_acc: float = 0.5, probe_window: int = 3, on_overfit: str = "warn",
+                 seed: int = 0, **kwargs):
         self.method = check_choice("method", method, METHODS)
         if step_size is None:
             step_size = 1.0 if method == "n_fgsm" else 1.25
@@ -125,7 +129,10 @@ class FastAdversarialTraining(AdversarialTraining):
         self.max_drop = check_fraction("max_drop", max_drop)
         self.min_fgsm_acc = check_fraction("min_fgsm_acc", min_fgsm_acc)
         self.on_overfit = check_choice("on_overfit", on_overfit, ("warn", "stop", "restore"))
+        self.probe_window = check_int("probe_window", probe_window, 1)
         self.best_probe_acc = -1.0
+        #: the last ``probe_window`` judged probes, ``(pgd_acc, fgsm_acc)``
+        self.recent_probes: List[Tuple[float, float]] = []
         self.overfitting_detected = False
         self.last_probe: Optional[Dict[str, float]] = None
         #: with ``on_overfit="restore"``: the module's state at the last healthy judged probe (CPU copies)
@@ -136,6 +143,7 @@ class FastAdversarialTraining(AdversarialTraining):
     def state_dict(self) -> Dict[str, Any]:
         state = super().state_dict()
         state.update(probe=self.probe.state_dict(), probe_fgsm=self.probe_fgsm.state_dict(), best_probe_acc=self.best_probe_acc,
+                     recent_probes=list(self.recent_probes),
                      overfitting_detected=self.overfitting_detected, healthy_state=self.healthy_state,
                      healthy_step=self.healthy_step)
         return state
@@ -146,6 +154,7 @@ class FastAdversarialTraining(AdversarialTraining):
         if "probe_fgsm" in state_dict:
             self.probe_fgsm.load_state_dict(state_dict["probe_fgsm"])
         self.best_probe_acc = float(state_dict["best_probe_acc"])
+        self.recent_probes = [tuple(p) for p in state_dict.get("recent_probes", [])]
         self.overfitting_detected = bool(state_dict["overfitting_detected"])
         self.healthy_state = state_dict.get("healthy_state")
         self.healthy_step = state_dict.get("healthy_step")
@@ -176,25 +185,33 @@ class FastAdversarialTraining(AdversarialTraining):
             pl_module.log("train/pgd_probe_acc", pgd_acc, on_step=True, on_epoch=False)
             pl_module.log("train/fgsm_probe_acc", fgsm_acc, on_step=True, on_epoch=False)
         judged = budget_factor >= 1.0
+        rule = dict(co_threshold=self.co_threshold, max_drop=self.max_drop, min_fgsm_acc=self.min_fgsm_acc)
         # During the warm-up the budget grows: a drop from the best accuracy means nothing there, and the
         # PGD-vs-FGSM rule can misfire (FGSM lags behind on a model not yet robust). Such probes never
         # warn; they only decide whether the weights may serve as the healthy copy.
-        reason = catastrophic_overfitting(pgd_acc, fgsm_acc, self.best_probe_acc if judged else -1.0,
-                                          co_threshold=self.co_threshold, max_drop=self.max_drop,
-                                          min_fgsm_acc=self.min_fgsm_acc)
+        single = catastrophic_overfitting(pgd_acc, fgsm_acc, self.best_probe_acc if judged else -1.0, **rule)
+        reason = single
+        if judged:  # judged on the mean of the last probe_window probes: one probe batch is noisy
+            self.recent_probes = (self.recent_probes + [(pgd_acc, fgsm_acc)])[-self.probe_window:]
+            pgd_mean = sum(p for p, _ in self.recent_probes) / len(self.recent_probes)
+            fgsm_mean = sum(f for _, f in self.recent_probes) / len(self.recent_probes)
+            reason = catastrophic_overfitting(pgd_mean, fgsm_mean, self.best_probe_acc, **rule)
+            if reason is not None and len(self.recent_probes) > 1:
+                reason += f" (means of the last {len(self.recent_probes)} probes)"
         if trainer is not None and trainer.world_size > 1:  # any process's flag counts on all of them
             flagged = trainer.strategy.reduce_boolean_decision(reason is not None, all=False)
             if flagged and reason is None:
                 reason = "flagged by the probe of another process"
         if judged:
-            self._judge(trainer, pgd_acc, reason)
-        if reason is None and not self.overfitting_detected and self.on_overfit == "restore":
+            self._judge(trainer, pgd_mean, reason)
+        # the healthy copy needs this probe alone to be healthy too (the mean lags behind a collapse)
+        if reason is None and single is None and not self.overfitting_detected and self.on_overfit == "restore":
             self.healthy_state = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()}
             self.healthy_step = self.steps_seen
         return reason if judged else None
 
-    def _judge(self, trainer: Optional["pl.Trainer"], pgd_acc: float, reason: Optional[str]) -> None:
-        self.best_probe_acc = max(self.best_probe_acc, pgd_acc)
+    def _judge(self, trainer: Optional["pl.Trainer"], pgd_mean: float, reason: Optional[str]) -> None:
+        self.best_probe_acc = max(self.best_probe_acc, pgd_mean)
         if reason is not None and not self.overfitting_detected:  # once; the logged probe shows the rest
             action = {"warn": "Consider a smaller step_size, early stopping (on_overfit='restore') or PGD "
                               "training.",
