@@ -255,3 +255,32 @@ def test_probe_flags_the_clipped_start_collapse_and_stays_silent_on_wong_et_al_r
     assert cb.overfitting_detected == collapses and bool(warned) == collapses
     if collapses:  # the collapse signature on the test set: accurate, and not robust at all
         assert clean > 0.8 and robust < 0.15
+
+
+class ScriptedAttack:
+    """Stands in for a probe attack: returns the next scripted accuracy on a 100-unit batch."""
+
+    def __init__(self, accuracies):
+        self.accuracies = list(accuracies)
+
+    def for_stage(self, batch, stage):
+        return self
+
+    def __call__(self, model, batch):
+        from types import SimpleNamespace
+        acc = self.accuracies.pop(0)
+        return SimpleNamespace(adv_correct=torch.arange(100) < round(100 * acc))
+
+
+@pytest.mark.parametrize("window, pgd, flagged_at", [
+    (3, [0.5, 0.7, 0.72, 0.45, 0.7, 0.72], None),   # one batch's chance drop: silent with the window
+    (1, [0.5, 0.7, 0.72, 0.45, 0.7, 0.72], 3),      # ... and flagged by the single-probe rule
+    (3, [0.5, 0.7, 0.72, 0.3, 0.2, 0.1], 4),        # a lasting drop: flagged one probe later
+])
+def test_the_probe_rule_reads_the_mean_of_the_last_probes(window, pgd, flagged_at, recwarn):
+    cb = FastAdversarialTraining(LinfBall(EPS, lower=0, upper=1), probe_window=window, seed=0)
+    cb.probe, cb.probe_fgsm = ScriptedAttack(pgd), ScriptedAttack([0.9] * len(pgd))
+    module = Plain()
+    flags = [cb.run_probe(module, None) is not None for _ in pgd]
+    assert flags.index(True) == flagged_at if flagged_at is not None else not any(flags)
+    assert cb.overfitting_detected == (flagged_at is not None)

@@ -270,7 +270,7 @@ def test_fast_at_on_overfit_warns_stops_or_restores_the_last_healthy_weights(dig
     "restore" also puts back the weights of step 2's probe (Wong et al.'s early stopping), "warn" trains on."""
     flag_from_probe(monkeypatch, 2)
     module, recorder = UserModule(), StateRecorder()
-    cb = FastAdversarialTraining(LinfBall(EPS, lower=0, upper=1), probe_every_n_steps=2, probe_steps=2,
+    cb = FastAdversarialTraining(LinfBall(EPS, lower=0, upper=1), probe_every_n_steps=2, probe_steps=2, probe_window=1,
                                  on_overfit=on_overfit, seed=0)
     t = trainer(max_epochs=3, callbacks=[recorder, cb])
     with pytest.warns(UserWarning, match="catastrophic overfitting at step 4"):
@@ -295,7 +295,7 @@ def test_fast_at_restore_during_the_warmup_uses_the_last_probe_without_the_colla
     cannot warn; step 4's shows the signature, so the copy stays at step 2; step 6 is judged and flagged."""
     flag_from_probe(monkeypatch, 2, also=(1,))
     module, recorder = UserModule(), StateRecorder()
-    cb = FastAdversarialTraining(LinfBall(EPS, lower=0, upper=1), probe_every_n_steps=2, probe_steps=2,
+    cb = FastAdversarialTraining(LinfBall(EPS, lower=0, upper=1), probe_every_n_steps=2, probe_steps=2, probe_window=1,
                                  on_overfit="restore", warmup_epochs=1, seed=0)
     t = trainer(max_epochs=3, callbacks=[recorder, cb])
     with pytest.warns(UserWarning, match="at step 6: .* last healthy probe \\(step 2\\)"):
@@ -316,7 +316,7 @@ def test_fast_at_restore_refuses_weights_of_another_structure(digits, monkeypatc
 
     flag_from_probe(monkeypatch, 2)
     module = UserModule()
-    cb = FastAdversarialTraining(LinfBall(EPS, lower=0, upper=1), probe_every_n_steps=2, probe_steps=2,
+    cb = FastAdversarialTraining(LinfBall(EPS, lower=0, upper=1), probe_every_n_steps=2, probe_steps=2, probe_window=1,
                                  on_overfit="restore", seed=0)
     with pytest.warns(UserWarning, match="changed shape since the healthy probe at step 2"):
         trainer(max_epochs=2, callbacks=[cb, AddsBuffer()]).fit(module, loader(digits))
@@ -326,7 +326,7 @@ def test_fast_at_restore_refuses_weights_of_another_structure(digits, monkeypatc
 def test_fast_at_restore_keeps_its_healthy_weights_in_the_checkpointed_state(digits, monkeypatch, tmp_path):
     flag_from_probe(monkeypatch, 10)
     module = UserModule()
-    cb = FastAdversarialTraining(LinfBall(EPS, lower=0, upper=1), probe_every_n_steps=2, probe_steps=2,
+    cb = FastAdversarialTraining(LinfBall(EPS, lower=0, upper=1), probe_every_n_steps=2, probe_steps=2, probe_window=1,
                                  on_overfit="restore", seed=0)
     trainer(callbacks=[cb]).fit(module, loader(digits))
     assert cb.healthy_step == 2 and not cb.overfitting_detected
@@ -340,7 +340,7 @@ def test_fast_at_restore_keeps_its_healthy_weights_in_the_checkpointed_state(dig
 def test_fast_at_restore_without_a_healthy_probe_says_so(digits, monkeypatch):
     flag_from_probe(monkeypatch, 0)
     module = UserModule()
-    cb = FastAdversarialTraining(LinfBall(EPS, lower=0, upper=1), probe_every_n_steps=2, probe_steps=2,
+    cb = FastAdversarialTraining(LinfBall(EPS, lower=0, upper=1), probe_every_n_steps=2, probe_steps=2, probe_window=1,
                                  on_overfit="restore", seed=0)
     with pytest.warns(UserWarning, match="no healthy weights to restore"):
         trainer(max_epochs=2, callbacks=[cb]).fit(module, loader(digits))

@@ -189,15 +189,17 @@ class FastAdversarialTraining(AdversarialTraining):
         # During the warm-up the budget grows: a drop from the best accuracy means nothing there, and the
         # PGD-vs-FGSM rule can misfire (FGSM lags behind on a model not yet robust). Such probes never
         # warn; they only decide whether the weights may serve as the healthy copy.
-        single = catastrophic_overfitting(pgd_acc, fgsm_acc, self.best_probe_acc if judged else -1.0, **rule)
-        reason = single
         if judged:  # judged on the mean of the last probe_window probes: one probe batch is noisy
             self.recent_probes = (self.recent_probes + [(pgd_acc, fgsm_acc)])[-self.probe_window:]
             pgd_mean = sum(p for p, _ in self.recent_probes) / len(self.recent_probes)
             fgsm_mean = sum(f for _, f in self.recent_probes) / len(self.recent_probes)
-            reason = catastrophic_overfitting(pgd_mean, fgsm_mean, self.best_probe_acc, **rule)
+            reason = single = catastrophic_overfitting(pgd_mean, fgsm_mean, self.best_probe_acc, **rule)
             if reason is not None and len(self.recent_probes) > 1:
                 reason += f" (means of the last {len(self.recent_probes)} probes)"
+            elif reason is None and len(self.recent_probes) > 1 and self.on_overfit == "restore":
+                single = catastrophic_overfitting(pgd_acc, fgsm_acc, self.best_probe_acc, **rule)
+        else:
+            reason = single = catastrophic_overfitting(pgd_acc, fgsm_acc, -1.0, **rule)
         if trainer is not None and trainer.world_size > 1:  # any process's flag counts on all of them
             flagged = trainer.strategy.reduce_boolean_decision(reason is not None, all=False)
             if flagged and reason is None:
