@@ -34,10 +34,12 @@ import torch
 from torch import Tensor
 
 from .base import BatchAdapter, Victim, register_adapter
+from .graph_edges import AddedEdgeValues, check_added_edge_values, edge_attribute_keys, perturbed_graph
 
 GraphForward = Callable[..., Tensor]
 
 _SPLITS = ("train", "val", "test")
+_DENSE_NODES = "_mmrobust_dense_nodes"
 
 
 def edge_weight_as_edge_attr(model, x, edge_index, edge_weight=None, batch=None):
@@ -110,12 +112,20 @@ class GraphAdapter(BatchAdapter):
             that do not follow ``model(x, edge_index, edge_weight)`` (see :func:`edge_weight_as_edge_attr`).
         task: ``"node"``, ``"graph"`` or ``"auto"`` (``Data`` -> node; ``Batch`` -> graph when ``y`` has one
             label per graph).
+        added_edge_values: what an edge an attack adds holds in the graph's other per-edge attributes
+            (``edge_attr``, ``edge_type``, ...): ``"zeros"`` (default), a mapping ``{name: value}`` (a number
+            or one edge's row; attributes not named get zeros), or ``"refuse"`` (raise, naming them).  Kept
+            edges always keep their own rows, and a perturbed ``Batch`` stays a valid batch
+            (:func:`~mmrobust.adapters.graph_edges.perturbed_graph`).
+
+    For a ``Batch`` the victim can select graphs (``Victim.select``), so early stopping and
+    ``AdversarialTraining(ratio < 1)`` work on graph batches as they do on images.
     """
 
     modality = "graph"
 
     def __init__(self, mask: Union[str, Tensor, None] = "test", forward: Optional[GraphForward] = None,
-                 task: str = "auto"):
+                 task: str = "auto", added_edge_values: AddedEdgeValues = "zeros"):
         if isinstance(mask, str) and mask not in _SPLITS:
             raise ValueError(f"mask must be one of {list(_SPLITS)}, a bool/index tensor or None, got {mask!r}")
         if task not in ("auto", "node", "graph"):
@@ -123,12 +133,14 @@ class GraphAdapter(BatchAdapter):
         self.mask = mask
         self.forward_fn = forward
         self.task = task
+        self.added_edge_values = check_added_edge_values(added_edge_values)
 
     def for_stage(self, batch, stage: str) -> "GraphAdapter":
         """Score the ``{stage}_mask`` nodes when the graph has that split (node classification)."""
         if self._task(batch) == "node" and getattr(batch, f"{stage}_mask", None) is not None \
                 and self.mask != stage:
-            return GraphAdapter(mask=stage, forward=self.forward_fn, task=self.task)
+            return GraphAdapter(mask=stage, forward=self.forward_fn, task=self.task,
+                                added_edge_values=self.added_edge_values)
         return self
 
     # -- helpers -----------------------------------------------------------------------------------
@@ -182,10 +194,14 @@ class GraphAdapter(BatchAdapter):
             raise ValueError("data.y (labels) is needed to score an attack")
 
     # -- the victim --------------------------------------------------------------------------------
-    def victim(self, model, data) -> Victim:
+    def victim(self, model, data, *, max_num_nodes: Optional[int] = None) -> Victim:
+        """The victim of ``data``; ``max_num_nodes`` pads a ``Batch``'s dense node layout to that size
+        (selected sub-batches keep their parent's layout)."""
         from torch_geometric.utils import to_dense_batch
 
         self.check(data)
+        if max_num_nodes is None:   # a selected sub-batch (and batches rebuilt from it) keeps its parent's layout
+            max_num_nodes = data.__dict__.get(_DENSE_NODES)
         task = self._task(data)
         x, edge_index = data.x, data.edge_index
         edge_weight = getattr(data, "edge_weight", None)
@@ -195,7 +211,7 @@ class GraphAdapter(BatchAdapter):
         if batched:
             node_unit = data.batch
             ptr = data.ptr
-            x_units, node_mask = to_dense_batch(x, node_unit)
+            x_units, node_mask = to_dense_batch(x, node_unit, max_num_nodes=max_num_nodes)
             masks = {"x": node_mask[..., None].to(x.dtype)}
 
             def nodes_from_inputs(xu: Tensor) -> Tensor:
@@ -224,16 +240,28 @@ class GraphAdapter(BatchAdapter):
             return forward_with_edges(nodes_from_inputs(inputs["x"]), inputs.get("edge_index", edge_index),
                                       inputs.get("edge_weight", edge_weight))
 
+        edge_keys = edge_attribute_keys(data)
+
         def rebuild(inputs: Dict[str, Tensor]) -> Any:
-            out = copy.copy(data)
+            if "edge_index" in inputs and inputs["edge_index"] is not edge_index:
+                out = perturbed_graph(data, inputs["edge_index"], inputs.get("edge_weight"),
+                                      added_edge_values=self.added_edge_values, edge_keys=edge_keys)
+            else:
+                out = copy.copy(data)
             out.x = nodes_from_inputs(inputs["x"])
-            if "edge_index" in inputs:
-                out.edge_index = inputs["edge_index"]
-                if edge_weight is not None:
-                    ew = inputs.get("edge_weight")
-                    out.edge_weight = ew if ew is not None else torch.ones(
-                        out.edge_index.shape[1], dtype=edge_weight.dtype, device=device)
             return out
+
+        select = None
+        if batched and getattr(data, "_slice_dict", None) is not None and (
+                task == "graph" or self.mask is None or isinstance(self.mask, str)):
+            pad = x_units.shape[1]
+
+            def select(index: Tensor) -> Victim:
+                from torch_geometric.data import Batch
+
+                sub = Batch.from_data_list(data.index_select(index.to("cpu")))
+                object.__setattr__(sub, _DENSE_NODES, pad)   # not a graph attribute: outside PyG's store
+                return self.victim(model, sub)
 
         from ..threats.graph import count_undirected_edges
 
@@ -243,7 +271,7 @@ class GraphAdapter(BatchAdapter):
                                    forward_with_edges=forward_with_edges, nodes_from_inputs=nodes_from_inputs,
                                    node_labels=None if task == "graph" else data.y.reshape(-1))
         return Victim(inputs={"x": x_units}, target=y, forward=forward, rebuild=rebuild, unit=unit, masks=masks,
-                      meta={"graph": structure, "task": task})
+                      select=select, meta={"graph": structure, "task": task})
 
     def batch_size(self, data) -> int:
         if self._task(data) == "graph":

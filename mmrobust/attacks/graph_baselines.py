@@ -1,16 +1,19 @@
 """Baseline structure attacks: uniformly random edge flips and DICE.
 
 Both spend the full :class:`~mmrobust.threats.graph.EdgeFlips` budget of every graph without looking at
-the model, and are the reference points a gradient attack such as PRBCD has to beat.
+the model (within ``max_flips_per_node`` when the threat sets it), and are the reference points a
+gradient attack such as PRBCD has to beat.
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 from torch import Tensor
 
 from ..adapters.graph import GraphStructure
-from .prbcd import CandidatePairs, EdgeBlock, EdgeLookup, GraphAttack, rank_within_unit
+from .prbcd import CandidatePairs, EdgeBlock, EdgeLookup, GraphAttack, greedy_flips, rank_within_unit
 
 
 class RandomFlips(GraphAttack):
@@ -28,11 +31,12 @@ class RandomFlips(GraphAttack):
             raise TypeError("RandomFlips takes an EdgeFlips threat")
 
     def choose(self, graph: GraphStructure, pairs: CandidatePairs, lookup: EdgeLookup, budget: Tensor,
-               gen, device) -> EdgeBlock:
+               gen, device, pool: int = 2) -> EdgeBlock:
+        """At least ``budget`` distinct candidates per graph, drawn ``pool`` x the total budget at a time."""
         keys = torch.empty(0, dtype=torch.long, device=device)
         need = int(budget.sum())
         for _ in range(100):
-            keys = torch.unique(torch.cat([keys, pairs.sample(max(2 * need, 16), gen, device)]))
+            keys = torch.unique(torch.cat([keys, pairs.sample(max(pool * need, 16), gen, device)]))
             counts = torch.bincount(pairs.decode(keys)[2], minlength=graph.num_units)
             if bool((counts >= budget).all()):
                 break
@@ -46,10 +50,15 @@ class RandomFlips(GraphAttack):
         pairs = CandidatePairs(graph, self.edge_threat.local)
         budget = self.edge_budget(graph, self.edge_threat, pairs)
         lookup = EdgeLookup(graph.edge_index, graph.num_nodes)
-        block = self.choose(graph, pairs, lookup, budget, gen, device)
-        prio = torch.rand(block.keys.shape, generator=gen) if gen is None or gen.device.type == "cpu" else \
-            torch.rand(block.keys.shape, generator=gen, device=device)
-        chosen = self.select(block, graph, budget, prio.to(device))
+        limit = self.edge_threat.max_flips_per_node
+        # with a per-node limit some candidates are unusable: draw larger pools until every graph is full
+        for pool in (2, 8, 32) if limit is not None else (2,):
+            block = self.choose(graph, pairs, lookup, budget, gen, device, pool)
+            prio = torch.rand(block.keys.shape, generator=gen) if gen is None or gen.device.type == "cpu" else \
+                torch.rand(block.keys.shape, generator=gen, device=device)
+            chosen = self.select(block, graph, budget, prio.to(device), limit)
+            if limit is None or bool((torch.bincount(block.unit[chosen], minlength=graph.num_units) >= budget).all()):
+                break
         ei, ew = block.flip(graph.edge_index, self.edge_weights(graph, x_units), chosen)
         adv = {"x": x_units, "edge_index": ei,
                "flipped_edges": torch.stack([block.row[chosen], block.col[chosen]])}
@@ -57,9 +66,14 @@ class RandomFlips(GraphAttack):
             adv["edge_weight"] = ew
         return adv
 
-    def select(self, block: EdgeBlock, graph: GraphStructure, budget: Tensor, priority: Tensor) -> Tensor:
-        """The ``budget`` candidates of each graph with the highest random ``priority``."""
-        return rank_within_unit(priority, block.unit, graph.num_units) < budget[block.unit]
+    def select(self, block: EdgeBlock, graph: GraphStructure, budget: Tensor, priority: Tensor,
+               limit: Optional[int] = None) -> Tensor:
+        """The ``budget`` candidates of each graph with the highest random ``priority`` (with a per-node
+        ``limit``: greedily in that order, skipping pairs with a node already at its limit)."""
+        if limit is None:
+            return rank_within_unit(priority, block.unit, graph.num_units) < budget[block.unit]
+        order = torch.argsort(priority, descending=True)
+        return greedy_flips(order, block.row, block.col, block.unit, budget, limit, num_nodes=graph.num_nodes)
 
 
 class DICE(RandomFlips):
@@ -75,7 +89,7 @@ class DICE(RandomFlips):
 
     name = "dice"
 
-    def choose(self, graph, pairs, lookup, budget, gen, device):
+    def choose(self, graph, pairs, lookup, budget, gen, device, pool=2):
         if graph.node_labels is None:
             raise ValueError("DICE needs node labels (node classification)")
         y = graph.node_labels
@@ -87,11 +101,11 @@ class DICE(RandomFlips):
             is_target[graph.targets] = True
             keep &= is_target[row] | is_target[col]
         deletions = row[keep] * graph.num_nodes + col[keep]
-        block = super().choose(graph, pairs, lookup, budget, gen, device)
+        block = super().choose(graph, pairs, lookup, budget, gen, device, pool)
         keys = torch.unique(torch.cat([deletions, block.keys]))
         return EdgeBlock(keys, torch.zeros(keys.shape, device=device), pairs, lookup)
 
-    def select(self, block, graph, budget, priority):
+    def select(self, block, graph, budget, priority, limit=None):
         y = graph.node_labels
         same = y[block.row] == y[block.col]
         deletable, insertable = block.exists & same, ~block.exists & ~same
@@ -99,6 +113,14 @@ class DICE(RandomFlips):
         minus_inf = torch.full_like(priority, float("-inf"))
         n_del = torch.bincount(block.unit[deletable], minlength=units)
         n_del = torch.minimum(n_del, budget // 2)         # half the budget deletes (when it can)
+        if limit is not None:  # greedily: deletions first (up to half the budget), then insertions
+            used = torch.zeros(graph.num_nodes, dtype=torch.long)
+            order = torch.argsort(priority, descending=True)
+            dels = greedy_flips(order[deletable[order]], block.row, block.col, block.unit, n_del, limit, used)
+            n_del = torch.bincount(block.unit[dels], minlength=units)
+            ins = greedy_flips(order[insertable[order]], block.row, block.col, block.unit, budget - n_del, limit,
+                               used)
+            return dels | ins
         del_rank = rank_within_unit(torch.where(deletable, priority, minus_inf), block.unit, units)
         ins_rank = rank_within_unit(torch.where(insertable, priority, minus_inf), block.unit, units)
         return ((deletable & (del_rank < n_del[block.unit]))

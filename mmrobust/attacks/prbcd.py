@@ -176,6 +176,32 @@ def limit_node_flips(chosen: Tensor, score: Tensor, row: Tensor, col: Tensor, li
     return keep
 
 
+def greedy_flips(order: Tensor, row: Tensor, col: Tensor, unit: Tensor, quota: Tensor, limit: Optional[int],
+                 used: Optional[Tensor] = None, num_nodes: Optional[int] = None) -> Tensor:
+    """Walk the candidates in ``order`` and take each one whose unit has taken fewer than ``quota[unit]`` and
+    whose two nodes take part in fewer than ``limit`` flips (``used[node]`` counts earlier ones and is
+    updated in place).  Returns the taken candidates as a mask over ``row``."""
+    if used is None:
+        used = torch.zeros(int(num_nodes), dtype=torch.long)
+    taken = torch.zeros(quota.numel(), dtype=torch.long)
+    left = quota.cpu().clone()
+    keep = torch.zeros(row.numel(), dtype=torch.bool)
+    u_list = used.tolist() if limit is not None else None
+    for i, r, c, g in zip(order.tolist(), row[order].tolist(), col[order].tolist(), unit[order].tolist()):
+        if taken[g] >= left[g]:
+            continue
+        if u_list is not None:
+            if u_list[r] >= limit or u_list[c] >= limit:
+                continue
+            u_list[r] += 1
+            u_list[c] += 1
+        taken[g] += 1
+        keep[i] = True
+    if u_list is not None:
+        used.copy_(torch.tensor(u_list, dtype=used.dtype))
+    return keep.to(row.device)
+
+
 class GraphAttack(Attack):
     """Base for attacks on PyG graphs that may flip edges (:class:`EdgeFlips`) and perturb node features.
 
@@ -291,7 +317,8 @@ class PRBCD(GraphAttack):
             edge budget).  The default 100k is, on Cora, at least as strong as PyG's ``PRBCDAttack`` with 250k
             and faster (``benchmarks/graph_prbcd.py``); graphs with far more node pairs (OGB scale) want
             millions, as in the paper.
-        epochs: total gradient steps; ``epochs_resampling`` of them resample the block.
+        epochs: total gradient steps; ``epochs_resampling`` of them resample the block (default
+            ``int(0.8 * epochs)``, the reference's 100 of 125).
         lr: base learning rate (scaled by budget / nodes).
         final_samples: discrete samples drawn at the end (``K`` in the paper).
         eval_every: every this many epochs (default 5) the top-:math:`\\Delta` flips are evaluated and the best
@@ -307,7 +334,8 @@ class PRBCD(GraphAttack):
 
     name = "prbcd"
 
-    def __init__(self, threat, *, block_size: int = 100_000, epochs: int = 125, epochs_resampling: int = 100,
+    def __init__(self, threat, *, block_size: int = 100_000, epochs: int = 125,
+                 epochs_resampling: Optional[int] = None,
                  lr: float = 1000.0, final_samples: int = 20, eval_every: int = 5,
                  feature_step_size: float = 0.1, loss="tanh_margin", **kwargs):
         super().__init__(threat, loss=loss, **kwargs)
@@ -315,9 +343,12 @@ class PRBCD(GraphAttack):
             raise TypeError("PRBCD needs an EdgeFlips threat (use PGD for feature-only attacks)")
         self.block_size = check_int("block_size", block_size, 1)
         self.epochs = check_int("epochs", epochs, 1)
+        if epochs_resampling is None:   # the reference's 100 of 125 epochs, for any number of epochs
+            epochs_resampling = int(0.8 * self.epochs)
         self.epochs_resampling = check_int("epochs_resampling", epochs_resampling, 0)
         if self.epochs_resampling > self.epochs:
-            raise ValueError(f"epochs_resampling must lie in [0, epochs={self.epochs}], got {epochs_resampling}")
+            raise ValueError(f"epochs_resampling must lie in [0, epochs={self.epochs}], got {epochs_resampling}; "
+                             f"leave it unset for {int(0.8 * self.epochs)} (0.8 x epochs)")
         self.lr = check_positive("lr", lr)
         self.final_samples = check_int("final_samples", final_samples, 1)
         self.eval_every = check_int("eval_every", eval_every, 0)
