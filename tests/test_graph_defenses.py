@@ -11,7 +11,7 @@ pytest.importorskip("torch_geometric")
 from torch_geometric.utils import to_dense_adj  # noqa: E402
 
 from mmrobust.adapters.graph import GraphAdapter  # noqa: E402
-from mmrobust.attacks.prbcd import GRBCD, PRBCD  # noqa: E402
+from mmrobust.attacks import GRBCD, PRBCD  # noqa: E402
 from mmrobust.graph.data import sbm_graph  # noqa: E402
 from mmrobust.graph.defenses import GCNSVD, RGCN, GNNGuard  # noqa: E402
 from mmrobust.graph.soft_median import (SoftMedianGCN, SoftMedianGDC, ppr_topk, soft_median,  # noqa: E402

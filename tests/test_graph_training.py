@@ -12,7 +12,7 @@ from torch_geometric.data import Batch, Data  # noqa: E402
 
 from mmrobust.adapters.graph import GraphAdapter  # noqa: E402
 from mmrobust.attacks import PGD  # noqa: E402
-from mmrobust.attacks.prbcd import PRBCD  # noqa: E402
+from mmrobust.attacks import PRBCD  # noqa: E402
 from mmrobust.callbacks.adversarial import AdversarialTraining  # noqa: E402
 from mmrobust.graph import (GAT, GCN, APPNPNet, JaccardGCN, NodeClassifier, SBMDataModule, TUDataModule,  # noqa: E402
                             inductive_split, karate_club, load_planetoid, node_accuracy, robust_accuracy_curve,

@@ -160,3 +160,16 @@ def test_prbcd_epochs_resampling_follows_epochs(node_graph):
     assert int(attack(model, data).size["edges"].sum()) <= 5
     with pytest.raises(ValueError, match=r"epochs_resampling.*0\.8 x epochs"):
         PRBCD(EdgeFlips(5), epochs=5, epochs_resampling=6)
+
+
+@pytest.mark.parametrize("threat", [EdgeFlips(0.25), EdgeFlips(30, max_flips_per_node=1)], ids=["fraction", "limit"])
+def test_default_prbcd_spends_its_whole_budget(node_graph, threat):
+    model, data = node_graph
+    attack = PRBCD(threat, block_size=2000, epochs=20, seed=0)   # the default loss, samples and fill-up
+    assert attack.loss_name == "prob_margin"
+    result = attack(model, data)
+    budget = int(threat.flips_allowed(torch.tensor(data.edge_index.shape[1] // 2)))
+    flipped = result.inputs["flipped_edges"]
+    assert flipped.shape[1] == budget == int(result.size["edges"].sum())
+    if threat.max_flips_per_node is not None:
+        assert int(torch.bincount(flipped.reshape(-1)).max()) <= threat.max_flips_per_node

@@ -187,7 +187,7 @@ def small_graph():
 
 def _graph_attacks():
     from mmrobust.adapters.graph import GraphAdapter
-    from mmrobust.attacks.prbcd import GRBCD, PRBCD
+    from mmrobust.attacks import GRBCD, PRBCD
 
     return {"PRBCD": lambda t: PRBCD(t, block_size=300, epochs=3, epochs_resampling=2, seed=0,
                                      adapter=GraphAdapter(mask="test")),

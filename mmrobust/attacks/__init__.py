@@ -8,11 +8,13 @@ from .ensemble import Ensemble
 from .eot import EOT, eot_victim
 from .fab import FAB, FABT
 from .fmn import FMN
+from .graph_attack import GraphAttack
 from .graph_baselines import DICE, RandomFlips
-from .losses import LOSSES, cross_entropy, dlr, get_loss, margin
+from .grbcd import GRBCD
+from .losses import LOSSES, cross_entropy, dlr, get_loss, margin, masked_cross_entropy
 from .pgd import FGSM, PGD
 from .single_step import FGSMRS, NFGSM
-from .prbcd import GRBCD, PRBCD, GraphAttack, masked_cross_entropy
+from .prbcd import PRBCD
 from .local import LocalGreedy, LocalResult
 from .poisoning import MetaPRBCD, PoisonResult, poison, transfer_poison
 from .square import Square

@@ -13,7 +13,8 @@ import torch
 from torch import Tensor
 
 from ..adapters.graph import GraphStructure
-from .prbcd import CandidatePairs, EdgeBlock, EdgeLookup, GraphAttack, greedy_flips, rank_within_unit
+from .edge_candidates import EdgeBlock, greedy_flips, rank_within_unit
+from .graph_attack import EdgeProblem, GraphAttack
 
 
 class RandomFlips(GraphAttack):
@@ -30,41 +31,32 @@ class RandomFlips(GraphAttack):
         if self.edge_threat is None or not isinstance(self.threat, type(self.edge_threat)):
             raise TypeError("RandomFlips takes an EdgeFlips threat")
 
-    def choose(self, graph: GraphStructure, pairs: CandidatePairs, lookup: EdgeLookup, budget: Tensor,
-               gen, device, pool: int = 2) -> EdgeBlock:
+    def choose(self, problem: EdgeProblem, pool: int = 2) -> EdgeBlock:
         """At least ``budget`` distinct candidates per graph, drawn ``pool`` x the total budget at a time."""
+        pairs, device = problem.pairs, problem.device
         keys = torch.empty(0, dtype=torch.long, device=device)
-        need = int(budget.sum())
+        need = int(problem.budget.sum())
         for _ in range(100):
-            keys = torch.unique(torch.cat([keys, pairs.sample(max(pool * need, 16), gen, device)]))
-            counts = torch.bincount(pairs.decode(keys)[2], minlength=graph.num_units)
-            if bool((counts >= budget).all()):
+            keys = torch.unique(torch.cat([keys, pairs.sample(max(pool * need, 16), problem.generator, device)]))
+            counts = torch.bincount(pairs.decode(keys)[2], minlength=problem.num_units)
+            if bool((counts >= problem.budget).all()):
                 break
-        return EdgeBlock(keys, torch.zeros(keys.shape, device=device), pairs, lookup)
+        return EdgeBlock(keys, torch.zeros(keys.shape, device=device), pairs, problem.lookup)
 
     def perturb(self, victim, threats, target_labels, clean_logits):
-        graph: GraphStructure = victim.meta["graph"]
-        x_units = victim.inputs["x"]
-        device = x_units.device
-        gen = self.generator(device)
-        pairs = CandidatePairs(graph, self.edge_threat.local)
-        budget = self.edge_budget(graph, self.edge_threat, pairs)
-        lookup = EdgeLookup(graph.edge_index, graph.num_nodes)
-        limit = self.edge_threat.max_flips_per_node
+        problem = self.edge_problem(victim, target_labels)
+        graph, budget, gen, device = problem.graph, problem.budget, problem.generator, problem.device
+        limit = problem.threat.max_flips_per_node
         # with a per-node limit some candidates are unusable: draw larger pools until every graph is full
         for pool in (2, 8, 32) if limit is not None else (2,):
-            block = self.choose(graph, pairs, lookup, budget, gen, device, pool)
+            block = self.choose(problem, pool)
             prio = torch.rand(block.keys.shape, generator=gen) if gen is None or gen.device.type == "cpu" else \
                 torch.rand(block.keys.shape, generator=gen, device=device)
             chosen = self.select(block, graph, budget, prio.to(device), limit)
             if limit is None or bool((torch.bincount(block.unit[chosen], minlength=graph.num_units) >= budget).all()):
                 break
-        ei, ew = block.flip(graph.edge_index, self.edge_weights(graph, x_units), chosen)
-        adv = {"x": x_units, "edge_index": ei,
-               "flipped_edges": torch.stack([block.row[chosen], block.col[chosen]])}
-        if graph.edge_weight is not None:
-            adv["edge_weight"] = ew
-        return adv
+        ei, ew = block.flip(graph.edge_index, problem.base_weight, chosen)
+        return problem.adversarial(ei, ew, torch.stack([block.row[chosen], block.col[chosen]]))
 
     def select(self, block: EdgeBlock, graph: GraphStructure, budget: Tensor, priority: Tensor,
                limit: Optional[int] = None) -> Tensor:
@@ -89,21 +81,22 @@ class DICE(RandomFlips):
 
     name = "dice"
 
-    def choose(self, graph, pairs, lookup, budget, gen, device, pool=2):
+    def choose(self, problem, pool=2):
+        graph, device = problem.graph, problem.device
         if graph.node_labels is None:
             raise ValueError("DICE needs node labels (node classification)")
         y = graph.node_labels
         # all same-label clean edges (row < col) are deletion candidates; insertions come from random pairs
         row, col = graph.edge_index
         keep = (row < col) & (y[row] == y[col])
-        if pairs.local:
+        if problem.pairs.local:
             is_target = torch.zeros(graph.num_nodes, dtype=torch.bool, device=device)
             is_target[graph.targets] = True
             keep &= is_target[row] | is_target[col]
         deletions = row[keep] * graph.num_nodes + col[keep]
-        block = super().choose(graph, pairs, lookup, budget, gen, device, pool)
+        block = super().choose(problem, pool)
         keys = torch.unique(torch.cat([deletions, block.keys]))
-        return EdgeBlock(keys, torch.zeros(keys.shape, device=device), pairs, lookup)
+        return EdgeBlock(keys, torch.zeros(keys.shape, device=device), problem.pairs, problem.lookup)
 
     def select(self, block, graph, budget, priority, limit=None):
         y = graph.node_labels

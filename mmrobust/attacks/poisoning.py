@@ -27,9 +27,9 @@ from torch import Tensor, nn
 from ..adapters.graph import GraphAdapter
 from ..errors import NonFiniteError, check_choice, check_fraction, check_int, check_positive
 from ..threats.graph import EdgeFlips, project_capped_simplex, undirected_pairs
-from .prbcd import PRBCD, CandidatePairs, EdgeBlock, EdgeLookup, rank_within_unit
-
-_EPS = 1e-7
+from .edge_candidates import EPS as _EPS
+from .edge_candidates import CandidatePairs, EdgeBlock, EdgeLookup, rank_within_unit
+from .prbcd import PRBCD, resample_block
 
 
 @dataclass
@@ -200,7 +200,7 @@ class MetaPRBCD:
                 w = project_capped_simplex(p + step * grad, block.unit, budget, 1)
                 block.weights = w.clamp(_EPS, 1 - _EPS)
                 if epoch < self.epochs_resampling - 1:
-                    block = PRBCD._resample(self, block, pairs, lookup, gen, device)
+                    block = resample_block(block, pairs, lookup, self.block_size, gen, device)
         return self._final(model, init, data, labels, graph, block, base_w, budget, gen)
 
     def _final(self, model, init, data, labels, graph, block, base_w, budget, gen) -> PoisonResult:

@@ -5,7 +5,7 @@ setting of Gosch et al. 2023, https://arxiv.org/abs/2306.15427):
 
 .. math:: \\min_\\theta \\max_{\\tilde A \\in \\Phi(A)} \\mathcal{L}_{train}(f_\\theta(X, \\tilde A))
 
-where the inner maximisation is an edge attack (e.g. :class:`~mmrobust.attacks.prbcd.PRBCD` with a
+where the inner maximisation is an edge attack (e.g. :class:`~mmrobust.attacks.PRBCD` with a
 ``GraphAdapter(mask="train")``) or a feature attack (:class:`~mmrobust.attacks.PGD` over a
 :func:`~mmrobust.threats.graph.FeatureBall`) on the *training* graph; with
 :func:`~mmrobust.graph.data.inductive_split` the test nodes are never seen during training.
