@@ -4,14 +4,14 @@ The adapter lives in :mod:`mmrobust.adapters.audio` (``WaveformAdapter``), the b
 :mod:`mmrobust.threats.audio` (``SNRBall``, ``PeakDBBall``).
 """
 
-from .data import (FSDDDataModule, SpeechCommandsDataModule, SyntheticSpeechDataModule, WaveformDataset,
-                   augment_batch, load_wav, pad_or_crop)
+from .data import FSDDDataModule, SyntheticSpeechDataModule, WaveformDataset, augment_batch, load_wav, pad_or_crop
+from .speech_commands import SpeechCommandsDataModule, WaveFileDataset
 from .models import M5, LogMelCNN
 from .synth import NUM_SYNTH_CLASSES, synth_digit, synth_digits
 from .transforms import AddNoise, RandomGain, RandomReverb, RandomTimeShift, RandomTransforms, synthetic_rir
 
 __all__ = [
-    "FSDDDataModule", "SpeechCommandsDataModule", "SyntheticSpeechDataModule", "WaveformDataset", "augment_batch",
-    "load_wav", "pad_or_crop", "M5", "LogMelCNN", "synth_digit", "synth_digits", "NUM_SYNTH_CLASSES",
+    "FSDDDataModule", "SpeechCommandsDataModule", "SyntheticSpeechDataModule", "WaveformDataset", "WaveFileDataset",
+    "augment_batch", "load_wav", "pad_or_crop", "M5", "LogMelCNN", "synth_digit", "synth_digits", "NUM_SYNTH_CLASSES",
     "AddNoise", "RandomGain", "RandomReverb", "RandomTimeShift", "RandomTransforms", "synthetic_rir",
 ]

@@ -2,8 +2,8 @@
 
 * :class:`SyntheticSpeechDataModule` -- the embedded offline default (:mod:`mmrobust.audio.synth`).
 * :class:`FSDDDataModule` -- Free Spoken Digit Dataset (Jackson et al., github.com/Jakobovski/free-spoken-digit-dataset).
-* :class:`SpeechCommandsDataModule` -- Speech Commands v0.02 (Warden 2018, https://arxiv.org/abs/1804.03209)
-  through ``torchaudio.datasets.SPEECHCOMMANDS``.
+* :class:`~mmrobust.audio.speech_commands.SpeechCommandsDataModule` -- Speech Commands v0.01/v0.02
+  (Warden 2018, https://arxiv.org/abs/1804.03209), full or partial, in its own module.
 
 Waves are read with ``soundfile`` (``torchaudio.load`` needs ``torchcodec``/ffmpeg, which a plain
 install lacks), mixed to mono, resampled with ``torchaudio.functional.resample`` and cropped or
@@ -19,7 +19,7 @@ import os
 import re
 import zipfile
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import pytorch_lightning as pl
 import torch
@@ -251,60 +251,3 @@ class FSDDDataModule(_SpeechDataModule):
         train = WaveformDataset.from_clips(train_clips, train_y, self.max_length)
         self.train_set, self.val_set = self._split_val(train, self.val_fraction, self.seed)
         self.test_set = WaveformDataset.from_clips(test_clips, test_y, self.max_length)
-
-
-class SpeechCommandsDataModule(_SpeechDataModule):
-    """Speech Commands (Warden 2018) keyword subset via ``torchaudio.datasets.SPEECHCOMMANDS`` and its
-    official ``training``/``validation``/``testing`` lists; clips are read with ``soundfile``.
-
-    Args:
-        root: dataset root (``SpeechCommands/speech_commands_v0.02`` is created below it on download).
-        classes: keywords to keep; labels follow this order.
-        download: let torchaudio download the archive (online use only).
-        limit_per_split: keep at most this many clips per split (quick experiments).
-    """
-
-    DEFAULT_CLASSES = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
-
-    def __init__(self, root="data", classes: Sequence[str] = DEFAULT_CLASSES, download: bool = False,
-                 sample_rate: int = 16000, max_length: int = 16000, limit_per_split: Optional[int] = None, **kwargs):
-        super().__init__(sample_rate=sample_rate, max_length=max_length, **kwargs)
-        self.root = Path(root)
-        self.classes = tuple(classes)
-        if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
-            raise ValueError(f"classes must name at least two distinct keywords, got {self.classes}")
-        self.num_classes = len(self.classes)
-        self.download = bool(download)
-        self.limit_per_split = None if limit_per_split is None else check_int("limit_per_split", limit_per_split, 1)
-
-    def prepare_data(self):
-        from torchaudio.datasets import SPEECHCOMMANDS
-
-        self.root.mkdir(parents=True, exist_ok=True)
-        SPEECHCOMMANDS(str(self.root), download=self.download)
-
-    def _subset(self, subset: str) -> WaveformDataset:
-        from torchaudio.datasets import SPEECHCOMMANDS
-
-        ds = SPEECHCOMMANDS(str(self.root), download=False, subset=subset)
-        index: Dict[str, int] = {c: i for i, c in enumerate(self.classes)}
-        clips, labels = [], []
-        for n in range(len(ds)):
-            relpath, _, label, *_ = ds.get_metadata(n)
-            if label not in index:
-                continue
-            wave, _ = load_wav(Path(ds._archive) / relpath, self.sample_rate)
-            clips.append(wave)
-            labels.append(index[label])
-            if self.limit_per_split is not None and len(clips) >= self.limit_per_split:
-                break
-        if not clips:
-            raise ValueError(f"no clips of classes {self.classes} in the {subset} split under {self.root}")
-        return WaveformDataset.from_clips(clips, labels, self.max_length)
-
-    def setup(self, stage: Optional[str] = None):
-        if self.train_set is not None:
-            return
-        self.train_set = self._subset("training")
-        self.val_set = self._subset("validation")
-        self.test_set = self._subset("testing")

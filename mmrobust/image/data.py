@@ -3,10 +3,11 @@ value box is [0, 1] and budgets refer to pixel values).
 
 * :class:`DigitsDataModule`: scikit-learn's 8x8 digits, bundled with scikit-learn, so it works offline;
   the default for examples and tests.
-* :class:`MNISTDataModule`, :class:`FashionMNISTDataModule`, :class:`CIFAR10DataModule`: torchvision
-  datasets under ``root``. ``download=True`` fetches only what is missing (files already present with
-  the right checksums are used offline); ``copy_raw_from`` copies a read-only offline copy of the
-  archives into the writable ``root`` first.
+* :class:`MNISTDataModule`, :class:`FashionMNISTDataModule`, :class:`CIFAR10DataModule`: the standard
+  archives under ``root`` (or ``copy_raw_from``, copied into ``root`` first), read by
+  :mod:`mmrobust.image.files` and validated by content (magic number, shape, count), not by checksum, so
+  a recompressed copy from another source works. Local files are never downloaded over; only when they
+  are absent does ``download=True`` fetch them through torchvision.
 
 Batches are ``(images, labels)`` tuples: float ``(B, C, H, W)`` in [0, 1] and int64 labels.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import pytorch_lightning as pl
 import torch
@@ -23,6 +24,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from ..errors import check_fraction, check_int
+from .files import InvalidDataFile, load_cifar10_split, load_idx_split
 
 PathLike = Union[str, Path]
 
@@ -144,6 +146,8 @@ class _TorchvisionDataModule(_ImageDataModule):
     #: torchvision dataset class name
     dataset_name = ""
     default_val_size = 5000
+    #: images in the official training and test sets (checked when reading local files)
+    train_count, test_count = 60000, 10000
 
     def __init__(self, root: PathLike = "data", batch_size: int = 128, num_workers: int = 0, *,
                  download: bool = True, copy_raw_from: Optional[PathLike] = None, val_size: Optional[int] = None,
@@ -160,14 +164,22 @@ class _TorchvisionDataModule(_ImageDataModule):
 
     @classmethod
     def from_directory(cls, source: PathLike, root: PathLike, **kwargs) -> "_TorchvisionDataModule":
-        """A datamodule that copies the offline archives in ``source`` into the writable ``root`` (torchvision
-        extracts next to the archives, so a read-only copy cannot be used in place) and never downloads."""
-        kwargs.setdefault("download", True)  # finds the copied files by checksum; no network is used
+        """A datamodule that reads the offline archives in ``source`` (copied into ``root`` first, so a
+        read-only copy works) and never downloads: files are validated by content, not by checksum."""
+        kwargs.setdefault("download", False)
         return cls(root, copy_raw_from=source, **kwargs)
 
     # where torchvision expects the files, relative to root
     def raw_dir(self) -> Path:
         return self.root / self.dataset_name / "raw"
+
+    def local_dirs(self) -> List[Path]:
+        """Folders searched for the dataset's files, in order: ``raw_dir()`` (where ``copy_raw_from`` is
+        copied), ``root/<name>``, ``root`` and ``copy_raw_from`` itself."""
+        dirs = [self.raw_dir(), self.root / self.dataset_name, self.root]
+        if self.copy_raw_from is not None:
+            dirs += [self.copy_raw_from, self.copy_raw_from / "raw"]
+        return [d for d in dirs if d.is_dir()]
 
     def _copy_raw(self) -> None:
         if self.copy_raw_from is None:
@@ -183,29 +195,43 @@ class _TorchvisionDataModule(_ImageDataModule):
             elif f.is_dir() and not (target / f.name).exists():
                 shutil.copytree(f, target / f.name)
 
-    def _dataset(self, train: bool, download: bool):
+    def load_local(self, train: bool) -> Optional[Tuple[Tensor, Tensor]]:
+        """``(uint8 images (N, C, H, W), int64 labels)`` of a split read from :meth:`local_dirs` (see
+        :mod:`mmrobust.image.files`), or ``None`` when its files are absent."""
+        return load_idx_split(self.local_dirs(), train, self.train_count if train else self.test_count)
+
+    def _download(self) -> None:
         import torchvision
 
         cls = getattr(torchvision.datasets, self.dataset_name)
-        try:
-            return cls(str(self.root), train=train, download=download)
-        except RuntimeError as e:
-            raise RuntimeError(f"{self.dataset_name} not found under {str(self.root)!r} ({e}); pass download=True "
-                               "with network access, or copy_raw_from=<directory with the original archives>") from e
+        for train in (True, False):
+            cls(str(self.root), train=train, download=True)
+
+    def _missing_error(self) -> RuntimeError:
+        searched = [str(d) for d in self.local_dirs()] or [str(self.root)]
+        return RuntimeError(f"{self.dataset_name} files not found in any of {searched}; "
+                            "pass copy_raw_from=<directory with the original archives> (any copy of the same "
+                            "content is accepted), or download=True with network access")
 
     def prepare_data(self) -> None:
         self._copy_raw()
-        for train in (True, False):
-            self._dataset(train, self.download)
+        if all(self._present(train) for train in (True, False)):
+            return  # local files are used as they are: never download over them
+        if not self.download:
+            raise self._missing_error()
+        self._download()
 
-    @staticmethod
-    def _tensors(ds) -> Tuple[Tensor, Tensor]:
-        data = torch.as_tensor(ds.data)
-        if data.dim() == 3:  # (N, H, W) grey images
-            data = data.unsqueeze(1)
-        else:  # (N, H, W, C) numpy arrays (CIFAR)
-            data = data.permute(0, 3, 1, 2).contiguous()
-        return data, torch.as_tensor(ds.targets, dtype=torch.long)
+    def _present(self, train: bool) -> bool:
+        try:
+            return self.load_local(train) is not None
+        except InvalidDataFile:
+            return True  # there, but wrong: setup() reports it rather than downloading over it
+
+    def _load(self, train: bool) -> Tuple[Tensor, Tensor]:
+        loaded = self.load_local(train)
+        if loaded is None:
+            raise self._missing_error()
+        return loaded
 
     def train_augmentation(self):
         return None
@@ -214,8 +240,8 @@ class _TorchvisionDataModule(_ImageDataModule):
         if self.train_set is not None:
             return
         self._copy_raw()
-        x, y = self._tensors(self._dataset(True, False))
-        xt, yt = self._tensors(self._dataset(False, False))
+        x, y = self._load(True)
+        xt, yt = self._load(False)
         if self.val_size >= len(y):
             raise ValueError(f"val_size must be smaller than the training set ({len(y)}), got {self.val_size}")
         train, val = split_train_val(len(y), self.val_size, self.seed)
@@ -227,8 +253,9 @@ class MNISTDataModule(_TorchvisionDataModule):
     """MNIST (LeCun et al. 1998): 60,000 training (55,000 train / 5,000 validation, seeded) and 10,000
     test images, ``(B, 1, 28, 28)`` in [0, 1].
 
-    Offline: ``MNISTDataModule.from_directory("/path/to/MNIST/raw", root="data")`` copies the four
-    ``.gz`` archives to ``data/MNIST/raw``, where torchvision finds them by checksum and extracts them.
+    Offline: ``MNISTDataModule.from_directory("/path/to/MNIST/raw", root="data")`` copies the four IDX
+    files (``train-images-idx3-ubyte[.gz]`` ...; gzip or not, any compression level) to ``data/MNIST/raw``
+    and reads them there.
     """
 
     dataset_name = "MNIST"
@@ -248,8 +275,8 @@ class CIFAR10DataModule(_TorchvisionDataModule):
 
     ``augment=True`` applies the standard training augmentation (4-pixel padded random crop and
     horizontal flip, as in He et al. 2016 and Rice et al. 2020) to the training split only. Offline:
-    ``copy_raw_from`` is a directory holding ``cifar-10-python.tar.gz`` (or the extracted
-    ``cifar-10-batches-py``); it is copied to ``root``.
+    ``copy_raw_from`` is a directory holding ``cifar-10-python.tar.gz`` (read without extracting) or the
+    extracted ``cifar-10-batches-py``; it is copied to ``root``.
     """
 
     dataset_name = "CIFAR10"
@@ -266,6 +293,9 @@ class CIFAR10DataModule(_TorchvisionDataModule):
 
     def raw_dir(self) -> Path:
         return self.root  # torchvision keeps the archive and the extracted batches directly under root
+
+    def load_local(self, train: bool) -> Optional[Tuple[Tensor, Tensor]]:
+        return load_cifar10_split(self.local_dirs(), train)
 
     def train_augmentation(self):
         if not self.augment:
