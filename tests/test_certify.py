@@ -75,6 +75,7 @@ def test_ambiguous_points_abstain_and_confident_points_are_predicted():
 
 
 def test_smoothing_is_seeded_and_restores_the_base_model():
+    torch.manual_seed(0)  # the base model and x are drawn from the global RNG: other tests must not decide them
     base = nn.Sequential(nn.Linear(6, 16), nn.Dropout(0.5), nn.Linear(16, 3)).train()
     x = torch.randn(4, 6)
     a = SmoothedClassifier(base, 0.25, num_classes=3, n0=20, n=200, batch_size=64, generator=7).certify(x)
