@@ -4,14 +4,17 @@ The adapter lives in :mod:`mmrobust.adapters.audio` (``WaveformAdapter``), the b
 :mod:`mmrobust.threats.audio` (``SNRBall``, ``PeakDBBall``).
 """
 
+from .augment import SpeechAugmentation
 from .data import FSDDDataModule, SyntheticSpeechDataModule, WaveformDataset, augment_batch, load_wav, pad_or_crop
 from .speech_commands import SpeechCommandsDataModule, WaveFileDataset
-from .models import M5, LogMelCNN
+from .models import M5, CepstralFeatures, KeywordCNN, LogMelCNN, spec_augment
 from .synth import NUM_SYNTH_CLASSES, synth_digit, synth_digits
-from .transforms import AddNoise, RandomGain, RandomReverb, RandomTimeShift, RandomTransforms, synthetic_rir
+from .transforms import (AddNoise, RandomGain, RandomReverb, RandomSpeed, RandomTimeShift, RandomTransforms,
+                         speed_perturb, synthetic_rir)
 
 __all__ = [
     "FSDDDataModule", "SpeechCommandsDataModule", "SyntheticSpeechDataModule", "WaveformDataset", "WaveFileDataset",
-    "augment_batch", "load_wav", "pad_or_crop", "M5", "LogMelCNN", "synth_digit", "synth_digits", "NUM_SYNTH_CLASSES",
-    "AddNoise", "RandomGain", "RandomReverb", "RandomTimeShift", "RandomTransforms", "synthetic_rir",
+    "augment_batch", "load_wav", "pad_or_crop", "M5", "LogMelCNN", "KeywordCNN", "CepstralFeatures", "spec_augment", "synth_digit", "synth_digits", "NUM_SYNTH_CLASSES",
+    "AddNoise", "RandomGain", "RandomReverb", "RandomSpeed", "RandomTimeShift", "RandomTransforms", "speed_perturb",
+    "synthetic_rir", "SpeechAugmentation",
 ]

@@ -9,8 +9,9 @@ Waves are read with ``soundfile`` (``torchaudio.load`` needs ``torchcodec``/ffmp
 install lacks), mixed to mono, resampled with ``torchaudio.functional.resample`` and cropped or
 zero-padded to ``max_length`` samples; ``lengths`` holds each clip's valid length, so attacks through
 :class:`~mmrobust.adapters.audio.WaveformAdapter` never touch the padding. Train batches are augmented on
-the device (random gain, time shift and background noise inside the valid part) in
-``on_after_batch_transfer``, using the global RNG that Lightning seeds.
+the device in ``on_after_batch_transfer``, using the global RNG that Lightning seeds: ``augment=True``
+applies :func:`augment_batch` (random gain, time shift and noise inside the valid part), a callable such
+as :class:`~mmrobust.audio.augment.SpeechAugmentation` (speed, shift, gain, reverberation, noise) replaces it.
 """
 
 from __future__ import annotations
@@ -101,12 +102,15 @@ class _SpeechDataModule(pl.LightningDataModule):
 
     num_classes: int = 10
 
-    def __init__(self, batch_size: int = 64, num_workers: int = 0, augment: bool = True,
+    def __init__(self, batch_size: int = 64, num_workers: int = 0, augment=True,
                  sample_rate: int = 8000, max_length: int = 8000):
         super().__init__()
         self.batch_size = check_int("batch_size", batch_size, 1)
         self.num_workers = check_int("num_workers", num_workers, 0)
-        self.augment = bool(augment)
+        if not isinstance(augment, bool) and not callable(augment):
+            raise TypeError("augment must be True (gain, shift and noise: augment_batch), False, or a callable "
+                            f"(wave, lengths) -> (wave, lengths) such as SpeechAugmentation(), got {augment!r}")
+        self.augment = augment
         self.sample_rate = int(check_positive("sample_rate", sample_rate))
         self.max_length = check_int("max_length", max_length, 1)
         self.train_set: Optional[WaveformDataset] = None
@@ -129,10 +133,14 @@ class _SpeechDataModule(pl.LightningDataModule):
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         trainer = getattr(self, "trainer", None)
-        if self.augment and trainer is not None and trainer.training:
+        if self.augment is not False and trainer is not None and trainer.training:
             wave, y, lengths = batch
+            if self.augment is True:
+                wave = augment_batch(wave, lengths, max_shift=self.sample_rate // 20)
+            else:
+                wave, lengths = self.augment(wave, lengths)
             # keep the collated container (a list): adversarial-training callbacks replace its entries in place
-            batch = type(batch)((augment_batch(wave, lengths, max_shift=self.sample_rate // 20), y, lengths))
+            batch = type(batch)((wave, y, lengths))
         return batch
 
     @staticmethod

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor, nn
 
@@ -91,3 +93,101 @@ class LogMelCNN(nn.Module):
         spec = torch.log(self.melspec(mono) + self.log_offset)[:, None]
         h = self.features(spec)
         return self.classifier(h.mean((-2, -1)))
+
+
+class CepstralFeatures(nn.Module):
+    """Speaker- and channel-normalised features of a waveform: log-mel energies in dB relative to the
+    utterance's loudest bin (floored at ``-top_db``), optionally their DCT (MFCCs, Davis & Mermelstein
+    1980), then per-utterance cepstral mean and variance normalisation (CMVN; Viikki & Laurila 1998) over
+    the *active* frames (those within ``active_db`` of the loudest), with inactive frames set to 0.
+
+    Relative dB makes the features independent of gain, CMVN removes a fixed channel (microphone)
+    response and most of a speaker's average spectral tilt, and zeroing silent frames makes padding and
+    leading silence invisible. All of it is differentiable almost everywhere, so attacks see the true
+    gradient (the normalisation statistics included).
+
+    Output: ``(B, n_mfcc or n_mels, frames)``.
+    """
+
+    def __init__(self, sample_rate: int = 8000, n_fft: int = 256, win_length: int = 200, hop_length: int = 80,
+                 n_mels: int = 40, n_mfcc: Optional[int] = 20, top_db: float = 80.0, active_db: float = 50.0):
+        super().__init__()
+        import torchaudio
+        import torchaudio.functional as AF
+
+        self.melspec = torchaudio.transforms.MelSpectrogram(sample_rate=sample_rate, n_fft=n_fft,
+                                                            win_length=win_length, hop_length=hop_length,
+                                                            n_mels=n_mels, f_min=20.0, f_max=sample_rate / 2)
+        self.top_db = check_positive("top_db", top_db)
+        self.active_db = check_positive("active_db", active_db)
+        self.n_mfcc = None if n_mfcc is None else check_int("n_mfcc", n_mfcc, 1)
+        if self.n_mfcc is not None:
+            if self.n_mfcc > n_mels:
+                raise ValueError(f"n_mfcc must be <= n_mels={n_mels}, got {n_mfcc}")
+            self.register_buffer("dct", AF.create_dct(self.n_mfcc, n_mels, "ortho"), persistent=False)
+        self.out_channels = self.n_mfcc or n_mels
+
+    def forward(self, wave: Tensor) -> Tensor:
+        mono = _as_channels(wave).mean(1)
+        db = 10 * torch.log10(self.melspec(mono) + 1e-10)
+        db = db - db.amax((-2, -1), keepdim=True)
+        db = torch.maximum(db, torch.full((), -self.top_db, dtype=db.dtype, device=db.device))
+        active = (db.amax(-2, keepdim=True) > -self.active_db).to(db.dtype)
+        if self.n_mfcc is not None:
+            db = (db.transpose(-1, -2) @ self.dct).transpose(-1, -2)
+        count = active.sum(-1, keepdim=True).clamp_min(1)
+        mean = (db * active).sum(-1, keepdim=True) / count
+        std = (((db - mean) ** 2 * active).sum(-1, keepdim=True) / count).sqrt()
+        return (db - mean) / (std + 1.0) * active
+
+
+def spec_augment(z: Tensor, freq_width: int, time_width: int, masks: int = 2) -> Tensor:
+    """SpecAugment frequency and time masking (Park et al. 2019, https://arxiv.org/abs/1904.08779, Sec. 2):
+    ``masks`` bands of up to ``freq_width`` channels and ``masks`` spans of up to ``time_width`` frames are
+    set to 0 (the normalised mean), independently per example, on ``(B, F, T)`` features."""
+    n, f, t = z.shape
+    dev = z.device
+    for _ in range(masks):
+        for width, size, dim in ((freq_width, f, 1), (time_width, t, 2)):
+            w = (torch.rand(n, device=dev) * (width + 1)).long().clamp(max=size)
+            start = (torch.rand(n, device=dev) * (size - w + 1)).long()
+            r = torch.arange(size, device=dev)[None]
+            m = (r >= start[:, None]) & (r < (start + w)[:, None])
+            z = z.masked_fill(m[:, :, None] if dim == 1 else m[:, None, :], 0.0)
+    return z
+
+
+class KeywordCNN(nn.Module):
+    """Spoken-word classifier that generalises across speakers: :class:`CepstralFeatures` (MFCC + CMVN),
+    three 1-D convolutions over time (kernel 5, batch norm, ReLU, 2x max pooling; channels
+    ``width, 2*width, 2*width``, the temporal-convolution design of Choi et al. 2019, "Temporal Convolution
+    for Real-time Keyword Spotting", https://arxiv.org/abs/1904.03814), max over time, dropout and a linear
+    layer. In training mode SpecAugment masks (:func:`spec_augment`) are applied to the features; attacks
+    run the model in eval mode and see none.
+
+    On FSDD with every speaker held out in turn it is the reference of ``benchmarks/audio_fsdd_speakers.py``.
+    """
+
+    def __init__(self, num_classes: int = 10, sample_rate: int = 8000, n_mfcc: Optional[int] = 20,
+                 n_mels: int = 40, width: int = 32, dropout: float = 0.3, freq_mask: int = 7,
+                 time_mask: int = 11):
+        super().__init__()
+        check_int("num_classes", num_classes, 2)
+        check_int("width", width, 1)
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+        self.features = CepstralFeatures(sample_rate=sample_rate, n_mels=n_mels, n_mfcc=n_mfcc)
+        self.freq_mask, self.time_mask = check_int("freq_mask", freq_mask, 0), check_int("time_mask", time_mask, 0)
+        layers, c_in = [], self.features.out_channels
+        for c in (width, 2 * width, 2 * width):
+            layers += [nn.Conv1d(c_in, c, 5, padding=2), nn.BatchNorm1d(c), nn.ReLU(), nn.MaxPool1d(2, ceil_mode=True)]
+            c_in = c
+        self.body = nn.Sequential(*layers)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(c_in, num_classes)
+
+    def forward(self, wave: Tensor) -> Tensor:
+        z = self.features(wave)
+        if self.training and (self.freq_mask or self.time_mask):
+            z = spec_augment(z, self.freq_mask, self.time_mask)
+        return self.classifier(self.dropout(self.body(z).amax(-1)))

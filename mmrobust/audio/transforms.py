@@ -143,6 +143,50 @@ class RandomReverb(nn.Module):
         return AF.fftconvolve(x, h)[..., :x.shape[-1]]
 
 
+def speed_perturb(x: Tensor, factors: Tensor, resolution: int = 20) -> Tensor:
+    """Resample example ``i`` of ``x`` by ``factors[i]`` (each a multiple of ``1/resolution``) and crop or
+    zero-pad it to the input length: the speed perturbation of :class:`RandomSpeed`. Examples sharing a
+    factor go through one ``torchaudio.functional.resample`` call (windowed sinc, differentiable)."""
+    import torchaudio.functional as AF
+
+    t = x.shape[-1]
+    out = torch.zeros_like(x)
+    steps = (factors * resolution).round().long()
+    for step in steps.unique().tolist():
+        idx = (steps == step).nonzero().flatten().to(x.device)
+        y = x[idx] if step == resolution else AF.resample(x[idx], int(step), resolution)
+        m = min(t, y.shape[-1])
+        out[idx, ..., :m] = y[..., :m]
+    return out
+
+
+class RandomSpeed(nn.Module):
+    """Speed perturbation (Ko et al. 2015, "Audio Augmentation for Speech Recognition", Interspeech, Sec. 3):
+    resample each example by a factor ``f`` and play it at the original rate, so it lasts ``1/f`` as long and
+    every frequency (pitch and formants alike) moves by ``f`` -- a cheap stand-in for other speakers'
+    voices. The paper uses ``f`` in {0.9, 1.0, 1.1}.
+
+    ``f`` is drawn uniformly from ``factors`` (a ``(low, high)`` range) and rounded to a multiple of
+    ``1/resolution`` (see :func:`speed_perturb`); the result keeps the input length (cropped or zero-padded).
+    """
+
+    def __init__(self, factors=(0.9, 1.1), resolution: int = 20):
+        super().__init__()
+        self.factors = _range("factors", factors)
+        if self.factors[0] * resolution < 0.5:
+            raise ValueError(f"factors must be > 0 (speed ratios; 1 = unchanged, e.g. (0.9, 1.1)), got {factors!r}")
+        self.resolution = check_int("resolution", resolution, 1)
+
+    def draw(self, n: int, generator: Optional[torch.Generator], like: Tensor) -> Tensor:
+        """``n`` factors, multiples of ``1/resolution`` in ``factors``."""
+        lo, hi = self.factors
+        steps = _uniform(lo * self.resolution, hi * self.resolution, n, generator, like.float()).round()
+        return steps.clamp(math.ceil(lo * self.resolution - 1e-9), math.floor(hi * self.resolution + 1e-9)) / self.resolution
+
+    def forward(self, x: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+        return speed_perturb(x, self.draw(x.shape[0], generator, x), self.resolution)
+
+
 class RandomTransforms(nn.Module):
     """Apply transforms in sequence, each with its own draw from the shared generator."""
 
