@@ -1,12 +1,15 @@
 """Adapter for PyTorch Geometric graphs: ``Data`` (node classification) and ``Batch`` (graph or node
 classification over several graphs).
 
-Model convention (the one PyG users already follow)::
+Models are called the way their ``forward`` is written (:mod:`mmrobust.adapters.calls`)::
 
-    logits = model(x, edge_index, edge_weight=None)            # node classification
-    logits = model(x, edge_index, edge_weight=None, batch=b)   # graph classification (b: node -> graph)
+    logits = model(x, edge_index, edge_weight)                 # node classification
+    logits = model(x, edge_index, edge_weight, batch=b)        # graph classification (b: node -> graph)
+    logits = model(x, edge_index)                              # no weights: feature attacks, DICE, flips
+    logits = model(data)                                       # one Data/Batch argument
 
-Models that take no edge weights (e.g. GAT) are attacked through ``forward=``: a callable
+Edge attacks that relax edges into weights (PRBCD, GRBCD) need a model that uses them; for models whose
+convolutions take edge features instead (e.g. GAT) pass ``forward=``: a callable
 ``forward(model, x, edge_index, edge_weight, batch)`` returning logits, for example
 :func:`edge_weight_as_edge_attr` for a ``GATConv(..., edge_dim=1)`` model (what PyG's contrib
 ``PRBCDAttack`` example does), or :class:`mmrobust.graph.models.GAT`, which accepts ``edge_weight``.
@@ -34,6 +37,7 @@ import torch
 from torch import Tensor
 
 from .base import BatchAdapter, Victim, register_adapter
+from .calls import graph_call
 from .graph_edges import AddedEdgeValues, check_added_edge_values, edge_attribute_keys, perturbed_graph
 
 GraphForward = Callable[..., Tensor]
@@ -109,7 +113,8 @@ class GraphAdapter(BatchAdapter):
             (the data's ``{mask}_mask``), a boolean mask or index tensor, or ``None`` for all nodes.
             Ignored for graph classification.
         forward: optional ``forward(model, x, edge_index, edge_weight, batch) -> logits`` for models
-            that do not follow ``model(x, edge_index, edge_weight)`` (see :func:`edge_weight_as_edge_attr`).
+            called in none of the usual ways (see :func:`edge_weight_as_edge_attr`); by default the call
+            follows the model's ``forward`` signature.
         task: ``"node"``, ``"graph"`` or ``"auto"`` (``Data`` -> node; ``Batch`` -> graph when ``y`` has one
             label per graph).
         added_edge_values: what an edge an attack adds holds in the graph's other per-edge attributes
@@ -175,12 +180,6 @@ class GraphAdapter(BatchAdapter):
             raise ValueError("the mask selects no nodes; nothing to attack")
         return idx
 
-    def run(self, model, x, edge_index, edge_weight, batch_vec):
-        if self.forward_fn is not None:
-            return self.forward_fn(model, x, edge_index, edge_weight, batch_vec)
-        if batch_vec is None:
-            return model(x, edge_index, edge_weight)
-        return model(x, edge_index, edge_weight, batch=batch_vec)
 
     @staticmethod
     def check(data) -> None:
@@ -232,8 +231,13 @@ class GraphAdapter(BatchAdapter):
             y = data.y.reshape(-1)[targets].long()
             unit = node_unit[targets]
 
+        call = graph_call(model) if self.forward_fn is None else None
+
         def forward_with_edges(xn: Tensor, ei: Tensor, ew: Optional[Tensor]) -> Tensor:
-            out = self.run(model, xn, ei, ew, batch_vec)
+            if call is None:
+                out = self.forward_fn(model, xn, ei, ew, batch_vec)
+            else:
+                out = call(data, xn, ei, ew, batch_vec, clean_weight=edge_weight)
             return out if targets is None else out[targets]
 
         def forward(inputs: Dict[str, Tensor]) -> Tensor:

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from .audio import AUDIO_KEYS, check_waveform, length_mask
 from .base import BatchAdapter, Victim, register_adapter
+from .calls import multimodal_call
 from .tensor import TARGET_KEYS, replace_entries, select_examples
 
 
@@ -32,17 +33,20 @@ class MultimodalAdapter(BatchAdapter):
         target_key: key of the labels (default the first of ``y, label, labels, target``).
         lengths: ``{input name: key of its lengths}`` for padded audio (default: ``"<name>_lengths"`` or
             ``"lengths"`` when present, for inputs named like audio).
-        call: ``"kwargs"`` calls ``model(**inputs)``, ``"dict"`` calls ``model(inputs)``.
+        call: ``"auto"`` (default) reads the model's ``forward`` signature: keywords named like the
+            inputs -> ``"kwargs"``, one argument -> ``"dict"``, otherwise an error saying what to pass.
+            ``"kwargs"`` calls ``model(**inputs)`` (``forward(image=..., audio=...)``); ``"dict"`` calls
+            ``model(batch)`` with the perturbed entries replaced (``forward(batch)``).
         forward: optional ``forward(model, inputs, batch) -> logits`` overriding ``call``.
     """
 
     modality = "multimodal"
 
     def __init__(self, inputs: Optional[Sequence[str]] = None, target_key: Optional[str] = None,
-                 lengths: Optional[Mapping[str, str]] = None, call: str = "kwargs",
+                 lengths: Optional[Mapping[str, str]] = None, call: str = "auto",
                  forward: Optional[Callable[[torch.nn.Module, Dict[str, Tensor], Any], Tensor]] = None):
-        if call not in ("kwargs", "dict"):
-            raise ValueError(f"call must be 'kwargs' or 'dict', got {call!r}")
+        if call not in ("auto", "kwargs", "dict"):
+            raise ValueError(f"call must be 'auto', 'kwargs' (model(**inputs)) or 'dict' (model(batch)), got {call!r}")
         self.input_names = list(inputs) if inputs is not None else None
         self.target_key = target_key
         self.lengths = dict(lengths or {})
@@ -91,10 +95,12 @@ class MultimodalAdapter(BatchAdapter):
             if lk is not None:
                 masks[name] = length_mask(batch[lk], x)
 
+        run = multimodal_call(model, names, self.call) if self.forward_fn is None else None
+
         def forward(inputs: Dict[str, Tensor]) -> Tensor:
-            if self.forward_fn is not None:
+            if run is None:
                 return self.forward_fn(model, inputs, batch)
-            return model(**inputs) if self.call == "kwargs" else model(dict(inputs))
+            return run(inputs, batch)
 
         def rebuild(inputs: Dict[str, Tensor]) -> Any:
             return replace_entries(batch, dict(inputs))
