@@ -1,34 +1,75 @@
-"""The ``mmrobust`` command.
-
-::
-
-    mmrobust fit|validate|test --config recipes/image/digits_at.yaml   # LightningCLI: every model,
-                                                                      # datamodule, callback, attack and
-                                                                      # threat model from YAML / flags
-    mmrobust evaluate --config eval.yaml                              # checkpoint + data + attacks -> report
-    mmrobust report RUN_DIR [RUN_DIR ...] --out DIR                   # several runs -> one comparison
-    mmrobust demo [--out DIR] [--modalities image audio graph]         # offline tour on embedded data
+"""The ``mmrobust`` command (its usage text is :data:`USAGE`, printed by ``mmrobust --help``).
 
 ``fit``/``validate``/``test`` are :class:`pytorch_lightning.cli.LightningCLI` with subclass mode for
 the model and the datamodule, so any LightningModule (e.g. :class:`mmrobust.training.RobustClassifier`)
 and any callback (``trainer.callbacks`` in YAML) can be configured. After ``validate``/``test`` the
-logged metrics are also written as a report (``report.md``/``report.html``) into the run's log dir.
+logged metrics, the attacks and their budgets are written as a report (``report.md``/``report.html``)
+into the run's log dir.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from .cli_runs import attack_settings, best_checkpoint, checkpoint_root, describe_attack, move_run, \
+    pop_option, quick_configs
+
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+USAGE = """usage: mmrobust COMMAND [options]
+
+commands:
+  fit, validate, test, predict   Lightning's command line: model, data, callbacks, attacks and threat
+                                 models from YAML (--config FILE) or flags; `mmrobust fit --help`
+  evaluate                       a checkpoint, a datamodule and attacks -> report; `mmrobust evaluate --help`
+  report RUN_DIR [RUN_DIR ...]   several runs' results.json -> one comparison report (--out DIR)
+  demo                           offline tour on embedded data: image, speech, graph (--quick, --out DIR)
+
+options of fit/validate/test/evaluate:
+  --out DIR        everything the run writes (logs, checkpoints, reports) goes under DIR
+  --quick          (fit/validate/test) add the recipe's preset <config>.quick.yaml: under 2 min on 2 CPU cores
+  --ckpt_path best (validate/test) the best checkpoint the fit run with the same --config/--out recorded
+
+examples:
+  mmrobust fit  --config recipes/image/digits_at.yaml --out runs/mine
+  mmrobust test --config recipes/image/digits_at.yaml --out runs/mine --ckpt_path best
+  mmrobust evaluate --config recipes/image/evaluate_digits.yaml --checkpoint runs/mine --out runs/mine/evaluation
+  mmrobust report runs/mine/evaluation runs/other/evaluation --out runs/comparison
+"""
+
+
+@contextmanager
+def _argv(argv: Sequence[str]):
+    """LightningCLI reads ``sys.argv``; passing ``args=`` as well makes it warn on every call."""
+    saved = sys.argv
+    sys.argv = ["mmrobust", *argv]
+    try:
+        yield
+    finally:
+        sys.argv = saved
 
 
 def _lightning_cli(argv: Sequence[str]):
     from pytorch_lightning.cli import LightningCLI
 
+    command = " ".join(["mmrobust", *argv])
+    argv, out = pop_option(argv, "out")
+    argv, quick = pop_option(argv, "quick", flag=True)
+    if quick:
+        argv = quick_configs(argv)
+
     class MMRobustCLI(LightningCLI):
+        def before_instantiate_classes(self) -> None:
+            config = self.config[self.subcommand]
+            if out is not None:
+                move_run(config, out)
+            if config.get("ckpt_path") == "best" and self.subcommand != "fit":
+                config["ckpt_path"] = str(best_checkpoint(checkpoint_root(config)))
+
         def after_validate(self) -> None:
             self._write_metrics_report("validate")
 
@@ -42,21 +83,24 @@ def _lightning_cli(argv: Sequence[str]):
             if not trainer.is_global_zero:
                 return
             metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-            out = Path(trainer.log_dir or trainer.default_root_dir) / f"report_{stage}"
-            report = Report(f"mmrobust {stage}: {type(self.model).__name__}", out)
+            report_dir = Path(trainer.log_dir or trainer.default_root_dir) / f"report_{stage}"
+            report = Report(f"mmrobust {stage}: {type(self.model).__name__}", report_dir)
             report.section("Logged metrics")
             report.table("Metrics", [{"metric": k, "value": v} for k, v in sorted(metrics.items())])
-            report.settings({"command": " ".join(["mmrobust", *argv]), "seed": self.config.get(
-                self.subcommand, {}).get("seed_everything") if self.subcommand else None})
+            config = self.config.get(self.subcommand, {}) if self.subcommand else {}
+            report.settings({"command": command, "seed": config.get("seed_everything"),
+                             "checkpoint": config.get("ckpt_path"), **attack_settings(trainer, self.model)})
             path = report.write()
             print(f"report written to {path}")
 
-    return MMRobustCLI(args=list(argv), seed_everything_default=0,
-                       save_config_kwargs={"overwrite": True}, auto_configure_optimizers=True)
+    with _argv(argv):
+        return MMRobustCLI(seed_everything_default=0, save_config_kwargs={"overwrite": True},
+                           auto_configure_optimizers=True)
 
 
 def _evaluate(argv: Sequence[str]) -> Path:
-    """``mmrobust evaluate``: a checkpoint or module, a datamodule and a list of attacks -> report."""
+    """mmrobust evaluate: attack a trained model (checkpoint) on a datamodule's test or validation split with
+    a list of attacks (worst case per example) and write a report."""
     import torch
     from jsonargparse import ActionConfigFile, ArgumentParser
     from pytorch_lightning import LightningDataModule
@@ -65,23 +109,35 @@ def _evaluate(argv: Sequence[str]) -> Path:
     from .checkpoints import load_weights
     from .reporting import Report
 
-    parser = ArgumentParser(prog="mmrobust evaluate", description=_evaluate.__doc__)
+    parser = ArgumentParser(prog="mmrobust evaluate", description=_evaluate.__doc__,
+                            formatter_class=_help_formatter())
     parser.add_argument("--config", action=ActionConfigFile)
-    parser.add_subclass_arguments(torch.nn.Module, "model", help="model class_path and init_args")
+    parser.add_subclass_arguments(torch.nn.Module, "model", help="the network: class_path (any torch.nn.Module, "
+                                  "e.g. mmrobust.image.SmallCNN) and init_args")
     parser.add_argument("--checkpoint", type=Optional[str], default=None,
-                        help="weights (Lightning .ckpt or state_dict .pt), loaded with weights_only=True")
-    parser.add_subclass_arguments(LightningDataModule, "data", help="datamodule class_path and init_args")
+                        help="weights (Lightning .ckpt or state_dict .pt), loaded with weights_only=True; or a "
+                             "fit run's directory (its --out): the best checkpoint it recorded")
+    parser.add_subclass_arguments(LightningDataModule, "data", help="the datamodule: class_path and init_args")
+    for key, title in (("model", "the model"), ("data", "the data")):
+        if key in getattr(parser, "groups", {}):
+            parser.groups[key].title = title
     parser.add_argument("--attacks", type=List[Attack], help="attacks to run (worst case per example)")
-    parser.add_argument("--split", type=str, default="test", choices=["test", "val"])
-    parser.add_argument("--max_batches", type=Optional[int], default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=str, default="runs/evaluate")
-    cfg = parser.parse_args(list(argv))
+    parser.add_argument("--split", type=str, default="test", choices=["test", "val"],
+                        help="which dataloader to attack")
+    parser.add_argument("--max_batches", type=Optional[int], default=None, help="attack only the first batches")
+    parser.add_argument("--seed", type=int, default=0, help="global seed (attacks keep their own seed)")
+    parser.add_argument("--out", type=str, default="runs/evaluate",
+                        help="directory for report.md, report.html and results.json")
+    argv, quick = pop_option(argv, "quick", flag=True)
+    cfg = parser.parse_args(quick_configs(argv) if quick else list(argv))
     init = parser.instantiate_classes(cfg)
     torch.manual_seed(cfg.seed)
     model = init.model
-    if cfg.checkpoint:
-        load_weights(model, cfg.checkpoint)
+    checkpoint = cfg.checkpoint
+    if checkpoint and Path(checkpoint).is_dir():
+        checkpoint = str(best_checkpoint(checkpoint))
+    if checkpoint:
+        load_weights(model, checkpoint)
     data = init.data
     data.prepare_data()
     data.setup("test" if cfg.split == "test" else "validate")
@@ -96,12 +152,33 @@ def _evaluate(argv: Sequence[str]) -> Path:
     rows += [{"attack": name, "accuracy": acc} for name, acc in result["per_attack"].items()]
     rows.append({"attack": "worst case over all attacks", "accuracy": result["robust_accuracy"]})
     report.table("Accuracy", rows, note=f"{result['num_examples']} examples from the {cfg.split} split")
-    report.settings({"model": cfg.model.class_path, "checkpoint": cfg.checkpoint, "data": cfg.data.class_path,
+    report.settings({"model": cfg.model.class_path, "checkpoint": checkpoint, "data": cfg.data.class_path,
                      "split": cfg.split, "seed": cfg.seed, "max_batches": cfg.max_batches,
-                     **{f"attack[{i}]": a.describe() for i, a in enumerate(init.attacks)}})
+                     **{f"attack[{i}]": describe_attack(a) for i, a in enumerate(init.attacks)}})
     path = report.write()
     print(Path(path).read_text())
     return path
+
+
+def _help_formatter():
+    """jsonargparse's help without the list of every ``torch.nn.Module`` subclass and without types that
+    read as ``<function <lambda>>``."""
+    import re
+
+    from jsonargparse import DefaultHelpFormatter
+
+    class Formatter(DefaultHelpFormatter):
+        def _get_help_string(self, action) -> str:
+            text = super()._get_help_string(action)
+            if any(o in ("--model", "--data") for o in action.option_strings):
+                text = re.sub(r", known subclasses: [^)]*", "", text)
+            return text
+
+        def _get_type_str(self, action):
+            t = super()._get_type_str(action)
+            return None if t is not None and "<function" in t else t
+
+    return Formatter
 
 
 def _report(argv: Sequence[str]) -> Path:
@@ -121,9 +198,6 @@ def _demo(argv: Sequence[str]) -> Path:
     from .demo import main as demo_main
 
     return demo_main(argv)
-
-
-USAGE = __doc__
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -130,15 +130,18 @@ class Report:
 
     def curve(self, title: str, series: Mapping[str, tuple], *, xlabel: str, ylabel: str,
               caption: str = "", logx: bool = False, ylim=(0.0, 1.0)) -> Figure:
-        """Line plot of several ``name -> (xs, ys)`` series (e.g. accuracy vs budget)."""
+        """Line plot of several ``name -> (xs, ys)`` series (e.g. accuracy vs budget). The y axis spans
+        ``ylim`` (accuracies: 0 to 1, so small differences are not magnified); each series gets its own
+        marker, smaller for later series, so curves that coincide remain visible."""
         import matplotlib
 
         matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(5.2, 3.6))
-        for name, (xs, ys) in series.items():
-            ax.plot(list(xs), list(ys), marker="o", label=str(name))
+        for i, (name, (xs, ys)) in enumerate(series.items()):  # markers shrink so coinciding curves stay visible
+            ax.plot(list(xs), list(ys), marker="osD^v"[i % 5], markersize=max(3, 8 - 1.5 * i), alpha=0.85,
+                    label=str(name))
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         if logx:
@@ -241,19 +244,41 @@ def _slug(text: str) -> str:
     return "_".join(p for p in keep.split("_") if p)[:60] or "figure"
 
 
+def run_labels(run_dirs: Sequence[Union[str, Path]]) -> List[str]:
+    """Distinct labels for run directories: the shortest trailing parts of each path that tell them apart
+    (``runs/a/evaluation`` and ``runs/b/evaluation`` -> ``a/evaluation``, ``b/evaluation``); the same
+    directory given twice gets ``#2``."""
+    parts = [Path(d).resolve().parts for d in run_dirs]
+    labels = []
+    for i, p in enumerate(parts):
+        for n in range(1, len(p) + 1):
+            tail = p[-n:]
+            if all(q[-n:] != tail for j, q in enumerate(parts) if j != i and q != p):
+                break
+        labels.append("/".join(tail))
+    seen: Dict[str, int] = {}
+    for i, label in enumerate(labels):
+        seen[label] = seen.get(label, 0) + 1
+        if seen[label] > 1:
+            labels[i] = f"{label}#{seen[label]}"
+    return labels
+
+
 def compare_runs(run_dirs: Sequence[Union[str, Path]], out_dir: Union[str, Path],
                  title: str = "Comparison of runs") -> Path:
-    """Merge the ``results.json`` of several runs into one comparison report (``mmrobust report``)."""
+    """Merge the ``results.json`` of several runs into one comparison report (``mmrobust report``).
+
+    Rows and settings are labelled by :func:`run_labels`, so every run's settings are kept."""
     report = Report(title, out_dir)
     merged: Dict[str, List[Dict[str, Any]]] = {}
-    for d in run_dirs:
+    for d, label in zip(run_dirs, run_labels(run_dirs)):
         path = Path(d) / "results.json"
         if not path.is_file():
             raise FileNotFoundError(f"run directory {d} has no results.json (written by Report.write)")
         data = json.loads(path.read_text())
         for t in data["tables"]:
-            merged.setdefault(t["title"], []).extend({"run": Path(d).name, **r} for r in t["rows"])
-        report.settings({f"{Path(d).name}.{k}": v for k, v in data.get("settings", {}).items()})
+            merged.setdefault(t["title"], []).extend({"run": label, **r} for r in t["rows"])
+        report.settings({f"{label}.{k}": v for k, v in data.get("settings", {}).items()})
     report.section("Tables")
     for title_, rows in merged.items():
         report.table(title_, rows)
