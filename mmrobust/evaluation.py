@@ -87,8 +87,9 @@ def evaluate(model: nn.Module, dataloader: Iterable, attacks: Attacks, *, adapte
              device: Optional[Union[str, torch.device]] = None, early_stop: bool = True) -> Dict[str, Any]:
     """Clean and robust accuracy of ``model`` under every attack, worst case per output.
 
-    Every attack runs on every batch; an output is robust only if it is correct clean and under every
-    attack (the ensemble evaluation of Croce & Hein 2020, https://arxiv.org/abs/2003.01690):
+    Attacks with a ``seed`` restart their random streams at it (:meth:`Attack.reseed`), so repeated calls
+    give the same numbers. Every attack runs on every batch; an output is robust only if it is correct
+    clean and under every attack (the ensemble evaluation of Croce & Hein 2020, https://arxiv.org/abs/2003.01690):
 
     .. math:: \\mathrm{RA} = \\frac1N\\sum_n \\mathbb 1[f(x_n)=y_n]\\prod_a \\mathbb 1[f(x_n+\\delta^a_n)=y_n]
 
@@ -98,7 +99,7 @@ def evaluate(model: nn.Module, dataloader: Iterable, attacks: Attacks, *, adapte
         attacks: an :class:`~mmrobust.attacks.Attack`, a list of them, or a dict ``name -> Attack``.
         adapter: how to read batches, for attacks that have none (inferred from the batch otherwise).
         max_batches: stop after this many batches (``None``: the whole loader).
-        progress: show a tqdm progress bar.
+        progress: show a tqdm progress bar (one tick per attack and batch) when stderr is a terminal.
         device: where to evaluate; default the model's device. The model is moved there for the
             evaluation and moved back afterwards.
         early_stop: run PGD- and APGD-family attacks (``can_stop_early``) with ``early_stop=True``: each output
@@ -120,6 +121,8 @@ def evaluate(model: nn.Module, dataloader: Iterable, attacks: Attacks, *, adapte
     if max_batches is not None:
         check_int("max_batches", max_batches, 1)
     named = named_attacks(attacks, adapter)
+    for attack in named.values():  # every call draws the same random starts (Attack.reseed)
+        attack.reseed()
     if early_stop:  # on private copies: the user's attacks keep their setting
         stop_early(named)
     home = model_device(model)
@@ -139,20 +142,28 @@ def evaluate(model: nn.Module, dataloader: Iterable, attacks: Attacks, *, adapte
         bar = None
         if progress:
             from tqdm.auto import tqdm
-            bar = tqdm(total=total, desc="robustness evaluation", unit="batch")
+
+            # one tick per attack and batch, so a single long batch still moves; quiet when not on a TTY
+            bar = tqdm(total=None if total is None else total * len(named), desc="robustness evaluation",
+                       unit="attack", disable=None)
         try:
             for batch in dataloader:
                 if max_batches is not None and batches >= max_batches:
                     break
                 batch = move_batch(batch, target_device)
-                results = [run_checked(attack, model, batch) for attack in named.values()]
+                results = []
+                for name, attack in named.items():
+                    if bar is not None:
+                        bar.set_postfix_str(f"batch {batches + 1}: {name}")
+                    results.append(run_checked(attack, model, batch))
+                    if bar is not None:
+                        bar.update(1)
                 worst.update(results)
                 success.update(results)
                 for (name, _), r in zip(named.items(), results):
                     per_attack[name].update(r)
                 batches += 1
                 if bar is not None:
-                    bar.update(1)
                     bar.set_postfix(clean=f"{worst.clean_accuracy().item():.3f}",
                                     robust=f"{worst.compute().item():.3f}", refresh=False)
         finally:

@@ -30,6 +30,7 @@ Victim layout:
 from __future__ import annotations
 
 import copy
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Union
 
@@ -284,6 +285,8 @@ class GraphAdapter(BatchAdapter):
 
 
 def _is_pyg(batch) -> bool:
+    if "torch_geometric" not in sys.modules:  # no PyG object can exist; image/audio use never imports PyG
+        return False
     from torch_geometric.data import Data
     return isinstance(batch, Data)
 

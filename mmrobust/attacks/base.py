@@ -189,6 +189,25 @@ class Attack(ABC):
             self._generator = make_generator(self.seed, "cpu")
         return self._generator
 
+    def reseed(self) -> "Attack":
+        """Restart the random stream at ``seed``, in place, and those of the attacks this one holds (an
+        Ensemble's members, an EOT's inner attack): the next call draws the random starts the first call
+        drew. Evaluation callbacks call it before every evaluation run, so the same weights give the same
+        robust accuracy whenever they are evaluated. Without a ``seed`` (global RNG) it does nothing."""
+        if self.seed is not None:
+            fresh = make_generator(self.seed, "cpu")
+            if self._generator is None:
+                self._generator = fresh
+            else:  # in place: copies sharing this generator (with_adapter) restart too
+                self._generator.set_state(fresh.get_state())
+        for value in vars(self).values():
+            held = value.values() if isinstance(value, Mapping) else value if isinstance(value, (list, tuple)) \
+                else (value,)
+            for inner in held:
+                if isinstance(inner, Attack) and inner is not self:
+                    inner.reseed()
+        return self
+
     def state_dict(self) -> Dict[str, Any]:
         """RNG state, so a resumed run draws the same random starts."""
         return {"seed": self.seed,

@@ -12,6 +12,7 @@ place: return lists or dicts from the collate function (the default collate alre
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import MutableMapping, MutableSequence
 from typing import Any, Dict, Optional
 
@@ -82,13 +83,18 @@ class AdversarialTraining(pl.Callback):
         start_epoch: first epoch with adversarial batches (clean pre-training before it).
         adapter: how to read the batch; the attack's adapter or :func:`infer_adapter` when ``None``.
         seed: seed of the generator that picks the adversarial units when ``ratio < 1``.
+        log_metrics: log what the callback does, every ``Trainer(log_every_n_steps)`` steps:
+            ``train/at/adv_acc`` (accuracy on the adversarial batch, one extra forward pass in eval mode on
+            logging steps only), ``train/at/budget`` (fraction of the full budget: below 1 during
+            warm-up) and ``train/at/attack_time_s`` (seconds the attack took on this step).
     """
 
     #: replaces the training batch; callbacks that read the batch (e.g. AWP) must be listed after it
     modifies_training_batch = True
 
     def __init__(self, attack: Attack, *, ratio: float = 1.0, every_n_steps: int = 1, warmup_epochs: float = 0,
-                 start_epoch: int = 0, adapter: Optional[BatchAdapter] = None, seed: int = 0):
+                 start_epoch: int = 0, adapter: Optional[BatchAdapter] = None, seed: int = 0,
+                 log_metrics: bool = True):
         if not isinstance(attack, Attack):
             raise TypeError(f"attack must be an mmrobust Attack, got {type(attack).__name__}")
         if attack.targeted:
@@ -104,6 +110,7 @@ class AdversarialTraining(pl.Callback):
         self.start_epoch = check_int("start_epoch", start_epoch, 0)
         self.adapter = adapter
         self.seed = check_int("seed", seed, 0)
+        self.log_metrics = bool(log_metrics)  # not `log`: Lightning assigns callback.log
         self._generator: Optional[torch.Generator] = None
         self.steps_seen = 0
         self.adversarial_steps = 0
@@ -169,12 +176,31 @@ class AdversarialTraining(pl.Callback):
             return
         factor = self.budget_factor(trainer, batch_idx)
         self.current_budget_factor = factor
+        logging_step = self.log_metrics and trainer.log_every_n_steps \
+            and trainer.global_step % trainer.log_every_n_steps == 0
         if factor == 0.0:
+            if logging_step:
+                pl_module.log("train/at/budget", 0.0, on_step=True, on_epoch=False, batch_size=1)
             return
         attack = self._attack_at(factor, pl_module.device).for_stage(batch, "train")
+        start = time.perf_counter()
         adv = self.adversarial_batch(pl_module, batch, attack)
+        seconds = time.perf_counter() - start
         assign_batch(batch, adv)
         self.adversarial_steps += 1
+        if logging_step:
+            self._log_step(pl_module, adv, attack, factor, seconds)
+
+    def _log_step(self, pl_module: "pl.LightningModule", adv: Any, attack: Attack, factor: float,
+                  seconds: float) -> None:
+        """``train/at/adv_acc``, ``train/at/budget``, ``train/at/attack_time_s`` (see ``log_metrics``)."""
+        adapter = attack.adapter or infer_adapter(adv)
+        with attack_mode(pl_module), torch.no_grad():
+            victim = adapter.victim(pl_module, adv)
+            acc = (victim.forward(victim.inputs).argmax(-1) == victim.target).float().mean()
+        size = victim.num_outputs
+        for key, value in (("adv_acc", acc), ("budget", float(factor)), ("attack_time_s", float(seconds))):
+            pl_module.log(f"train/at/{key}", value, on_step=True, on_epoch=False, batch_size=size)
 
     def adversarial_batch(self, model: torch.nn.Module, batch: Any, attack: Attack) -> Any:
         """``batch`` with (a ``ratio`` fraction of) its units replaced by adversarial versions."""

@@ -46,6 +46,7 @@ class RobustnessEvaluation(Callback):
         stages: any of ``"validate"``, ``"test"``.
         adapter: how to read batches, for attacks that have none.
         prefix: prepended to the logged keys, e.g. ``"adv_"`` -> ``adv_val/robust_acc``.
+        prog_bar: show ``<stage>/robust_acc`` in Lightning's progress bar.
         early_stop: as in :func:`mmrobust.evaluate`: attacks that can (``can_stop_early``) drop each output
             from their work once it is adversarial -- the accuracies are those of the full attacks at less
             cost. Attacks whose results feed ``result_metrics`` keep their own setting, since such metrics
@@ -58,8 +59,10 @@ class RobustnessEvaluation(Callback):
     If the LightningModule logs the same key itself (e.g. ``val/clean_acc``), Lightning keeps the
     callback's value, computed over the attacked batches only; set ``prefix`` to keep both.
 
-    The sanity-check validation run is skipped. The attacks' random-generator states are in
-    :meth:`state_dict`, so a resumed run draws the same random starts.
+    The sanity-check validation run is skipped. Every evaluation run (each validation epoch, each
+    ``validate``/``test`` call) restarts the attacks' random streams at their seeds (:meth:`Attack.reseed`),
+    so the same weights give the same numbers: ``trainer.validate()`` after ``fit`` reproduces the last
+    logged ``val/robust_acc``. ``prog_bar=True`` shows the robust accuracy in the progress bar.
 
     ``result_metrics`` feeds further metrics with one attack's results, ``{log name: (attack name,
     Metric)}``; e.g. ``{"boundary": ("fmn", BoundaryDistance())}`` with an ``FMN`` attack named ``"fmn"``
@@ -71,8 +74,9 @@ class RobustnessEvaluation(Callback):
     def __init__(self, attacks: Attacks, *, every_n_epochs: int = 1, max_batches: Optional[int] = None,
                  stages: Sequence[str] = STAGES, adapter: Optional[BatchAdapter] = None,
                  prefix: Optional[str] = None, result_metrics: Optional[Mapping[str, Tuple[str, Metric]]] = None,
-                 early_stop: bool = True):
+                 early_stop: bool = True, prog_bar: bool = False):
         super().__init__()
+        self.prog_bar = bool(prog_bar)
         self.attacks = named_attacks(attacks, adapter)
         self.result_metrics: Dict[str, Tuple[str, Metric]] = {}
         for log_name, entry in (result_metrics or {}).items():
@@ -106,6 +110,16 @@ class RobustnessEvaluation(Callback):
                 self.attacks[name].load_state_dict(state)
 
     # -- hooks ------------------------------------------------------------------------------------
+    def on_validation_epoch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._reseed()
+
+    def on_test_epoch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._reseed()
+
+    def _reseed(self) -> None:
+        for attack in self.attacks.values():
+            attack.reseed()
+
     def on_validation_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any,
                                 batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         if trainer.sanity_checking:
@@ -173,6 +187,7 @@ class RobustnessEvaluation(Callback):
         for key, metric in metrics.items():
             # the Metric object itself is logged: Lightning computes (and syncs) it at epoch end, then resets it
             pl_module.log(f"{self.prefix}{stage_name}/{key}", metric, on_step=False, on_epoch=True,
+                          prog_bar=self.prog_bar and key == "robust_acc",
                           metric_attribute=f"_robustness_evaluation_{stage_name}_{dataloader_idx}_{key}")
 
     def on_validation_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:

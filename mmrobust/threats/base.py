@@ -18,6 +18,13 @@ from torch import Tensor
 from ..errors import check_finite_nonneg
 
 
+_BOX_ADVICE = (
+    "If the data is normalised in the dataloader ((x - mean) / std), either normalise inside the model "
+    "(nn.Sequential(mmrobust.image.InputNormalization(mean, std, channels), net), data and eps in pixel units) "
+    "or convert eps and box with mmrobust.image.normalized_threat(threat, mean, std). Changing only the box "
+    "leaves eps in normalised units: a weaker attack than it says. Otherwise rescale the input into the box")
+
+
 def per_unit(t: Tensor, like: Tensor) -> Tensor:
     """Reshape a ``(units,)`` tensor so it broadcasts against ``like`` of shape ``(units, ...)``."""
     return t.reshape(-1, *([1] * (like.dim() - 1)))
@@ -127,10 +134,10 @@ class ThreatModel(ABC):
                           "lower=0, upper=1 for images in [0, 1] (or the normalised range)", UserWarning, stacklevel=4)
         if self.lower is not None and bool((x < self.lower - tol).any()):
             raise ValueError(f"{name} has values below the threat model's lower bound {self.lower} "
-                             f"(min {x.min().item():.4g}); rescale the input or change `lower`")
+                             f"(min {x.min().item():.4g}). {_BOX_ADVICE}")
         if self.upper is not None and bool((x > self.upper + tol).any()):
             raise ValueError(f"{name} has values above the threat model's upper bound {self.upper} "
-                             f"(max {x.max().item():.4g}); rescale the input or change `upper`")
+                             f"(max {x.max().item():.4g}). {_BOX_ADVICE}")
 
     # -- the four operations ----------------------------------------------------------------------
     @abstractmethod

@@ -59,6 +59,11 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="recipes/graph/output")
+    p.add_argument("--quick", action="store_true",
+                   help="KarateClub, 100 + 20 epochs, PRBCD-30 at 5%% and 10%% (smoke test); other flags still win")
+    if p.parse_args(argv).quick:  # presets as defaults, so flags given explicitly still win
+        p.set_defaults(dataset="karate", epochs=100, adv_epochs=20, train_attack_epochs=10, attack_epochs=30,
+                       budgets=[0.05, 0.10])
     return p.parse_args(argv)
 
 

@@ -52,6 +52,10 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="recipes/speech/output")
+    p.add_argument("--quick", action="store_true",
+                   help="2 + 1 epochs, one evaluation batch, SNR 40 and 20 dB (smoke test); other flags still win")
+    if p.parse_args(argv).quick:  # presets as defaults, so flags given explicitly still win
+        p.set_defaults(epochs=2, adv_epochs=1, eval_batches=1, snrs=[40, 20])
     return p.parse_args(argv)
 
 

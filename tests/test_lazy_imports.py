@@ -1,0 +1,36 @@
+"""Image-only use never imports torch_geometric (issue 19): PyG prints a torch.jit FutureWarning and costs
+start-up time, and an image user has no graph anywhere."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SCRIPT = """
+import sys, warnings
+warnings.simplefilter("always")
+import torch
+from torch import nn
+import mmrobust
+from mmrobust import PGD, LinfBall, evaluate
+from mmrobust.adapters import infer_adapter
+from mmrobust.callbacks import AdversarialTraining, RobustnessEvaluation
+from mmrobust.image import DigitsDataModule, SmallCNN, normalized_threat
+model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
+x, y = torch.rand(6, 1, 4, 4), torch.randint(0, 3, (6,))
+infer_adapter((x, y)); infer_adapter({"image": x, "y": y})
+PGD(LinfBall(0.1, lower=0, upper=1), steps=2, seed=0)(model, (x, y))
+evaluate(model, [(x, y)], PGD(LinfBall(0.1, lower=0, upper=1), steps=2, seed=0), progress=False)
+print("PYG_LOADED", "torch_geometric" in sys.modules)
+"""
+
+
+def test_image_workflow_does_not_import_torch_geometric():
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    assert "PYG_LOADED False" in proc.stdout
+    assert "torch.jit.script" not in proc.stderr
