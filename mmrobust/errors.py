@@ -15,6 +15,10 @@ class NonFiniteError(RuntimeError):
     """Raised when NaN or Inf shows up in a model's outputs or gradients during an attack."""
 
 
+class LabelError(ValueError):
+    """Raised when labels (or target labels) are not class indices of the model's outputs."""
+
+
 def _as_float(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__} ({value!r})")

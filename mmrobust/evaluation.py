@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -20,8 +19,9 @@ Attacks = Union[Attack, Sequence[Attack], Mapping[str, Attack]]
 def named_attacks(attacks: Attacks, adapter: Optional[BatchAdapter] = None) -> Dict[str, Attack]:
     """Attacks by unique name (``attack.name``, numbered on repeats), each a private copy.
 
-    The copies carry ``adapter`` when the attack has none, and keep their own random generators, so
-    evaluating never changes the user's attack objects.
+    The copies (:meth:`~mmrobust.attacks.Attack.private_copy`: composite members and random generators
+    included) carry ``adapter`` when the attack has none, so evaluating never changes the user's attack
+    objects and the same call on the same objects gives the same number.
     """
     if isinstance(attacks, Attack):
         attacks = [attacks]
@@ -43,8 +43,7 @@ def named_attacks(attacks: Attacks, adapter: Optional[BatchAdapter] = None) -> D
     for name, a in items:
         if not isinstance(a, Attack):
             raise TypeError(f"attacks[{name!r}] must be an mmrobust Attack, got {type(a).__name__}")
-        private = copy.copy(a)
-        private.load_state_dict(a.state_dict())  # its own generator, continuing the user's stream
+        private = a.private_copy()  # members and generators included, continuing the user's stream
         if adapter is not None and private.adapter is None:
             private.adapter = adapter
         out[name] = private

@@ -409,7 +409,7 @@ def _bad_label(y):
 CALLBACK_SETUPS = [
     ("AdversarialTraining, label 10 of 10 classes", lambda: [AdversarialTraining(PGD(BOX, steps=1))], None,
      lambda x, y: (x, _bad_label(y)), None, ValueError,
-     r"labels must be class indices in \[0, C - 1\] .* got values in \[0, 10\]"),
+     r"labels must lie in \[0, 9\] .* got values in \[0, 10\]"),
     ("AdversarialTraining, integer images", lambda: [AdversarialTraining(PGD(BOX, steps=1))], None,
      lambda x, y: ((x * 16).long(), y), None, TypeError, r"input must be a floating-point tensor"),
     ("AdversarialTraining, images outside the box", lambda: [AdversarialTraining(PGD(BOX, steps=1))], None,

@@ -14,6 +14,7 @@ Rules every attack follows (enforced here, not in each attack):
 from __future__ import annotations
 
 import contextlib
+import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Union
@@ -25,6 +26,7 @@ from ..adapters.base import BatchAdapter, Victim, infer_adapter
 from ..errors import NonFiniteError
 from ..threats.base import ThreatModel
 from ..utils import make_generator
+from .labels import check_labels, label_checked
 from .losses import get_loss
 
 Threat = Union[ThreatModel, Mapping[str, ThreatModel]]
@@ -232,6 +234,20 @@ class Attack(ABC):
                            f"attackable inputs are {sorted(victim.inputs)}")
         return dict(self.threat)
 
+    def private_copy(self) -> "Attack":
+        """A copy that shares no mutable state with this attack, continuing its random stream.
+
+        Member attacks (an :class:`~mmrobust.attacks.Ensemble`'s ``attacks``, an :class:`~mmrobust.attacks.EOT`'s
+        inner ``attack``, in attributes, lists, tuples or dicts) are private copies too, and every
+        ``torch.Generator`` is a new one in the same state; threat models, adapters, losses and modules are
+        shared (they are not changed by attacking). :func:`mmrobust.evaluate`, ``Ensemble`` evaluations and
+        :class:`~mmrobust.callbacks.RobustnessEvaluation` attack with such copies, so the same attack object
+        and the same call give the same number, and the user's attack object is never changed.
+        """
+        clone = copy.copy(self)
+        clone.__dict__ = {k: private_value(v) for k, v in self.__dict__.items()}
+        return clone
+
     def with_threat(self, threat: Threat) -> "Attack":
         """A shallow copy of this attack with another threat model (budget sweeps, schedules)."""
         clone = object.__new__(type(self))
@@ -284,9 +300,7 @@ class Attack(ABC):
             check_logits(clean_logits, victim, "on the clean batch")
             n_classes = clean_logits.shape[1]
             y = victim.target
-            if bool(((y < 0) | (y >= n_classes)).any()):
-                raise ValueError(f"labels must lie in [0, {n_classes - 1}] for a model with {n_classes} outputs, "
-                                 f"got values in [{int(y.min())}, {int(y.max())}]")
+            check_labels(y, n_classes)
             if self.targeted and target_labels is None:
                 # most likely wrong class, a common default (Carlini & Wagner 2017 use random targets)
                 target_labels = clean_logits.masked_fill(
@@ -295,8 +309,7 @@ class Attack(ABC):
                 target_labels = normal_tensor(target_labels).to(y.device).long()
                 if target_labels.shape != y.shape:
                     raise ValueError(f"target_labels must have shape {tuple(y.shape)}, got {tuple(target_labels.shape)}")
-                if bool(((target_labels < 0) | (target_labels >= n_classes)).any()):
-                    raise ValueError(f"target_labels must lie in [0, {n_classes - 1}]")
+                check_labels(target_labels, n_classes, "target_labels")
             out = self.perturb(victim, threats, target_labels, clean_logits)
             adv, logits = out if isinstance(out, tuple) else (out, None)
             return self.finish(victim, threats, adv, clean_logits, target_labels, logits)
@@ -311,14 +324,10 @@ class Attack(ABC):
             raise ValueError("generate() with a targeted attack needs target_labels")
         with attack_mode(model):
             victim, threats = self._prepare(model, batch)
-            try:
-                out = self.perturb(victim, threats, target_labels, None)
-            except IndexError as e:  # no clean pass here to learn the class count first
-                y = victim.target
-                if "out of bounds" in str(e) and y.numel() and y.dtype != torch.bool:
-                    raise ValueError(f"labels must be class indices in [0, C - 1] for a model with C outputs, got "
-                                     f"values in [{int(y.min())}, {int(y.max())}] ({e})") from e
-                raise
+            if target_labels is not None:
+                target_labels = normal_tensor(target_labels).to(victim.target.device).long()
+            # no clean pass here: the attack's first forward pass learns the class count and checks the labels
+            out = self.perturb(label_checked(victim, target_labels), threats, target_labels, None)
             adv = out[0] if isinstance(out, tuple) else out
             return victim.rebuild({k: v.detach() for k, v in adv.items()})
 
@@ -362,6 +371,21 @@ class Attack(ABC):
                             clean_logits=clean_logits.detach(), logits=logits.detach(), success=success,
                             loss=loss.detach(), size=size, unit=victim.unit, attack=self.describe(),
                             extras=extras)
+
+
+def private_value(value: Any) -> Any:
+    """``value`` with attacks replaced by private copies and generators by new ones in the same state."""
+    if isinstance(value, Attack):
+        return value.private_copy()
+    if isinstance(value, torch.Generator):
+        g = torch.Generator(device=value.device)
+        g.set_state(value.get_state())
+        return g
+    if isinstance(value, (list, tuple)) and type(value) in (list, tuple):
+        return type(value)(private_value(v) for v in value)
+    if type(value) is dict:
+        return {k: private_value(v) for k, v in value.items()}
+    return value
 
 
 def apply_masks(deltas: Dict[str, Tensor], victim: Victim) -> Dict[str, Tensor]:

@@ -32,6 +32,9 @@ class Ensemble(Attack):
     :class:`~mmrobust.errors.BudgetViolation`, except for members unbounded by design (``FMN(cap=False)``),
     whose points outside the budget count as not broken.
 
+    Each member reads the batch with its own ``adapter`` (e.g. ``WaveformAdapter()``), or the ensemble's
+    when it has none.
+
     Args:
         attacks: the members, in the order to run them (cheap ones first saves time).
         Other arguments as :class:`Attack`; ``loss`` only sets the reported ``AttackResult.loss``.
@@ -120,6 +123,13 @@ class Ensemble(Attack):
         clone.attacks = [a.with_threat(threat) for a in self.attacks]
         return clone
 
+    def members(self) -> List[Attack]:
+        """The members as they run: each reads batches with its own ``adapter``, or the ensemble's when it
+        has none (the ensemble's own result reads the batch with the first adapter among them)."""
+        if self.adapter is None:
+            return list(self.attacks)
+        return [a if a.adapter is not None else a.with_adapter(self.adapter) for a in self.attacks]
+
     def describe(self) -> str:
         return "Ensemble[" + ", ".join(a.describe() for a in self.attacks) + "]"
 
@@ -140,8 +150,9 @@ class Ensemble(Attack):
     def __call__(self, model, batch, *, target_labels: Optional[Tensor] = None) -> AttackResult:
         if target_labels is not None:
             raise ValueError("Ensemble is untargeted; give target_labels to its members instead")
-        adapter = self.adapter or infer_adapter(batch)
-        first = run_checked(self.attacks[0], model, batch)
+        members = self.members()
+        adapter = next((a.adapter for a in members if a.adapter is not None), None) or infer_adapter(batch)
+        first = run_checked(members[0], model, batch)
         victim = prepare_victim(adapter.victim(model, batch))
         inputs = {k: v.clone() for k, v in first.inputs.items()}
         logits = first.logits.clone()
@@ -153,8 +164,8 @@ class Ensemble(Attack):
             inputs[k] = torch.where(per_unit(wrong, v), victim.inputs[k], v)
         logits = torch.where(clean_correct[:, None], logits, first.clean_logits)
         exact_logits = victim.unit is None
-        history = [(self.attacks[0].describe(), int(robust.sum()))]
-        for attack in self.attacks[1:]:
+        history = [(members[0].describe(), int(robust.sum()))]
+        for attack in members[1:]:
             robust_units = victim.per_unit(robust.float(), "amax") > 0
             if not bool(robust_units.any()):
                 history.append((attack.describe(), 0))

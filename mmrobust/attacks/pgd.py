@@ -126,8 +126,11 @@ class PGD(Attack):
         early = keep_best and self.early_stop and may_drop_units(victim)
         best = {k: torch.zeros_like(x[k]) for k in threats}
         best_logits = None if clean_logits is None else clean_logits.clone()
+        # the loss's dtype follows the model's (float64 models): index_put below needs matching dtypes
+        dtype = torch.get_default_dtype() if clean_logits is None else torch.promote_types(clean_logits.dtype,
+                                                                                           torch.float32)
         best_succ = torch.full((victim.num_units,), -1.0, device=device)
-        best_loss = torch.full((victim.num_units,), float("-inf"), device=device)
+        best_loss = torch.full((victim.num_units,), float("-inf"), device=device, dtype=dtype)
         for restart in range(self.restarts):
             active = (best_succ < 1).nonzero().squeeze(1) if early else None
             if active is not None and active.numel() == 0:
@@ -154,7 +157,9 @@ class PGD(Attack):
                     else:
                         better = (succ > best_succ[active]) | ((succ == best_succ[active]) & (uloss > best_loss[active]))
                         sel = active[better]
-                        best_succ[sel], best_loss[sel], best_logits[sel] = succ[better], uloss[better], logits[better]
+                        best_succ[sel] = succ[better]
+                        best_loss[sel] = uloss[better].to(best_loss.dtype)
+                        best_logits[sel] = logits[better].to(best_logits.dtype)
                         for k in threats:
                             best[k][sel] = delta[k][better]
                         done = succ >= 1

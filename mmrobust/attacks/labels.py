@@ -1,0 +1,43 @@
+"""One label check for every attack entry point (``__call__``, ``generate``, targeted attacks)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ..adapters.base import Victim
+from ..errors import LabelError
+
+__all__ = ["check_labels", "label_checked"]
+
+
+def check_labels(labels: Tensor, n_classes: int, name: str = "labels") -> None:
+    """Raise :class:`~mmrobust.errors.LabelError` unless ``labels`` are class indices in ``[0, n_classes - 1]``."""
+    if labels.numel() == 0 or labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        return  # not class indices; the loss reports those
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= n_classes:
+        raise LabelError(f"{name} must lie in [0, {n_classes - 1}] for a model with {n_classes} outputs (class "
+                         f"indices in [0, C - 1]), got values in [{low}, {high}]")
+
+
+def label_checked(victim: Victim, target_labels: Optional[Tensor] = None) -> Victim:
+    """``victim`` whose first forward pass checks the labels (and ``target_labels``) against the number of
+    outputs, before any loss reads them; for entry points without a clean pass (``generate``)."""
+    forward = victim.forward
+    checked = []
+
+    def first_forward(inputs):
+        logits = forward(inputs)
+        if not checked:
+            check_labels(victim.target, logits.shape[-1])
+            if target_labels is not None:
+                check_labels(target_labels, logits.shape[-1], "target_labels")
+            checked.append(True)
+            victim.forward = forward
+        return logits
+
+    victim.forward = first_forward
+    return victim
