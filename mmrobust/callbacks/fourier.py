@@ -35,7 +35,9 @@ class FourierSparsity(GradualSparsityCallback):
                          frequency=frequency, scope=scope, exclude=exclude)
         self.types = tuple(types)
 
-    def setup(self, trainer, pl_module, stage: str) -> None:
+    chain_rank = 0
+
+    def register(self, pl_module) -> None:
         fourier_parametrize(pl_module, types=self.types, exclude=self.exclude)
 
     def sparsify(self, pl_module, target: float) -> None:

@@ -9,9 +9,10 @@ from torch import nn
 
 from ..compression.pruning import add_masks, magnitude_masks, prunable_modules, set_masks, sparsity_at
 from ..errors import check_choice, check_fraction, check_int
+from .weight_parametrizations import WeightParametrizationCallback
 
 
-class GradualSparsityCallback(pl.Callback):
+class GradualSparsityCallback(WeightParametrizationCallback):
     """The gradual sparsity schedule of Zhu & Gupta 2017 (https://arxiv.org/abs/1710.01878, Eq. 1),
     shared by :class:`Pruning` and :class:`~mmrobust.callbacks.FourierSparsity`:
 
@@ -68,6 +69,9 @@ class Pruning(GradualSparsityCallback):
 
     .. math:: s_t = s_f + (s_i - s_f)\\Big(1 - \\frac{t - t_0}{n \\Delta t}\\Big)^3
 
+    Works with :class:`~mmrobust.callbacks.Quantization` in either order in ``Trainer(callbacks=[...])``:
+    the mask always comes before the quantiser in the weight's parametrisation chain.
+
     Every ``frequency`` optimizer steps between ``begin_step`` (:math:`t_0`) and ``end_step``
     (:math:`t_0 + n\\Delta t`) the smallest-magnitude weights are masked until the sparsity reaches
     :math:`s_t` (global ranking over all layers, or per layer). Masks are
@@ -94,7 +98,9 @@ class Pruning(GradualSparsityCallback):
                          frequency=frequency, scope=scope, exclude=exclude)
         self.types = types
 
-    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+    chain_rank = 1
+
+    def register(self, pl_module: "pl.LightningModule") -> None:
         add_masks(prunable_modules(pl_module, self.types, self.exclude))
 
     def sparsify(self, pl_module, target: float) -> None:

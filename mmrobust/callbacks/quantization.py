@@ -9,9 +9,10 @@ import pytorch_lightning as pl
 from torch import nn
 
 from ..compression.quantization import QuantizerConfig, clip_weights, quantize_model, quantized_modules
+from .weight_parametrizations import WeightParametrizationCallback
 
 
-class Quantization(pl.Callback):
+class Quantization(WeightParametrizationCallback):
     """Fake-quantise weights during training with a straight-through estimator, optionally clipping them.
 
     .. math:: \\hat w = \\Delta\\,(\\operatorname{clip}(\\lfloor w/\\Delta \\rceil + z) - z),\\qquad
@@ -20,7 +21,9 @@ class Quantization(pl.Callback):
 
     The parametrisations are registered in ``setup`` (before Lightning restores a checkpoint, so resumed
     runs find the quantiser buffers) and stay on the model after training: it is a quantised model.
-    Remove them with :func:`mmrobust.compression.dequantize_model`.
+    Remove them with :func:`mmrobust.compression.dequantize_model`. The quantiser is always last in a
+    weight's parametrisation chain (after :class:`~mmrobust.callbacks.Pruning`'s mask), whatever the order
+    of ``Trainer(callbacks=[...])``.
 
     Args:
         bits, symmetric, per_channel, clip: see :class:`~mmrobust.compression.QuantizerConfig`.
@@ -35,7 +38,9 @@ class Quantization(pl.Callback):
         self.types = types
         self.exclude = tuple(exclude)
 
-    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+    chain_rank = 2
+
+    def register(self, pl_module: "pl.LightningModule") -> None:
         if not any(True for _ in quantized_modules(pl_module)):
             quantize_model(pl_module, self.config, types=self.types, exclude=self.exclude)
             self._owns_quantizers = True

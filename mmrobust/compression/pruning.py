@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ..errors import check_choice, check_fraction, check_int, check_positive
-from .quantization import default_weight_types, original_weight, own_parametrized_class
+from .quantization import FakeQuantize, default_weight_types, original_weight, own_parametrized_class
 
 __all__ = ["PruningMask", "pruning_mask", "prunable_modules", "add_masks", "magnitude_masks", "set_masks",
            "sparsity_at", "weight_sparsity", "prune_magnitude", "make_permanent", "hydra_prune", "prune_channels"]
@@ -62,9 +62,11 @@ def add_masks(modules: Modules) -> None:
     """
     for _, m in modules:
         if pruning_mask(m) is None:
-            if parametrize.is_parametrized(m, "weight"):
-                raise ValueError(f"{type(m).__name__} already has a weight parametrisation; prune before quantising "
-                                 "so the mask is applied first")
+            if parametrize.is_parametrized(m, "weight") and any(
+                    isinstance(p, FakeQuantize) for p in m.parametrizations.weight):
+                raise ValueError(f"{type(m).__name__} already has a quantised weight; add the pruning masks before "
+                                 "quantising (mmrobust.compression.add_masks, then quantize_model) so the mask is "
+                                 "applied first; the Pruning and Quantization callbacks do this in any order")
             parametrize.register_parametrization(m, "weight", PruningMask(m.weight))
 
 
