@@ -11,8 +11,10 @@ from .noise import GaussianNoiseTraining
 from .pruning import Pruning
 from .quantization import Quantization
 from .regularization import GeometricRegularization
+from .rng import GlobalRNGState
 from .weight_perturbation import AdversarialWeightPerturbation
 
 __all__ = ["AdversarialTraining", "FastAdversarialTraining", "catastrophic_overfitting", "AdversarialWeightPerturbation",
            "GaussianNoiseTraining", "GeometricRegularization", "RobustnessEvaluation", "Pruning", "FourierSparsity",
-           "Quantization", "RandomBitErrorTraining", "Distillation", "ExtraLossCallback"]
+           "Quantization", "RandomBitErrorTraining", "Distillation", "ExtraLossCallback",
+           "GlobalRNGState"]
