@@ -19,7 +19,7 @@ class ExtraLossCallback(pl.Callback):
 
     The parameter gradients of a step become those of ``module_loss + weight * extra_loss``, with the
     module's state otherwise untouched. A subclass implements :meth:`extra_loss` (and, optionally,
-    :meth:`wants_batch`); the base does the rest, the same way for all of them:
+    :meth:`wants_batch`, :meth:`extra_context`, :meth:`reset`); the base does the rest, the same way for all of them:
 
     1. ``on_train_batch_start``: when :meth:`wants_batch` says so, keeps a shallow copy of the batch
        (``copy.copy``), so a callback listed later that replaces the batch's entries in place (e.g.
