@@ -5,6 +5,9 @@ re-launches this script once per extra process (gloo on CPU).  Every rank writes
 ``OUT_DIR/rank<r>.pt`` with its final weights, the masks' sparsity and the robust accuracy Lightning
 logged (synchronised by torchmetrics over both shards of the validation set).
 
+``--scenario extra_loss`` fits GeometricRegularization (an ExtraLossCallback): its gradient must be averaged over
+the ranks like the module's, so the replicas stay identical and equal the single-process run.
+
 ``--scenario fast_at_restore`` instead fits FastAdversarialTraining(on_overfit="restore") with the collapse
 rule rigged to fire on rank 1 only, from its third judged probe on: both ranks must stop together and
 restore the same weights.
@@ -84,6 +87,11 @@ def run(out: Path, devices: int, n_train: int = 256, n_val: int = 64, batch_size
     module = DigitsModule(lr=0.1)
     if scenario == "fast_at_restore":
         callbacks = fast_at_restore()
+    elif scenario == "extra_loss":
+        from mmrobust.callbacks import GeometricRegularization
+        from mmrobust.geometry import InputGradientNorm
+
+        callbacks = [GeometricRegularization(InputGradientNorm(), weight=5.0), evaluation()]
     else:
         callbacks = [AdversarialTraining(PGD(LinfBall(EPS, lower=0, upper=1), steps=2, random_start=False)),
                      Pruning(0.5, begin_step=2, end_step=6, frequency=2), evaluation()]
@@ -109,7 +117,7 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--devices", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16, help="per process")
-    parser.add_argument("--scenario", choices=("at", "fast_at_restore"), default="at")
+    parser.add_argument("--scenario", choices=("at", "fast_at_restore", "extra_loss"), default="at")
     args = parser.parse_args()
     run(args.out, args.devices, batch_size=args.batch_size, scenario=args.scenario)
 

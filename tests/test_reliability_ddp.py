@@ -80,3 +80,15 @@ def test_ddp_fast_at_collapse_on_one_rank_stops_and_restores_all(tmp_path):
     assert [r["overfitting_detected"] for r in ranks] == [True, True]
     assert [r["healthy_step"] for r in ranks] == [2, 2]
     assert all(torch.equal(ranks[1]["weights"][k], v) for k, v in ranks[0]["weights"].items())
+
+
+@pytest.mark.slow
+def test_ddp_extra_loss_gradient_is_averaged_over_ranks(tmp_path):
+    """GeometricRegularization (an ExtraLossCallback) under DDP: its gradient is averaged like the module's,
+    so both replicas stay identical and equal one process with the whole batch. Without the averaging each
+    rank would step with its own shard's penalty gradient and the replicas would drift apart."""
+    ranks = run_two_ranks(tmp_path / "ddp_extra", "--scenario", "extra_loss")
+    single = run(None, devices=1, batch_size=32, scenario="extra_loss")
+    for k, v in ranks[0]["weights"].items():
+        assert torch.equal(ranks[1]["weights"][k], v), k
+        assert torch.allclose(single["weights"][k], v, atol=1e-5), k

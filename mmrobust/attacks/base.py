@@ -235,12 +235,12 @@ class Attack(ABC):
         return dict(self.threat)
 
     def private_copy(self) -> "Attack":
-        """A copy that shares no mutable state with this attack, continuing its random stream.
+        """A copy that shares no attack and no random generator with this attack, continuing its random stream.
 
         Member attacks (an :class:`~mmrobust.attacks.Ensemble`'s ``attacks``, an :class:`~mmrobust.attacks.EOT`'s
         inner ``attack``, in attributes, lists, tuples or dicts) are private copies too, and every
-        ``torch.Generator`` is a new one in the same state; threat models, adapters, losses and modules are
-        shared (they are not changed by attacking). :func:`mmrobust.evaluate`, ``Ensemble`` evaluations and
+        ``torch.Generator`` is a new one in the same state; threat models, adapters, losses, modules and other
+        containers are shared (attacking does not change them). :func:`mmrobust.evaluate` and
         :class:`~mmrobust.callbacks.RobustnessEvaluation` attack with such copies, so the same attack object
         and the same call give the same number, and the user's attack object is never changed.
         """
@@ -381,10 +381,13 @@ def private_value(value: Any) -> Any:
         g = torch.Generator(device=value.device)
         g.set_state(value.get_state())
         return g
-    if isinstance(value, (list, tuple)) and type(value) in (list, tuple):
-        return type(value)(private_value(v) for v in value)
+    # containers are copied only when they hold attacks or generators (other lists, e.g. a user's log, stay shared)
+    if type(value) in (list, tuple):
+        items = [private_value(v) for v in value]
+        return type(value)(items) if any(a is not b for a, b in zip(items, value)) else value
     if type(value) is dict:
-        return {k: private_value(v) for k, v in value.items()}
+        items = {k: private_value(v) for k, v in value.items()}
+        return items if any(items[k] is not value[k] for k in value) else value
     return value
 
 
