@@ -69,7 +69,7 @@ def rank_one_collapses_at_third_probe():
 def fast_at_restore() -> list:
     rank_one_collapses_at_third_probe()
     return [FastAdversarialTraining(LinfBall(EPS, lower=0, upper=1), probe_every_n_steps=2, probe_steps=2,
-                                    on_overfit="restore", seed=0)]
+                                    probe_window=1, on_overfit="restore", seed=0)]
 
 
 def run(out: Path, devices: int, n_train: int = 256, n_val: int = 64, batch_size: int = 32,

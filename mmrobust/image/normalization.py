@@ -67,6 +67,6 @@ def normalized_threat(threat: ThreatModel, mean: Stats, std: Stats,
         raise ValueError(f"std must be > 0, got {s}")
     lo = pixel_range[0] if threat.lower is None else threat.lower
     hi = pixel_range[1] if threat.upper is None else threat.upper
-    out = threat.with_eps(threat.eps / s)
+    out = threat.scaled(1 / s)  # the radius in normalised units: 1/std times the pixel radius
     out.lower, out.upper = (lo - m) / s, (hi - m) / s
     return out
