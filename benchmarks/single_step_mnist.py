@@ -152,7 +152,7 @@ def run(args) -> dict:
 
 def report() -> str:
     rows = []
-    for path in sorted(OUT.glob("*.json")):
+    for path in sorted(p for p in OUT.glob("*.json") if p.name != "costs.json"):
         r = json.loads(path.read_text())
         rows.append([r["method"] + (f" (lambda {r['grad_align_weight']:g})" if r.get("grad_align_weight") else ""),
                      r["seed"], f"{r['epochs']:.2f}", r["clean"], r["pgd50x10"], r["apgd_ce"], r["apgd_t"], r["worst"],

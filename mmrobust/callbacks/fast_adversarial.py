@@ -55,7 +55,7 @@ class FastAdversarialTraining(AdversarialTraining):
     ball; ``step_size`` defaults to 1 there). ``method="fgsm"`` is :class:`~mmrobust.attacks.FGSM` with a
     random start projected onto the box before the gradient (this library's earlier behaviour), kept to
     reproduce that collapse. The gradient-alignment regulariser of Andriushchenko & Flammarion 2020 is
-    :class:`~mmrobust.geometry.GradientAlignment`, added through the loss-adding callbacks.
+    :class:`~mmrobust.geometry.GradientAlignment`, added with :class:`~mmrobust.callbacks.GeometricRegularization`.
 
     The callback adds a catastrophic-overfitting check: every ``probe_every_n_steps`` training steps a PGD
     attack (``probe_steps`` steps) and FGSM-RS are evaluated at the step's budget on the current clean
@@ -63,8 +63,11 @@ class FastAdversarialTraining(AdversarialTraining):
     perturbations' random stream untouched), ``train/pgd_probe_acc`` and ``train/fgsm_probe_acc`` are logged, and a
     rank-zero warning is raised the first time the rule of :func:`catastrophic_overfitting` fires on the
     means of the last ``probe_window`` probes (one probe batch is noisy: on small batches a single
-    batch's PGD accuracy drops 0.2 below its best by chance, a false alarm);
-    ``overfitting_detected`` then stays true (and is part of the checkpointed state). During the eps
+    batch's PGD accuracy drops 0.2 below its best by chance, a false alarm). It can still fire early in a
+    healthy run: on Wong et al.'s MNIST recipe PGD accuracy stays low while FGSM's rises for the first
+    ~800 of 6000 steps, as in a collapse (``benchmarks/results/single_step_mnist.md``), so read the
+    warning together with the logged probe accuracies. Once it fires,
+    ``overfitting_detected`` stays true (and is part of the checkpointed state). During the eps
     warm-up the probe is logged but never warns: with a growing budget PGD accuracy falls on a healthy
     model too, and FGSM lags behind on a model not yet robust, so both rules could fire falsely.
 

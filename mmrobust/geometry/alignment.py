@@ -35,8 +35,12 @@ class GradientAlignment(Regularizer):
     (``tml-epfl/understanding-fast-adv-training``, ``train.py``); examples where either gradient is zero
     are left out of the mean, and :math:`\\eta` is uniform in the ball (``threat.random_init`` without the
     value box, so ``x + eta`` may leave it, as there). Add it with weight :math:`\\lambda` (0.2 at CIFAR-10
-    eps 8/255 in the paper, larger for larger eps) to FGSM training through the loss-adding callbacks,
-    listed *before* the adversarial-training callback so it sees the clean batch.
+    eps 8/255 in the paper, larger for larger eps) to FGSM training with
+    :class:`~mmrobust.callbacks.GeometricRegularization` (an :class:`~mmrobust.callbacks.ExtraLossCallback`),
+    listed *before* the adversarial-training callback so it sees the clean batch::
+
+        callbacks=[GeometricRegularization(GradientAlignment(threat, seed=0), weight=0.2, module_attr="model"),
+                   FastAdversarialTraining(threat, seed=0)]
 
     Args:
         threat: the ball the noise is drawn from (the training budget).
