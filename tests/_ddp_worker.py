@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset  # no
 from _reliability_common import DigitsModule  # noqa: E402
 from mmrobust.attacks import PGD  # noqa: E402
 from mmrobust.callbacks import AdversarialTraining, FastAdversarialTraining, Pruning, RobustnessEvaluation  # noqa: E402
-from mmrobust.callbacks import adversarial as adversarial_callbacks  # noqa: E402
+from mmrobust.callbacks import fast_adversarial as adversarial_callbacks  # noqa: E402  (FastAdversarialTraining and its rule)
 from mmrobust.compression import weight_sparsity  # noqa: E402
 from mmrobust.threats import LinfBall  # noqa: E402
 
