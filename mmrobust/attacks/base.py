@@ -373,6 +373,16 @@ class Attack(ABC):
                             extras=extras)
 
 
+
+def mark_not_found(result: "AttackResult", found: Optional[Tensor], victim: Victim) -> "AttackResult":
+    """Minimal-norm attacks: units where no adversarial point was found get size ``inf`` and no success."""
+    if found is not None:
+        for name in result.size:
+            result.size[name] = torch.where(found, result.size[name],
+                                            torch.full_like(result.size[name], float("inf")))
+        result.success = result.success & victim.per_output(found)
+    return result
+
 def private_value(value: Any) -> Any:
     """``value`` with attacks replaced by private copies and generators by new ones in the same state."""
     if isinstance(value, Attack):

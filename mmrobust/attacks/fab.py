@@ -10,7 +10,7 @@ from torch import Tensor
 from ..errors import NonFiniteError, check_fraction, check_int, check_positive
 from ..threats.base import ThreatModel, per_unit
 from ..utils import rand, randn
-from .base import Attack, AttackResult, Threat
+from .base import Attack, AttackResult, Threat, mark_not_found
 from .hyperplane import NORMS, hyperplane_step
 from .pgd import may_drop_units, restrict
 
@@ -243,11 +243,7 @@ class FAB(Attack):
         result = super().finish(victim, threats, adv, clean_logits, target_labels, logits)
         found = getattr(self, "_found", None)
         self._found = None
-        if found is not None:
-            for name in result.size:
-                result.size[name] = torch.where(found, result.size[name],
-                                                torch.full_like(result.size[name], float("inf")))
-            result.success = result.success & found
+        mark_not_found(result, found, victim)
         return result
 
 

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ..errors import check_fraction, check_int, check_positive
 from ..threats.base import ThreatModel, per_unit
-from .base import Attack, AttackResult, Threat, apply_masks
+from .base import Attack, AttackResult, Threat, apply_masks, mark_not_found
 from .pgd import input_gradients
 
 #: the dual norm measures the distance to the linearised boundary, |loss| / ||grad||_dual
@@ -133,11 +133,7 @@ class FMN(Attack):
         result = super().finish(victim, threats, adv, clean_logits, target_labels, logits)
         found = getattr(self, "_found", None)
         self._found = None
-        if found is not None:
-            for name in result.size:
-                result.size[name] = torch.where(found, result.size[name],
-                                                torch.full_like(result.size[name], float("inf")))
-            result.success = result.success & victim.per_output(found)
+        mark_not_found(result, found, victim)
         return result
 
 
