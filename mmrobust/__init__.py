@@ -7,6 +7,7 @@ The Lightning callbacks are not imported here, so ``import mmrobust`` does not i
 
 from . import adapters, attacks, compression, errors, evaluation, metrics, threats, utils
 from .attacks import APGD, APGDT, FGSM, FMN, PGD, PRBCD, Attack, AttackResult, Ensemble, Square
+from .budget_sweep import BudgetSweep, sweep
 from .certify import SmoothedClassifier
 from .evaluation import evaluate
 from .metrics import RobustAccuracy
@@ -22,5 +23,5 @@ __all__ = [
     # attacks
     "Attack", "AttackResult", "FGSM", "PGD", "APGD", "APGDT", "FMN", "Square", "Ensemble", "PRBCD",
     # evaluation and certification
-    "evaluate", "RobustAccuracy", "SmoothedClassifier",
+    "evaluate", "sweep", "BudgetSweep", "RobustAccuracy", "SmoothedClassifier",
 ]

@@ -153,6 +153,35 @@ class Report:
         ax.set_title(title, fontsize=10)
         return self.figure(title, fig, caption)
 
+    def histogram(self, title: str, samples: Mapping[str, Sequence[float]], *, xlabel: str, caption: str = "",
+                  marks: Sequence[float] = (), bins: int = 30) -> Figure:
+        """Histograms of several ``name -> values`` samples on shared bins (e.g. the minimal perturbation
+        per example found by FMN/FAB). Infinite values (no point found) are left out and counted in the
+        legend; ``marks`` draws dashed vertical lines (e.g. the budgets of a sweep)."""
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+        import numpy as np
+
+        finite = {k: [float(v) for v in vs if math.isfinite(v)] for k, vs in samples.items()}
+        values = [v for vs in finite.values() for v in vs] + [float(m) for m in marks]
+        lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
+        edges = np.linspace(min(lo, 0.0), hi if hi > lo else lo + 1.0, bins + 1)
+        fig, ax = plt.subplots(figsize=(5.2, 3.6))
+        for name, vs in finite.items():
+            missing = len(samples[name]) - len(vs)
+            label = f"{name} ({len(vs)} found" + (f", {missing} not found)" if missing else ")")
+            ax.hist(vs, bins=edges, histtype="step", linewidth=1.5, label=label)
+        for i, m in enumerate(marks):
+            ax.axvline(float(m), color="grey", linestyle="--", linewidth=0.8, label="budgets" if i == 0 else None)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("outputs")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        ax.set_title(title, fontsize=10)
+        return self.figure(title, fig, caption)
+
     def scatter(self, title: str, points: Mapping[str, tuple], *, xlabel: str, ylabel: str,
                 caption: str = "") -> Figure:
         """Labelled points ``name -> (x, y)`` (e.g. the clean vs robust accuracy trade-off)."""

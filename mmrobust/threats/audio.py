@@ -81,6 +81,15 @@ class _DecibelBall:
         """A copy with another level in dB (budget curves over dB levels)."""
         return self._copy(level=_check_db(self.db_name, level))
 
+    def with_budget(self, budget: float):
+        """The level in dB (:meth:`with_level`): budget sweeps over dB levels."""
+        return self.with_level(budget)
+
+    @property
+    def budget_name(self) -> str:
+        direction = "larger = smaller perturbation" if self.sign < 0 else "larger = louder perturbation"
+        return f"{self.db_name} (dB, {direction})"
+
     def scaled(self, factor: float):
         f = check_scale(factor)
         shift = 20 * math.log10(f) if f > 0 else -math.inf

@@ -81,6 +81,18 @@ class ThreatModel(ABC):
         """
         return self._copy(eps=check_finite_nonneg("eps", eps))
 
+    def with_budget(self, budget: float) -> "ThreatModel":
+        """A copy at an absolute budget in this threat model's own unit (budget sweeps,
+        :func:`mmrobust.sweep`): the radius ``eps`` of a norm ball, the level in dB of
+        :class:`~mmrobust.threats.SNRBall`/:class:`~mmrobust.threats.PeakDBBall`, a count (``int``) or a
+        fraction (``float``) of edges for :class:`~mmrobust.threats.EdgeFlips`. :attr:`budget_name` says which."""
+        return self.with_eps(budget)
+
+    @property
+    def budget_name(self) -> str:
+        """What :meth:`with_budget` takes, for tables and axis labels (e.g. ``"eps (linf)"``)."""
+        return f"eps ({self.norm})"
+
     def scaled(self, factor: float) -> "ThreatModel":
         """The same threat model with ``factor`` times the radius: ``scaled(f).radius(x) == f * radius(x)``.
 

@@ -120,6 +120,15 @@ class EdgeFlips(ThreatModel):
         raise TypeError("EdgeFlips has no radius `eps`; build EdgeFlips(count or fraction, ...) for another budget "
                         "or use .scaled(f) for f times this one")
 
+    def with_budget(self, budget) -> "EdgeFlips":
+        """The same constraints (``local``, ``max_flips_per_node``) at another budget: an ``int`` count or a
+        ``float`` fraction of edges, unscaled (budget sweeps)."""
+        return EdgeFlips(budget, local=self.local, max_flips_per_node=self.max_flips_per_node)
+
+    @property
+    def budget_name(self) -> str:
+        return "edge flips per graph" if self.count is not None else "edge budget (fraction of edges)"
+
     def scaled(self, factor: float) -> "EdgeFlips":
         """``factor`` times the budget: ``floor(factor * count)`` flips, or ``floor(factor * fraction * edges)``."""
         return self._copy(scale=self.scale * check_scale(factor))
