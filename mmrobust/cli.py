@@ -13,9 +13,9 @@ import argparse
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Union
 
-from .cli_runs import attack_settings, best_checkpoint, checkpoint_root, describe_attack, move_run, \
+from .cli_runs import attack_settings, best_checkpoint, checkpoint_root, describe_attack, list_option, move_run, \
     pop_option, quick_configs
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
@@ -25,7 +25,8 @@ USAGE = """usage: mmrobust COMMAND [options]
 commands:
   fit, validate, test, predict   Lightning's command line: model, data, callbacks, attacks and threat
                                  models from YAML (--config FILE) or flags; `mmrobust fit --help`
-  evaluate                       a checkpoint, a datamodule and attacks -> report; `mmrobust evaluate --help`
+  evaluate                       a checkpoint, a datamodule and attacks -> report, at the attacks' budget or
+                                 at several (--budgets 0.05 0.1 0.2: curves); `mmrobust evaluate --help`
   report RUN_DIR [RUN_DIR ...]   several runs' results.json -> one comparison report (--out DIR)
   demo                           offline tour on embedded data: image, speech, graph (--quick, --out DIR)
 
@@ -38,6 +39,7 @@ examples:
   mmrobust fit  --config recipes/image/digits_at.yaml --out runs/mine
   mmrobust test --config recipes/image/digits_at.yaml --out runs/mine --ckpt_path best
   mmrobust evaluate --config recipes/image/evaluate_digits.yaml --checkpoint runs/mine --out runs/mine/evaluation
+  mmrobust evaluate --config recipes/image/evaluate_digits.yaml --budgets 0.05 0.1 0.2 --out runs/mine/sweep
   mmrobust report runs/mine/evaluation runs/other/evaluation --out runs/comparison
 """
 
@@ -100,7 +102,8 @@ def _lightning_cli(argv: Sequence[str]):
 
 def _evaluate(argv: Sequence[str]) -> Path:
     """mmrobust evaluate: attack a trained model (checkpoint) on a datamodule's test or validation split with
-    a list of attacks (worst case per example) and write a report."""
+    a list of attacks (worst case per example) and write a report; with --budgets, at every budget (table,
+    accuracy-vs-budget plot, minimal perturbations of FMN/FAB)."""
     import torch
     from jsonargparse import ActionConfigFile, ArgumentParser
     from pytorch_lightning import LightningDataModule
@@ -122,6 +125,12 @@ def _evaluate(argv: Sequence[str]) -> Path:
         if key in getattr(parser, "groups", {}):
             parser.groups[key].title = title
     parser.add_argument("--attacks", type=List[Attack], help="attacks to run (worst case per example)")
+    parser.add_argument("--budgets", type=Optional[List[Union[int, float]]], default=None,
+                        help="budgets of a sweep, in the attacks' threat-model unit: eps (norm balls), dB "
+                             "(SNRBall, PeakDBBall), an edge count (int) or fraction (float) for EdgeFlips; "
+                             "e.g. --budgets 0.05 0.1 0.2. Default: each attack's own budget only")
+    parser.add_argument("--name", type=Optional[str], default=None,
+                        help="the run's name: its column label in `mmrobust report`")
     parser.add_argument("--split", type=str, default="test", choices=["test", "val"],
                         help="which dataloader to attack")
     parser.add_argument("--max_batches", type=Optional[int], default=None, help="attack only the first batches")
@@ -129,6 +138,7 @@ def _evaluate(argv: Sequence[str]) -> Path:
     parser.add_argument("--out", type=str, default="runs/evaluate",
                         help="directory for report.md, report.html and results.json")
     argv, quick = pop_option(argv, "quick", flag=True)
+    argv = list_option(argv, "budgets")
     cfg = parser.parse_args(quick_configs(argv) if quick else list(argv))
     init = parser.instantiate_classes(cfg)
     torch.manual_seed(cfg.seed)
@@ -143,18 +153,22 @@ def _evaluate(argv: Sequence[str]) -> Path:
     data.setup("test" if cfg.split == "test" else "validate")
     loader = data.test_dataloader() if cfg.split == "test" else data.val_dataloader()
 
+    from .budget_sweep import sweep
     from .evaluation import evaluate
+    from .reporting.robustness import accuracy_section, sweep_sections
 
-    result = evaluate(model, loader, init.attacks, max_batches=cfg.max_batches, progress=True)
-    report = Report(f"Robustness of {type(model).__name__}", cfg.out)
-    report.section("Accuracy under attack")
-    rows = [{"attack": "none (clean)", "accuracy": result["clean_accuracy"]}]
-    rows += [{"attack": name, "accuracy": acc} for name, acc in result["per_attack"].items()]
-    rows.append({"attack": "worst case over all attacks", "accuracy": result["robust_accuracy"]})
-    report.table("Accuracy", rows, note=f"{result['num_examples']} examples from the {cfg.split} split")
-    report.settings({"model": cfg.model.class_path, "checkpoint": checkpoint, "data": cfg.data.class_path,
-                     "split": cfg.split, "seed": cfg.seed, "max_batches": cfg.max_batches,
-                     **{f"attack[{i}]": describe_attack(a) for i, a in enumerate(init.attacks)}})
+    report = Report(f"Robustness of {type(model).__name__}", cfg.out, name=cfg.name)
+    if cfg.budgets:
+        result = sweep(model, loader, init.attacks, cfg.budgets, max_batches=cfg.max_batches, progress=True)
+        sweep_sections(report, result, cfg.split)
+    else:
+        result = evaluate(model, loader, init.attacks, max_batches=cfg.max_batches, progress=True)
+        accuracy_section(report, result, cfg.split)
+    report.settings({"name": cfg.name, "model": cfg.model.class_path, "checkpoint": checkpoint,
+                     "data": cfg.data.class_path, "split": cfg.split, "seed": cfg.seed,
+                     "max_batches": cfg.max_batches,
+                     **{f"attack[{i}]": describe_attack(a) for i, a in enumerate(init.attacks)},
+                     **({"budgets": list(cfg.budgets), "budget unit": result.budget_name} if cfg.budgets else {})})
     path = report.write()
     print(Path(path).read_text())
     return path

@@ -31,6 +31,29 @@ def pop_option(argv: Sequence[str], name: str, flag: bool = False) -> Tuple[List
     return rest, value
 
 
+def list_option(argv: Sequence[str], name: str) -> List[str]:
+    """``argv`` with ``--name A B C`` (values up to the next ``--option``) written as ``--name=[A, B, C]``,
+    the list syntax jsonargparse reads; ``--name=[...]`` and a single ``--name [A,B]`` pass unchanged.
+    Values keep YAML types: ``3`` is an int (an edge count), ``0.1`` a float."""
+    out, args, i = [], list(argv), 0
+    while i < len(args):
+        a = args[i]
+        if a != f"--{name}":
+            out.append(a)
+            i += 1
+            continue
+        values = []
+        i += 1
+        while i < len(args) and not (args[i].startswith("--") or (args[i].startswith("-") and args[i][1:2].isalpha())):
+            values.append(args[i])
+            i += 1
+        if not values:
+            raise SystemExit(f"mmrobust: --{name} needs one or more values, e.g. --{name} 0.01 0.03 0.1")
+        out.append(f"--{name}={values[0]}" if len(values) == 1 and values[0].startswith("[")
+                   else f"--{name}=[{', '.join(values)}]")
+    return out
+
+
 def quick_configs(argv: Sequence[str]) -> List[str]:
     """For ``--quick``: ``argv`` with ``--config X.quick.yaml`` added after every ``--config X.yaml`` that has
     such a preset beside it; an error when none of the configs has one."""

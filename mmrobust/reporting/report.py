@@ -34,6 +34,9 @@ class Table:
     rows: List[Dict[str, Any]]
     columns: Optional[List[str]] = None
     note: str = ""
+    #: the columns that name a row (e.g. ``["budget"]``); default the columns holding text. ``mmrobust report``
+    #: matches rows of different runs by them and shows the other columns as metrics.
+    key: Optional[List[str]] = None
 
     def header(self) -> List[str]:
         if self.columns:
@@ -83,8 +86,10 @@ class Report:
         report.write()
     """
 
-    def __init__(self, title: str, out_dir: Union[str, Path]):
+    def __init__(self, title: str, out_dir: Union[str, Path], name: Optional[str] = None):
         self.title = title
+        #: the run's name (``mmrobust report`` labels its column with it when no other run has the same name)
+        self.name = name
         self.out_dir = Path(out_dir)
         self.sections: List[Section] = []
         self._settings: Dict[str, Any] = {}
@@ -109,8 +114,9 @@ class Report:
         self._current().items.append(paragraph)
 
     def table(self, title: str, rows: Sequence[Mapping[str, Any]], columns: Optional[Sequence[str]] = None,
-              note: str = "") -> Table:
-        t = Table(title, [dict(r) for r in rows], list(columns) if columns else None, note)
+              note: str = "", key: Optional[Sequence[str]] = None) -> Table:
+        t = Table(title, [dict(r) for r in rows], list(columns) if columns else None, note,
+                  list(key) if key else None)
         self._current().items.append(t)
         self._tables.append(t)
         return t
@@ -255,8 +261,9 @@ class Report:
         md = self.out_dir / "report.md"
         md.write_text(self.markdown())
         (self.out_dir / "report.html").write_text(self.html())
-        payload = {"title": self.title, "settings": self._settings,
-                   "tables": [{"title": t.title, "rows": t.rows} for t in self._tables]}
+        payload = {"title": self.title, "name": self.name, "settings": self._settings,
+                   "tables": [{"title": t.title, "rows": t.rows, **({"key": t.key} if t.key else {})}
+                              for t in self._tables]}
         (self.out_dir / "results.json").write_text(json.dumps(payload, indent=2, default=_json_default))
         return md
 
