@@ -27,7 +27,7 @@ commands:
                                  models from YAML (--config FILE) or flags; `mmrobust fit --help`
   evaluate                       a checkpoint, a datamodule and attacks -> report, at the attacks' budget or
                                  at several (--budgets 0.05 0.1 0.2: curves); `mmrobust evaluate --help`
-  report RUN_DIR [RUN_DIR ...]   several runs' results.json -> one comparison report (--out DIR)
+  report RUN_DIR [RUN_DIR ...]   several runs' results.json side by side -> one report (--out DIR)
   demo                           offline tour on embedded data: image, speech, graph (--quick, --out DIR)
 
 options of fit/validate/test/evaluate:
@@ -198,7 +198,9 @@ def _help_formatter():
 def _report(argv: Sequence[str]) -> Path:
     from .reporting import compare_runs
 
-    parser = argparse.ArgumentParser(prog="mmrobust report", description="Compare several runs' results.json")
+    parser = argparse.ArgumentParser(prog="mmrobust report", description="Several runs' results.json side by side: "
+                                     "one column per run (labelled by its --name or directory), one row per metric and "
+                                     "budget, every run's settings")
     parser.add_argument("runs", nargs="+", help="run directories containing results.json")
     parser.add_argument("--out", default="runs/comparison")
     parser.add_argument("--title", default="Comparison of runs")

@@ -223,11 +223,11 @@ def test_report_merges_two_runs(tmp_path, trained_digits_cnn):
     out = tmp_path / "comparison"
     main(["report", *map(str, runs), "--out", str(out), "--title", "budget comparison"])
     merged = json.loads((out / "results.json").read_text())
-    rows = merged["tables"][0]["rows"]
-    assert {r["run"] for r in rows} == {"eps_0.05", "eps_0.2"}
-    worst = {r["run"]: r["accuracy"] for r in rows if r["attack"] == "worst case over all attacks"}
+    tables = {t["title"]: t["rows"] for t in merged["tables"]}
+    worst = next(r for r in tables["Accuracy"] if r["row"] == "worst case over all attacks")  # runs side by side
     assert worst["eps_0.2"] <= worst["eps_0.05"]  # a larger budget never helps the model
-    assert "eps_0.05.attack[0]" in merged["settings"] and "eps_0.2.attack[0]" in merged["settings"]
+    attack0 = next(r for r in tables["Settings"] if r["setting"] == "attack[0]")
+    assert "eps=0.05" in attack0["eps_0.05"] and "eps=0.2" in attack0["eps_0.2"]
     text = (out / "report.md").read_text()
     assert "# budget comparison" in text and "eps_0.2" in text
 

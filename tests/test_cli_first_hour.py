@@ -14,7 +14,7 @@ import yaml
 from mmrobust.cli import USAGE, _lightning_cli, main
 from mmrobust.cli_runs import best_checkpoint, moved_path, pop_option, quick_configs
 from mmrobust.reporting import Report, compare_runs
-from mmrobust.reporting.report import run_labels
+from mmrobust.reporting import run_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
@@ -146,7 +146,8 @@ def test_report_labels_do_not_collide_and_keep_every_runs_settings(tmp_path):
     assert run_labels([a, b]) == ["digits_at/evaluation", "graph_at/evaluation"]
     assert run_labels([a, a]) == ["evaluation", "evaluation#2"]
     merged = json.loads((compare_runs([a, b], tmp_path / "cmp").parent / "results.json").read_text())
-    assert {r["run"]: r["accuracy"] for r in merged["tables"][0]["rows"]} == {
-        "digits_at/evaluation": 0.7, "graph_at/evaluation": 0.5}
-    assert merged["settings"]["digits_at/evaluation.seed"] == 1
-    assert merged["settings"]["graph_at/evaluation.seed"] == 2
+    tables = {t["title"]: t["rows"] for t in merged["tables"]}
+    # side by side (issue 20): one row per metric, one column per run
+    assert tables["Accuracy"] == [{"row": "pgd", "metric": "accuracy", "digits_at/evaluation": 0.7,
+                                   "graph_at/evaluation": 0.5}]
+    assert tables["Settings"] == [{"setting": "seed", "digits_at/evaluation": 1, "graph_at/evaluation": 2}]

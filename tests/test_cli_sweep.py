@@ -101,3 +101,51 @@ def test_a_minimum_norm_attack_adds_the_histogram(tmp_path, checkpoint):
     tables = {t["title"]: t for t in json.loads((out / "results.json").read_text())["tables"]}
     quantiles = tables["Minimal perturbation quantiles"]["rows"][0]
     assert quantiles["attack"] == "fmn" and 0 < quantiles["found"] <= quantiles["clean-correct outputs"] <= 40
+
+
+def _sweep_run(path: Path, worst, name=None, seed=0) -> Path:
+    """A run directory as `mmrobust evaluate --budgets 0.1 0.2` writes it (made without attacking)."""
+    from mmrobust.budget_sweep import BudgetSweep
+    from mmrobust.reporting import Report
+    from mmrobust.reporting.robustness import sweep_sections
+
+    result = BudgetSweep(budgets=[0.2, 0.1], budget_name="eps (linf)", clean_accuracy=0.9,
+                         per_attack={"pgd": list(worst)}, robust_accuracy=list(worst), num_examples=10,
+                         attacks={"pgd": "PGD"}, results=[])
+    report = Report("run", path, name=name)
+    sweep_sections(report, result, "test")
+    report.settings({"seed": seed, "budgets": [0.2, 0.1], "budget unit": result.budget_name})
+    report.write()
+    return path
+
+
+def test_report_puts_sweeps_side_by_side_with_distinct_labels_and_all_settings(tmp_path):
+    a = _sweep_run(tmp_path / "digits_at" / "evaluation", [0.3, 0.6], seed=1)
+    b = _sweep_run(tmp_path / "graph_at" / "evaluation", [0.1, 0.5], seed=2)
+    out = tmp_path / "comparison"
+    main(["report", str(a), str(b), "--out", str(out)])
+    merged = json.loads((out / "results.json").read_text())
+    tables = {t["title"]: t["rows"] for t in merged["tables"]}
+    rows = {(r["row"], r["metric"]): r for r in tables["Robust accuracy vs budget"]}
+    # one row per budget and metric (budgets in increasing order), one column per run
+    assert list(rows)[:3] == [("budget 0.1", "clean"), ("budget 0.1", "pgd"), ("budget 0.1", "worst case")]
+    assert rows[("budget 0.2", "worst case")] == {"row": "budget 0.2", "metric": "worst case",
+                                                  "digits_at/evaluation": 0.3, "graph_at/evaluation": 0.1}
+    seeds = next(r for r in tables["Settings"] if r["setting"] == "seed")
+    assert (seeds["digits_at/evaluation"], seeds["graph_at/evaluation"]) == (1, 2)  # neither overwritten
+    assert (out / "worst_case_accuracy_vs_budget.png").is_file()
+    md = (out / "report.md").read_text()
+    assert "| row | metric | digits_at/evaluation | graph_at/evaluation |" in md
+
+
+def test_report_labels_runs_by_name_unless_names_collide(tmp_path):
+    from mmrobust.reporting import run_labels
+
+    a = _sweep_run(tmp_path / "x" / "evaluation", [0.3, 0.6], name="PGD-AT")
+    b = _sweep_run(tmp_path / "y" / "evaluation", [0.1, 0.5], name="normal")
+    c = _sweep_run(tmp_path / "z" / "evaluation", [0.1, 0.5], name="normal")
+    assert run_labels([a, b], ["PGD-AT", "normal"]) == ["PGD-AT", "normal"]
+    assert run_labels([a, b, c], ["PGD-AT", "normal", "normal"]) == ["PGD-AT", "y/evaluation", "z/evaluation"]
+    main(["report", str(a), str(b), "--out", str(tmp_path / "cmp")])
+    settings = json.loads((tmp_path / "cmp" / "results.json").read_text())["tables"][-1]
+    assert set(settings["rows"][0]) == {"setting", "PGD-AT", "normal"}
