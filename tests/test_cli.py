@@ -45,6 +45,7 @@ def test_every_recipe_yaml_is_covered_here():
     """A new YAML recipe must get a test below (and an entry in recipes/README.md)."""
     found = {p.relative_to(RECIPES).as_posix() for p in RECIPES.rglob("*.yaml") if not p.name.endswith(".quick.yaml")}
     tested = {"image/digits_at.yaml", "image/mnist_trades.yaml", "image/evaluate_digits.yaml",
+              "image/evaluate_digits_sweep.yaml",  # tests/test_cli_sweep.py
               "cli/speech_at.yaml", "cli/graph_at.yaml", "multimodal/fit.yaml"}
     assert found == tested
 

@@ -149,3 +149,17 @@ def test_report_labels_runs_by_name_unless_names_collide(tmp_path):
     main(["report", str(a), str(b), "--out", str(tmp_path / "cmp")])
     settings = json.loads((tmp_path / "cmp" / "results.json").read_text())["tables"][-1]
     assert set(settings["rows"][0]) == {"setting", "PGD-AT", "normal"}
+
+
+def test_sweep_recipe_runs_with_its_quick_preset(tmp_path, checkpoint):
+    """recipes/image/evaluate_digits_sweep.yaml (the README's sweep command), on the tiny model and a few images."""
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "image" / "evaluate_digits_sweep.yaml"
+    out = tmp_path / "sweep"
+    main(["evaluate", "--config", str(recipe), "--quick", "--checkpoint", str(checkpoint), "--out", str(out),
+          "--model.init_args.width=0.25", "--model.init_args.hidden=32", "--data.init_args.batch_size=8",
+          "--budgets", "0.05", "0.2", "--attacks.init_args.steps=2"])
+    results = json.loads((out / "results.json").read_text())
+    rows = results["tables"][0]["rows"]
+    assert [r["budget"] for r in rows] == [0.05, 0.2] and {"pgd", "apgd", "fmn", "worst case"} <= set(rows[0])
+    assert results["name"] == "digits PGD-AT" and results["settings"]["max_batches"] == 1
+    assert (out / "minimal_adversarial_perturbation_per_example.png").is_file()
