@@ -241,3 +241,29 @@ def test_snr_budget_is_checked_per_example(digits):
         verify_result(PGD(SNRBall(20.0), steps=3), model, batch,
                       type(result)(**{**result.__dict__, "inputs": louder}))
     assert math.isfinite(float(result.size["audio"].max()))
+
+
+@pytest.mark.parametrize("threat", [SNRBall(30, lower=-1, upper=1), PeakDBBall(-30, lower=-1, upper=1)])
+def test_universal_delta_with_a_relative_budget_is_verified_at_its_reference(threat):
+    """A universal delta's dB budget holds at the reference signal, not per input: evaluate() checks the
+    points against the absolute ball of that radius (and would still refuse a delta outside it)."""
+    from mmrobust.attacks import UniversalPerturbation
+
+    torch.manual_seed(0)
+    x = (torch.randn(16, 1, 400) * torch.linspace(0.01, 0.3, 16)[:, None, None]).clamp(-1, 1)
+    y = torch.randint(0, 3, (16,))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(400, 3))
+    loader = [(x[:8], y[:8]), (x[8:], y[8:])]
+    universal = UniversalPerturbation(threat, reference_level=0.3)
+    universal.fit(model, loader)
+    radius = float(universal.radius(universal.delta))
+    added = (universal.apply(x, universal.delta) - x).flatten(1)
+    size = added.norm(dim=1) if threat.norm == "l2" else added.abs().amax(1)
+    assert bool((size <= radius * (1 + 1e-5)).all())  # independent of the attack's bookkeeping
+    quiet_input_exceeds_its_own_ball = bool((size > threat.radius(x).flatten() * 1.01).any())
+    assert quiet_input_exceeds_its_own_ball  # the case that used to raise BudgetViolation
+    result = mmrobust.evaluate(model, loader, {"universal": universal})
+    assert 0.0 <= result["robust_accuracy"] <= result["clean_accuracy"]
+    universal.delta = universal.delta * 3  # outside the reference ball: refused
+    with pytest.raises(BudgetViolation, match="outside its threat model"):
+        mmrobust.evaluate(model, loader, {"universal": universal})

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from ..adapters.base import BatchAdapter, Victim, infer_adapter
 from ..errors import check_int, check_positive
 from ..threats.base import ThreatModel
+from ..threats.norms import L1Ball, L2Ball, LinfBall
 from .base import Attack, attack_mode, prepare_victim
 
 
@@ -142,6 +143,21 @@ class UniversalPerturbation(Attack):
                         stepped = self.threat.step(delta[None], grad[None], r * self.step_size)[0]
                         self.delta = self._budget_project(stepped).detach()
         return self.delta
+
+    def verified_threats(self, victim: Victim) -> Dict[str, ThreatModel]:
+        """The balls every returned point keeps, for :func:`~mmrobust.threats.verify.verify_result`.
+
+        A relative budget (``SNRBall``, ``PeakDBBall``) holds for the universal delta at the reference signal,
+        not for each input (a quiet input gets the same delta as a loud one), so the points are checked
+        against the absolute ball of the same norm and that radius: cropping, masking and clipping to the box
+        only shrink what is added. Absolute balls are returned as they are.
+        """
+        threats = self.threats_for(victim)
+        if self.delta is None or type(self.threat) in (LinfBall, L2Ball, L1Ball):
+            return threats
+        ball = {"linf": LinfBall, "l2": L2Ball, "l1": L1Ball}[self.threat.norm]
+        absolute = ball(float(self.radius(self.delta).max()), lower=self.threat.lower, upper=self.threat.upper)
+        return {name: absolute for name in threats}
 
     # -- applying it ------------------------------------------------------------------------------
     def __call__(self, model, batch, *, target_labels: Optional[Tensor] = None):

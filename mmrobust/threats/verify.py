@@ -182,7 +182,8 @@ def verify_result(attack: Any, model: torch.nn.Module, batch: Any, result: Any) 
     mark units where they found nothing).
     """
     victim = (attack.adapter or infer_adapter(batch)).victim(model, batch)
-    threats = attack.threats_for(victim)
+    # an attack whose budget is not the per-input one (a universal delta) says which balls its points must keep
+    threats = getattr(attack, "verified_threats", attack.threats_for)(victim)
     found = violations(victim, result.inputs, threats)
     if not found:
         return result
