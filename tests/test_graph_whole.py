@@ -173,3 +173,36 @@ def test_default_prbcd_spends_its_whole_budget(node_graph, threat):
     assert flipped.shape[1] == budget == int(result.size["edges"].sum())
     if threat.max_flips_per_node is not None:
         assert int(torch.bincount(flipped.reshape(-1)).max()) <= threat.max_flips_per_node
+
+
+class ReadsEdgeAttr(torch.nn.Module):
+    """A ``forward(data)`` model that reads ``data.edge_attr`` and records whether every row it was given
+    belongs to its edge (rows of added edges are marked -1 by ``added_edge_values``)."""
+
+    def __init__(self, gcn):
+        super().__init__()
+        self.gcn, self.rows_matched = gcn, []
+
+    def forward(self, data):
+        ei, attr = data.edge_index, data.edge_attr
+        ok = attr.shape[0] == ei.shape[1]
+        if ok:
+            ids = (ei[0] * data.num_nodes + ei[1]).float()
+            own = attr[:, 0] >= 0
+            ok = bool(torch.equal(attr[own, 0], ids[own])) and bool((attr[:, 1] == 7).all())
+        self.rows_matched.append(ok)
+        return self.gcn(data.x, ei, getattr(data, "edge_weight", None))
+
+
+@pytest.mark.parametrize("name", ["prbcd", "dice"])
+def test_data_models_read_edge_attr_of_the_perturbed_edges_while_attacked(node_graph, name):
+    """During the attack (not only in the returned graph) a ``forward(data)`` model sees one ``edge_attr`` row
+    per edge of the perturbed ``edge_index``, each its own edge's row."""
+    gcn, data = node_graph
+    model = ReadsEdgeAttr(gcn)
+    adapter = GraphAdapter(added_edge_values={"edge_attr": [-1.0, 7.0]})
+    attack = PRBCD(EdgeFlips(0.1), block_size=2000, epochs=20, seed=0, adapter=adapter) if name == "prbcd" \
+        else DICE(EdgeFlips(0.1), seed=0, adapter=adapter)
+    result = attack(model, data.clone())
+    assert model.rows_matched and all(model.rows_matched), model.rows_matched.count(False)
+    assert result.batch.edge_attr.shape[0] == result.batch.edge_index.shape[1]

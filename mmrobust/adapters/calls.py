@@ -22,6 +22,8 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 import torch
 from torch import Tensor
 
+from .graph_edges import edge_attribute_keys, edge_rows
+
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 _WEIGHTED_MODEL = ("def forward(self, x, edge_index, edge_weight=None):\n"
                    "        x = self.conv1(x, edge_index, edge_weight)  # GCNConv, SAGEConv(aggr='add'), ...")
@@ -55,6 +57,10 @@ class GraphCall:
 
     def __init__(self, model, kind: str, weight_kw: Optional[str], batch_kw: bool):
         self.model, self.kind, self.weight_kw, self.batch_kw = model, kind, weight_kw, batch_kw
+        #: what an added (or relaxed candidate) edge holds in the per-edge attributes a ``forward(data)`` model
+        #: reads while the attack runs (``GraphAdapter.added_edge_values``; ``"refuse"`` reads as zeros here,
+        #: the returned graph refuses)
+        self.forward_edge_values: Any = "zeros"
 
     def _weights_needed(self, edge_weight: Optional[Tensor], clean: Optional[Tensor]) -> bool:
         if edge_weight is None or edge_weight is clean:
@@ -92,6 +98,10 @@ class GraphCall:
 
     def _call_data(self, data, x, edge_index, edge_weight, batch, clean_weight) -> Tensor:
         out = copy.copy(data)
+        if edge_index is not data.edge_index:  # the model reads data.edge_attr & co.: rows for these edges
+            keys = [k for k in edge_attribute_keys(data) if k != "edge_weight"]
+            for key, rows in edge_rows(data, edge_index, keys, self.forward_edge_values).items():
+                out[key] = rows
         out.x, out.edge_index = x, edge_index
         if edge_weight is not None or getattr(data, "edge_weight", None) is not None:
             out.edge_weight = edge_weight

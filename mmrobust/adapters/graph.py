@@ -233,6 +233,8 @@ class GraphAdapter(BatchAdapter):
             unit = node_unit[targets]
 
         call = graph_call(model) if self.forward_fn is None else None
+        if call is not None and self.added_edge_values != "refuse":
+            call.forward_edge_values = self.added_edge_values
 
         def forward_with_edges(xn: Tensor, ei: Tensor, ew: Optional[Tensor]) -> Tensor:
             if call is None:

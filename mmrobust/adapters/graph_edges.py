@@ -77,6 +77,34 @@ def _added_rows(key: str, value: Tensor, cat_dim: int, count: int, added: AddedE
     return torch.zeros(shape, dtype=value.dtype, device=value.device)
 
 
+def edge_rows(data: Any, edge_index: Tensor, keys: List[str],
+              added_edge_values: AddedEdgeValues = "zeros") -> dict:
+    """The rows of each per-edge attribute in ``keys`` for the edges ``edge_index``: a kept edge's own row, an
+    added edge's row from ``added_edge_values`` (``"refuse"`` raises, naming the attributes)."""
+    source = match_edges(data.edge_index, edge_index, data.num_nodes)
+    added = source < 0
+    n_added = int(added.sum())
+    if n_added and added_edge_values == "refuse" and keys:
+        raise ValueError(f"the attack added {n_added} edges, but the graph has per-edge attribute(s) {keys} with "
+                         "no value for new edges; pass GraphAdapter(added_edge_values={name: value}) or 'zeros'")
+    kept_src = source.clamp_min(0)
+    rows_of = {}
+    for key in keys:
+        value = data[key]
+        if not isinstance(value, Tensor):
+            raise TypeError(f"per-edge attribute {key!r} is a {type(value).__name__}; edge attacks rebuild tensor "
+                            "attributes only (store it as a tensor or drop it before attacking)")
+        dim = data.__cat_dim__(key, value)
+        dim = dim % value.dim()
+        rows = value.index_select(dim, kept_src)
+        if n_added:
+            fill = _added_rows(key, value, dim, n_added, added_edge_values)
+            index = added.nonzero().squeeze(1)
+            rows = rows.index_copy(dim, index, fill)
+        rows_of[key] = rows
+    return rows_of
+
+
 def perturbed_graph(data: Any, edge_index: Tensor, edge_weight: Optional[Tensor] = None, *,
                     added_edge_values: AddedEdgeValues = "zeros", edge_keys: Optional[List[str]] = None) -> Any:
     """A shallow copy of ``data`` (PyG ``Data`` or ``Batch``) with ``edge_index`` and every per-edge attribute
@@ -94,30 +122,11 @@ def perturbed_graph(data: Any, edge_index: Tensor, edge_weight: Optional[Tensor]
 
     out = copy.copy(data)
     keys = edge_attribute_keys(data) if edge_keys is None else edge_keys
-    source = match_edges(data.edge_index, edge_index, data.num_nodes)
-    added = source < 0
-    n_added = int(added.sum())
     rebuilt = [k for k in keys if not (k == "edge_weight" and edge_weight is not None)]
-    if n_added and added_edge_values == "refuse" and rebuilt:
-        raise ValueError(f"the attack added {n_added} edges, but the graph has per-edge attribute(s) {rebuilt} with "
-                         "no value for new edges; pass GraphAdapter(added_edge_values={name: value}) or 'zeros'")
     new_values = {"edge_index": edge_index}
     if edge_weight is not None and "edge_weight" in keys:
         new_values["edge_weight"] = edge_weight
-    kept_src = source.clamp_min(0)
-    for key in rebuilt:
-        value = data[key]
-        if not isinstance(value, Tensor):
-            raise TypeError(f"per-edge attribute {key!r} is a {type(value).__name__}; edge attacks rebuild tensor "
-                            "attributes only (store it as a tensor or drop it before attacking)")
-        dim = data.__cat_dim__(key, value)
-        dim = dim % value.dim()
-        rows = value.index_select(dim, kept_src)
-        if n_added:
-            fill = _added_rows(key, value, dim, n_added, added_edge_values)
-            index = added.nonzero().squeeze(1)
-            rows = rows.index_copy(dim, index, fill)
-        new_values[key] = rows
+    new_values.update(edge_rows(data, edge_index, rebuilt, added_edge_values))
     if isinstance(data, Batch):
         _regroup_batch(out, data, new_values)
     for key, value in new_values.items():
