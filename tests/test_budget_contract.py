@@ -21,7 +21,7 @@ from mmrobust.callbacks import AdversarialTraining
 from mmrobust.callbacks.adversarial import scaled_threat
 from mmrobust.geometry.boundary import PerUnitRadius
 from mmrobust.threats import (BinaryFeatureFlips, EdgeFlips, FeatureBall, Joint, L1Ball, L2Ball, LatentBall,
-                              LinfBall, PeakDBBall, SNRBall, ThreatModel, WeightBall)
+                              LinfBall, PeakDBBall, PsychoacousticBall, SNRBall, ThreatModel, WeightBall)
 
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 FACTORS = (0.0, 0.1, 0.25, 0.5, 1.0, 1.7)
@@ -43,6 +43,7 @@ TENSOR_THREATS = {
     "L1Ball": lambda: L1Ball(2.0, lower=-1, upper=1),
     "SNRBall": lambda: SNRBall(30.0),
     "PeakDBBall": lambda: PeakDBBall(-31.0),
+    "PsychoacousticBall": lambda: PsychoacousticBall(0.0, sample_rate=8000, n_fft=16),
     "FeatureBall": lambda: FeatureBall(0.2, "l2"),
     "BinaryFeatureFlips": lambda: BinaryFeatureFlips(7),
     "LatentBall": _latent,

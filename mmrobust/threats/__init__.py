@@ -6,12 +6,14 @@ from .graph import BinaryFeatureFlips, EdgeFlips, FeatureBall
 from .joint import Joint
 from .latent import LatentAdapter, LatentBall
 from .norms import L1Ball, L2Ball, LinfBall
+from .psychoacoustic import PsychoacousticBall, masking_report, masking_threshold
 from .weights import WeightBall, perturbed_weights
 
 __all__ = [
     "ThreatModel", "per_unit", "db_to_ratio",
     # input space
     "LinfBall", "L2Ball", "L1Ball", "SNRBall", "PeakDBBall", "snr_db", "db_x",
+    "PsychoacousticBall", "masking_threshold", "masking_report",
     # several inputs, latent space, weight space
     "Joint", "LatentBall", "LatentAdapter", "WeightBall", "perturbed_weights",
     # graph structure and node features
