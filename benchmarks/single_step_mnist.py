@@ -51,14 +51,16 @@ METHODS = ("fgsm_rs", "fgsm_clipped", "n_fgsm", "grad_align", "pgd_at")
 class ProbeLog(pl.Callback):
     """Keeps every probe of a FastAdversarialTraining callback: (step, PGD acc, FGSM acc)."""
 
-    def __init__(self, fast: FastAdversarialTraining):
-        self.fast, self.rows, self._last = fast, [], None
+    def __init__(self, fast: FastAdversarialTraining, verbose: bool = True):
+        self.fast, self.rows, self._last, self.verbose = fast, [], None, verbose
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         probe = self.fast.last_probe
         if probe is not None and probe is not self._last:
             self._last = probe
             self.rows.append((self.fast.steps_seen - 1, round(probe["pgd_acc"], 3), round(probe["fgsm_acc"], 3)))
+            if self.verbose:
+                print("probe", *self.rows[-1], flush=True)
 
 
 def callbacks_for(method: str, threat, args):
@@ -66,7 +68,8 @@ def callbacks_for(method: str, threat, args):
     if method == "pgd_at":
         return [AdversarialTraining(PGD(threat, steps=10, seed=args.seed))], None
     fast_method = {"fgsm_rs": "fgsm_rs", "grad_align": "fgsm_rs", "fgsm_clipped": "fgsm", "n_fgsm": "n_fgsm"}[method]
-    fast = FastAdversarialTraining(threat, method=fast_method, seed=args.seed)
+    extra = {"clip_noise": not args.unclipped_noise} if method == "n_fgsm" else {}
+    fast = FastAdversarialTraining(threat, method=fast_method, seed=args.seed, **extra)
     cbs = [fast, ProbeLog(fast)]
     if method == "grad_align":
         from mmrobust.callbacks import GeometricRegularization
@@ -90,6 +93,16 @@ def setup(method: str, x, y, args, epochs: int, limit_batches=1.0):
                          enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks,
                          limit_train_batches=limit_batches)
     return model, module, loader, callbacks, fast, trainer
+
+
+class EpochClock(pl.Callback):
+    """Prints the wall time of every finished epoch (to plan long runs on a shared machine)."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        print(f"epoch {trainer.current_epoch} done at {time.perf_counter() - self.start:.0f} s", flush=True)
 
 
 class StepTimer(pl.Callback):
@@ -128,6 +141,7 @@ def run(args) -> dict:
     xt, yt = mnist_tensors(False, args.test)
     threat = LinfBall(EPS, lower=0, upper=1)
     model, module, loader, callbacks, fast, trainer = setup(args.method, x, y, args, args.epochs, args.limit_batches)
+    trainer.callbacks.append(EpochClock())
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -140,12 +154,14 @@ def run(args) -> dict:
                "apgd_ce": APGD(threat, steps=100, loss="ce", seed=args.seed),
                "apgd_t": APGDT(threat, steps=100, n_target_classes=9, seed=args.seed)}
     ev = evaluate(model, test, attacks, progress=False)
+    print(f"evaluated in {time.perf_counter() - start - seconds:.0f} s", flush=True)
     co_warnings = [str(w.message) for w in caught if "catastrophic overfitting" in str(w.message)]
     return {"method": args.method, "seed": args.seed, "epochs": epochs, "s_per_epoch": seconds / max(epochs, 1e-9),
             "clean": accuracy(model, xt, yt), "pgd50x10": ev["per_attack"]["pgd50x10"],
             "apgd_ce": ev["per_attack"]["apgd_ce"], "apgd_t": ev["per_attack"]["apgd_t"],
             "worst": ev["robust_accuracy"], "train": len(y), "test": len(yt), "threads": args.threads,
             "grad_align_weight": args.grad_align_weight if args.method == "grad_align" else None,
+            "clip_noise": (not args.unclipped_noise) if args.method == "n_fgsm" else None,
             "probe_flagged": None if fast is None else fast.overfitting_detected, "probe_warnings": co_warnings,
             "probes": None if fast is None else callbacks[-1].rows}
 
@@ -171,6 +187,8 @@ def main():
     parser.add_argument("--limit-batches", type=float, default=1.0, help="Trainer(limit_train_batches)")
     parser.add_argument("--grad-align-weight", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--unclipped-noise", action="store_true",
+                        help="N-FGSM: gradient at the noise not clipped to the box (the reference code clips it)")
     parser.add_argument("--report", action="store_true", help="print the table of all stored runs and exit")
     parser.add_argument("--cost", action="store_true", help="only time the training steps of every method")
     parser.add_argument("--cost-steps", type=int, default=30)
@@ -190,7 +208,7 @@ def main():
         return
     result = run(args)
     OUT.mkdir(parents=True, exist_ok=True)
-    name = f"{args.method}_s{args.seed}" + ("" if args.epochs == 10 and args.train is None else
+    name = f"{args.method}{'_unclipped' if args.unclipped_noise else ''}_s{args.seed}" + ("" if args.epochs == 10 and args.train is None else
                                             f"_e{args.epochs}_n{args.train}")
     (OUT / f"{name}.json").write_text(json.dumps(result, indent=1))
     print(json.dumps({k: v for k, v in result.items() if k != "probes"}), flush=True)

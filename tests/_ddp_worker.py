@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset  # no
 from _reliability_common import DigitsModule  # noqa: E402
 from mmrobust.attacks import PGD  # noqa: E402
 from mmrobust.callbacks import AdversarialTraining, FastAdversarialTraining, Pruning, RobustnessEvaluation  # noqa: E402
-from mmrobust.callbacks import fast_adversarial as adversarial_callbacks  # noqa: E402  (FastAdversarialTraining and its rule)
+from mmrobust.callbacks import overfitting_monitor as adversarial_callbacks  # noqa: E402  (the monitor's collapse rule)
 from mmrobust.compression import weight_sparsity  # noqa: E402
 from mmrobust.threats import LinfBall  # noqa: E402
 
@@ -69,7 +69,7 @@ def rank_one_collapses_at_third_probe():
 def fast_at_restore() -> list:
     rank_one_collapses_at_third_probe()
     return [FastAdversarialTraining(LinfBall(EPS, lower=0, upper=1), probe_every_n_steps=2, probe_steps=2,
-                                    probe_window=1, on_overfit="restore", seed=0)]
+                                    probe_window=1, patience=0, on_overfit="restore", seed=0)]
 
 
 def run(out: Path, devices: int, n_train: int = 256, n_val: int = 64, batch_size: int = 32,

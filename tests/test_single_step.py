@@ -282,8 +282,8 @@ class ScriptedAttack:
     (3, [0.5, 0.7, 0.72, 0.3, 0.2, 0.1], 4),        # a lasting drop: flagged one probe later
 ])
 def test_the_probe_rule_reads_the_mean_of_the_last_probes(window, pgd, flagged_at, recwarn):
-    cb = FastAdversarialTraining(LinfBall(EPS, lower=0, upper=1), probe_window=window, seed=0)
-    cb.probe, cb.probe_fgsm = ScriptedAttack(pgd), ScriptedAttack([0.9] * len(pgd))
+    cb = FastAdversarialTraining(LinfBall(EPS, lower=0, upper=1), probe_window=window, patience=0, seed=0)
+    cb.monitor.probe, cb.monitor.probe_fgsm = ScriptedAttack(pgd), ScriptedAttack([0.9] * len(pgd))
     module = Plain()
     flags = [cb.run_probe(module, None) is not None for _ in pgd]
     assert flags.index(True) == flagged_at if flagged_at is not None else not any(flags)

@@ -190,6 +190,10 @@ def test_catastrophic_overfitting_rule():
     assert "dropped more than 0.2" in catastrophic_overfitting(0.3, 0.4, 0.6, co_threshold=0.5, max_drop=0.2)
     # early training, both accuracies near zero: below the FGSM floor nothing is flagged
     assert catastrophic_overfitting(0.0, 0.02, 0.0, co_threshold=0.5, max_drop=0.2, min_fgsm_acc=0.2) is None
+    # PGD breaks nearly every point FGSM leaves (plain FGSM training): below the first floor, still flagged
+    assert "below 0.1 x the FGSM" in catastrophic_overfitting(0.01, 0.3, 0.05, co_threshold=0.5, max_drop=0.2,
+                                                               min_fgsm_acc=0.5)
+    assert catastrophic_overfitting(0.05, 0.3, 0.05, co_threshold=0.5, max_drop=0.2, min_fgsm_acc=0.5) is None
 
 
 def test_fast_at_probe_warns_when_pgd_breaks_what_fgsm_does_not(digits, digits_cnn, recwarn):
@@ -209,9 +213,9 @@ def test_fast_at_probe_warns_when_pgd_breaks_what_fgsm_does_not(digits, digits_c
         warnings.simplefilter("error")
         assert broken.run_probe(module, batch) is not None
     # a drop from the best probe accuracy is flagged too
-    healthy.best_probe_acc = 1.0
+    healthy.monitor.rule.best = 1.0
     with pytest.warns(UserWarning, match="dropped more than 0.1"):
-        healthy.max_drop = 0.1
+        healthy.monitor.rule.max_drop = 0.1
         healthy.run_probe(module, batch)
     assert not digits_cnn.training and all(p.requires_grad for p in digits_cnn.parameters())
 
@@ -226,7 +230,7 @@ def test_fast_at_probe_is_not_judged_during_the_warmup(digits, digits_cnn, recwa
     assert not cb.overfitting_detected and cb.best_probe_acc == -1.0
     assert cb.last_probe["budget_factor"] == 0.25 and cb.last_probe["pgd_acc"] > 0.8
     assert not [w for w in recwarn if "catastrophic" in str(w.message)]
-    assert cb.attack.threat.eps == 0.2 and cb.probe.threat.eps == 0.2  # the callback's own attacks untouched
+    assert cb.attack.threat.eps == 0.2 and cb.monitor.probe.threat.eps == 0.2  # the callback's own attacks untouched
     with pytest.raises(ValueError, match="budget_factor"):
         cb.run_probe(module, batch, budget_factor=0.0)
 
@@ -261,7 +265,7 @@ def flag_from_probe(monkeypatch, first_flagged, also=()):
         calls.append(1)
         return "PGD accuracy collapsed (test)" if len(calls) > first_flagged or len(calls) - 1 in also else None
 
-    monkeypatch.setattr("mmrobust.callbacks.fast_adversarial.catastrophic_overfitting", rule)
+    monkeypatch.setattr("mmrobust.callbacks.overfitting_monitor.catastrophic_overfitting", rule)
 
 
 @pytest.mark.parametrize("on_overfit", ["warn", "stop", "restore"])
@@ -270,7 +274,7 @@ def test_fast_at_on_overfit_warns_stops_or_restores_the_last_healthy_weights(dig
     "restore" also puts back the weights of step 2's probe (Wong et al.'s early stopping), "warn" trains on."""
     flag_from_probe(monkeypatch, 2)
     module, recorder = UserModule(), StateRecorder()
-    cb = FastAdversarialTraining(LinfBall(EPS, lower=0, upper=1), probe_every_n_steps=2, probe_steps=2, probe_window=1,
+    cb = FastAdversarialTraining(LinfBall(EPS, lower=0, upper=1), probe_every_n_steps=2, probe_steps=2, probe_window=1, patience=0,
                                  on_overfit=on_overfit, seed=0)
     t = trainer(max_epochs=3, callbacks=[recorder, cb])
     with pytest.warns(UserWarning, match="catastrophic overfitting at step 4"):
@@ -295,7 +299,7 @@ def test_fast_at_restore_during_the_warmup_uses_the_last_probe_without_the_colla
     cannot warn; step 4's shows the signature, so the copy stays at step 2; step 6 is judged and flagged."""
     flag_from_probe(monkeypatch, 2, also=(1,))
     module, recorder = UserModule(), StateRecorder()
-    cb = FastAdversarialTraining(LinfBall(EPS, lower=0, upper=1), probe_every_n_steps=2, probe_steps=2, probe_window=1,
+    cb = FastAdversarialTraining(LinfBall(EPS, lower=0, upper=1), probe_every_n_steps=2, probe_steps=2, probe_window=1, patience=0,
                                  on_overfit="restore", warmup_epochs=1, seed=0)
     t = trainer(max_epochs=3, callbacks=[recorder, cb])
     with pytest.warns(UserWarning, match="at step 6: .* last healthy probe \\(step 2\\)"):
@@ -316,7 +320,7 @@ def test_fast_at_restore_refuses_weights_of_another_structure(digits, monkeypatc
 
     flag_from_probe(monkeypatch, 2)
     module = UserModule()
-    cb = FastAdversarialTraining(LinfBall(EPS, lower=0, upper=1), probe_every_n_steps=2, probe_steps=2, probe_window=1,
+    cb = FastAdversarialTraining(LinfBall(EPS, lower=0, upper=1), probe_every_n_steps=2, probe_steps=2, probe_window=1, patience=0,
                                  on_overfit="restore", seed=0)
     with pytest.warns(UserWarning, match="changed shape since the healthy probe at step 2"):
         trainer(max_epochs=2, callbacks=[cb, AddsBuffer()]).fit(module, loader(digits))
@@ -326,7 +330,7 @@ def test_fast_at_restore_refuses_weights_of_another_structure(digits, monkeypatc
 def test_fast_at_restore_keeps_its_healthy_weights_in_the_checkpointed_state(digits, monkeypatch, tmp_path):
     flag_from_probe(monkeypatch, 10)
     module = UserModule()
-    cb = FastAdversarialTraining(LinfBall(EPS, lower=0, upper=1), probe_every_n_steps=2, probe_steps=2, probe_window=1,
+    cb = FastAdversarialTraining(LinfBall(EPS, lower=0, upper=1), probe_every_n_steps=2, probe_steps=2, probe_window=1, patience=0,
                                  on_overfit="restore", seed=0)
     trainer(callbacks=[cb]).fit(module, loader(digits))
     assert cb.healthy_step == 2 and not cb.overfitting_detected
@@ -340,7 +344,7 @@ def test_fast_at_restore_keeps_its_healthy_weights_in_the_checkpointed_state(dig
 def test_fast_at_restore_without_a_healthy_probe_says_so(digits, monkeypatch):
     flag_from_probe(monkeypatch, 0)
     module = UserModule()
-    cb = FastAdversarialTraining(LinfBall(EPS, lower=0, upper=1), probe_every_n_steps=2, probe_steps=2, probe_window=1,
+    cb = FastAdversarialTraining(LinfBall(EPS, lower=0, upper=1), probe_every_n_steps=2, probe_steps=2, probe_window=1, patience=0,
                                  on_overfit="restore", seed=0)
     with pytest.warns(UserWarning, match="no healthy weights to restore"):
         trainer(max_epochs=2, callbacks=[cb]).fit(module, loader(digits))

@@ -108,19 +108,24 @@ class NFGSM(FGSMRS):
 
     name = "n_fgsm"
 
-    def __init__(self, threat: Threat, *, noise: float = 2.0, step_size: float = 1.0, **kwargs):
+    def __init__(self, threat: Threat, *, noise: float = 2.0, step_size: float = 1.0, clip_noise: bool = True,
+                 **kwargs):
         super().__init__(threat, step_size=step_size, **kwargs)
         self.noise = check_finite_nonneg("noise", noise)
+        self.clip_noise = bool(clip_noise)
 
     def describe(self) -> str:
-        return super().describe()[:-1] + f", noise={self.noise:g})"
+        return super().describe()[:-1] + f", noise={self.noise:g}, clip_noise={self.clip_noise})"
 
     def start(self, victim, threats):
         x = victim.inputs
         if self.noise == 0:
             return {k: torch.zeros_like(x[k]) for k in threats}
         # k times a uniform point of the unboxed ball: uniform in the ball of radius k * eps
-        return {k: threats[k].clamp_box(self.noise * d, x[k]) for k, d in super().start(victim, threats).items()}
+        noise = {k: self.noise * d for k, d in super().start(victim, threats).items()}
+        if not self.clip_noise:
+            return noise
+        return {k: threats[k].clamp_box(d, x[k]) for k, d in noise.items()}
 
     def perturb(self, victim, threats, target_labels, clean_logits):
         if clean_logits is not None:

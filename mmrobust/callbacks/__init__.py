@@ -1,7 +1,8 @@
 """Lightning callbacks: robust training, weight perturbations, compression and robustness evaluation."""
 
 from .adversarial import AdversarialTraining
-from .fast_adversarial import FastAdversarialTraining, catastrophic_overfitting
+from .fast_adversarial import FastAdversarialTraining
+from .overfitting_monitor import CatastrophicOverfittingMonitor, CollapseRule, catastrophic_overfitting
 from .bit_errors import RandomBitErrorTraining
 from .distillation import Distillation
 from .evaluation import RobustnessEvaluation
@@ -14,7 +15,8 @@ from .regularization import GeometricRegularization
 from .rng import GlobalRNGState
 from .weight_perturbation import AdversarialWeightPerturbation
 
-__all__ = ["AdversarialTraining", "FastAdversarialTraining", "catastrophic_overfitting", "AdversarialWeightPerturbation",
+__all__ = ["AdversarialTraining", "FastAdversarialTraining", "catastrophic_overfitting", "CatastrophicOverfittingMonitor",
+           "CollapseRule", "AdversarialWeightPerturbation",
            "GaussianNoiseTraining", "GeometricRegularization", "RobustnessEvaluation", "Pruning", "FourierSparsity",
            "Quantization", "RandomBitErrorTraining", "Distillation", "ExtraLossCallback",
            "GlobalRNGState"]

@@ -60,6 +60,20 @@ def scaled_threat(threat, factor: float):
     return {k: t.scaled(factor) for k, t in threat.items()}
 
 
+def attack_at_budget(attack: Attack, factor: float, device, adapter: Optional[BatchAdapter] = None) -> Attack:
+    """``attack`` at ``factor`` x its budget (warm-up), reading batches with ``adapter`` where it has none;
+    ``attack`` itself when nothing changes. A copy shares the attack's random generator, so its random
+    starts advance the same (checkpointed) stream."""
+    needs_adapter = adapter is not None and attack.adapter is None
+    if factor >= 1.0 and not needs_adapter:
+        return attack
+    attack.generator(device)  # created first, so that the copy shares it
+    copy = attack.with_threat(attack.threat if factor >= 1.0 else scaled_threat(attack.threat, factor))
+    if needs_adapter:
+        copy.adapter = adapter
+    return copy
+
+
 class AdversarialTraining(pl.Callback):
     """Adversarial training (Madry et al. 2018, https://arxiv.org/abs/1706.06083, Eq. 2.1).
 
@@ -150,17 +164,7 @@ class AdversarialTraining(pl.Callback):
     def _attack_at(self, factor: float, device, attack: Optional[Attack] = None) -> Attack:
         """``attack`` (default: the training attack) at this step's budget, reading batches with the
         callback's adapter if one is given."""
-        attack = self.attack if attack is None else attack
-        needs_adapter = self.adapter is not None and attack.adapter is None
-        if factor >= 1.0 and not needs_adapter:
-            return attack
-        # create the generator first: the copy then shares it, so its random starts advance the same
-        # (checkpointed) stream
-        attack.generator(device)
-        copy = attack.with_threat(attack.threat if factor >= 1.0 else scaled_threat(attack.threat, factor))
-        if needs_adapter:
-            copy.adapter = self.adapter
-        return copy
+        return attack_at_budget(self.attack if attack is None else attack, factor, device, self.adapter)
 
     def _unit_generator(self) -> torch.Generator:
         if self._generator is None:

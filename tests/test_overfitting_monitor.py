@@ -1,0 +1,128 @@
+"""CatastrophicOverfittingMonitor: the trend rule on logged MNIST probes, and the monitor beside any adversarial training."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from mmrobust.attacks import FGSM
+from mmrobust.callbacks import AdversarialTraining, CatastrophicOverfittingMonitor, CollapseRule
+from mmrobust.threats import LinfBall
+
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+
+# Probes (PGD-10 / FGSM-RS accuracy on the training batch, every 50 of 6000 steps) logged by
+# benchmarks/single_step_mnist.py on Wong et al.'s MNIST recipe, seed 0 (results/single_step/*_s0.json).
+# FGSM-RS, healthy (PGD-50 x 10 0.840 at the end), its first 2500 steps: the signature shows for ~350 steps.
+HEALTHY = ("0.0/0.0 0.04/0.07 0.06/0.06 0.12/0.12 0.07/0.07 0.14/0.17 0.07/0.3 0.05/0.36 0.03/0.5 0.11/0.47 "
+           "0.1/0.49 0.09/0.63 0.21/0.58 0.08/0.66 0.24/0.74 0.18/0.59 0.31/0.7 0.34/0.71 0.31/0.62 0.36/0.72 "
+           "0.41/0.67 0.36/0.68 0.47/0.77 0.6/0.82 0.5/0.77 0.6/0.83 0.57/0.78 0.58/0.77 0.57/0.83 0.64/0.79 "
+           "0.68/0.85 0.68/0.85 0.66/0.84 0.71/0.91 0.74/0.92 0.76/0.83 0.77/0.89 0.7/0.86 0.71/0.89 0.8/0.93 "
+           "0.72/0.9 0.71/0.85 0.74/0.87 0.8/0.88 0.79/0.86 0.72/0.86 0.83/0.97 0.76/0.86 0.84/0.95 0.39/0.87 "
+           "0.62/0.92 0.8/0.93")
+# N-FGSM with the noise clipped to the box: collapsed (PGD-50 x 10 0.000), its first 2000 steps.
+COLLAPSED = ("0.0/0.0 0.03/0.07 0.05/0.06 0.08/0.12 0.07/0.07 0.12/0.12 0.13/0.13 0.1/0.1 0.04/0.52 0.0/0.47 "
+             "0.01/0.68 0.01/0.73 0.05/0.79 0.09/0.89 0.04/0.8 0.07/0.8 0.06/0.89 0.0/0.9 0.01/0.92 0.0/0.94 "
+             "0.0/0.91 0.01/0.87 0.0/0.9 0.0/0.91 0.01/0.89 0.05/0.91 0.04/0.94 0.0/0.94 0.03/0.96 0.01/0.89 "
+             "0.02/0.93 0.0/0.92 0.0/0.95 0.01/0.99 0.0/0.94 0.0/0.95 0.0/0.96 0.0/0.96 0.01/0.94 0.0/0.95")
+
+
+def replay(series: str, patience_steps: int, every: int = 50):
+    rule = CollapseRule(patience_steps=patience_steps)
+    for i, pair in enumerate(series.split()):
+        pgd, fgsm = map(float, pair.split("/"))
+        reason, _ = rule.update(i * every, pgd, fgsm)
+        if reason is not None:
+            return i * every, reason
+    return None
+
+
+def test_the_trend_rule_is_silent_on_the_healthy_recipe_and_flags_the_collapse():
+    """patience 0.1 of 6000 steps: the healthy run's early signature does not last; the collapse does."""
+    assert replay(HEALTHY, 600) is None
+    step, reason = replay(COLLAPSED, 600)
+    assert step == 1100 and "below 0.5 x the FGSM" in reason and "means of the last 3 probes" in reason
+    # without patience (the earlier rule) the healthy run raised a false alarm at step 550
+    assert replay(HEALTHY, 0)[0] == 550
+    assert replay(COLLAPSED, 0)[0] == 500
+
+
+def test_the_trend_rule_restarts_while_pgd_climbs_and_reads_drops_too():
+    rule = CollapseRule(patience_steps=100, window=1)
+    # signature held from step 0, but PGD reaches new bests by more than the margin: never flagged
+    for step, pgd in zip(range(0, 400, 50), [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4]):
+        assert rule.update(step, pgd, 0.9)[0] is None
+    assert rule.since == 350
+    assert rule.update(400, 0.4, 0.5)[0] is None and rule.since is None  # signature gone
+    # a lasting drop of more than 0.2 below the best is flagged once it outlasts the patience
+    flags = [rule.update(step, 0.15, 0.2)[0] for step in range(500, 700, 50)]
+    assert flags[:2] == [None, None] and "dropped more than 0.2" in flags[2]
+    state = rule.state_dict()
+    again = CollapseRule(patience_steps=100, window=1)
+    again.load_state_dict(state)
+    assert again.since == rule.since == 500 and again.best == rule.best == 0.4
+
+
+class Plain(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        return nn.functional.cross_entropy(self(batch[0]), batch[1])
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), 1e-3)
+
+
+def fit(callbacks, digits, n=160, **kwargs):
+    kwargs.setdefault("max_epochs", 1)
+    t = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                   enable_model_summary=False, callbacks=callbacks, **kwargs)
+    module = Plain()
+    t.fit(module, DataLoader(TensorDataset(digits[0][:n], digits[1][:n]), batch_size=32))
+    return module, t
+
+
+def test_the_monitor_watches_any_adversarial_training_and_leaves_it_alone(digits):
+    """Beside AdversarialTraining(FGSM): probes every 2 steps on the clean batch, and the trained weights
+    are those of the same run without the monitor."""
+    threat = LinfBall(0.1, lower=0, upper=1)
+    seen = []
+
+    class Spy(CatastrophicOverfittingMonitor):
+        def run_probe(self, pl_module, batch, budget_factor=1.0, step=None):
+            seen.append(batch[0].detach().clone())
+            return super().run_probe(pl_module, batch, budget_factor, step)
+
+    monitor = Spy(threat, every_n_steps=2, probe_steps=2, seed=0)
+    a, t = fit([monitor, AdversarialTraining(FGSM(threat, random_start=True, seed=0))], digits)
+    b, _ = fit([AdversarialTraining(FGSM(threat, random_start=True, seed=0))], digits)
+    assert len(seen) == 3 and torch.equal(seen[0], digits[0][:32])  # steps 0, 2, 4 on the clean batches
+    assert monitor.last_probe is not None and "train/pgd_probe_acc" in t.callback_metrics
+    assert monitor.rule.patience_steps == 1  # 0.1 x 5 steps, rounded up
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, atol=0, rtol=0)
+
+
+def test_the_monitor_follows_the_warmup_and_refuses_the_wrong_order(digits):
+    threat = LinfBall(0.1, lower=0, upper=1)
+    monitor = CatastrophicOverfittingMonitor(threat, every_n_steps=1, probe_steps=2, seed=0)
+    fit([monitor, AdversarialTraining(FGSM(threat, seed=0), warmup_epochs=2)], digits)
+    assert monitor.last_probe["budget_factor"] == pytest.approx(0.4)  # step 4 of 5, warm-up over 10
+    assert monitor.best_probe_acc == -1.0 and not monitor.overfitting_detected  # never judged in warm-up
+    with pytest.raises(ValueError, match="must be listed before the adversarial-training callback"):
+        fit([AdversarialTraining(FGSM(threat, seed=0)), CatastrophicOverfittingMonitor(threat)], digits)
+    with pytest.raises(ValueError, match="patience=0"):
+        fit([CatastrophicOverfittingMonitor(threat)], digits, max_epochs=-1, max_steps=-1, limit_train_batches=2)
+    with pytest.raises(ValueError, match="patience must lie in"):
+        CatastrophicOverfittingMonitor(threat, patience=2)
