@@ -16,6 +16,10 @@ from .pgd import may_drop_units, restrict
 
 #: FAB picks the hyperplane closest in the dual norm: |f| / ||grad f||_q with 1/p + 1/q = 1
 _DUAL = {"linf": 1.0, "l2": 2.0, "l1": float("inf")}
+#: above this fraction of iterates crossing the boundary, a step first runs a forward pass without gradients
+#: (one forward + backward at the new point and another at the pulled-back point cost more than one forward
+#: pass and one forward + backward, with a backward pass about twice a forward pass)
+_PROBE_FIRST = 1 / 3
 
 
 class FAB(Attack):
@@ -46,6 +50,9 @@ class FAB(Attack):
 
     Compared with the authors' code, an iterate's adversarial status is read from the forward pass that also
     gives the next gradients (one forward pass per iteration fewer); only units pulled back get a second one.
+    While more than a third of the iterates cross the boundary at each step (a robust model, whose
+    boundary lies beyond the budget), a step runs as the authors' does: a forward pass decides, then one
+    pass with gradients at the points after the pull-back. Both orders compute the same values.
 
     Args:
         steps: iterations per restart (AutoAttack: 100).
@@ -152,13 +159,20 @@ class FAB(Attack):
         if mask is not None:
             delta = delta * mask
         logits, f, g = self._linearise(work, name, delta, wtargets, need_grad=True)
+        crossed = 0.0  # fraction of the iterates that crossed the boundary at the last step
         for i in range(self.steps):
             last = i + 1 == self.steps
             with torch.no_grad():
                 delta = self._step(wthreats[name], work.inputs[name], delta, f, g, mask)
-            logits, f, g = self._linearise(work, name, delta, wtargets, need_grad=not last)
+            # when most iterates cross, their gradients here would be thrown away after the pull-back: a
+            # plain forward pass decides, then one pass with gradients at the final points (the same values)
+            probe = crossed > _PROBE_FIRST
+            logits, f, g = self._linearise(work, name, delta, wtargets, need_grad=not (last or probe))
             adv = self.reached(logits, work.target, wtargets)
-            if not bool(adv.any()):
+            crossed = float(adv.float().mean())
+            if crossed == 0:
+                if probe and not last:
+                    _, f, g = self._linearise(work, name, delta, wtargets, need_grad=True)
                 continue
             size = wthreats[name].size(delta, work.inputs[name])
             better = adv & (size < best["size"][at])
@@ -171,20 +185,20 @@ class FAB(Attack):
                 if not bool(keep.any()):
                     return
                 if not bool(keep.all()):
-                    at, delta, adv, f, g = at[keep], delta[keep], adv[keep], f[keep], g[keep]
+                    at, delta, adv = at[keep], delta[keep], adv[keep]
+                    if f is not None:
+                        f, g = f[keep], g[keep]
                     work, wtargets, wthreats = restrict(victim, at, targets, {name: threat})
                     mask = work.masks.get(name)
             # pulled back towards the clean input (Eq. 9), with new linearisations there
             delta = torch.where(per_unit(adv, delta), self.beta * delta, delta)
             idx = adv.nonzero().squeeze(1)
-            if idx.numel() == 0:
-                continue
-            if work.select is not None:
+            if probe or (idx.numel() and work.select is None):
+                _, f, g = self._linearise(work, name, delta, wtargets, need_grad=True)
+            elif idx.numel():
                 pwork, ptargets, _ = restrict(work, idx, wtargets, wthreats)
                 _, pf, pg = self._linearise(pwork, name, delta[idx], ptargets, need_grad=True)
                 f, g = f.index_copy(0, idx, pf), g.index_copy(0, idx, pg)
-            else:
-                _, f, g = self._linearise(work, name, delta, wtargets, need_grad=True)
 
     def _linearise(self, work, name, delta, targets, need_grad: bool):
         """Logits at ``x0 + delta`` and the linearised boundaries there: ``f`` ``(units, K)`` values and

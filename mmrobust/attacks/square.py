@@ -195,25 +195,25 @@ class Square(Attack):
 
     # -- candidate updates ----------------------------------------------------------------------------
     def _linf_candidate(self, x, delta, eps, p, gen, threat) -> Tensor:
+        """One window of side ``sqrt(p * h * w)`` at a random place set to ``+-eps`` per unit and channel
+        (Alg. 2). Where the new window would change nothing inside the value box (a query wasted), its
+        signs are flipped: the authors' code redraws the signs of such an image until the window changes."""
         img, d = _as_image(x), _as_image(delta).clone()
         n, c, h, w = img.shape
         s = _window_side(p, h, w)
         sh, sw = min(s, h), min(s, w)
         r = per_unit(eps, img)
-        lo, hi = threat.box(img)
-        for _ in range(10):  # redraw (a few times) windows whose new values would change nothing
-            th, tw = _randint(h - sh + 1, gen, x), _randint(w - sw + 1, gen, x)
-            signs = torch.where(rand((n, c, 1, 1), gen, x) < 0.5, -1.0, 1.0).to(x.dtype)
-            new = (signs * r).expand(n, c, sh, sw)
-            old = d[:, :, th:th + sh, tw:tw + sw]
-            if lo is not None or hi is not None:
-                new_in_box = (img[:, :, th:th + sh, tw:tw + sw] + new).clamp(self._b(threat.lower), self._b(threat.upper))
-                old_in_box = (img[:, :, th:th + sh, tw:tw + sw] + old).clamp(self._b(threat.lower), self._b(threat.upper))
-                if bool(((new_in_box - old_in_box).abs().flatten(1).amax(1) > 1e-7).all()):
-                    break
-            else:
-                break
-        d[:, :, th:th + sh, tw:tw + sw] = new
+        th, tw = _randint(h - sh + 1, gen, x), _randint(w - sw + 1, gen, x)
+        signs = torch.where(rand((n, c, 1, 1), gen, x) < 0.5, -1.0, 1.0).to(x.dtype)
+        old = d[:, :, th:th + sh, tw:tw + sw]
+        if threat.lower is not None or threat.upper is not None:
+            window = img[:, :, th:th + sh, tw:tw + sw]
+            lower, upper = self._b(threat.lower), self._b(threat.upper)
+            new_in_box = (window + signs * r).clamp(lower, upper)
+            old_in_box = (window + old).clamp(lower, upper)
+            same = (new_in_box - old_in_box).abs().flatten(1).amax(1) <= 1e-7
+            signs = torch.where(per_unit(same, signs), -signs, signs)
+        d[:, :, th:th + sh, tw:tw + sw] = (signs * r).expand(n, c, sh, sw)
         return d.reshape(x.shape)
 
     @staticmethod
