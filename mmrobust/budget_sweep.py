@@ -23,6 +23,7 @@ from .adapters.base import BatchAdapter
 from .attacks.base import Attack
 from .evaluation import Attacks, evaluate, model_device, move_batch, named_attacks
 from .threats.base import ThreatModel
+from .utils import progress_bar
 
 Budget = Union[int, float]
 
@@ -136,6 +137,7 @@ def sweep(model: nn.Module, dataloader: Iterable, attacks: Attacks, budgets: Seq
         min_norm: also run every minimum-norm attack (FMN, FAB) once without a cap and keep the size of the
             smallest adversarial perturbation per clean-correct output (``min_norms``, the histogram of
             ``mmrobust evaluate``).
+        progress: a bar over the budgets and :func:`~mmrobust.evaluate`'s own per attack and batch, on a terminal.
 
     Returns:
         a :class:`BudgetSweep` (``rows()`` is the table with one row per budget).
@@ -143,12 +145,19 @@ def sweep(model: nn.Module, dataloader: Iterable, attacks: Attacks, budgets: Seq
     budgets = check_budgets(budgets)
     named = named_attacks(attacks, adapter)  # private copies: the user's attacks stay as they are
     results, budget_name = [], None
+    bar = progress_bar(progress, total=len(budgets), desc="budget sweep", unit="budget")
     for b in budgets:
+        if bar is not None:
+            bar.set_postfix_str(f"budget {b:g}")
         at_b = {name: attack_at_budget(a, b, name) for name, a in named.items()}
         if budget_name is None:
             budget_name = next(iter(at_b.values())).threat.budget_name
         results.append(evaluate(model, dataloader, at_b, adapter=adapter, max_batches=max_batches,
                                 progress=progress, device=device, early_stop=early_stop))
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
     min_norms = {}
     if min_norm:
         for name, a in named.items():

@@ -47,3 +47,15 @@ def kept_buffers(module: torch.nn.Module) -> Iterator[None]:
         with torch.no_grad():
             for b, value in saved:
                 b.copy_(value)
+
+
+def progress_bar(enabled: bool, *, total: Optional[int] = None, desc: str, unit: str = "it"):
+    """A tqdm bar on stderr for a long attack (epochs, members), or ``None`` when not ``enabled``.
+
+    Quiet off a terminal (``disable=None``: logs and CI stay clean); ``leave=False``, so a bar nested in
+    :func:`mmrobust.evaluate`'s own bar disappears when done (also when garbage-collected after an error)."""
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=None)

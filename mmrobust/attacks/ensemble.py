@@ -10,6 +10,7 @@ from torch import Tensor
 from ..adapters.base import infer_adapter
 from ..threats.base import ThreatModel, per_unit
 from ..threats.verify import run_checked
+from ..utils import progress_bar
 from .base import Attack, AttackResult, attack_mode, check_logits, prepare_victim
 
 
@@ -37,22 +38,27 @@ class Ensemble(Attack):
 
     Args:
         attacks: the members, in the order to run them (cheap ones first saves time).
+        progress: a progress bar over the members, shown only when stderr is a terminal (``False``: never);
+            the same argument in :meth:`standard`, :meth:`plus` and :meth:`rand`.
         Other arguments as :class:`Attack`; ``loss`` only sets the reported ``AttackResult.loss``.
     """
 
     name = "ensemble"
 
-    def __init__(self, attacks: Sequence[Attack], *, loss="ce", adapter=None, seed: Optional[int] = None):
+    def __init__(self, attacks: Sequence[Attack], *, loss="ce", adapter=None, seed: Optional[int] = None,
+                 progress: bool = True):
         attacks = list(attacks)
         if not attacks or not all(isinstance(a, Attack) for a in attacks):
             raise TypeError("attacks must be a non-empty sequence of Attack instances, got "
                             f"{[type(a).__name__ for a in attacks]}")
         super().__init__(attacks[0].threat, loss=loss, adapter=adapter, seed=seed)
         self.attacks: List[Attack] = attacks
+        #: a progress bar over the members, shown only when stderr is a terminal (``False``: never)
+        self.progress = bool(progress)
 
     @classmethod
     def standard(cls, threat: ThreatModel, *, steps: int = 100, n_target_classes: int = 9, n_queries: int = 5000,
-                 seed: Optional[int] = 0, adapter=None, early_stop: bool = True) -> "Ensemble":
+                 seed: Optional[int] = 0, adapter=None, early_stop: bool = True, progress: bool = True) -> "Ensemble":
         """AutoAttack's "standard" version (Croce & Hein 2020, https://arxiv.org/abs/2003.01690, Sec. 5;
         ``version='standard'`` of the authors' code): APGD-CE, APGD-T (targeted DLR), FAB-T and Square, in
         this order, each on the units the previous ones left robust.
@@ -77,11 +83,12 @@ class Ensemble(Attack):
             FABT(threat, steps=steps, n_target_classes=n_target_classes, cap=True, **common)]
         if threat.norm in ("linf", "l2"):
             members.append(Square(threat, n_queries=n_queries, seed=seed, adapter=adapter))
-        return cls(members, seed=seed, adapter=adapter)
+        return cls(members, seed=seed, adapter=adapter, progress=progress)
 
     @classmethod
     def plus(cls, threat: ThreatModel, *, steps: int = 100, restarts: int = 5, n_target_classes: int = 9,
-             n_queries: int = 5000, seed: Optional[int] = 0, adapter=None, early_stop: bool = True) -> "Ensemble":
+             n_queries: int = 5000, seed: Optional[int] = 0, adapter=None, early_stop: bool = True,
+             progress: bool = True) -> "Ensemble":
         """AutoAttack's "plus" version (``version='plus'`` of the authors' code): APGD-CE and APGD-DLR with
         5 restarts, untargeted FAB with 5 restarts, Square (5000 queries, ``restarts`` restarts), then
         APGD-T and FAB-T over 9 target classes. Stronger and several times slower than :meth:`standard`."""
@@ -98,11 +105,11 @@ class Ensemble(Attack):
             members.append(Square(threat, n_queries=n_queries, restarts=restarts, seed=seed, adapter=adapter))
         members += [APGDT(threat, steps=steps, n_target_classes=n_target_classes, **common),
                     FABT(threat, steps=steps, n_target_classes=n_target_classes, cap=True, **common)]
-        return cls(members, seed=seed, adapter=adapter)
+        return cls(members, seed=seed, adapter=adapter, progress=progress)
 
     @classmethod
     def rand(cls, threat: ThreatModel, *, steps: int = 100, eot_samples: int = 20, seed: Optional[int] = 0,
-             adapter=None) -> "Ensemble":
+             adapter=None, progress: bool = True) -> "Ensemble":
         """AutoAttack's "rand" version for randomised defences (``version='rand'`` of the authors' code):
         APGD-CE and APGD-DLR, each gradient the average over ``eot_samples`` forward passes of the model
         (Expectation over Transformation with the model's own randomness, Athalye et al. 2018,
@@ -115,7 +122,7 @@ class Ensemble(Attack):
             EOT(APGD(threat, steps=steps, loss=loss, seed=seed, adapter=adapter), _unchanged, samples=eot_samples,
                 eval_samples=0, seed=seed)
             for loss in ("ce", "dlr")]
-        return cls(members, seed=seed, adapter=adapter)
+        return cls(members, seed=seed, adapter=adapter, progress=progress)
 
     def with_threat(self, threat) -> "Ensemble":
         """The same members, each with ``threat`` (budget sweeps)."""
@@ -152,6 +159,9 @@ class Ensemble(Attack):
             raise ValueError("Ensemble is untargeted; give target_labels to its members instead")
         members = self.members()
         adapter = next((a.adapter for a in members if a.adapter is not None), None) or infer_adapter(batch)
+        bar = progress_bar(getattr(self, "progress", True), total=len(members), desc="ensemble", unit="member")
+        if bar is not None:
+            bar.set_postfix_str(members[0].name)
         first = run_checked(members[0], model, batch)
         victim = prepare_victim(adapter.victim(model, batch))
         inputs = {k: v.clone() for k, v in first.inputs.items()}
@@ -166,6 +176,9 @@ class Ensemble(Attack):
         exact_logits = victim.unit is None
         history = [(members[0].describe(), int(robust.sum()))]
         for attack in members[1:]:
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix_str(f"{attack.name}; {int(robust.sum())} outputs robust")
             robust_units = victim.per_unit(robust.float(), "amax") > 0
             if not bool(robust_units.any()):
                 history.append((attack.describe(), 0))
@@ -195,6 +208,9 @@ class Ensemble(Attack):
                 robust = torch.where(take_out, now_robust, robust)
                 exact_logits = exact_logits and victim.unit is None
             history.append((attack.describe(), int(robust.sum())))
+        if bar is not None:
+            bar.update(1)
+            bar.close()
         threats = self.threats_for(victim)
         with attack_mode(model):
             if not exact_logits:

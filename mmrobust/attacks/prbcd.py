@@ -22,6 +22,7 @@ from torch import Tensor
 from ..errors import NonFiniteError, check_int, check_positive
 from ..threats.base import ThreatModel
 from ..threats.graph import project_capped_simplex
+from ..utils import progress_bar
 from .base import apply_masks
 from .edge_candidates import (EPS, CandidatePairs, EdgeBlock, EdgeLookup, greedy_flips, limit_node_flips,
                               rank_within_unit)
@@ -80,6 +81,7 @@ class PRBCD(GraphAttack):
         loss: ``"prob_margin"`` (default, as PyG's ``PRBCDAttack``: stronger than ``"tanh_margin"`` at every
             budget on Cora, see ``benchmarks/results/graph_prbcd.md``), ``"tanh_margin"`` (the paper's
             recommendation for global attacks), ``"margin"``, ``"ce"``, ``"masked_ce"`` or a callable.
+        progress: a progress bar over the epochs, shown only when stderr is a terminal (``False``: never).
 
     Evasion by default.  Poisoning without meta-gradients: attack the *training* nodes of a model trained
     on the clean graph (``GraphAdapter(mask="train")``), take ``result.batch`` and retrain on it (the
@@ -92,8 +94,11 @@ class PRBCD(GraphAttack):
 
     def __init__(self, threat, *, block_size: int = 100_000, epochs: int = 125,
                  epochs_resampling: Optional[int] = None, lr: float = 1000.0, final_samples: int = 20,
-                 eval_every: int = 5, feature_step_size: float = 0.1, loss="prob_margin", **kwargs):
+                 eval_every: int = 5, feature_step_size: float = 0.1, loss="prob_margin", progress: bool = True,
+                 **kwargs):
         super().__init__(threat, loss=loss, **kwargs)
+        #: a progress bar over the epochs, shown on a terminal only (``False``: never)
+        self.progress = bool(progress)
         if self.edge_threat is None and isinstance(self.threat, ThreatModel):
             raise TypeError("PRBCD needs an EdgeFlips threat (use PGD for feature-only attacks)")
         self.block_size = check_int("block_size", block_size, 1)
@@ -137,6 +142,7 @@ class PRBCD(GraphAttack):
             radius = feat.radius(problem.x)
         block = problem.sample_block(self.block_size)
         best: Optional[Tuple[tuple, Snapshot]] = None
+        bar = progress_bar(getattr(self, "progress", True), total=self.epochs, desc=type(self).__name__, unit="epoch")
         for epoch in range(self.epochs):
             leaves = [block.weights.detach().requires_grad_(True)]
             if feat is not None:
@@ -163,6 +169,10 @@ class PRBCD(GraphAttack):
                     block = self.resample(problem, block)
                 elif epoch == self.epochs_resampling - 1 and best is not None:
                     block, delta = best[1].restore(problem)
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
         if best is not None:
             with torch.no_grad():
                 score = _total(self.unit_score(problem.flipped_logits(block, self.top_budget(problem, block), delta),
