@@ -144,6 +144,11 @@ def sweep(model: nn.Module, dataloader: Iterable, attacks: Attacks, budgets: Seq
     """
     budgets = check_budgets(budgets)
     named = named_attacks(attacks, adapter)  # private copies: the user's attacks stay as they are
+    first_name, first = next(iter(named.items()))
+    units = {b: attack_at_budget(first, b, first_name).threat.budget_name for b in budgets}
+    if len(set(units.values())) > 1:
+        raise ValueError(f"budgets mix units for attacks[{first_name!r}]: {units}; give every budget in one unit "
+                         "(for EdgeFlips all ints for counts of flips, or all floats for fractions: 1.0, not 1)")
     results, budget_name = [], None
     bar = progress_bar(progress, total=len(budgets), desc="budget sweep", unit="budget")
     for b in budgets:

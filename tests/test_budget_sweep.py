@@ -110,3 +110,8 @@ def test_bad_budgets_and_joint_threats_are_refused_with_what_to_do():
     joint = PGD(Joint({"a": LinfBall(0.1), "b": LinfBall(0.1)}), steps=1)
     with pytest.raises(TypeError, match="one ThreatModel per attack"):
         mmrobust.sweep(model, loader, {"joint": joint}, [0.1], progress=False)
+    pytest.importorskip("torch_geometric")
+    from mmrobust.attacks import PRBCD
+
+    with pytest.raises(ValueError, match="mix units"):  # a count and a fraction of edges
+        mmrobust.sweep(model, loader, PRBCD(EdgeFlips(0.1)), [0.05, 1], progress=False)
