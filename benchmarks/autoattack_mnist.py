@@ -179,8 +179,15 @@ def main(argv=None):
     ap.add_argument("--no-members", action="store_true", help="skip the members run alone")
     ap.add_argument("--no-torchattacks", action="store_true")
     ap.add_argument("--reference-path", default=None, help="folder holding the fetched auto-attack source")
-    ap.add_argument("--json", default=str(RESULTS / "autoattack_mnist.json"))
+    ap.add_argument("--json", default=None, help="output file (default: results/autoattack_mnist_<models>.json)")
+    ap.add_argument("--report", nargs="+", default=None, help="only print the tables of these JSON files")
     args = ap.parse_args(argv)
+    if args.report:
+        for path in args.report:
+            report(json.loads(Path(path).read_text()))
+        return
+    if args.json is None:
+        args.json = str(RESULTS / f"autoattack_mnist_{'_'.join(args.models)}.json")
     quiet_run(args.threads)
     have_ref = reference_available(args.reference_path)
     if not have_ref:
@@ -202,11 +209,13 @@ def main(argv=None):
         entry = {"eps": eps, "clean": accuracy(model, x_all, y_all), "robust": {}, "seconds": {}, "settings": {}}
         entry["settings"]["mmrobust Ensemble.standard"] = ensemble.describe()
         times = {name: [] for name in full}
+        cpu = {name: [] for name in full}
         for r in range(args.rounds):
             for name, run in full.items():
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 adv = run(model, x_all, y_all)
                 times[name].append(time.perf_counter() - start)
+                cpu[name].append(time.process_time() - start_cpu)
                 acc = checked_robust(model, x_all, y_all, adv, eps)
                 entry["robust"].setdefault(name, acc)
                 if acc != entry["robust"][name]:  # seeded: every round must give the same number
@@ -214,12 +223,14 @@ def main(argv=None):
                 print(f"{kind} round {r}: {name}: {acc:.4f} ({times[name][-1]:.1f} s)", file=sys.stderr, flush=True)
         entry["seconds"] = {name: statistics.median(t) for name, t in times.items()}
         entry["all_seconds"] = times
+        entry["cpu_seconds"] = {name: statistics.median(t) for name, t in cpu.items()}
         if not args.no_members:
             for member in ensemble.attacks:
                 name = f"mmrobust {member.describe()} alone"
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 adv = ours(member, bs)(model, x_all, y_all)
                 entry["seconds"][name] = time.perf_counter() - start
+                entry["cpu_seconds"][name] = time.process_time() - start_cpu
                 entry["robust"][name] = checked_robust(model, x_all, y_all, adv, eps)
                 print(f"{kind}: {name}: {entry['robust'][name]:.4f} ({entry['seconds'][name]:.1f} s)",
                       file=sys.stderr, flush=True)
@@ -230,12 +241,18 @@ def main(argv=None):
 
 
 def report(out):
+    s = out["settings"]
     for kind, e in out["models"].items():
-        print(f"\n### {kind} StridedCNN, L-inf eps {e['eps']}, clean accuracy {e['clean']:.4f}\n")
+        print(f"\n### {kind} StridedCNN, L-inf eps {e['eps']}, first {s['n']} test images, clean accuracy "
+              f"{e['clean']:.4f}; {s['rounds']} interleaved rounds (medians), members alone once\n")
         ours_s = e["seconds"].get("mmrobust Ensemble.standard")
-        rows = [[name, f"{100 * acc:.1f}", f"{e['seconds'][name]:.1f}",
-                 f"{e['seconds'][name] / ours_s:.2f}" if ours_s else "-"] for name, acc in e["robust"].items()]
-        print(markdown_table(["method", "robust accuracy %", "seconds (median)", "x ours"], rows))
+        ours_c = e.get("cpu_seconds", {}).get("mmrobust Ensemble.standard")
+        rows = []
+        for name, acc in e["robust"].items():
+            wall, cpu = e["seconds"][name], e.get("cpu_seconds", {}).get(name)
+            rows.append([name, f"{100 * acc:.1f}", f"{wall:.1f}", f"{wall / ours_s:.2f}",
+                         "-" if cpu is None else f"{cpu:.1f}", "-" if cpu is None else f"{cpu / ours_c:.2f}"])
+        print(markdown_table(["method", "robust accuracy %", "wall s", "wall / ours", "CPU s", "CPU / ours"], rows))
 
 
 if __name__ == "__main__":
