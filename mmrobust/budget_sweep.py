@@ -31,9 +31,10 @@ Budget = Union[int, float]
 WORST = "worst case"
 
 
-def attack_at_budget(attack: Attack, budget: Budget, name: str = "attack") -> Attack:
-    """``attack`` (a shallow copy, members included) with its threat model at ``budget``
-    (:meth:`~mmrobust.threats.ThreatModel.with_budget`)."""
+def attack_with_budget(attack: Attack, budget: Budget, name: str = "attack") -> Attack:
+    """``attack`` (a shallow copy, members included) with its threat model at the absolute ``budget``
+    (:meth:`~mmrobust.threats.ThreatModel.with_budget`); warm-ups scale a budget by a factor instead
+    (:func:`mmrobust.callbacks.adversarial.attack_at_budget`)."""
     threat = attack.threat
     if not isinstance(threat, ThreatModel):
         raise TypeError(f"attacks[{name!r}] has a threat per input ({sorted(threat)}); a budget sweep needs one "
@@ -145,7 +146,7 @@ def sweep(model: nn.Module, dataloader: Iterable, attacks: Attacks, budgets: Seq
     budgets = check_budgets(budgets)
     named = named_attacks(attacks, adapter)  # private copies: the user's attacks stay as they are
     first_name, first = next(iter(named.items()))
-    units = {b: attack_at_budget(first, b, first_name).threat.budget_name for b in budgets}
+    units = {b: attack_with_budget(first, b, first_name).threat.budget_name for b in budgets}
     if len(set(units.values())) > 1:
         raise ValueError(f"budgets mix units for attacks[{first_name!r}]: {units}; give every budget in one unit "
                          "(for EdgeFlips all ints for counts of flips, or all floats for fractions: 1.0, not 1)")
@@ -154,7 +155,7 @@ def sweep(model: nn.Module, dataloader: Iterable, attacks: Attacks, budgets: Seq
     for b in budgets:
         if bar is not None:
             bar.set_postfix_str(f"budget {b:g}")
-        at_b = {name: attack_at_budget(a, b, name) for name, a in named.items()}
+        at_b = {name: attack_with_budget(a, b, name) for name, a in named.items()}
         if budget_name is None:
             budget_name = next(iter(at_b.values())).threat.budget_name
         results.append(evaluate(model, dataloader, at_b, adapter=adapter, max_batches=max_batches,
