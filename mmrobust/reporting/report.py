@@ -135,10 +135,11 @@ class Report:
         return f
 
     def curve(self, title: str, series: Mapping[str, tuple], *, xlabel: str, ylabel: str,
-              caption: str = "", logx: bool = False, ylim=(0.0, 1.0)) -> Figure:
+              caption: str = "", logx: bool = False, ylim=(0.0, 1.0), emphasis: Sequence[str] = ()) -> Figure:
         """Line plot of several ``name -> (xs, ys)`` series (e.g. accuracy vs budget). The y axis spans
         ``ylim`` (accuracies: 0 to 1, so small differences are not magnified); each series gets its own
-        marker, smaller for later series, so curves that coincide remain visible."""
+        marker, smaller for later series, so curves that coincide remain visible; series named in
+        ``emphasis`` (e.g. the worst case) are drawn black and dashed on top."""
         import matplotlib
 
         matplotlib.use("Agg", force=False)
@@ -146,8 +147,9 @@ class Report:
 
         fig, ax = plt.subplots(figsize=(5.2, 3.6))
         for i, (name, (xs, ys)) in enumerate(series.items()):  # markers shrink so coinciding curves stay visible
+            style = dict(color="black", linestyle="--", zorder=3) if name in emphasis else {}
             ax.plot(list(xs), list(ys), marker="osD^v"[i % 5], markersize=max(3, 8 - 1.5 * i), alpha=0.85,
-                    label=str(name))
+                    label=str(name), **style)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         if logx:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
+from ..budget_sweep import WORST
 from .report import Report
 
 
@@ -28,7 +29,7 @@ def sweep_sections(report: Report, sweep: Any, split: str) -> None:
     curves = sweep.curves()
     xs = next(iter(curves.values()))[0]
     report.curve("Accuracy vs budget", {"clean": (xs, [sweep.clean_accuracy] * len(xs)), **curves},
-                 xlabel=sweep.budget_name, ylabel="accuracy",
+                 xlabel=sweep.budget_name, ylabel="accuracy", emphasis=[WORST],
                  caption="Robust accuracy of each attack and the worst case over all attacks at every budget, "
                          "as measured (a curve rising with the budget points to a failing attack).")
     if sweep.min_norms:
