@@ -15,8 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional, Sequence, Union
 
-from .cli_runs import attack_settings, best_checkpoint, checkpoint_root, describe_attack, list_option, move_run, \
-    pop_option, quick_configs
+from .cli_runs import attack_settings, best_checkpoint, checkpoint_root, config_name, describe_attack, list_option, \
+    move_run, pop_option, quick_configs
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
@@ -59,6 +59,7 @@ def _lightning_cli(argv: Sequence[str]):
     from pytorch_lightning.cli import LightningCLI
 
     command = " ".join(["mmrobust", *argv])
+    name = config_name(argv)
     argv, out = pop_option(argv, "out")
     argv, quick = pop_option(argv, "quick", flag=True)
     if quick:
@@ -86,7 +87,7 @@ def _lightning_cli(argv: Sequence[str]):
                 return
             metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
             report_dir = Path(trainer.log_dir or trainer.default_root_dir) / f"report_{stage}"
-            report = Report(f"mmrobust {stage}: {type(self.model).__name__}", report_dir)
+            report = Report(f"mmrobust {stage}: {type(self.model).__name__}", report_dir, name=name)
             report.section("Logged metrics")
             report.table("Metrics", [{"metric": k, "value": v} for k, v in sorted(metrics.items())])
             config = self.config.get(self.subcommand, {}) if self.subcommand else {}
@@ -130,7 +131,8 @@ def _evaluate(argv: Sequence[str]) -> Path:
                              "(SNRBall, PeakDBBall), an edge count (int) or fraction (float) for EdgeFlips; "
                              "e.g. --budgets 0.05 0.1 0.2. Default: each attack's own budget only")
     parser.add_argument("--name", type=Optional[str], default=None,
-                        help="the run's name: its column label in `mmrobust report`")
+                        help="the run's name: its column label in `mmrobust report` (default: the --config file's "
+                             "name; runs with the same name are labelled by their directories)")
     parser.add_argument("--split", type=str, default="test", choices=["test", "val"],
                         help="which dataloader to attack")
     parser.add_argument("--max_batches", type=Optional[int], default=None, help="attack only the first batches")
@@ -157,7 +159,7 @@ def _evaluate(argv: Sequence[str]) -> Path:
     from .evaluation import evaluate
     from .reporting.robustness import accuracy_section, sweep_sections
 
-    report = Report(f"Robustness of {type(model).__name__}", cfg.out, name=cfg.name)
+    report = Report(f"Robustness of {type(model).__name__}", cfg.out, name=cfg.name or config_name(argv))
     if cfg.budgets:
         result = sweep(model, loader, init.attacks, cfg.budgets, max_batches=cfg.max_batches, progress=True)
         sweep_sections(report, result, cfg.split)

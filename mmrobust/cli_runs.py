@@ -54,6 +54,18 @@ def list_option(argv: Sequence[str], name: str) -> List[str]:
     return out
 
 
+def config_name(argv: Sequence[str]) -> Optional[str]:
+    """A run's name from its first ``--config`` file (``recipes/image/digits_at.yaml`` -> ``digits_at``), the label
+    ``mmrobust report`` gives its column unless another run has the same name; ``None`` without a config."""
+    for i, a in enumerate(argv):
+        path = argv[i + 1] if a == "--config" and i + 1 < len(argv) else a.split("=", 1)[1] \
+            if a.startswith("--config=") else None
+        if path:
+            stem = Path(path).stem
+            return stem[:-len(".quick")] if stem.endswith(".quick") else stem
+    return None
+
+
 def quick_configs(argv: Sequence[str]) -> List[str]:
     """For ``--quick``: ``argv`` with ``--config X.quick.yaml`` added after every ``--config X.yaml`` that has
     such a preset beside it; an error when none of the configs has one."""

@@ -225,10 +225,12 @@ def test_report_merges_two_runs(tmp_path, trained_digits_cnn):
     main(["report", *map(str, runs), "--out", str(out), "--title", "budget comparison"])
     merged = json.loads((out / "results.json").read_text())
     tables = {t["title"]: t["rows"] for t in merged["tables"]}
-    worst = next(r for r in tables["Accuracy"] if r["row"] == "worst case over all attacks")  # runs side by side
-    assert worst["eps_0.2"] <= worst["eps_0.05"]  # a larger budget never helps the model
+    # runs side by side, named after their config files (evaluate_eps_0.05.yaml, evaluate_eps_0.2.yaml)
+    a, b = "evaluate_eps_0.05", "evaluate_eps_0.2"
+    worst = next(r for r in tables["Accuracy"] if r["row"] == "worst case over all attacks")
+    assert worst[b] <= worst[a]  # a larger budget never helps the model
     attack0 = next(r for r in tables["Settings"] if r["setting"] == "attack[0]")
-    assert "eps=0.05" in attack0["eps_0.05"] and "eps=0.2" in attack0["eps_0.2"]
+    assert "eps=0.05" in attack0[a] and "eps=0.2" in attack0[b]
     text = (out / "report.md").read_text()
     assert "# budget comparison" in text and "eps_0.2" in text
 

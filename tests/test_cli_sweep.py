@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from mmrobust.cli import main
-from mmrobust.cli_runs import list_option
+from mmrobust.cli_runs import config_name, list_option
 
 MODEL = {"class_path": "mmrobust.image.SmallCNN", "init_args": {"image_size": 8, "width": 0.25, "hidden": 32}}
 DATA = {"class_path": "mmrobust.image.DigitsDataModule", "init_args": {"batch_size": 40, "seed": 0, "limit_test": 80}}
@@ -163,3 +163,10 @@ def test_sweep_recipe_runs_with_its_quick_preset(tmp_path, checkpoint):
     assert [r["budget"] for r in rows] == [0.05, 0.2] and {"pgd", "apgd", "fmn", "worst case"} <= set(rows[0])
     assert results["name"] == "digits PGD-AT" and results["settings"]["max_batches"] == 1
     assert (out / "minimal_adversarial_perturbation_per_example.png").is_file()
+
+
+def test_runs_are_named_after_their_config():
+    assert config_name(["fit", "--config", "recipes/image/digits_at.yaml", "--config", "x.quick.yaml"]) == "digits_at"
+    assert config_name(["--config=recipes/cli/graph_at.yaml"]) == "graph_at"
+    assert config_name(["--config", "eps_0.05.quick.yaml"]) == "eps_0.05"
+    assert config_name(["fit", "--model=x"]) is None
