@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -38,14 +41,14 @@ import pytorch_lightning as pl  # noqa: E402
 from benchmarks.common import accuracy, markdown_table, mnist_tensors  # noqa: E402
 from mmrobust import evaluate  # noqa: E402
 from mmrobust.attacks import APGD, APGDT, PGD  # noqa: E402
-from mmrobust.callbacks import AdversarialTraining, FastAdversarialTraining  # noqa: E402
+from mmrobust.callbacks import AdversarialTraining, CollapseRule, FastAdversarialTraining  # noqa: E402
 from mmrobust.image import StridedCNN  # noqa: E402
 from mmrobust.threats import LinfBall  # noqa: E402
 from mmrobust.training import RobustClassifier  # noqa: E402
 
 EPS = 0.3
 OUT = Path(__file__).resolve().parent / "results" / "single_step"
-METHODS = ("fgsm_rs", "fgsm_clipped", "n_fgsm", "grad_align", "pgd_at")
+METHODS = ("fgsm_rs", "fgsm_clipped", "n_fgsm", "grad_align", "pgd_at", "wong_loop")
 
 
 class ProbeLog(pl.Callback):
@@ -69,7 +72,7 @@ def callbacks_for(method: str, threat, args):
         return [AdversarialTraining(PGD(threat, steps=10, seed=args.seed))], None
     fast_method = {"fgsm_rs": "fgsm_rs", "grad_align": "fgsm_rs", "fgsm_clipped": "fgsm", "n_fgsm": "n_fgsm"}[method]
     extra = {"clip_noise": not args.unclipped_noise} if method == "n_fgsm" else {}
-    fast = FastAdversarialTraining(threat, method=fast_method, seed=args.seed, **extra)
+    fast = FastAdversarialTraining(threat, method=fast_method, seed=args.seed, on_overfit=args.on_overfit, **extra)
     cbs = [fast, ProbeLog(fast)]
     if method == "grad_align":
         from mmrobust.callbacks import GeometricRegularization
@@ -135,46 +138,123 @@ def costs(args) -> dict:
     return {m: statistics.median(t) for m, t in times.items()}
 
 
+def wong_loop(x, y, args, probe_every: int = 50):
+    """Wong et al.'s ``MNIST/train_mnist.py`` FGSM loop written out (the library's baseline): the same model
+    initialisation and data order as the library runs of this seed; noise from the global generator;
+    ``lr = interp(epoch + (i + 1) / N)`` set before each step; train mode; logs the same probe (PGD-10 and
+    FGSM-RS on the clean batch, own seeds) every ``probe_every`` steps."""
+    from mmrobust.attacks import FGSMRS
+    import numpy as np
+
+    pl.seed_everything(args.seed, verbose=False)
+    model = StridedCNN()
+    loader = DataLoader(TensorDataset(x, y), batch_size=100, shuffle=True,
+                        generator=torch.Generator().manual_seed(args.seed))
+    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+    threat = LinfBall(EPS, lower=0, upper=1)
+    probe, probe_fgsm = PGD(threat, steps=10, seed=args.seed + 1), FGSMRS(threat, seed=args.seed + 2)
+    rows, step, clock = [], 0, time.perf_counter()
+    for epoch in range(args.epochs):
+        for i, (xb, yb) in enumerate(loader):
+            if step % probe_every == 0:
+                rows.append((step, round(probe(model, [xb, yb]).adv_correct.float().mean().item(), 3),
+                             round(probe_fgsm(model, [xb, yb]).adv_correct.float().mean().item(), 3)))
+                print("probe", *rows[-1], flush=True)
+            model.train()
+            lr = np.interp([epoch + (i + 1) / len(loader)], [0, args.epochs * 2 // 5, args.epochs], [0, 5e-3, 0])[0]
+            opt.param_groups[0].update(lr=lr)
+            delta = torch.zeros_like(xb).uniform_(-EPS, EPS).requires_grad_(True)
+            (grad,) = torch.autograd.grad(nn.functional.cross_entropy(model(xb + delta), yb), delta)
+            delta = torch.clamp(delta.detach() + 1.25 * EPS * grad.sign(), -EPS, EPS)
+            delta = torch.max(torch.min(1 - xb, delta), -xb)
+            loss = nn.functional.cross_entropy(model(torch.clamp(xb + delta, 0, 1)), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+        print(f"epoch {epoch} done at {time.perf_counter() - clock:.0f} s", flush=True)
+    return model, rows
+
+
+def eval_attacks(threat, seed: int) -> dict:
+    """PGD-50 x 10 (step 0.01, the paper's evaluate_mnist.py), APGD-CE and APGD-T (100 steps, 9 targets)."""
+    return {"pgd50x10": PGD(threat, steps=50, restarts=10, step_size=0.01 / EPS, seed=seed),
+            "apgd_ce": APGD(threat, steps=100, loss="ce", seed=seed),
+            "apgd_t": APGDT(threat, steps=100, n_target_classes=9, seed=seed)}
+
+
+def evaluate_batch(model, batch, threat, seed: int) -> dict:
+    torch.set_num_threads(1)
+    return evaluate(model, [batch], eval_attacks(threat, seed), progress=False)
+
+
 def run(args) -> dict:
     torch.set_num_threads(args.threads)
     x, y = mnist_tensors(True, args.train)
     xt, yt = mnist_tensors(False, args.test)
     threat = LinfBall(EPS, lower=0, upper=1)
-    model, module, loader, callbacks, fast, trainer = setup(args.method, x, y, args, args.epochs, args.limit_batches)
-    trainer.callbacks.append(EpochClock())
     start = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        trainer.fit(module, loader)
-    seconds = time.perf_counter() - start
-    epochs = trainer.global_step / max(1, trainer.num_training_batches)
+    if args.method == "wong_loop":
+        model, rows = wong_loop(x, y, args)
+        fast, caught, epochs, callbacks = None, [], args.epochs, [SimpleNamespace(rows=rows)]
+        seconds = time.perf_counter() - start
+    else:
+        model, module, loader, callbacks, fast, trainer = setup(args.method, x, y, args, args.epochs,
+                                                                args.limit_batches)
+        trainer.callbacks.append(EpochClock())
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer.fit(module, loader)
+        seconds = time.perf_counter() - start
+        epochs = trainer.global_step / max(1, trainer.num_training_batches)
     model.eval()
     test = [[xt[i:i + 250], yt[i:i + 250]] for i in range(0, len(yt), 250)]
-    attacks = {"pgd50x10": PGD(threat, steps=50, restarts=10, step_size=0.01 / EPS, seed=args.seed),
-               "apgd_ce": APGD(threat, steps=100, loss="ce", seed=args.seed),
-               "apgd_t": APGDT(threat, steps=100, n_target_classes=9, seed=args.seed)}
-    ev = evaluate(model, test, attacks, progress=False)
+    if args.eval_workers > 1:  # batches in forked processes, each with freshly seeded attacks
+        import multiprocessing
+        with multiprocessing.get_context("fork").Pool(args.eval_workers) as pool:
+            parts = pool.starmap(evaluate_batch, [(model, b, threat, args.seed) for b in test])
+        n = sum(p["num_examples"] for p in parts)
+        ev = {"robust_accuracy": sum(p["robust_accuracy"] * p["num_examples"] for p in parts) / n,
+              "per_attack": {k: sum(p["per_attack"][k] * p["num_examples"] for p in parts) / n
+                             for k in parts[0]["per_attack"]}}
+    else:
+        ev = evaluate(model, test, eval_attacks(threat, args.seed), progress=False)
     print(f"evaluated in {time.perf_counter() - start - seconds:.0f} s", flush=True)
     co_warnings = [str(w.message) for w in caught if "catastrophic overfitting" in str(w.message)]
     return {"method": args.method, "seed": args.seed, "epochs": epochs, "s_per_epoch": seconds / max(epochs, 1e-9),
             "clean": accuracy(model, xt, yt), "pgd50x10": ev["per_attack"]["pgd50x10"],
             "apgd_ce": ev["per_attack"]["apgd_ce"], "apgd_t": ev["per_attack"]["apgd_t"],
             "worst": ev["robust_accuracy"], "train": len(y), "test": len(yt), "threads": args.threads,
+            "eval_workers": args.eval_workers, "on_overfit": args.on_overfit,
+            "restored_step": None if fast is None else fast.healthy_step,
             "grad_align_weight": args.grad_align_weight if args.method == "grad_align" else None,
             "clip_noise": (not args.unclipped_noise) if args.method == "n_fgsm" else None,
             "probe_flagged": None if fast is None else fast.overfitting_detected, "probe_warnings": co_warnings,
-            "probes": None if fast is None else callbacks[-1].rows}
+            "probes": None if args.method == "pgd_at" else callbacks[-1].rows}
+
+
+def replayed_probe(r: dict) -> str:
+    """The stored probes replayed through the current rule (default settings, patience 0.1 of the run)."""
+    if not r.get("probes"):
+        return "-"
+    rule = CollapseRule(patience_steps=math.ceil(0.1 * round(r["epochs"] * 600)))
+    for step, pgd, fgsm in r["probes"]:
+        if rule.update(step, pgd, fgsm)[0] is not None:
+            return f"flagged at step {step}"
+    return "silent"
 
 
 def report() -> str:
     rows = []
     for path in sorted(p for p in OUT.glob("*.json") if p.name != "costs.json"):
         r = json.loads(path.read_text())
-        rows.append([r["method"] + (f" (lambda {r['grad_align_weight']:g})" if r.get("grad_align_weight") else ""),
-                     r["seed"], f"{r['epochs']:.2f}", r["clean"], r["pgd50x10"], r["apgd_ce"], r["apgd_t"], r["worst"],
-                     f"{r['s_per_epoch']:.1f}", {None: "-", True: "flagged", False: "silent"}[r["probe_flagged"]]])
+        name = r["method"] + (f" (lambda {r['grad_align_weight']:g})" if r.get("grad_align_weight") else "")
+        name += " (noise not clipped)" if r.get("clip_noise") is False else ""
+        name += f" + restore (to step {r['restored_step']})" if r.get("on_overfit") == "restore" else ""
+        rows.append([name, r["seed"], f"{r['epochs']:.2f}", r["clean"], r["pgd50x10"], r["apgd_ce"], r["apgd_t"],
+                     r["worst"], f"{r['s_per_epoch']:.1f}", replayed_probe(r)])
     return markdown_table(["method", "seed", "epochs", "clean", "PGD-50x10", "APGD-CE", "APGD-T", "worst",
-                           "s / epoch", "probe"], rows)
+                           "s / epoch", "probe (current rule)"], rows)
 
 
 def main():
@@ -187,6 +267,10 @@ def main():
     parser.add_argument("--limit-batches", type=float, default=1.0, help="Trainer(limit_train_batches)")
     parser.add_argument("--grad-align-weight", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--on-overfit", choices=("warn", "stop", "restore"), default="warn",
+                        help="FastAdversarialTraining(on_overfit=...): 'restore' is Wong et al.'s early stopping")
+    parser.add_argument("--eval-workers", type=int, default=1,
+                        help="evaluate the test batches (250 images each) in this many forked processes")
     parser.add_argument("--unclipped-noise", action="store_true",
                         help="N-FGSM: gradient at the noise not clipped to the box (the reference code clips it)")
     parser.add_argument("--report", action="store_true", help="print the table of all stored runs and exit")
@@ -208,7 +292,8 @@ def main():
         return
     result = run(args)
     OUT.mkdir(parents=True, exist_ok=True)
-    name = f"{args.method}{'_unclipped' if args.unclipped_noise else ''}_s{args.seed}" + ("" if args.epochs == 10 and args.train is None else
+    variant = ("_unclipped" if args.unclipped_noise else "") + ("_restore" if args.on_overfit == "restore" else "")
+    name = f"{args.method}{variant}_s{args.seed}" + ("" if args.epochs == 10 and args.train is None else
                                             f"_e{args.epochs}_n{args.train}")
     (OUT / f"{name}.json").write_text(json.dumps(result, indent=1))
     print(json.dumps({k: v for k, v in result.items() if k != "probes"}), flush=True)
