@@ -151,7 +151,7 @@ def sweep(model: nn.Module, dataloader: Iterable, attacks: Attacks, budgets: Seq
         raise ValueError(f"budgets mix units for attacks[{first_name!r}]: {units}; give every budget in one unit "
                          "(for EdgeFlips all ints for counts of flips, or all floats for fractions: 1.0, not 1)")
     results, budget_name = [], None
-    bar = progress_bar(progress, total=len(budgets), desc="budget sweep", unit="budget")
+    bar = progress_bar(progress, total=len(budgets), desc="budget sweep", unit="budget", every_step=True)
     for b in budgets:
         if bar is not None:
             bar.set_postfix_str(f"budget {b:g}")

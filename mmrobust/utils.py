@@ -49,13 +49,16 @@ def kept_buffers(module: torch.nn.Module) -> Iterator[None]:
                 b.copy_(value)
 
 
-def progress_bar(enabled: bool, *, total: Optional[int] = None, desc: str, unit: str = "it"):
+def progress_bar(enabled: bool, *, total: Optional[int] = None, desc: str, unit: str = "it", every_step: bool = False):
     """A tqdm bar on stderr for a long attack (epochs, members), or ``None`` when not ``enabled``.
 
     Quiet off a terminal (``disable=None``: logs and CI stay clean); ``leave=False``, so a bar nested in
-    :func:`mmrobust.evaluate`'s own bar disappears when done (also when garbage-collected after an error)."""
+    :func:`mmrobust.evaluate`'s own bar disappears when done (also when garbage-collected after an error).
+    ``every_step``: draw every tick (few, long steps: an ensemble's members, a sweep's budgets) instead of
+    tqdm's rate limit of one redraw per 0.1 s (many short steps: PRBCD epochs)."""
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=None)
+    limits = dict(mininterval=0, miniters=1) if every_step else {}
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=None, **limits)

@@ -159,7 +159,8 @@ class Ensemble(Attack):
             raise ValueError("Ensemble is untargeted; give target_labels to its members instead")
         members = self.members()
         adapter = next((a.adapter for a in members if a.adapter is not None), None) or infer_adapter(batch)
-        bar = progress_bar(getattr(self, "progress", True), total=len(members), desc="ensemble", unit="member")
+        bar = progress_bar(getattr(self, "progress", True), total=len(members), desc="ensemble", unit="member",
+                           every_step=True)
         if bar is not None:
             bar.set_postfix_str(members[0].name)
         first = run_checked(members[0], model, batch)
