@@ -72,14 +72,14 @@ class EOT(Attack):
         attack: any :class:`Attack` whose gradients come from ``victim.forward`` (PGD, APGD, FMN, ...).
         transforms: a module ``forward(x, generator)`` or a sequence of them applied in order
             (e.g. :mod:`mmrobust.audio.transforms`).
-        samples: transforms averaged per forward pass during the attack.
+        samples: transforms averaged per forward pass during the attack (20, AutoAttack's ``version='rand'``).
         eval_samples: fresh transforms for the final evaluation (0 disables it).
         seed: seed of the transform generator (``None``: the global RNG).
     """
 
     name = "eot"
 
-    def __init__(self, attack: Attack, transforms, *, samples: int = 8, eval_samples: int = 16,
+    def __init__(self, attack: Attack, transforms, *, samples: int = 20, eval_samples: int = 16,
                  seed: Optional[int] = None):
         if not isinstance(attack, Attack):
             raise TypeError(f"attack must be an mmrobust Attack, got {type(attack).__name__}")
