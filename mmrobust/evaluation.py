@@ -9,6 +9,7 @@ from torch import nn
 
 from .adapters.base import BatchAdapter
 from .attacks.base import Attack
+from .checks.runner import FailureChecks, warn_fired
 from .errors import check_int
 from .metrics.robust_accuracy import AttackSuccessRate, RobustAccuracy
 from .threats.verify import run_checked
@@ -83,7 +84,8 @@ def model_device(model: nn.Module) -> torch.device:
 
 def evaluate(model: nn.Module, dataloader: Iterable, attacks: Attacks, *, adapter: Optional[BatchAdapter] = None,
              max_batches: Optional[int] = None, progress: bool = True,
-             device: Optional[Union[str, torch.device]] = None, early_stop: bool = True) -> Dict[str, Any]:
+             device: Optional[Union[str, torch.device]] = None, early_stop: bool = True,
+             checks: Union[bool, str, Sequence[str], None] = True) -> Dict[str, Any]:
     """Clean and robust accuracy of ``model`` under every attack, worst case per output.
 
     Attacks with a ``seed`` restart their random streams at it (:meth:`Attack.reseed`), so repeated calls
@@ -106,6 +108,12 @@ def evaluate(model: nn.Module, dataloader: Iterable, attacks: Attacks, *, adapte
             read here, so the accuracies are those of the full attack (up to floating-point effects of
             smaller batches) at a fraction of the cost when many outputs break early. The user's attack
             objects are not changed; ``False`` keeps each attack's own setting.
+        checks: the attack-failure checks of :mod:`mmrobust.checks` (``True``: all, a list of names, or
+            ``False``): randomised forward, probability outputs, zero or masked gradients, FGSM beating the
+            attacks, accuracy at 10x the budget, an unconverged loss or late restarts, Square beating the
+            gradient attacks, unused edge budget. They cost a few forward/backward passes and three small attack
+            reruns on 32 units of the first batch (:class:`~mmrobust.checks.FailureChecks`), do not change the
+            numbers, and a warning lists the ones that fired.
 
     Every returned point is checked against its attack's threat model, measured independently of the
     attack's own bookkeeping (:mod:`mmrobust.threats.verify`): a point outside its budget or value box
@@ -115,10 +123,13 @@ def evaluate(model: nn.Module, dataloader: Iterable, attacks: Attacks, *, adapte
     Returns:
         ``clean_accuracy``, ``robust_accuracy`` (worst case), ``per_attack`` (robust accuracy under
         each attack alone), ``attack_success_rate`` (any attack, of clean-correct outputs),
-        ``num_examples`` (scored outputs), ``num_batches``, and ``attacks`` (name -> description).
+        ``num_examples`` (scored outputs), ``num_batches``, ``attacks`` (name -> description), and with
+        ``checks``: ``checks`` (one dict per check: ``name``, ``status``, ``fired``, ``evidence``, ``advice``,
+        ``ran``, ``values``) and ``check_flags`` (the names of the checks that fired).
     """
     if max_batches is not None:
         check_int("max_batches", max_batches, 1)
+    failure_checks = FailureChecks(checks)
     named = named_attacks(attacks, adapter)
     for attack in named.values():  # every call draws the same random starts (Attack.reseed)
         attack.reseed()
@@ -161,6 +172,7 @@ def evaluate(model: nn.Module, dataloader: Iterable, attacks: Attacks, *, adapte
                 success.update(results)
                 for (name, _), r in zip(named.items(), results):
                     per_attack[name].update(r)
+                failure_checks.observe(model, batch, named, results)
                 batches += 1
                 if bar is not None:
                     bar.set_postfix(clean=f"{worst.clean_accuracy().item():.3f}",
@@ -173,7 +185,7 @@ def evaluate(model: nn.Module, dataloader: Iterable, attacks: Attacks, *, adapte
             model.to(home)
     if batches == 0:
         raise ValueError("dataloader yielded no batches; nothing was evaluated")
-    return {
+    out = {
         "clean_accuracy": worst.clean_accuracy().item(),
         "robust_accuracy": worst.compute().item(),
         "per_attack": {name: m.compute().item() for name, m in per_attack.items()},
@@ -182,3 +194,9 @@ def evaluate(model: nn.Module, dataloader: Iterable, attacks: Attacks, *, adapte
         "num_batches": batches,
         "attacks": {name: a.describe() for name, a in named.items()},
     }
+    if failure_checks:
+        found = failure_checks.results()
+        out["checks"] = [c.as_dict() for c in found]
+        out["check_flags"] = [c.name for c in found if c.fired]
+        warn_fired(found, "mmrobust.evaluate")
+    return out

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.utilities import rank_zero_warn
 from torchmetrics import Metric
 
 from ..adapters.base import BatchAdapter
+from ..checks import CheckResult, FailureChecks
 from ..errors import check_choice, check_int
 from ..evaluation import Attacks, named_attacks, stop_early
 from ..metrics.robust_accuracy import CleanAccuracy, RobustAccuracy
@@ -69,13 +71,24 @@ class RobustnessEvaluation(Callback):
     logs the distance to the decision boundary as ``val/boundary/median`` etc. (metrics whose
     ``compute()`` returns a dict are logged one key per entry). Each stage and dataloader gets its own
     copy of the metric; it is computed (synced across processes by torchmetrics) and reset at epoch end.
+
+    ``checks`` (default ``True``: all; a list of names; ``False``: none) runs the attack-failure checks of
+    :mod:`mmrobust.checks` in every evaluation epoch (on the first attacked batch, plus the results of every
+    batch; :class:`~mmrobust.checks.FailureChecks` gives the cost): each check is logged as
+    ``<stage>/checks/<name>`` (1 = fired, the maximum over processes), the results (evidence and advice) are
+    kept in :attr:`check_results` by stage, and a check that fires is reported once per stage with
+    ``rank_zero_warn``.
     """
 
     def __init__(self, attacks: Attacks, *, every_n_epochs: int = 1, max_batches: Optional[int] = None,
                  stages: Sequence[str] = STAGES, adapter: Optional[BatchAdapter] = None,
                  prefix: Optional[str] = None, result_metrics: Optional[Mapping[str, Tuple[str, Metric]]] = None,
-                 early_stop: bool = True, prog_bar: bool = False):
+                 early_stop: bool = True, prog_bar: bool = False, checks=True):
         super().__init__()
+        self._checks = {stage: FailureChecks(checks) for stage in STAGES}
+        #: the last evaluation epoch's check results by stage (``"validate"``, ``"test"``)
+        self.check_results: Dict[str, list] = {}
+        self._warned: set = set()
         self.prog_bar = bool(prog_bar)
         self.attacks = named_attacks(attacks, adapter)
         self.result_metrics: Dict[str, Tuple[str, Metric]] = {}
@@ -119,6 +132,8 @@ class RobustnessEvaluation(Callback):
     def _reseed(self) -> None:
         for attack in self.attacks.values():
             attack.reseed()
+        for checks in self._checks.values():
+            checks.reset()
 
     def on_validation_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any,
                                 batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -171,6 +186,8 @@ class RobustnessEvaluation(Callback):
                     f"({e}). Create the model outside torch.inference_mode() or pass "
                     "Trainer(inference_mode=False).") from e
             raise
+        if dataloader_idx == 0:
+            self._checks[stage].observe(pl_module, batch, dict(zip(self.attacks, staged)), results)
         if self.result_metrics:
             extra = self._extra.setdefault((stage, dataloader_idx), {
                 name: copy.deepcopy(metric) for name, (_, metric) in self.result_metrics.items()})
@@ -192,9 +209,27 @@ class RobustnessEvaluation(Callback):
 
     def on_validation_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         self._log_result_metrics("validate", pl_module)
+        self._log_checks("validate", pl_module)
 
     def on_test_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         self._log_result_metrics("test", pl_module)
+        self._log_checks("test", pl_module)
+
+    def _log_checks(self, stage: str, pl_module: "pl.LightningModule") -> None:
+        checks = self._checks[stage]
+        if not checks or not checks.observed:
+            return
+        found: List[CheckResult] = checks.results()
+        self.check_results[stage] = found
+        for check in found:
+            pl_module.log(f"{self.prefix}{_LOG_PREFIX[stage]}/checks/{check.name}", float(check.fired),
+                          on_step=False, on_epoch=True, sync_dist=True, reduce_fx="max")
+        new = [c for c in found if c.fired and (stage, c.name) not in self._warned]
+        if new:
+            self._warned.update((stage, c.name) for c in new)
+            lines = "\n".join(f"- {c.name}: {c.evidence}. {c.advice}" for c in new)
+            rank_zero_warn(f"RobustnessEvaluation ({stage}): attack-failure checks fired; the robust accuracy may be "
+                           f"overestimated:\n{lines}")
 
     def _log_result_metrics(self, stage: str, pl_module: "pl.LightningModule") -> None:
         for (metric_stage, dataloader_idx), extra in self._extra.items():
