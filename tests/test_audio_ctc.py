@@ -107,3 +107,17 @@ def test_ctc_attack_checks_its_inputs():
     res = attack(ctc_model, waves, labels)
     assert res.wave.shape == waves.shape and bool((res.extras["wave/snr_db"] >= 20.0 - 1e-3).all())
     assert len(res.decoded) == 2 and res.steps_to_success.shape == (2,)
+
+
+def test_ctc_masking_options_are_checked():
+    from mmrobust.attacks import MaskingPenalty
+
+    with pytest.raises(TypeError, match="MaskingPenalty"):
+        CTCTargetedAttack(SNRBall(20.0), masking=0.05)
+    with pytest.raises(ValueError, match="not both"):
+        CTCTargetedAttack(SNRBall(20.0), masking=MaskingPenalty(SR), shrink=0.8)
+    torch.manual_seed(0)
+    waves, labels, _ = tone_phrases(2, seed=3)
+    with pytest.raises(ValueError, match="init must have the shape"):
+        CTCTargetedAttack(SNRBall(20.0), steps=1)(TinyCTC().eval(), waves, labels, init=waves[:1])
+

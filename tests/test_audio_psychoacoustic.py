@@ -175,3 +175,36 @@ def test_pgd_in_the_psychoacoustic_ball_stays_under_the_threshold(dtype):
     assert (np_max_excess_db(delta, x, N_FFT, N_FFT // 4) <= 1e-3).all()
     assert bool((res.extras["audio/frames_above"] == 0).all())
     assert float(delta.abs().amax()) > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_masking_penalty_attack_hides_the_first_stage_perturbation(dtype):
+    from mmrobust.adapters import WaveformAdapter
+    from mmrobust.attacks import MaskingPenalty, MaskingPenaltyAttack
+    from mmrobust.threats import SNRBall
+
+    torch.manual_seed(0)
+    model = TinyClassifier().to(dtype).eval()
+    x = speech_like(4, 800, seed=3, dtype=dtype)
+    x[3, 650:] = 0
+    lengths = torch.tensor([800, 800, 800, 650])
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    before = [t.clone() for t in (x, y, lengths)]
+    adapter = WaveformAdapter(sample_rate=SR)
+    first = PGD(SNRBall(20.0), steps=10, seed=0, adapter=adapter)
+    masking = MaskingPenalty(SR, n_fft=N_FFT, up_every=5, down_every=5)
+    attack = MaskingPenaltyAttack(SNRBall(20.0), masking, steps=40, step_size=0.05, start=first, adapter=adapter)
+    res = attack(model, (x, y, lengths))
+    start = first.private_copy().reseed()(model, (x, y, lengths))
+    assert all(torch.equal(a, b) for a, b in zip(before, (x, y, lengths)))
+    assert bool(start.success.all()) and bool(res.success.all())
+    delta, delta0 = res.inputs["audio"] - x, start.inputs["audio"] - x
+    assert delta.dtype == dtype and bool((delta[3, 650:] == 0).all())
+    assert bool((res.extras["audio/snr_db"] >= 20.0 - 1e-3).all())
+    thr = masking_threshold(x, SR, n_fft=N_FFT)
+    pen, pen0 = thr.penalty(delta), thr.penalty(delta0)
+    assert bool((pen <= pen0 * (1 + 1e-6)).all()) and bool((pen < 0.5 * pen0).any())
+    report = masking_report(delta, x, SR, n_fft=N_FFT)
+    assert torch.equal(res.extras["audio/frames_above"], report["frames_above"])
+    assert torch.allclose(res.extras["audio/excess_db"], report["excess_db"])

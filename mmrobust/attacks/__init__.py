@@ -8,6 +8,7 @@ from .ensemble import Ensemble
 from .eot import EOT, eot_victim
 from .fab import FAB, FABT
 from .fmn import FMN
+from .imperceptible import MaskingPenalty, MaskingPenaltyAttack
 from .graph_attack import GraphAttack
 from .graph_baselines import DICE, RandomFlips
 from .grbcd import GRBCD
@@ -27,6 +28,7 @@ __all__ = [
     "LOSSES", "get_loss", "cross_entropy", "margin", "dlr",
     # gradient-based, bounded
     "FGSM", "FGSMRS", "NFGSM", "PGD", "APGD", "APGDT", "EOT", "eot_victim", "UniversalPerturbation", "CTCTargetedAttack",
+    "MaskingPenalty", "MaskingPenaltyAttack",
     # minimal norm and black box
     "FMN", "FAB", "FABT", "Square",
     # combinations and learned attacks

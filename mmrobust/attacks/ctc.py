@@ -88,11 +88,18 @@ class CTCTargetedAttack:
     ``(B, frames, classes)`` (``layout="BTC"``, default) or ``(frames, B, classes)`` (``layout="TBC"``, the
     ``torch.nn.CTCLoss`` convention), optionally as a tuple ``(log_probs, frame_lengths)``. Raw scores are
     log-softmaxed. ``blank`` is the blank index.
+
+    With ``masking`` (a :class:`~mmrobust.attacks.imperceptible.MaskingPenalty`) it is Qin et al.'s second
+    stage (https://arxiv.org/abs/1903.10346, Sec. 4): the loss is :math:`\\ell_{CTC} + \\alpha\\,\\ell_\\theta`
+    with the masking-threshold penalty and its adaptive per-example weight, and among the successful
+    iterates the one with the smallest penalty is returned; ``extras`` then also hold ``frames_above``
+    and ``excess_db``. Give a perturbation that already succeeds as ``init`` (the first stage, e.g. this
+    attack's result in a :class:`~mmrobust.threats.PeakDBBall`), as the paper does.
     """
 
     def __init__(self, threat: ThreatModel, *, steps: int = 300, step_size: float = 0.02, blank: int = 0,
                  layout: str = "BTC", shrink: Optional[float] = None, betas: Tuple[float, float] = (0.9, 0.999),
-):
+                 masking=None):
         if not isinstance(threat, ThreatModel):
             raise TypeError(f"threat must be a ThreatModel, got {type(threat).__name__}")
         self.threat = threat
@@ -103,6 +110,13 @@ class CTCTargetedAttack:
         self.shrink = None if shrink is None else check_fraction("shrink", shrink, open_low=True, open_high=True)
         self.betas = (check_fraction("betas[0]", betas[0], open_high=True),
                       check_fraction("betas[1]", betas[1], open_high=True))
+        from .imperceptible import MaskingPenalty
+
+        if masking is not None and not isinstance(masking, MaskingPenalty):
+            raise TypeError(f"masking must be a MaskingPenalty(sample_rate, ...) or None, got {type(masking).__name__}")
+        if masking is not None and shrink is not None:
+            raise ValueError("give either shrink (C&W's budget reduction) or masking (Qin et al.'s penalty), not both")
+        self.masking = masking
 
     def describe(self) -> str:
         return f"CTCTargetedAttack({self.threat!r}, steps={self.steps}, step_size={self.step_size:g})"
@@ -131,9 +145,10 @@ class CTCTargetedAttack:
         return loss
 
     def __call__(self, model: nn.Module, wave: Tensor, targets: Targets,
-                 lengths: Optional[Tensor] = None) -> CTCAttackResult:
+                 lengths: Optional[Tensor] = None, init: Optional[Tensor] = None) -> CTCAttackResult:
         """Attack ``wave`` (floats in [-1, 1]) towards the label sequences ``targets`` (one list per example);
-        ``lengths`` (valid samples per example) keeps the padding clean."""
+        ``lengths`` (valid samples per example) keeps the padding clean; ``init`` is a starting perturbation
+        (projected onto the threat model)."""
         check_waveform(wave)
         with attack_mode(model):
             x = normal_tensor(wave).detach()
@@ -147,9 +162,17 @@ class CTCTargetedAttack:
                 raise ValueError("a target phrase is longer than the model's output frames; CTC cannot emit it")
             clean_decoded = greedy_decode(lp, self.blank, frames)
             delta = torch.zeros_like(x)
+            if init is not None:
+                if init.shape != x.shape:
+                    raise ValueError(f"init must have the shape of wave {tuple(x.shape)}, got {tuple(init.shape)}")
+                delta = normal_tensor(init).detach().to(x.dtype)
+                delta = self.threat.project(delta if mask is None else delta * mask, x, radius)
             m1, m2 = torch.zeros_like(x), torch.zeros_like(x)
             best = torch.zeros_like(x)
             found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+            thr = None if self.masking is None else self.masking.threshold(x)
+            weights = None if self.masking is None else self.masking.initial_weights(x)
+            best_pen = torch.full((x.shape[0],), float("inf"), dtype=torch.float64, device=x.device)
             first = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
             b1, b2 = self.betas
             for step in range(1, self.steps + 1):
@@ -162,7 +185,14 @@ class CTCTargetedAttack:
                 with torch.no_grad():
                     hit = torch.tensor([d == s for d, s in zip(greedy_decode(lp, self.blank, frames), seqs)],
                                        device=x.device)
-                    new = hit & ~found if self.shrink is None else hit
+                    if thr is not None:
+                        pen, pen_grad = self.masking.value_and_grad(delta, thr)
+                        new = hit & (pen.double() < best_pen)
+                        best_pen = torch.where(new, pen.double(), best_pen)
+                        grad = grad + weights.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1))) * pen_grad
+                        weights = self.masking.update(weights, step, hit)
+                    else:
+                        new = hit & ~found if self.shrink is None else hit
                     if bool(new.any()):
                         sel = new.reshape(-1, *([1] * (x.dim() - 1)))
                         best = torch.where(sel, delta, best)
@@ -178,7 +208,7 @@ class CTCTargetedAttack:
                     if mask is not None:
                         delta = delta * mask
                     delta = self.threat.project(delta, x, radius)
-                    if self.shrink is None and bool(found.all()):
+                    if self.shrink is None and thr is None and bool(found.all()):
                         break
             final = torch.where(found.reshape(-1, *([1] * (x.dim() - 1))), best, delta)
             adv = (x + final).detach()
@@ -188,6 +218,8 @@ class CTCTargetedAttack:
                 decoded = greedy_decode(lp, self.blank, frames)
             success = torch.tensor([d == s for d, s in zip(decoded, seqs)], device=x.device)
             extras = {f"wave/{k}": v for k, v in self.threat.extra_sizes(final, x).items()}
+            if thr is not None:
+                extras.update({f"wave/{k}": v for k, v in self.masking.report(final, x, thr).items()})
             return CTCAttackResult(wave=adv, success=success, decoded=decoded, clean_decoded=clean_decoded,
                                    loss=loss.detach(), size=self.threat.size(final, x), steps_to_success=first,
                                    attack=self.describe(), extras=extras)

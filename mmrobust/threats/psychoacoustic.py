@@ -151,6 +151,15 @@ class MaskingThreshold:
         spec = _stft(delta.reshape(-1, delta.shape[-1]).double(), self.n_fft, self.hop)
         return spec.abs() / self.bound
 
+    def penalty(self, delta: Tensor) -> Tensor:
+        """Qin et al.'s imperceptibility loss per example, differentiable in ``delta``: the mean over bins and
+        frames of :math:`\\max(\\bar p_\\delta - \\theta_x, 0)`, in power as in their code (the paper writes it
+        in dB); channels are summed."""
+        spec = _stft(delta.reshape(-1, delta.shape[-1]).double(), self.n_fft, self.hop)
+        power = (8.0 / 3.0) * (spec.abs() / self.n_fft) ** 2 * torch.pow(10.0, self.offset_db / 10)
+        excess = (power - torch.pow(10.0, self.theta_db / 10)).clamp_min(0).mean((1, 2))
+        return excess.reshape(delta.shape[0], -1).sum(1).to(delta.dtype)
+
     def psd_db_of(self, delta: Tensor) -> Tensor:
         """:math:`\\bar p_\\delta` in dB, normalised like ``x``."""
         spec = _stft(delta.reshape(-1, delta.shape[-1]).double(), self.n_fft, self.hop)
