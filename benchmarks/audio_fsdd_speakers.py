@@ -1,5 +1,5 @@
 """Leave-one-speaker-out on the Free Spoken Digit Dataset: every speaker held out in turn, a KeywordCNN
-(MFCC + CMVN, 1-D convolutions, SpecAugment) trained on the other five with SpeechAugmentation (speed
+(MFCC + CMVN + deltas, 1-D convolutions, SpecAugment; --no-deltas for MFCC only) trained on the other five with SpeechAugmentation (speed
 0.85-1.15, shift, gain, noise at 10-40 dB SNR), clean accuracy per held-out speaker and, with --snrs,
 robust accuracy under PGD in an SNRBall; --adversarial adds PGD adversarial training at --train-snr.
 
@@ -71,9 +71,12 @@ def main():
     p.add_argument("--snrs", type=float, nargs="*", default=[])
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--adversarial", action="store_true")
+    p.add_argument("--adversarial-only", action="store_true", help="train only the PGD-AT model of each fold")
     p.add_argument("--train-snr", type=float, default=30.0)
     p.add_argument("--train-steps", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-deltas", action="store_true")
+    p.add_argument("--save-dir", default=None, help="save each fold's weights as <speaker>_<kind>.pt here")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "audio_fsdd_speakers.json"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -81,6 +84,8 @@ def main():
     results = json.loads(out.read_text()) if out.exists() else {}
     results["settings"] = vars(args)
     kinds = ["normal"] + (["adversarial"] if args.adversarial else [])
+    if args.adversarial_only:
+        kinds = ["adversarial"]
     for speaker in args.speakers:
         dm = FSDDDataModule(root=args.root, split="speaker", test_speakers=(speaker,), val_fraction=0.0,
                             batch_size=64, augment=SpeechAugmentation())
@@ -89,10 +94,13 @@ def main():
             start = time.time()
             attack = PGD(SNRBall(args.train_snr), steps=args.train_steps, seed=0, adapter=ADAPTER) \
                 if kind == "adversarial" else None
-            model = train(KeywordCNN(10), dm, args.epochs, args.lr, attack=attack)
+            model = train(KeywordCNN(10, deltas=not args.no_deltas), dm, args.epochs, args.lr, attack=attack)
             row = {"clean": clean_accuracy(model, dm.test_dataloader()), "train_s": round(time.time() - start)}
             for s in args.snrs:
                 row[f"snr{s:g}"] = robust_accuracy(model, dm.test_dataloader(), s, args.steps)
+            if args.save_dir:
+                Path(args.save_dir).mkdir(parents=True, exist_ok=True)
+                torch.save(model.state_dict(), Path(args.save_dir) / f"{speaker}_{kind}.pt")
             results[f"{speaker}/{kind}"] = row
             log(f"{speaker} held out, {kind}: {row}")
             out.parent.mkdir(exist_ok=True)

@@ -49,8 +49,10 @@ def test_spec_augment_masks_and_model_modes():
     assert not torch.allclose(a, model(x))
 
 
-def test_input_gradient_is_finite_for_attacks():
-    model = KeywordCNN(10).eval()
+@pytest.mark.parametrize("deltas", [True, False])
+def test_input_gradient_is_finite_for_attacks(deltas):
+    model = KeywordCNN(10, deltas=deltas).eval()
+    assert model.body[0].in_channels == (60 if deltas else 20)
     x = _utterance().requires_grad_(True)
     model(x).logsumexp(1).sum().backward()
     assert torch.isfinite(x.grad).all() and x.grad[:, :5000].abs().sum() > 0
