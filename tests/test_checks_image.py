@@ -105,6 +105,10 @@ def test_budget_curve_on_a_quantised_model(digits_cnn, batch):
     assert fired.fired and fired.values["largest_budget_accuracy"] > 0.1, fired.evidence
     silent = budget_curve(digits_cnn, batch, attack, robust_under(attack, digits_cnn, batch))
     assert not silent.fired and silent.values["largest_budget_accuracy"] <= 0.1, silent.evidence
+    # a tiny L-inf budget is rerun over the whole value box, not at 10x nearly nothing
+    tiny = PGD(LinfBall(1e-4, lower=0, upper=1), steps=10, seed=0)
+    silent = budget_curve(digits_cnn, batch, tiny, robust_under(tiny, digits_cnn, batch))
+    assert not silent.fired, silent.evidence
 
 
 def test_accuracy_curve_check_sees_rises_and_plateaus():

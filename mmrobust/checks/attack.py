@@ -108,16 +108,30 @@ def accuracy_curve_check(budgets: Sequence[float], accuracies: Sequence[float], 
                        values={"largest_budget_accuracy": float(top_acc), "rises": len(rises)})
 
 
+def large_factor(threat: Any, factor: float) -> float:
+    """``factor``, raised for an L-inf ball with a value box to the multiple that covers the whole box (every
+    input reachable: any classifier can then be fooled, so a working attack breaks everything)."""
+    if isinstance(threat, Mapping) or getattr(threat, "norm", None) != "linf":
+        return factor
+    eps, lower, upper = getattr(threat, "eps", None), getattr(threat, "lower", None), getattr(threat, "upper", None)
+    if not isinstance(eps, (int, float)) or eps <= 0 or not isinstance(lower, (int, float)) \
+            or not isinstance(upper, (int, float)):
+        return factor
+    return max(factor, (upper - lower) / eps)
+
+
 @register("budget_curve", "rerun", "robust accuracy rises with the budget or stays high at a huge budget")
 def budget_curve(model: nn.Module, batch: Any, attack: Attack, robust: Tensor, *, factor: float = 10.0,
                  max_accuracy: float = 0.1) -> CheckResult:
-    """Reruns ``attack`` with every budget ``factor`` times larger (:meth:`~mmrobust.threats.ThreatModel.scaled`)
+    """Reruns ``attack`` with every budget ``factor`` times larger (:meth:`~mmrobust.threats.ThreatModel.scaled`;
+    for an L-inf ball with a value box at least the multiple that covers the whole box, :func:`large_factor`)
     and applies :func:`accuracy_curve_check` to the two points (the evaluation's robust accuracy on these
-    outputs at the budget, the rerun's at ``factor`` times it). At 10 times an image or audio budget the
-    attack should break almost everything; for edge flips only monotonicity is checked.
+    outputs at the budget, the rerun's at the larger one). At 10 times an image or audio budget the attack
+    should break almost everything; for edge flips only monotonicity is checked.
 
     Cost: one run of ``attack`` on the checked units (early stopping on where it can).
     """
+    factor = large_factor(attack.threat, factor)
     big = attack.private_copy().with_threat(scaled_threat(attack.threat, factor))
     big.reseed()
     if getattr(big, "can_stop_early", False):
