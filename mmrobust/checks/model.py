@@ -206,8 +206,8 @@ def gradient_masking(victim: Victim, threats: Dict[str, ThreatModel], generator:
     med_fd = float(finite_diff.abs().median())
     med_ad = float(auto.abs().median())
     evidence = (f"directional derivative of the logit margin along a random direction (finite difference over "
-                f"{scale:g} of the budget) disagrees with autograd's on {k} of {n} units (median |finite difference| "
-                f"{med_fd:.3g}, median |autograd| {med_ad:.3g})")
+                f"{scale:g} of the budget) disagrees with autograd's on {k} of {n} units (median absolute finite "
+                f"difference {med_fd:.3g}, median absolute autograd value {med_ad:.3g})")
     return CheckResult("gradient_masking", fired, evidence,
                        "the gradient does not describe the model's local behaviour (non-differentiable or "
                        "gradient-masking component): replace it by a differentiable approximation in the attack's "
