@@ -226,7 +226,7 @@ class PsychoacousticBall(_DecibelBall, ThreatModel):
       not the Euclidean nearest point. The set is thin: the threshold has deep valleys between harmonics
       and frames, so perturbations that do not follow the signal's own spectral shape (a gradient step)
       are cut to a few percent of :math:`R_x` or less, and PGD in this ball is a weak attack. Qin et al.
-      penalise the excess instead.
+      penalise the excess instead (:class:`~mmrobust.attacks.MaskingPenaltyAttack`).
 
     The threshold of the last few inputs is cached (compared by value), since attacks project every step.
     :meth:`extra_sizes` reports ``snr_db``, ``db_x``, ``frames_above`` (frames with some bin above the
