@@ -15,8 +15,8 @@ from mmrobust.attacks import PGD  # noqa: E402
 from mmrobust.attacks import PRBCD  # noqa: E402
 from mmrobust.callbacks.adversarial import AdversarialTraining  # noqa: E402
 from mmrobust.graph import (GAT, GCN, APPNPNet, JaccardGCN, NodeClassifier, SBMDataModule, TUDataModule,  # noqa: E402
-                            inductive_split, karate_club, load_planetoid, node_accuracy, robust_accuracy_curve,
-                            sbm_graph, train_node_classifier)
+                            inductive_split, karate_club, load_planetoid, node_accuracy, pseudo_label,
+                            robust_accuracy_curve, sbm_graph, train_node_classifier)
 from mmrobust.threats.graph import EdgeFlips, FeatureBall  # noqa: E402
 
 
@@ -33,6 +33,27 @@ def test_sbm_is_deterministic_and_undirected():
     from torch_geometric.utils import is_undirected
     assert is_undirected(a.edge_index)
     assert not torch.equal(a.edge_index, sbm_graph(seed=4).edge_index)
+
+
+def test_sbm_test_fraction_leaves_unlabelled_nodes_and_keeps_the_default_split():
+    full, part = sbm_graph(num_nodes=100, seed=1), sbm_graph(num_nodes=100, seed=1, test_fraction=0.3)
+    assert torch.equal(full.edge_index, part.edge_index) and torch.equal(full.train_mask, part.train_mask)
+    assert int(part.test_mask.sum()) == 30 and bool((part.test_mask <= full.test_mask).all())
+    assert int((~(part.train_mask | part.val_mask | part.test_mask)).sum()) == 100 - 30 - 30 - 10
+    with pytest.raises(ValueError, match="test_fraction"):
+        sbm_graph(num_nodes=100, train_fraction=0.5, val_fraction=0.2, test_fraction=0.5)
+
+
+def test_pseudo_label_fills_unlabelled_nodes_only_and_leaves_the_graph_alone():
+    data = sbm_graph(num_nodes=90, seed=0, train_fraction=0.2, test_fraction=0.3)
+    y, train = data.y.clone(), data.train_mask.clone()
+    model = GCN(data.num_features, 3, hidden=8).train()
+    out = pseudo_label(model, data)
+    assert model.training and torch.equal(data.y, y) and torch.equal(data.train_mask, train)
+    unlabelled = ~(data.train_mask | data.val_mask)
+    assert torch.equal(out.train_mask, data.train_mask | unlabelled)
+    pred = model.eval()(data.x, data.edge_index).argmax(1)
+    assert torch.equal(out.y[unlabelled], pred[unlabelled]) and torch.equal(out.y[~unlabelled], y[~unlabelled])
 
 
 def test_inductive_split_hides_test_nodes():

@@ -6,9 +6,10 @@ from .data import (KarateClubDataModule, PlanetoidDataModule, SBMDataModule, TUD
 from .defenses import GCNSVD, RGCN, GNNGuard
 from .models import GAT, GCN, APPNPNet, JaccardGCN
 from .soft_median import SoftMedianGCN, SoftMedianGDC
-from .training import NodeClassifier, node_accuracy, robust_accuracy_curve, train_node_classifier
+from .training import (NodeClassifier, node_accuracy, pseudo_label, robust_accuracy_curve,
+                       train_node_classifier)
 
 __all__ = ["PlanetoidDataModule", "KarateClubDataModule", "SBMDataModule", "TUDataModule", "inductive_split",
            "karate_club", "load_planetoid", "sbm_graph", "GCN", "GAT", "APPNPNet", "JaccardGCN", "GNNGuard", "RGCN",
            "GCNSVD", "SoftMedianGCN", "SoftMedianGDC", "SparseSmoothing", "SparseCertificate", "NodeClassifier",
-           "node_accuracy", "robust_accuracy_curve", "train_node_classifier"]
+           "node_accuracy", "pseudo_label", "robust_accuracy_curve", "train_node_classifier"]

@@ -34,11 +34,13 @@ def _random_split(n: int, train: float, val: float, generator: torch.Generator):
 
 def sbm_graph(num_nodes: int = 120, num_classes: int = 3, p_in: float = 0.1, p_out: float = 0.01,
               feature_noise: float = 1.0, binary_features: Optional[int] = None, train_fraction: float = 0.3,
-              val_fraction: float = 0.1, seed: int = 0):
+              val_fraction: float = 0.1, seed: int = 0, test_fraction: Optional[float] = None):
     """A contextual stochastic block model graph (Deshpande et al. 2018, https://arxiv.org/abs/1807.09596):
     class-homophilous edges :math:`P(A_{ij}=1) = p_{in}` within and :math:`p_{out}` across classes, and
     features ``onehot(y) + noise * N(0, I)`` (or, with ``binary_features=d``, ``d`` Bernoulli bits whose
-    rates depend on the class).  Random train/val/test masks.  Deterministic given ``seed``.
+    rates depend on the class).  Random train/val/test masks; ``test_fraction=None`` makes every other node a
+    test node, a fraction leaves the remaining nodes unlabelled (in no mask, as Planetoid's public split does).
+    Deterministic given ``seed``.
     """
     from torch_geometric.data import Data
     from torch_geometric.utils import stochastic_blockmodel_graph
@@ -64,6 +66,12 @@ def sbm_graph(num_nodes: int = 120, num_classes: int = 3, p_in: float = 0.1, p_o
         x = torch.nn.functional.one_hot(y, num_classes).float()
         x = x + check_positive("feature_noise", feature_noise) * torch.randn(num_nodes, num_classes, generator=g)
     train, val, test = _random_split(num_nodes, train_fraction, val_fraction, g)
+    if test_fraction is not None:
+        check_fraction("test_fraction", test_fraction)
+        if train_fraction + val_fraction + test_fraction > 1 + 1e-9:
+            raise ValueError(f"train_fraction + val_fraction + test_fraction must be at most 1, got "
+                             f"{train_fraction} + {val_fraction} + {test_fraction}")
+        test[test.nonzero().flatten()[int(round(test_fraction * num_nodes)):]] = False
     return Data(x=x, edge_index=edge_index, y=y, train_mask=train, val_mask=val, test_mask=test)
 
 

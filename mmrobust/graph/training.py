@@ -83,6 +83,28 @@ def train_node_classifier(model: nn.Module, data, *, epochs: int = 200, lr: floa
     return losses
 
 
+def pseudo_label(model: nn.Module, graph):
+    """Self-training (Gosch et al. 2023, https://arxiv.org/abs/2306.15427, Sec. 3): a copy of ``graph`` whose
+    nodes outside ``train_mask`` and ``val_mask`` get ``model``'s predictions as labels and join ``train_mask``,
+    so that adversarial training attacks and fits the whole training graph instead of the few labelled nodes.
+    ``graph`` is unchanged (the evaluation graph keeps its true labels); the model's mode is restored."""
+    import copy
+
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            pred = model(graph.x, graph.edge_index, getattr(graph, "edge_weight", None)).argmax(1)
+    finally:
+        model.train(was)
+    val = getattr(graph, "val_mask", None)
+    unlabelled = ~_mask(graph, "train") & (~val if val is not None else True)
+    out = copy.copy(graph)
+    out.y = torch.where(unlabelled, pred, graph.y)
+    out.train_mask = graph.train_mask | unlabelled
+    return out
+
+
 def robust_accuracy_curve(model: nn.Module, data, attack_for_budget: Callable[[float], Attack],
                           budgets: Iterable[float]) -> List[Dict[str, float]]:
     """Robust accuracy per budget (a curve), measured with the spine's

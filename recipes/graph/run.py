@@ -11,7 +11,6 @@ Writes ``robust_accuracy_vs_budget.png``, ``results.md`` (also printed) and ``re
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import tempfile
@@ -29,7 +28,8 @@ import torch
 from mmrobust.adapters import GraphAdapter
 from mmrobust.attacks import PRBCD
 from mmrobust.callbacks.adversarial import AdversarialTraining
-from mmrobust.graph import GCN, NodeClassifier, inductive_split, karate_club, load_planetoid, robust_accuracy_curve
+from mmrobust.graph import (GCN, NodeClassifier, inductive_split, karate_club, load_planetoid, pseudo_label,
+                            robust_accuracy_curve)
 from mmrobust.graph.data import _SingleGraphModule
 from mmrobust.threats import EdgeFlips
 
@@ -103,19 +103,6 @@ def curve(model, data, args, block):
             EdgeFlips(f), block_size=block, epochs=epochs, epochs_resampling=int(0.8 * epochs),
             loss="prob_margin", adapter=GraphAdapter(mask="test"), seed=args.seed), [b])
     return rows
-
-
-def pseudo_label(model, graph):
-    """Self-training (Gosch et al. 2023, Sec. 3): the training graph's nodes outside the train and validation
-    splits get the clean model's predictions as labels and join ``train_mask``, so adversarial training
-    attacks and fits the whole training graph instead of the few labelled nodes."""
-    with torch.no_grad():
-        pred = model(graph.x, graph.edge_index).argmax(1)
-    unlabelled = ~graph.train_mask & ~graph.val_mask
-    out = copy.copy(graph)  # the evaluation graph (transductive: the same object) keeps its true labels
-    out.y = torch.where(unlabelled, pred, graph.y)
-    out.train_mask = graph.train_mask | unlabelled
-    return out
 
 
 def main(argv=None):
