@@ -221,7 +221,7 @@ def run(args) -> dict:
         ev = evaluate(model, test, eval_attacks(threat, args.seed), progress=False)
     print(f"evaluated in {time.perf_counter() - start - seconds:.0f} s", flush=True)
     co_warnings = [str(w.message) for w in caught if "catastrophic overfitting" in str(w.message)]
-    return {"method": args.method, "seed": args.seed, "epochs": epochs, "s_per_epoch": seconds / max(epochs, 1e-9),
+    return {"method": args.method, "seed": args.seed, "epochs": epochs, "planned_epochs": args.epochs, "s_per_epoch": seconds / max(epochs, 1e-9),
             "clean": accuracy(model, xt, yt), "pgd50x10": ev["per_attack"]["pgd50x10"],
             "apgd_ce": ev["per_attack"]["apgd_ce"], "apgd_t": ev["per_attack"]["apgd_t"],
             "worst": ev["robust_accuracy"], "train": len(y), "test": len(yt), "threads": args.threads,
@@ -234,10 +234,12 @@ def run(args) -> dict:
 
 
 def replayed_probe(r: dict) -> str:
-    """The stored probes replayed through the current rule (default settings, patience 0.1 of the run)."""
+    """The stored probes replayed through the current rule (the monitor's defaults: patience 0.35 of the
+    planned run)."""
     if not r.get("probes"):
         return "-"
-    rule = CollapseRule(patience_steps=math.ceil(0.1 * round(r["epochs"] * 600)))
+    planned_steps = r["train"] // 100 * r.get("planned_epochs", 10)
+    rule = CollapseRule(patience_steps=math.ceil(0.35 * planned_steps))
     for step, pgd, fgsm in r["probes"]:
         if rule.update(step, pgd, fgsm)[0] is not None:
             return f"flagged at step {step}"
