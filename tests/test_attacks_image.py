@@ -135,6 +135,31 @@ def test_square_lowers_accuracy_without_gradients(digits_cnn, batch, threat, max
     check_budget_and_box(res, threat)
 
 
+class RecordingConstantModel(nn.Module):
+    """Never fooled (class 0 by a wide margin), so Square keeps its first point; records every query."""
+
+    def __init__(self):
+        super().__init__()
+        self.queries = []
+
+    def forward(self, x):
+        self.queries.append(x.clone())
+        return torch.tensor([10.0] + [0.0] * 9).expand(len(x), 10) + 0 * x.flatten(1)[:, :1]
+
+
+def test_square_linf_never_wastes_a_query_on_a_window_the_box_undoes():
+    """On black images half of the +-eps windows are clipped away by the [0, 1] box; every query must still
+    change the image (the authors redraw such a window's signs)."""
+    model = RecordingConstantModel()
+    x, y = torch.zeros(8, 1, 12, 12), torch.zeros(8, dtype=torch.long)
+    Square(LinfBall(0.3, **BOX), n_queries=40, seed=0)(model, (x, y))
+    start = next(i for i, q in enumerate(model.queries) if q.abs().sum() > 0)  # after the clean pass
+    first, later = model.queries[start], model.queries[start + 1:]
+    assert len(later) >= 30
+    for q in later:
+        assert bool(((q - first).abs().flatten(1).amax(1) > 0).all())
+
+
 def test_fmn_returns_minimal_adversarial_sizes(digits_cnn, batch):
     x, y = batch
     res = FMN(L2Ball(1.0, **BOX), steps=40)(digits_cnn, (x, y))
