@@ -21,6 +21,7 @@ from torch import nn
 
 from .adapters.base import BatchAdapter
 from .attacks.base import Attack
+from .checks import sweep_checks
 from .evaluation import Attacks, evaluate, model_device, move_batch, named_attacks
 from .threats.base import ThreatModel
 from .utils import progress_bar
@@ -66,6 +67,9 @@ class BudgetSweep:
         num_examples: scored outputs per budget.
         attacks: attack name -> description at the first budget.
         results: the :func:`~mmrobust.evaluate` result at each budget.
+        larger_budget_is_stronger: ``False`` where a larger budget value is a smaller perturbation (SNR in dB).
+        checks: the attack-failure checks (:func:`mmrobust.checks.sweep_checks`: each check merged over the
+            budgets, and ``sweep_monotone`` on the worst-case curve); ``None`` with ``checks=False``.
     """
 
     budgets: List[Budget]
@@ -77,6 +81,8 @@ class BudgetSweep:
     attacks: Dict[str, str]
     results: List[Dict[str, Any]]
     min_norms: Dict[str, List[float]] = field(default_factory=dict)
+    larger_budget_is_stronger: bool = True
+    checks: Optional[List[Dict[str, Any]]] = None
 
     def rows(self) -> List[Dict[str, Any]]:
         """The table: one row per budget with the clean accuracy, each attack and the worst case."""
@@ -122,7 +128,7 @@ def check_budgets(budgets: Sequence[Budget]) -> List[Budget]:
 def sweep(model: nn.Module, dataloader: Iterable, attacks: Attacks, budgets: Sequence[Budget], *,
           adapter: Optional[BatchAdapter] = None, max_batches: Optional[int] = None, progress: bool = True,
           device: Optional[Union[str, torch.device]] = None, early_stop: bool = True,
-          min_norm: bool = True) -> BudgetSweep:
+          min_norm: bool = True, checks: Union[bool, str, Sequence[str], None] = True) -> BudgetSweep:
     """Robust accuracy of ``model`` at every budget, per attack and worst case over the attacks.
 
     Each budget is one :func:`~mmrobust.evaluate` call (same arguments) on the attacks moved there by their
@@ -138,6 +144,8 @@ def sweep(model: nn.Module, dataloader: Iterable, attacks: Attacks, budgets: Seq
         min_norm: also run every minimum-norm attack (FMN, FAB) once without a cap and keep the size of the
             smallest adversarial perturbation per clean-correct output (``min_norms``, the histogram of
             ``mmrobust evaluate``).
+        checks: the attack-failure checks of :func:`~mmrobust.evaluate` at every budget, merged, plus whether the
+            worst-case curve rises where the budget grows (``BudgetSweep.checks``); ``False``: none.
         progress: a bar over the budgets and :func:`~mmrobust.evaluate`'s own per attack and batch, on a terminal.
 
     Returns:
@@ -150,16 +158,17 @@ def sweep(model: nn.Module, dataloader: Iterable, attacks: Attacks, budgets: Seq
     if len(set(units.values())) > 1:
         raise ValueError(f"budgets mix units for attacks[{first_name!r}]: {units}; give every budget in one unit "
                          "(for EdgeFlips all ints for counts of flips, or all floats for fractions: 1.0, not 1)")
-    results, budget_name = [], None
+    results, budget_name, stronger = [], None, True
     bar = progress_bar(progress, total=len(budgets), desc="budget sweep", unit="budget", every_step=True)
     for b in budgets:
         if bar is not None:
             bar.set_postfix_str(f"budget {b:g}")
         at_b = {name: attack_with_budget(a, b, name) for name, a in named.items()}
         if budget_name is None:
-            budget_name = next(iter(at_b.values())).threat.budget_name
+            threat = next(iter(at_b.values())).threat
+            budget_name, stronger = threat.budget_name, bool(threat.larger_budget_is_stronger)
         results.append(evaluate(model, dataloader, at_b, adapter=adapter, max_batches=max_batches,
-                                progress=progress, device=device, early_stop=early_stop))
+                                progress=progress, device=device, early_stop=early_stop, checks=checks))
         if bar is not None:
             bar.update(1)
     if bar is not None:
@@ -170,11 +179,13 @@ def sweep(model: nn.Module, dataloader: Iterable, attacks: Attacks, budgets: Seq
             if is_minimum_norm(a):
                 min_norms[name] = minimal_perturbations(model, dataloader, a, max_batches=max_batches,
                                                         device=device)
+    robust = [r["robust_accuracy"] for r in results]
     return BudgetSweep(
         budgets=budgets, budget_name=str(budget_name), clean_accuracy=results[0]["clean_accuracy"],
         per_attack={name: [r["per_attack"][name] for r in results] for name in named},
-        robust_accuracy=[r["robust_accuracy"] for r in results], num_examples=results[0]["num_examples"],
-        attacks=results[0]["attacks"], results=results, min_norms=min_norms)
+        robust_accuracy=robust, num_examples=results[0]["num_examples"],
+        attacks=results[0]["attacks"], results=results, min_norms=min_norms, larger_budget_is_stronger=stronger,
+        checks=sweep_checks(budgets, results, robust, larger_is_stronger=stronger))
 
 
 @contextlib.contextmanager

@@ -157,14 +157,13 @@ def _evaluate(argv: Sequence[str]) -> Path:
 
     from .budget_sweep import sweep
     from .evaluation import evaluate
-    from .checks import sweep_checks
     from .reporting.checks import add_checks_section
     from .reporting.robustness import accuracy_section, sweep_sections
 
     report = Report(f"Robustness of {type(model).__name__}", cfg.out, name=cfg.name or config_name(argv))
     if cfg.budgets:
         result = sweep(model, loader, init.attacks, cfg.budgets, max_batches=cfg.max_batches, progress=True)
-        add_checks_section(report, sweep_checks(result.budgets, result.results, result.robust_accuracy))
+        add_checks_section(report, result.checks)
         sweep_sections(report, result, cfg.split)
     else:
         result = evaluate(model, loader, init.attacks, max_batches=cfg.max_batches, progress=True)

@@ -83,9 +83,11 @@ def test_sweep_shows_the_budget_on_a_terminal(monkeypatch):
     model, batch = _tiny()
     term = _Terminal()
     monkeypatch.setattr("sys.stderr", term)
-    mmrobust.sweep(model, [batch], FGSM(LinfBall(0.1, lower=0, upper=1)), [0.05, 0.2], progress=True)
+    mmrobust.sweep(model, [batch], FGSM(LinfBall(0.1, lower=0, upper=1)), [0.05, 0.2], progress=True,
+                   checks=False)
     assert "budget sweep" in term.getvalue() and "budget 0.2" in term.getvalue()
     quiet = _Terminal()
     monkeypatch.setattr("sys.stderr", quiet)
-    mmrobust.sweep(model, [batch], FGSM(LinfBall(0.1, lower=0, upper=1)), [0.05, 0.2], progress=False)
+    mmrobust.sweep(model, [batch], FGSM(LinfBall(0.1, lower=0, upper=1)), [0.05, 0.2], progress=False,
+                   checks=False)
     assert quiet.getvalue() == ""

@@ -42,12 +42,13 @@ def test_sweep_numbers_are_evaluate_at_each_budget_with_the_same_seed():
     budgets = [0.05, 0.2, 0.1]
     attacks = {"pgd": PGD(LinfBall(0.3, lower=0, upper=1), steps=5, seed=3),
                "fgsm": FGSM(LinfBall(0.3, lower=0, upper=1))}
-    result = mmrobust.sweep(model, loader, attacks, budgets, progress=False)
+    result = mmrobust.sweep(model, loader, attacks, budgets, progress=False, checks=False)  # checks: tests below
     assert [r["budget"] for r in result.rows()] == budgets  # one row per budget, in the order given
     assert result.budget_name == "eps (linf)"
     for i, b in enumerate(budgets):
         alone = mmrobust.evaluate(model, loader, {"pgd": PGD(LinfBall(b, lower=0, upper=1), steps=5, seed=3),
-                                                  "fgsm": FGSM(LinfBall(b, lower=0, upper=1))}, progress=False)
+                                                  "fgsm": FGSM(LinfBall(b, lower=0, upper=1))}, progress=False,
+                                  checks=False)
         assert result.per_attack["pgd"][i] == alone["per_attack"]["pgd"]
         assert result.per_attack["fgsm"][i] == alone["per_attack"]["fgsm"]
         assert result.robust_accuracy[i] == alone["robust_accuracy"]
@@ -65,6 +66,8 @@ def test_a_curve_that_is_not_monotone_is_reported_as_measured():
     budgets = [0.0, 0.1, 0.3, 0.5]
     result = mmrobust.sweep(Periodic(), loader, [FGSM(LinfBall(0.1, lower=0, upper=1))], budgets, progress=False)
     assert result.robust_accuracy == [1.0, 0.0, 1.0, 0.0]
+    monotone = next(c for c in result.checks if c["name"] == "sweep_monotone")  # the checks say so
+    assert monotone["fired"] and "rises from 0.1 to 0.3" in monotone["evidence"]
     for b, acc in zip(budgets, result.per_attack["fgsm"]):
         assert acc == mmrobust.evaluate(Periodic(), loader, FGSM(LinfBall(b, lower=0, upper=1)),
                                         progress=False)["robust_accuracy"]
@@ -74,7 +77,7 @@ def test_minimum_norm_sizes_agree_with_the_curve():
     model, loader = _tiny(1)
     budgets = [0.05, 0.15, 0.4]
     result = mmrobust.sweep(model, loader, {"fmn": FMN(L2Ball(1.0, lower=0, upper=1), steps=30, seed=0)}, budgets,
-                            progress=False)
+                            progress=False, checks=False)
     sizes = result.min_norms["fmn"]
     assert len(sizes) == round(result.clean_accuracy * result.num_examples)
     assert all(s >= 0 for s in sizes)
@@ -115,3 +118,20 @@ def test_bad_budgets_and_joint_threats_are_refused_with_what_to_do():
 
     with pytest.raises(ValueError, match="mix units"):  # a count and a fraction of edges
         mmrobust.sweep(model, loader, PRBCD(EdgeFlips(0.1)), [0.05, 1], progress=False)
+
+
+def test_an_snr_sweep_reads_larger_levels_as_weaker():
+    """A larger SNR is a smaller perturbation: accuracy rising with the SNR is what a working attack gives."""
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(24, 64, generator=g) - 0.5)
+    model = nn.Sequential(nn.Linear(64, 4)).eval()
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    loader = DataLoader(TensorDataset(x, y), batch_size=12)
+    result = mmrobust.sweep(model, loader, PGD(SNRBall(30), steps=5, seed=0), [40, 20, 0], progress=False)
+    assert not result.larger_budget_is_stronger
+    assert result.robust_accuracy[0] > result.robust_accuracy[2]  # 40 dB: quiet, 0 dB: as loud as the signal
+    monotone = next(c for c in result.checks if c["name"] == "sweep_monotone")
+    assert not monotone["fired"], monotone["evidence"]
+    off = mmrobust.sweep(model, loader, PGD(SNRBall(30), steps=1, seed=0), [40, 20], progress=False, checks=False)
+    assert off.checks is None

@@ -81,7 +81,7 @@ def test_evaluate_with_budgets_writes_table_plot_and_html(tmp_path, checkpoint):
     data.setup("test")
     expected = mmrobust.sweep(model.eval(), data.test_dataloader(), {"pgd": PGDAttack(LinfBall(0.1, lower=0, upper=1),
                                                                                       steps=3, seed=0)},
-                              budgets, progress=False)
+                              budgets, progress=False, checks=False)
     assert [r["pgd"] for r in table["rows"]] == pytest.approx(expected.per_attack["pgd"])
     assert [r["worst case"] for r in table["rows"]] == pytest.approx(expected.robust_accuracy)
     assert table["rows"][0]["clean"] > 0.5 and table["rows"][1]["worst case"] < table["rows"][0]["clean"]
@@ -89,6 +89,9 @@ def test_evaluate_with_budgets_writes_table_plot_and_html(tmp_path, checkpoint):
     assert (out / "accuracy_vs_budget.png").read_bytes()[:4] == b"\x89PNG"
     assert "accuracy_vs_budget.png" in (out / "report.md").read_text()
     assert '<img src="accuracy_vs_budget.png"' in (out / "report.html").read_text()
+    md = (out / "report.md").read_text()
+    assert md.index("## Checks") < md.index("## Accuracy vs budget")  # which checks ran, above the table
+    assert "sweep_monotone" in md
 
 
 def test_a_minimum_norm_attack_adds_the_histogram(tmp_path, checkpoint):

@@ -75,8 +75,8 @@ def transfer_gap(model: nn.Module, batch: Any, attack: Attack, robust: Tensor, *
 
 
 def accuracy_curve_check(budgets: Sequence[float], accuracies: Sequence[float], *, unbounded: bool = True,
-                         tolerance: float = 0.0, max_accuracy: float = 0.1, name: str = "budget_curve"
-                         ) -> CheckResult:
+                         tolerance: float = 0.0, max_accuracy: float = 0.1, name: str = "budget_curve",
+                         larger_is_stronger: bool = True) -> CheckResult:
     """Robust accuracy over increasing budgets must not increase, and for a budget large enough to reach any
     input (``unbounded``) must come close to 0 (Carlini et al. 2019, https://arxiv.org/abs/1902.06705,
     Sec. 5.2.4 and 5.2.5): a rise, or a plateau far above 0, means the attack failed, not the model resisted.
@@ -87,10 +87,13 @@ def accuracy_curve_check(budgets: Sequence[float], accuracies: Sequence[float], 
             (e.g. edge-flip budgets, where a graph may keep some nodes correct).
         tolerance: accuracy increase tolerated between budgets (sampling noise of a randomised attack).
         max_accuracy: the largest accuracy accepted at the largest budget when ``unbounded``.
+        larger_is_stronger: ``False`` where a larger budget value is a smaller perturbation (an SNR in dB,
+            :attr:`~mmrobust.threats.ThreatModel.larger_budget_is_stronger`): the curve is read from the largest
+            value down.
     """
     if len(budgets) != len(accuracies) or len(budgets) < 2:
         return not_applicable(name, "needs accuracies at two or more budgets")
-    pairs = sorted(zip(budgets, accuracies))
+    pairs = sorted(zip(budgets, accuracies), reverse=not larger_is_stronger)  # weakest budget first
     rises = [(a, b) for a, b in zip(pairs, pairs[1:]) if b[1] > a[1] + tolerance]
     top_budget, top_acc = pairs[-1]
     plateau = unbounded and top_acc > max_accuracy

@@ -196,11 +196,12 @@ def warn_fired(results: Sequence[CheckResult], where: str, warn=None) -> None:
 
 
 def sweep_checks(budgets: Sequence[float], results: Sequence[Optional[Mapping[str, Any]]],
-                 robust_accuracy: Sequence[float]) -> Optional[List[Dict[str, Any]]]:
+                 robust_accuracy: Sequence[float], larger_is_stronger: bool = True) -> Optional[List[Dict[str, Any]]]:
     """The checks of a budget sweep (one :func:`~mmrobust.evaluate` result per budget) as one list of check
     dicts: a check fired if it fired at any budget (evidence per budget), and one more entry,
     ``sweep_monotone``, applies :func:`~mmrobust.checks.accuracy_curve_check` to the worst-case accuracy over
-    the swept budgets (it must not rise; ``None`` when the results carry no checks)."""
+    the swept budgets (it must not rise; ``None`` when the results carry no checks). ``larger_is_stronger``:
+    ``False`` for budgets where a larger value is a smaller perturbation (SNR in dB)."""
     from .attack import accuracy_curve_check
 
     per_budget = [(b, r.get("checks")) for b, r in zip(budgets, results) if r is not None and r.get("checks")]
@@ -218,6 +219,7 @@ def sweep_checks(budgets: Sequence[float], results: Sequence[Optional[Mapping[st
         out["fired"], out["ran"] = bool(fired), bool(ran)
         out["status"] = "FIRED" if fired else ("passed" if ran else "not applicable")
         merged.append(out)
-    curve = accuracy_curve_check(list(budgets), list(robust_accuracy), unbounded=False, name="sweep_monotone")
+    curve = accuracy_curve_check(list(budgets), list(robust_accuracy), unbounded=False, name="sweep_monotone",
+                                 larger_is_stronger=larger_is_stronger)
     merged.append(curve.as_dict())
     return merged

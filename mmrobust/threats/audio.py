@@ -86,6 +86,10 @@ class _DecibelBall:
         return self.with_level(budget)
 
     @property
+    def larger_budget_is_stronger(self) -> bool:
+        return self.sign > 0
+
+    @property
     def budget_name(self) -> str:
         direction = "larger = smaller perturbation" if self.sign < 0 else "larger = louder perturbation"
         return f"{self.db_name} (dB, {direction})"

@@ -88,6 +88,9 @@ class ThreatModel(ABC):
         fraction (``float``) of edges for :class:`~mmrobust.threats.EdgeFlips`. :attr:`budget_name` says which."""
         return self.with_eps(budget)
 
+    #: whether a larger :meth:`with_budget` value allows larger perturbations (``False`` for an SNR in dB)
+    larger_budget_is_stronger: bool = True
+
     @property
     def budget_name(self) -> str:
         """What :meth:`with_budget` takes, for tables and axis labels (e.g. ``"eps (linf)"``)."""
