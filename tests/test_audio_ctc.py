@@ -121,3 +121,24 @@ def test_ctc_masking_options_are_checked():
     with pytest.raises(ValueError, match="init must have the shape"):
         CTCTargetedAttack(SNRBall(20.0), steps=1)(TinyCTC().eval(), waves, labels, init=waves[:1])
 
+
+
+@pytest.mark.slow
+def test_ctc_second_stage_hides_the_perturbation_under_the_masking_threshold(ctc_model):
+    from mmrobust.attacks import MaskingPenalty
+    from mmrobust.threats import masking_threshold
+
+    waves, labels, lengths = tone_phrases(4, seed=2)
+    targets = [[4, 3, 2, 1][: len(s) + 1] if s != [4, 3, 2, 1][: len(s) + 1] else [1, 1, 2] for s in labels]
+    first = CTCTargetedAttack(PeakDBBall(-15.0), steps=200, step_size=0.02)(ctc_model, waves, targets, lengths=lengths)
+    masking = MaskingPenalty(SR, n_fft=256, up_every=10, down_every=10)
+    second = CTCTargetedAttack(PeakDBBall(-15.0), steps=150, step_size=0.005, masking=masking)(
+        ctc_model, waves, targets, lengths=lengths, init=first.wave - waves)
+    assert bool((second.success | ~first.success).all())  # a phrase reached stays reached
+    assert bool((second.extras["wave/db_x"] <= -15.0 + 1e-3).all())
+    pad = torch.arange(LENGTH)[None] >= lengths[:, None]
+    assert bool(((second.wave - waves)[pad] == 0).all())
+    thr = masking_threshold(waves, SR, n_fft=256)
+    ok = first.success
+    assert bool((thr.penalty(second.wave - waves)[ok] < thr.penalty(first.wave - waves)[ok]).all())
+    assert bool((second.extras["wave/frames_above"][ok] <= thr.theta_db.shape[-1]).all())
