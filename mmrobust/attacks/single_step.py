@@ -9,8 +9,9 @@ taken*, which is what decides whether single-step training collapses (catastroph
   first; on MNIST, whose pixels are mostly 0 or 1, that halves the noise on most pixels and the
   Wong et al. recipe then collapses (PGD-50 robust accuracy 0.01 instead of 0.83).
 * :class:`NFGSM` starts from stronger noise (``k * eps``, clipped to the box as in the reference code
-  ``pdejorge/N-FGSM``), steps ``eps`` and does *not* project back onto the eps ball: its training points
-  may lie up to ``(k + 1) * eps`` from the input (inside the value box). It is a training perturbation;
+  ``pdejorge/N-FGSM`` unless ``clip_noise=False``), steps ``eps`` and does *not* project back onto the
+  eps ball: its training points may lie up to ``(k + 1) * eps`` from the input (inside the value box).
+  At MNIST's eps 0.3 neither variant trains a robust StridedCNN (``benchmarks/results/single_step_mnist.md``). It is a training perturbation;
   its ``__call__`` refuses to report robust accuracy for points outside the threat model.
 """
 
