@@ -4,8 +4,9 @@ For each modality it trains a small reference model normally and with adversaria
 :class:`~mmrobust.callbacks.AdversarialTraining` callback on a plain Lightning ``Trainer``), measures
 robust accuracy as a function of the perturbation budget, and writes a Markdown/HTML report with the
 curves, a comparison table and every setting needed to reproduce the numbers. Everything runs on
-embedded data (scikit-learn digits, speech synthesised by our own code, PyG's KarateClub), so no
-network is needed; on 2 CPU cores it takes a few minutes.
+embedded or generated data (scikit-learn digits, speech synthesised by our own code, a contextual
+stochastic block model graph generated in code), so no network is needed; on 2 CPU cores it takes a few
+minutes.
 """
 
 from __future__ import annotations
@@ -106,7 +107,8 @@ def main(argv: Sequence[str] = ()) -> Path:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="fewer epochs (for smoke tests)")
     parser.add_argument("--cora-root", default=None,
-                        help="folder holding Cora/raw: the graph part uses Cora instead of KarateClub (no download)")
+                        help="folder holding Cora/raw: the graph part uses Cora instead of the generated CSBM "
+                             "(no download)")
     args = parser.parse_args(list(argv))
     report = Report("mmrobust demo: robustness across modalities", args.out)
     report.text("Each modality trains a small reference model normally and with adversarial training "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 import mmrobust.audio.demo as audio_demo
 import mmrobust.demo as demo
@@ -23,6 +24,17 @@ def test_audio_and_graph_runners_join_the_demo():
 def test_graph_demo_refuses_a_folder_without_cora(tmp_path):
     with pytest.raises(FileNotFoundError, match="cora_root"):
         graph_demo.demo_datamodule(str(tmp_path))
+
+
+def test_graph_demo_default_is_the_generated_csbm():
+    name, dm = graph_demo.demo_datamodule()
+    dm.setup("fit")
+    assert name == "CSBM" and dm.data.num_nodes == graph_demo.CSBM["num_nodes"] == 300
+    assert int(dm.data.y.max()) + 1 == graph_demo.CSBM["num_classes"]
+    assert int(dm.data.train_mask.sum()) == 30 and int(dm.data.test_mask.sum()) == 240
+    again = graph_demo.demo_datamodule()[1]
+    again.setup("fit")
+    assert torch.equal(again.data.edge_index, dm.data.edge_index)      # the same graph on every run
 
 
 @pytest.mark.slow
