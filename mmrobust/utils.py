@@ -62,3 +62,36 @@ def progress_bar(enabled: bool, *, total: Optional[int] = None, desc: str, unit:
 
     limits = dict(mininterval=0, miniters=1) if every_step else {}
     return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=None, **limits)
+
+
+class SavedModes:
+    """The training modes (and, with ``flags=True``, parameters' ``requires_grad``) of every submodule of
+    ``modules``, as they are now; :meth:`restore` puts them back. For state that must outlive one call
+    (a callback's hooks); within one call use :func:`kept_modes`."""
+
+    def __init__(self, *modules: torch.nn.Module, flags: bool = False):
+        self.modes = [(m, m.training) for module in modules for m in module.modules()]
+        self.flags = [(p, p.requires_grad) for module in modules for p in module.parameters()] if flags else []
+
+    def restore(self) -> None:
+        for m, training in self.modes:
+            m.training = training
+        for p, flag in self.flags:
+            p.requires_grad_(flag)
+
+
+@contextlib.contextmanager
+def kept_modes(*modules: torch.nn.Module, train: Optional[bool] = None, freeze: bool = False) -> Iterator[None]:
+    """Run the body with ``modules`` in training mode ``train`` (``None``: unchanged) and, with ``freeze``,
+    their parameters' ``requires_grad`` off; every submodule's mode and every flag are restored on exit,
+    also on error (a module's own ``train(mode)`` would overwrite submodules' differing modes)."""
+    saved = SavedModes(*modules, flags=freeze)
+    try:
+        if train is not None:
+            for module in modules:
+                module.train(train)
+        for p, _ in saved.flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        saved.restore()

@@ -23,10 +23,11 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..adapters.base import Victim, infer_adapter
+from ..adapters.base import Victim
 from ..errors import check_int, check_positive
 from ..threats.base import ThreatModel, per_unit
-from .base import Attack, apply_masks, attack_mode, prepare_victim
+from ..utils import kept_modes
+from .base import Attack, apply_masks, attack_mode, victim_for
 
 
 class ConvPerturbationGenerator(nn.Module):
@@ -102,9 +103,8 @@ class AmortizedAttack(Attack):
         self.optimizer = torch.optim.Adam(generator.parameters(), lr=self.lr)
         self.updates = 0
 
-    def describe(self) -> str:
-        return (super().describe()[:-1] + f", generator={type(self.generator_net).__name__}, "
-                f"online={self.online})")
+    def settings(self) -> List[str]:
+        return super().settings() + [f"generator={type(self.generator_net).__name__}", f"online={self.online}"]
 
     # -- the perturbation --------------------------------------------------------------------------------
     def perturbation(self, x: Tensor, threat: Optional[ThreatModel] = None) -> Tensor:
@@ -135,13 +135,8 @@ class AmortizedAttack(Attack):
     def perturb(self, victim, threats, target_labels, clean_logits):
         name = self._name(victim)
         x = victim.inputs[name]
-        was_training = self.generator_net.training
-        try:
-            self.generator_net.eval()
-            with torch.no_grad():
-                delta = apply_masks({name: self.perturbation(x, threats[name])}, victim)[name]
-        finally:
-            self.generator_net.train(was_training)
+        with kept_modes(self.generator_net, train=False), torch.no_grad():
+            delta = apply_masks({name: self.perturbation(x, threats[name])}, victim)[name]
         return {name: x + delta}
 
     # -- training the generator ----------------------------------------------------------------------------
@@ -150,15 +145,12 @@ class AmortizedAttack(Attack):
         (model frozen in eval mode); returns the mean attack loss before the step."""
         if self.targeted and target_labels is None:
             raise ValueError("a targeted AmortizedAttack needs target_labels to train")
-        adapter = self.adapter or infer_adapter(batch)
-        was_training = self.generator_net.training
         with attack_mode(model):
-            victim = prepare_victim(adapter.victim(model, batch))
+            victim = victim_for(model, batch, self.adapter)
             name = self._name(victim)
             x = victim.inputs[name]
             threat = self.threats_for(victim)[name]
-            try:
-                self.generator_net.train()
+            with kept_modes(self.generator_net, train=True):
                 delta = apply_masks({name: self.perturbation(x, threat)}, victim)[name]
                 logits = victim.forward({**victim.inputs, name: x + delta})
                 per_output = self.output_loss(logits, victim, target_labels)
@@ -170,8 +162,6 @@ class AmortizedAttack(Attack):
                 self.optimizer.zero_grad(set_to_none=True)
                 (-loss).backward()
                 self.optimizer.step()
-            finally:
-                self.generator_net.train(was_training)
         self.updates += 1
         return float(loss.detach())
 

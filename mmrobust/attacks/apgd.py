@@ -11,7 +11,8 @@ from torch import Tensor
 from ..errors import check_fraction, check_int, check_positive
 from ..threats.base import ThreatModel, per_unit
 from .base import Attack, Threat, apply_masks
-from .pgd import initial_delta, input_gradients, may_drop_units, restrict
+from .kernel import BestPoint, initial_delta, input_gradients, may_drop_units, perturbed, project, restrict, \
+    unit_scores
 
 
 def apgd_checkpoints(steps: int) -> List[int]:
@@ -25,56 +26,6 @@ def apgd_checkpoints(steps: int) -> List[int]:
         # round away float noise (0.57 * 100 = 57.000000000000007) before the ceiling
     ws = {math.ceil(round(q * steps, 9)) for q in p[1:] if q < 1}
     return sorted(w for w in ws if 0 < w < steps)
-
-
-class BestPoint:
-    """Per-unit best point so far, ordered by (number of successful outputs, loss).
-
-    The same order as :class:`~mmrobust.attacks.PGD` keeps, so more iterations, restarts or target
-    classes never make the returned point worse.
-    """
-
-    def __init__(self, x: Dict[str, Tensor], keys, num_units: int, device):
-        self.delta = {k: torch.zeros_like(x[k]) for k in keys}
-        self.succ = torch.full((num_units,), -1.0, device=device)
-        self.loss = torch.full((num_units,), float("-inf"), device=device)
-        self.logits: Optional[Tensor] = None
-
-    def update(self, victim, delta, logits, succ_units: Tensor, loss_units: Tensor,
-               at: Optional[Tensor] = None) -> None:
-        """Keep the better of the stored and the given points; ``at``: the units the given values belong
-        to when a run works on a subset (one output per unit)."""
-        if at is not None:
-            better = (succ_units > self.succ[at]) | ((succ_units == self.succ[at]) & (loss_units > self.loss[at]))
-            sel = at[better]
-            self.succ[sel], self.loss[sel], self.logits[sel] = succ_units[better], loss_units[better], logits[better]
-            for k in self.delta:
-                self.delta[k][sel] = delta[k][better]
-            return
-        better = (succ_units > self.succ) | ((succ_units == self.succ) & (loss_units > self.loss))
-        if not bool(better.any()):
-            return
-        self.succ = torch.where(better, succ_units, self.succ)
-        self.loss = torch.where(better, loss_units, self.loss)
-        for k in self.delta:
-            self.delta[k] = torch.where(per_unit(better, delta[k]), delta[k], self.delta[k])
-        out_better = victim.per_output(better)[:, None]
-        self.logits = logits if self.logits is None else torch.where(out_better, logits, self.logits)
-
-    def take(self, units: Tensor) -> "BestPoint":
-        """The best points of ``units`` (one output per unit), to continue on a smaller batch."""
-        part = object.__new__(BestPoint)
-        part.delta = {k: d[units] for k, d in self.delta.items()}
-        part.succ, part.loss = self.succ[units], self.loss[units]
-        part.logits = None if self.logits is None else self.logits[units]
-        return part
-
-    def put(self, units: Tensor, part: "BestPoint") -> None:
-        """Write back what :meth:`take` handed out, after a run on those units."""
-        for k in self.delta:
-            self.delta[k][units] = part.delta[k]
-        self.succ[units], self.loss[units] = part.succ, part.loss
-        self.logits[units] = part.logits
 
 
 class APGD(Attack):
@@ -130,8 +81,8 @@ class APGD(Attack):
         self.initial_step = None if initial_step is None else check_positive("initial_step", initial_step)
         self.random_start = bool(random_start)
 
-    def describe(self) -> str:
-        return super().describe()[:-1] + f", steps={self.steps}, restarts={self.restarts})"
+    def settings(self) -> List[str]:
+        return super().settings() + [f"steps={self.steps}", f"restarts={self.restarts}"]
 
     def _initial_step(self, threats: Dict[str, ThreatModel]) -> float:
         if self.initial_step is not None:
@@ -139,17 +90,15 @@ class APGD(Attack):
         return 1.0 if all(t.norm == "l1" for t in threats.values()) else 2.0
 
     def perturb(self, victim, threats, target_labels, clean_logits):
-        x = victim.inputs
         if clean_logits is None:  # generate(): x_max of the last restart
             for _ in range(self.restarts):
                 last_max = self.run_once(victim, threats, target_labels, None)
-            return {k: x[k] + last_max[k] if k in last_max else x[k] for k in x}
+            return perturbed(victim, last_max)
         best = self.start_best(victim, threats, target_labels, clean_logits)
         for _ in range(self.restarts):
             if not self.run_on_remaining(victim, threats, target_labels, best):
                 break
-        adv = {k: x[k] + best.delta[k] if k in best.delta else x[k] for k in x}
-        return adv, best.logits
+        return best.adversarial(victim), best.logits
 
     def stops_early(self, victim) -> bool:
         return self.early_stop and may_drop_units(victim)
@@ -159,7 +108,7 @@ class APGD(Attack):
         x = victim.inputs
         best = BestPoint(x, threats, victim.num_units, next(iter(x.values())).device)
         if self.stops_early(victim):
-            succ, uloss = self.unit_scores(victim, clean_logits, self.output_loss(clean_logits, victim, target_labels),
+            succ, uloss = unit_scores(self, victim, clean_logits, self.output_loss(clean_logits, victim, target_labels),
                                            target_labels)
             done = succ >= 1
             best.succ = torch.where(done, succ, best.succ)
@@ -186,10 +135,6 @@ class APGD(Attack):
         best.put(active, part)
         return True
 
-    def unit_scores(self, victim, logits, loss, target_labels):
-        succ = victim.per_unit(self.is_success(logits, victim, target_labels).float())
-        return succ, victim.per_unit(loss)
-
     def run_once(self, victim, threats, target_labels, best: Optional[BestPoint],
                  start: Optional[Dict[str, Tensor]] = None) -> Dict[str, Tensor]:
         """One APGD run (Algorithm 1) from ``start`` (default: :func:`initial_delta`); updates ``best`` and
@@ -202,7 +147,7 @@ class APGD(Attack):
         radius = {k: t.radius(x[k]) for k, t in threats.items()}
         if start is None:
             start = initial_delta(victim, threats, self.generator(), self.random_start)
-        delta = _project(apply_masks(start, victim), threats, x)
+        delta = project(apply_masks(start, victim), threats, x)
         early = best is not None and self.stops_early(victim)
         base, base_threats, base_labels = victim, threats, target_labels
         at: Optional[Tensor] = None  # the units still in the run, as positions in ``base`` (None: all)
@@ -210,12 +155,12 @@ class APGD(Attack):
 
         def step(d, grad, eta):
             moved = {k: threats[k].step(d[k], grad[k], radius[k] * eta) for k in threats}
-            return _project(apply_masks(moved, victim), threats, x)
+            return project(apply_masks(moved, victim), threats, x)
 
         eta = torch.full((victim.num_units,), self._initial_step(threats), device=device)
         checkpoints = set(apgd_checkpoints(self.steps))
         logits, loss, grad = input_gradients(self, victim, x, delta, target_labels)
-        succ, uloss = self.unit_scores(victim, logits, loss, target_labels)
+        succ, uloss = unit_scores(self, victim, logits, loss, target_labels)
         if best is not None:
             best.update(victim, delta, logits, succ, uloss, at=at)
         max_loss, max_delta, max_grad = uloss, delta, grad
@@ -265,11 +210,11 @@ class APGD(Attack):
                     moved = {n: delta[n] + a * (z[n] - delta[n]) + (1 - a) * (delta[n] - delta_prev[n])
                              for n in threats}
                     delta_prev = delta
-                    delta = _project(apply_masks(moved, victim), threats, x)
+                    delta = project(apply_masks(moved, victim), threats, x)
             k += 1
             need_grad = k < self.steps
             logits, loss, grad = input_gradients(self, victim, x, delta, target_labels, need_grad)
-            succ, uloss = self.unit_scores(victim, logits, loss, target_labels)
+            succ, uloss = unit_scores(self, victim, logits, loss, target_labels)
             if best is not None:
                 best.update(victim, delta, logits, succ, uloss, at=at)
             improved = uloss > max_loss
@@ -310,8 +255,8 @@ class APGDT(APGD):
         self.n_target_classes = check_int("n_target_classes", n_target_classes, 1)
         self._explicit_targets = False
 
-    def describe(self) -> str:
-        return super().describe()[:-1] + f", n_target_classes={self.n_target_classes})"
+    def settings(self) -> List[str]:
+        return super().settings() + [f"n_target_classes={self.n_target_classes}"]
 
     # The base __call__ fills in default targets, so whether the user gave any is recorded here
     # (per call; one APGDT instance should not run concurrently in several threads).
@@ -337,7 +282,6 @@ class APGDT(APGD):
     def perturb(self, victim, threats, target_labels, clean_logits):
         if self._explicit_targets or clean_logits is None:
             return super().perturb(victim, threats, target_labels, clean_logits)
-        x = victim.inputs
         n_classes = clean_logits.shape[1]
         ranked = clean_logits.masked_fill(
             torch.nn.functional.one_hot(victim.target, n_classes).bool(), float("-inf")).argsort(1, descending=True)
@@ -347,9 +291,4 @@ class APGDT(APGD):
             for _ in range(self.restarts):
                 if not self.run_on_remaining(victim, threats, targets, best):
                     break
-        adv = {k: x[k] + best.delta[k] if k in best.delta else x[k] for k in x}
-        return adv, best.logits
-
-
-def _project(delta, threats, x):
-    return {k: threats[k].project(delta[k], x[k]) for k in threats}
+        return best.adversarial(victim), best.logits

@@ -17,7 +17,7 @@ import contextlib
 import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from ..adapters.base import BatchAdapter, Victim, infer_adapter
 from ..errors import NonFiniteError
 from ..threats.base import ThreatModel
-from ..utils import make_generator
+from ..utils import kept_modes, make_generator
 from .labels import check_labels, label_checked
 from .losses import get_loss
 
@@ -93,20 +93,11 @@ class AttackResult:
 @contextlib.contextmanager
 def attack_mode(model: nn.Module) -> Iterator[None]:
     """Eval mode, parameters frozen, gradients on; restores everything on exit (also on error)."""
-    modes = [(m, m.training) for m in model.modules()]
-    flags = [(p, p.requires_grad) for p in model.parameters()]
     grads = [(p, p.grad) for p in model.parameters()]
     try:
-        model.eval()
-        for p, _ in flags:
-            p.requires_grad_(False)
-        with torch.inference_mode(False), torch.enable_grad():
+        with kept_modes(model, train=False, freeze=True), torch.inference_mode(False), torch.enable_grad():
             yield
     finally:
-        for m, training in modes:
-            m.training = training
-        for p, flag in flags:
-            p.requires_grad_(flag)
         for p, g in grads:
             p.grad = g
 
@@ -178,12 +169,12 @@ class Attack(ABC):
         self._generator: Optional[torch.Generator] = None
 
     # -- randomness -------------------------------------------------------------------------------
-    def generator(self, device=None) -> Optional[torch.Generator]:
+    def generator(self) -> Optional[torch.Generator]:
         """The attack's generator (created on first use from ``seed``), kept across calls.
 
         It always lives on the CPU (random tensors are drawn there and moved to the input's device by
         :func:`mmrobust.utils.rand`), so the same seed gives the same perturbations on CPU and CUDA and a
-        checkpointed state resumes exactly on either. ``device`` is accepted for backward compatibility.
+        checkpointed state resumes exactly on either.
         """
         if self.seed is None:
             return None
@@ -272,12 +263,17 @@ class Attack(ABC):
         staged = inferred.for_stage(batch, stage)
         return self if staged is inferred else self.with_adapter(staged)
 
+    def settings(self) -> List[str]:
+        """The settings :meth:`describe` lists after the threat model; subclasses append theirs."""
+        return [f"loss={self.loss_name}"] + (["targeted"] if self.targeted else [])
+
     def describe(self) -> str:
+        """``Name(threat, setting, ...)``: how results and checkpoints name this attack."""
         if isinstance(self.threat, ThreatModel):
             t = repr(self.threat)
         else:
             t = "{" + ", ".join(f"{k}: {v!r}" for k, v in self.threat.items()) + "}"
-        return f"{type(self).__name__}({t}, loss={self.loss_name}{', targeted' if self.targeted else ''})"
+        return f"{type(self).__name__}({', '.join([t] + self.settings())})"
 
     # -- the call ---------------------------------------------------------------------------------
     def _prepare(self, model: nn.Module, batch: Any):

@@ -108,8 +108,7 @@ class EOT(Attack):
             self.attack.load_state_dict(state["attack"])
 
     def perturb(self, victim, threats: Dict[str, ThreatModel], target_labels, clean_logits):
-        device = next(iter(victim.inputs.values())).device
-        wrapped = eot_victim(victim, self.transform, self.samples, self.generator(device))
+        wrapped = eot_victim(victim, self.transform, self.samples, self.generator())
         out = self.attack.perturb(wrapped, threats, target_labels, clean_logits)
         # logits the inner attack may return are expectations; let finish() evaluate the plain model
         return out[0] if isinstance(out, tuple) else out
@@ -117,7 +116,7 @@ class EOT(Attack):
     @torch.no_grad()
     def transformed_predictions(self, victim: Victim, inputs: Dict[str, Tensor], draws: int) -> Tensor:
         """``(draws, outputs)`` predicted classes under fresh random transforms."""
-        gen = self.generator(next(iter(inputs.values())).device)
+        gen = self.generator()
         preds = [victim.forward({k: self.transform(v, gen) for k, v in inputs.items()}).argmax(1)
                  for _ in range(draws)]
         return torch.stack(preds)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
 from torch import Tensor
@@ -12,7 +12,7 @@ from ..threats.base import ThreatModel, per_unit
 from ..utils import rand, randn
 from .base import Attack, AttackResult, Threat, mark_not_found
 from .hyperplane import NORMS, hyperplane_step
-from .pgd import may_drop_units, restrict
+from .kernel import may_drop_units, restrict
 
 #: FAB picks the hyperplane closest in the dual norm: |f| / ||grad f||_q with 1/p + 1/q = 1
 _DUAL = {"linf": 1.0, "l2": 2.0, "l1": float("inf")}
@@ -93,8 +93,8 @@ class FAB(Attack):
         """Only a capped FAB is a bounded attack whose units may stop at their first success."""
         return self.cap
 
-    def describe(self) -> str:
-        return super().describe()[:-1] + f", steps={self.steps}, restarts={self.restarts}{', cap' if self.cap else ''})"
+    def settings(self) -> List[str]:
+        return super().settings() + [f"steps={self.steps}", f"restarts={self.restarts}"] + (["cap"] if self.cap else [])
 
     # -- targets ----------------------------------------------------------------------------------
     def target_runs(self, victim, target_labels, clean_logits):
@@ -295,8 +295,8 @@ class FABT(FAB):
         self.n_target_classes = check_int("n_target_classes", n_target_classes, 1)
         self._explicit_targets = False
 
-    def describe(self) -> str:
-        return super().describe()[:-1] + f", n_target_classes={self.n_target_classes})"
+    def settings(self) -> List[str]:
+        return super().settings() + [f"n_target_classes={self.n_target_classes}"]
 
     def __call__(self, model, batch, *, target_labels: Optional[Tensor] = None):
         self._explicit_targets = target_labels is not None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import List, Optional
 
 import torch
 from torch import Tensor
@@ -11,7 +11,7 @@ from torch import Tensor
 from ..errors import check_fraction, check_int, check_positive
 from ..threats.base import ThreatModel, per_unit
 from .base import Attack, AttackResult, Threat, apply_masks, mark_not_found
-from .pgd import input_gradients
+from .kernel import input_gradients
 
 #: the dual norm measures the distance to the linearised boundary, |loss| / ||grad||_dual
 _DUAL = {"linf": 1.0, "l2": 2.0, "l1": float("inf")}
@@ -75,8 +75,8 @@ class FMN(Attack):
         FMN outside the radius as not broken."""
         return self.cap
 
-    def describe(self) -> str:
-        return super().describe()[:-1] + f", steps={self.steps}{', cap' if self.cap else ''})"
+    def settings(self) -> List[str]:
+        return super().settings() + [f"steps={self.steps}"] + (["cap"] if self.cap else [])
 
     def perturb(self, victim, threats, target_labels, clean_logits):
         if len(threats) != 1:

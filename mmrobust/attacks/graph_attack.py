@@ -126,7 +126,7 @@ class GraphAttack(Attack):
         budget = self.edge_budget(graph, self.edge_threat, pairs)
         return EdgeProblem(victim=victim, graph=graph, x=x, threat=self.edge_threat, pairs=pairs,
                            lookup=EdgeLookup(graph.edge_index, graph.num_nodes), budget=budget,
-                           base_weight=self.edge_weights(graph, x), generator=self.generator(x.device),
+                           base_weight=self.edge_weights(graph, x), generator=self.generator(),
                            target_labels=target_labels)
 
     def edge_budget(self, graph: GraphStructure, threat: EdgeFlips, pairs: CandidatePairs) -> Tensor:

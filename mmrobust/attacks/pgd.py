@@ -2,68 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
 from torch import Tensor
 
-from ..adapters.base import Victim
-from ..errors import NonFiniteError, check_int, check_positive
+from ..errors import check_int, check_positive
 from ..threats.base import ThreatModel
-from .base import Attack, Threat, apply_masks, prepare_victim
-
-
-def input_gradients(attack: Attack, victim: Victim, x: Dict[str, Tensor], delta: Dict[str, Tensor],
-                    target_labels: Optional[Tensor], need_grad: bool = True):
-    """One forward (and backward) pass at ``x + delta``.
-
-    Returns per-output logits, per-output loss, and the gradients of the summed loss with respect to
-    each perturbation (``None`` when ``need_grad`` is false).
-    """
-    if need_grad:
-        leaves = {k: d.detach().requires_grad_(True) for k, d in delta.items()}
-        logits = victim.forward({k: x[k] + leaves[k] if k in leaves else x[k] for k in x})
-        loss = attack.output_loss(logits, victim, target_labels)
-        grads = torch.autograd.grad(loss.sum(), list(leaves.values()))
-        grads = dict(zip(leaves.keys(), grads))
-        for k, g in grads.items():
-            if not bool(torch.isfinite(g).all()):
-                raise NonFiniteError(f"NaN/Inf in the input gradient of {k!r}; the model or loss overflows")
-        return logits.detach(), loss.detach(), grads
-    with torch.no_grad():
-        logits = victim.forward({k: x[k] + delta[k] if k in delta else x[k] for k in x})
-        loss = attack.output_loss(logits, victim, target_labels)
-    return logits, loss, None
-
-
-def may_drop_units(victim: Victim) -> bool:
-    """Whether an evaluating attack may take units out of its working batch once they are adversarial:
-    the forward is deterministic (one success is final), outputs are units, and the adapter can select."""
-    return victim.deterministic and victim.unit is None and victim.select is not None
-
-
-def initial_delta(victim: Victim, threats: Dict[str, ThreatModel], generator: Optional[torch.Generator],
-                  random: bool, units: Optional[Tensor] = None) -> Dict[str, Tensor]:
-    """A run's starting perturbation: a random point of each ball, or zero.
-
-    Random starts are drawn for the whole batch and then restricted to ``units``, so a unit starts from
-    the same point whichever units an early-stopping attack still works on.
-    """
-    x = victim.inputs
-    if random:
-        delta = {k: t.random_init(x[k], generator) for k, t in threats.items()}
-    else:
-        delta = {k: torch.zeros_like(x[k]) for k in threats}
-    return delta if units is None else {k: d[units] for k, d in delta.items()}
-
-
-def restrict(victim: Victim, units: Optional[Tensor], target_labels: Optional[Tensor],
-             threats: Dict[str, ThreatModel]):
-    """The victim, target labels and threat models restricted to ``units`` (``None``: all)."""
-    if units is None or units.numel() == victim.num_units:
-        return victim, target_labels, threats
-    return (prepare_victim(victim.select(units)), None if target_labels is None else target_labels[units],
-            {k: t.subset(units) for k, t in threats.items()})
+from .base import Attack, Threat, apply_masks
+from .kernel import BestPoint, initial_delta, input_gradients, may_drop_units, perturbed, project, restrict, \
+    unit_scores
 
 
 class PGD(Attack):
@@ -112,80 +60,57 @@ class PGD(Attack):
         self.keep_best = bool(keep_best)
         self.early_stop = bool(early_stop)
 
-    def describe(self) -> str:
-        return (super().describe()[:-1] + f", steps={self.steps}, step_size={self.step_size:g}, "
-                f"restarts={self.restarts})")
+    def settings(self) -> List[str]:
+        return super().settings() + [f"steps={self.steps}", f"step_size={self.step_size:g}", f"restarts={self.restarts}"]
 
     def perturb(self, victim, threats: Dict[str, ThreatModel], target_labels, clean_logits):
+        if not (self.keep_best and clean_logits is not None):  # training, or the last iterate wanted
+            for _ in range(self.restarts):
+                delta = self.run_once(victim, threats, target_labels)
+            return perturbed(victim, delta)
         x = victim.inputs
-        device = next(iter(x.values())).device
-        gen = self.generator()
-        keep_best = self.keep_best and clean_logits is not None
+        dtype = torch.promote_types(clean_logits.dtype, torch.float32)  # float64 models keep float64 losses
+        best = BestPoint(x, threats, victim.num_units, clean_logits.device, logits=clean_logits.clone(), dtype=dtype)
         # Evaluation only: once a unit is adversarial its best point cannot lose that status, so it
         # leaves the working batch (and later restarts). Robust accuracy is unchanged, work shrinks.
-        early = keep_best and self.early_stop and may_drop_units(victim)
-        best = {k: torch.zeros_like(x[k]) for k in threats}
-        best_logits = None if clean_logits is None else clean_logits.clone()
-        # the loss's dtype follows the model's (float64 models): index_put below needs matching dtypes
-        dtype = torch.get_default_dtype() if clean_logits is None else torch.promote_types(clean_logits.dtype,
-                                                                                           torch.float32)
-        best_succ = torch.full((victim.num_units,), -1.0, device=device)
-        best_loss = torch.full((victim.num_units,), float("-inf"), device=device, dtype=dtype)
-        for restart in range(self.restarts):
-            active = (best_succ < 1).nonzero().squeeze(1) if early else None
-            if active is not None and active.numel() == 0:
+        early = self.early_stop and may_drop_units(victim)
+        for _ in range(self.restarts):
+            units = best.remaining() if early else None
+            if units is not None and units.numel() == 0:
                 break
-            work, labels, wthreats = restrict(victim, active, target_labels, threats)
-            xw = work.inputs
-            radius = {k: t.radius(xw[k]) for k, t in wthreats.items()}
-            delta = initial_delta(victim, threats, gen, self.random_start, None if work is victim else active)
-            delta = self._project(apply_masks(delta, work), wthreats, xw)
-            last = self.steps if keep_best else self.steps - 1
-            for t in range(last + 1):
-                need_grad = t < self.steps
-                logits, loss, grads = input_gradients(self, work, xw, delta, labels, need_grad)
-                if keep_best:
-                    succ = work.per_unit(self.is_success(logits, work, labels).float())
-                    uloss = work.per_unit(loss)
-                    if active is None:
-                        better = (succ > best_succ) | ((succ == best_succ) & (uloss > best_loss))
-                        best_succ = torch.where(better, succ, best_succ)
-                        best_loss = torch.where(better, uloss, best_loss)
-                        for k in threats:
-                            best[k] = torch.where(better.reshape(-1, *([1] * (x[k].dim() - 1))), delta[k], best[k])
-                        best_logits = torch.where(victim.per_output(better)[:, None], logits, best_logits)
-                    else:
-                        better = (succ > best_succ[active]) | ((succ == best_succ[active]) & (uloss > best_loss[active]))
-                        sel = active[better]
-                        best_succ[sel] = succ[better]
-                        best_loss[sel] = uloss[better].to(best_loss.dtype)
-                        best_logits[sel] = logits[better].to(best_logits.dtype)
-                        for k in threats:
-                            best[k][sel] = delta[k][better]
-                        done = succ >= 1
-                        if need_grad and bool(done.any()):
-                            keep = ~done
-                            if not bool(keep.any()):
-                                break
-                            active = active[keep]
-                            work, labels, wthreats = restrict(victim, active, target_labels, threats)
-                            xw = work.inputs
-                            radius = {k: r[keep] for k, r in radius.items()}
-                            delta = {k: d[keep] for k, d in delta.items()}
-                            grads = {k: g[keep] for k, g in grads.items()}
-                if not need_grad:
-                    break
-                with torch.no_grad():
-                    delta = {k: wthreats[k].step(delta[k], grads[k], radius[k] * self.step_size) for k in wthreats}
-                    delta = self._project(apply_masks(delta, work), wthreats, xw)
-            if not keep_best:
-                best = delta
-        adv = {k: x[k] + best[k] if k in best else x[k] for k in x}
-        return (adv, best_logits) if keep_best else adv
+            self.run_once(victim, threats, target_labels, best, units)
+        return best.adversarial(victim), best.logits
 
-    @staticmethod
-    def _project(delta, threats, x):
-        return {k: threats[k].project(delta[k], x[k]) for k in threats}
+    def run_once(self, victim, threats, target_labels, best: Optional[BestPoint] = None,
+                 units: Optional[Tensor] = None) -> Dict[str, Tensor]:
+        """One run from a start of :func:`initial_delta` on ``units`` (``None``: all); updates ``best``
+        after every step (and evaluates the last iterate) when given, and returns the last iterate.
+        With ``units``, a unit leaves the run at its first adversarial iterate."""
+        work, labels, wthreats = restrict(victim, units, target_labels, threats)
+        xw = work.inputs
+        radius = {k: t.radius(xw[k]) for k, t in wthreats.items()}
+        delta = initial_delta(victim, threats, self.generator(), self.random_start, None if work is victim else units)
+        delta = project(apply_masks(delta, work), wthreats, xw)
+        for t in range(self.steps + 1 if best is not None else self.steps):
+            need_grad = t < self.steps
+            logits, loss, grads = input_gradients(self, work, xw, delta, labels, need_grad)
+            if best is not None:
+                succ, uloss = unit_scores(self, work, logits, loss, labels)
+                best.update(work, delta, logits, succ, uloss, at=units)
+                if units is not None and need_grad and bool((succ >= 1).any()):  # adversarial units leave
+                    keep = succ < 1
+                    if not bool(keep.any()):
+                        break
+                    units = units[keep]
+                    work, labels, wthreats = restrict(victim, units, target_labels, threats)
+                    xw = work.inputs
+                    radius, delta, grads = ({k: v[keep] for k, v in d.items()} for d in (radius, delta, grads))
+            if not need_grad:
+                break
+            with torch.no_grad():
+                delta = {k: wthreats[k].step(delta[k], grads[k], radius[k] * self.step_size) for k in wthreats}
+                delta = project(apply_masks(delta, work), wthreats, xw)
+        return delta
 
 
 class FGSM(PGD):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -114,9 +114,9 @@ class PRBCD(GraphAttack):
         self.eval_every = check_int("eval_every", eval_every, 0)
         self.feature_step_size = check_positive("feature_step_size", feature_step_size)
 
-    def describe(self) -> str:
-        return (super().describe()[:-1] + f", block_size={self.block_size}, epochs={self.epochs}, "
-                f"epochs_resampling={self.epochs_resampling})")
+    def settings(self) -> List[str]:
+        return super().settings() + [f"block_size={self.block_size}", f"epochs={self.epochs}",
+                                    f"epochs_resampling={self.epochs_resampling}"]
 
     def perturb(self, victim, threats, target_labels, clean_logits):
         problem = self.edge_problem(victim, target_labels)

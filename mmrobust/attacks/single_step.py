@@ -18,7 +18,7 @@ taken*, which is what decides whether single-step training collapses (catastroph
 from __future__ import annotations
 
 import copy
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
 from torch import Tensor
@@ -26,7 +26,7 @@ from torch import Tensor
 from ..errors import check_finite_nonneg, check_positive
 from ..threats.base import ThreatModel
 from .base import Attack, Threat, apply_masks
-from .pgd import input_gradients
+from .kernel import input_gradients
 
 
 def unboxed(threat: ThreatModel) -> ThreatModel:
@@ -71,8 +71,8 @@ class FGSMRS(Attack):
         super().__init__(threat, **kwargs)
         self.step_size = check_positive("step_size", step_size)
 
-    def describe(self) -> str:
-        return super().describe()[:-1] + f", step_size={self.step_size:g})"
+    def settings(self) -> List[str]:
+        return super().settings() + [f"step_size={self.step_size:g}"]
 
     def start(self, victim, threats: Dict[str, ThreatModel]) -> Dict[str, Tensor]:
         gen = self.generator()
@@ -122,8 +122,8 @@ class NFGSM(FGSMRS):
         self.noise = check_finite_nonneg("noise", noise)
         self.clip_noise = bool(clip_noise)
 
-    def describe(self) -> str:
-        return super().describe()[:-1] + f", noise={self.noise:g}, clip_noise={self.clip_noise})"
+    def settings(self) -> List[str]:
+        return super().settings() + [f"noise={self.noise:g}", f"clip_noise={self.clip_noise}"]
 
     def start(self, victim, threats):
         x = victim.inputs

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Dict
+from typing import Dict, List
 
 import torch
 from torch import Tensor
@@ -81,8 +81,8 @@ class Square(Attack):
                 raise ValueError(f"Square supports L-inf and L2 threat models (norm 'linf' or 'l2'), "
                                  f"got {type(t).__name__} with norm {t.norm!r}")
 
-    def describe(self) -> str:
-        return super().describe()[:-1] + f", n_queries={self.n_queries}, p_init={self.p_init:g})"
+    def settings(self) -> List[str]:
+        return super().settings() + [f"n_queries={self.n_queries}", f"p_init={self.p_init:g}"]
 
     # -- margin to minimise: negative of the (attack-maximised) margin loss -------------------------
     def _unit_margin(self, victim, logits, target_labels) -> Tensor:
@@ -94,7 +94,7 @@ class Square(Attack):
         name, threat = next(iter(threats.items()))
         x = victim.inputs[name]
         device = x.device
-        gen = self.generator(device)
+        gen = self.generator()
 
         def evaluate(delta: Tensor, index: Tensor):
             """Margins (and logits) of units ``index`` at ``x + delta`` (delta for those units only)."""

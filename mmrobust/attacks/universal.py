@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..adapters.base import BatchAdapter, Victim, infer_adapter
+from ..adapters.base import Victim
 from ..errors import check_int, check_positive
 from ..threats.base import ThreatModel
 from ..threats.norms import L1Ball, L2Ball, LinfBall
-from .base import Attack, attack_mode, prepare_victim
+from .base import Attack, attack_mode, victim_for
 
 
 def fit_length(delta: Tensor, length: int) -> Tensor:
@@ -98,11 +98,10 @@ class UniversalPerturbation(Attack):
         return adv
 
     def _victim(self, model: nn.Module, batch: Any) -> Victim:
-        adapter: BatchAdapter = self.adapter or infer_adapter(batch)
-        victim = adapter.victim(model, batch)
+        victim = victim_for(model, batch, self.adapter)
         if len(victim.inputs) != 1:
             raise ValueError(f"a universal perturbation needs a batch with one attackable input, got {sorted(victim.inputs)}")
-        return prepare_victim(victim)
+        return victim
 
     def fit(self, model: nn.Module, dataloader: Iterable, epochs: int = 1, *, max_batches: Optional[int] = None,
             progress: bool = False) -> Tensor:
@@ -127,7 +126,7 @@ class UniversalPerturbation(Attack):
                     if self.delta is None:
                         length = self.length or x.shape[-1]
                         shape = tuple(x.shape[1:-1]) + (length,)
-                        gen = self.generator(x.device)
+                        gen = self.generator()
                         init = self.threat.random_init(torch.full((1,) + shape, self.reference_level,
                                                                   device=x.device, dtype=x.dtype), gen)[0]
                         self.delta = self._budget_project(init * 0.1)

@@ -67,7 +67,7 @@ def attack_at_budget(attack: Attack, factor: float, device, adapter: Optional[Ba
     needs_adapter = adapter is not None and attack.adapter is None
     if factor >= 1.0 and not needs_adapter:
         return attack
-    attack.generator(device)  # created first, so that the copy shares it
+    attack.generator()  # created first, so that the copy shares it
     copy = attack.with_threat(attack.threat if factor >= 1.0 else scaled_threat(attack.threat, factor))
     if needs_adapter:
         copy.adapter = adapter

@@ -10,6 +10,7 @@ from torch import nn
 from ..adapters.base import BatchAdapter
 from ..attacks.base import Attack
 from ..compression.distillation import DistillationObjective
+from ..utils import SavedModes
 from .extra_loss import ExtraLossCallback
 
 
@@ -60,8 +61,7 @@ class Distillation(ExtraLossCallback):
         params = list(self.teacher.parameters())
         device = params[0].device if params else None
         dtype = next((p.dtype for p in params if p.is_floating_point()), None)
-        self._teacher_state = (device, dtype, [(m, m.training) for m in self.teacher.modules()],
-                               [(p, p.requires_grad) for p in params])
+        self._teacher_state = (device, dtype, SavedModes(self.teacher, flags=True))
         student_dtype = next((p.dtype for p in pl_module.parameters() if p.is_floating_point()), dtype)
         self.teacher.to(device=pl_module.device, dtype=student_dtype).eval()
         for p in params:
@@ -70,13 +70,10 @@ class Distillation(ExtraLossCallback):
     def _restore_teacher(self) -> None:
         if self._teacher_state is None:
             return
-        device, dtype, modes, flags = self._teacher_state
+        device, dtype, modes = self._teacher_state
         if device is not None:
             self.teacher.to(device=device, dtype=dtype)
-        for m, training in modes:
-            m.training = training
-        for p, flag in flags:
-            p.requires_grad_(flag)
+        modes.restore()
         self._teacher_state = None
 
     def on_fit_end(self, trainer, pl_module) -> None:

@@ -7,8 +7,8 @@ from typing import Any, Dict, Optional
 import pytorch_lightning as pl
 import torch
 
-from ..adapters.base import BatchAdapter, infer_adapter
-from ..attacks.base import normal_tensor
+from ..adapters.base import BatchAdapter
+from ..attacks.base import victim_for
 from ..errors import check_finite_nonneg, check_int
 from ..utils import make_generator, randn
 from .adversarial import assign_batch
@@ -51,10 +51,9 @@ class GaussianNoiseTraining(pl.Callback):
 
     def noisy(self, model: torch.nn.Module, batch: Any) -> Any:
         """A copy of ``batch`` with Gaussian noise on its attackable inputs."""
-        victim = (self.adapter or infer_adapter(batch)).victim(model, batch)
+        victim = victim_for(model, batch, self.adapter)
         noisy = {}
         for name, x in victim.inputs.items():
-            x = normal_tensor(x).detach()
             noise = self.sigma * randn(x.shape, self._generator, x)
             if name in victim.masks:
                 noise = noise * victim.masks[name]

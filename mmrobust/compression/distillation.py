@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from ..adapters.base import BatchAdapter, stage_adapter
 from ..attacks.base import Attack
 from ..errors import check_choice, check_fraction, check_positive
+from ..utils import kept_modes
 
 __all__ = ["kd_loss", "soft_kl", "DistillationObjective", "load_teacher"]
 
@@ -106,15 +107,9 @@ class DistillationObjective:
         self.adapter = adapter
 
     def _teacher_on(self, batch: Any, adapter: BatchAdapter) -> Tensor:
-        modes = [(m, m.training) for m in self.teacher.modules()]
-        try:
-            self.teacher.eval()
-            with torch.no_grad():
-                tv = adapter.victim(self.teacher, batch)
-                return tv.forward(tv.inputs).detach()
-        finally:
-            for m, training in modes:
-                m.training = training
+        with kept_modes(self.teacher, train=False), torch.no_grad():
+            tv = adapter.victim(self.teacher, batch)
+            return tv.forward(tv.inputs).detach()
 
     def __call__(self, student: nn.Module, batch: Any) -> Tensor:
         adapter = stage_adapter(batch, "train", self.adapter)

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ..errors import check_choice, check_fraction, check_int, check_positive
+from ..utils import kept_modes
 from .quantization import FakeQuantize, default_weight_types, original_weight, own_parametrized_class
 
 __all__ = ["PruningMask", "pruning_mask", "prunable_modules", "add_masks", "magnitude_masks", "set_masks",
@@ -268,9 +269,7 @@ def hydra_prune(model: nn.Module, data: Iterable, sparsity: float, *, attack=Non
     total_steps = max(1, epochs * len(batches))
     opt = torch.optim.SGD(scored.scores.parameters(), lr=lr, momentum=0.9)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total_steps)
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        model.train()
+    with kept_modes(model, train=True):
         for _ in range(epochs):
             for batch in batches:
                 if attack is not None:
@@ -279,9 +278,6 @@ def hydra_prune(model: nn.Module, data: Iterable, sparsity: float, *, attack=Non
                 loss_fn(scored, batch).backward()
                 opt.step()
                 sched.step()
-    finally:
-        for m, training in modes:
-            m.training = training
     with torch.no_grad():
         set_masks(modules, [mask.detach() for mask in scored.masks(differentiable=False)])
     return model

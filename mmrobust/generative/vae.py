@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import check_choice, check_finite_nonneg, check_int, check_positive
+from ..utils import kept_modes
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 
@@ -147,11 +148,9 @@ def train_vae(vae: VAE, data: Union[Tensor, Iterable], *, epochs: int = 10, batc
     device = next(vae.parameters()).device
     sample_gen = torch.Generator(device=device).manual_seed(0 if seed is None else int(seed) + 1)
     opt = torch.optim.Adam(vae.parameters(), lr)
-    was_training = vae.training
     history: List[float] = []
     start = time.perf_counter()
-    try:
-        vae.train()
+    with kept_modes(vae, train=True):
         for _ in range(epochs):
             total, count = 0.0, 0
             for x in _batches(data, batch_size, gen):
@@ -167,6 +166,4 @@ def train_vae(vae: VAE, data: Union[Tensor, Iterable], *, epochs: int = 10, batc
             history.append(total / max(count, 1))
             if max_seconds is not None and time.perf_counter() - start > max_seconds:
                 break
-    finally:
-        vae.train(was_training)
     return {"loss": history, "epochs": len(history)}

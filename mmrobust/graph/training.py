@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from ..attacks.base import Attack
 from ..errors import check_finite_nonneg, check_int, check_positive
+from ..utils import kept_modes
 
 
 def _mask(data, name: str) -> Tensor:
@@ -37,15 +38,10 @@ def _mask(data, name: str) -> Tensor:
 
 def node_accuracy(model: nn.Module, data, mask: str = "test") -> float:
     """Accuracy on the ``{mask}_mask`` nodes, in eval mode (the model's mode is restored)."""
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(data.x, data.edge_index, getattr(data, "edge_weight", None))
-        m = _mask(data, mask)
-        return (out.argmax(1) == data.y)[m].float().mean().item()
-    finally:
-        model.train(was)
+    with kept_modes(model, train=False), torch.no_grad():
+        out = model(data.x, data.edge_index, getattr(data, "edge_weight", None))
+    m = _mask(data, mask)
+    return (out.argmax(1) == data.y)[m].float().mean().item()
 
 
 def train_node_classifier(model: nn.Module, data, *, epochs: int = 200, lr: float = 0.01,

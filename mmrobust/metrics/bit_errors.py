@@ -8,12 +8,12 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from ..adapters.base import BatchAdapter, infer_adapter
-from ..attacks.base import normal_tensor
+from ..adapters.base import BatchAdapter
+from ..attacks.base import victim_for
 from ..compression.bit_errors import bit_errors, has_quantized_weights
 from ..compression.quantization import QuantizerConfig, dequantize_model, quantize_model
 from ..errors import check_fraction, check_int
-from ..utils import make_generator
+from ..utils import SavedModes, make_generator
 
 
 class BitErrorAccuracy(Metric):
@@ -72,14 +72,13 @@ class BitErrorAccuracy(Metric):
         if temporary and self.quantizer is None:
             raise ValueError("model has no quantised weights; quantise it (mmrobust.compression.quantize_model) "
                              "or give BitErrorAccuracy(quantizer=QuantizerConfig(...))")
-        modes = [(m, m.training) for m in model.modules()]
+        saved = SavedModes(model)
         try:
             if temporary:
                 quantize_model(model, self.quantizer)
             model.eval()
-            adapter = self.adapter or infer_adapter(batch)
-            victim = adapter.victim(model, batch)
-            inputs = {k: normal_tensor(v) for k, v in victim.inputs.items()}
+            victim = victim_for(model, batch, self.adapter)
+            inputs = victim.inputs
             target = victim.target
             device = target.device
             correct = torch.zeros(len(self.rates), self.patterns, dtype=torch.long, device=device)
@@ -90,8 +89,7 @@ class BitErrorAccuracy(Metric):
                     with bit_errors(model, rate, generator=gen):
                         correct[r, k] = (victim.forward(inputs).argmax(1) == target).sum()
         finally:
-            for m, training in modes:
-                m.training = training
+            saved.restore()
             if temporary:
                 dequantize_model(model)
         # not in place: states may be inference tensors inside Lightning's eval loop

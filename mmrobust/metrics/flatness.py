@@ -9,8 +9,8 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from ..adapters.base import BatchAdapter, infer_adapter
-from ..attacks.base import Attack, attack_mode, check_logits, normal_tensor
+from ..adapters.base import BatchAdapter
+from ..attacks.base import Attack, attack_mode, check_logits, victim_for
 from ..attacks.losses import get_loss
 from ..errors import NonFiniteError, check_int, check_positive
 from ..threats.weights import WeightBall, perturbed_weights
@@ -96,11 +96,9 @@ class WeightFlatness(Metric):
         """Add one batch: clean-weight loss, mean loss under random and loss under adversarial weights."""
         if attack is not None:
             batch = attack(model, batch).batch  # fixed adversarial examples at the clean weights
-        adapter = self.adapter or infer_adapter(batch)
         with attack_mode(model):
-            victim = adapter.victim(model, batch)
-            inputs = {k: normal_tensor(v).detach() for k, v in victim.inputs.items()}
-            victim.target = normal_tensor(victim.target)
+            victim = victim_for(model, batch, self.adapter)
+            inputs = victim.inputs
             with torch.no_grad():
                 clean = self._loss(victim, inputs)
                 average = torch.zeros_like(clean)

@@ -22,14 +22,14 @@ reports. Usage::
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Callable, Iterable, Iterator, List, Optional
+from typing import Any, Callable, Iterable, List, Optional
 
 import torch
 from torch import Tensor, nn
 
 from ..adapters.base import BatchAdapter, Victim, infer_adapter
 from ..errors import check_choice
+from ..utils import kept_modes
 from .base import ThreatModel
 from .norms import L1Ball, L2Ball, LinfBall
 
@@ -43,24 +43,6 @@ def _owner_modules(fns: Iterable[Callable]) -> List[nn.Module]:
         if isinstance(owner, nn.Module) and all(owner is not m for m in out):
             out.append(owner)
     return out
-
-
-@contextlib.contextmanager
-def _eval(modules: List[nn.Module]) -> Iterator[None]:
-    """Eval mode and frozen parameters for the generative model while it is queried; restored after."""
-    modes = [(m, m.training) for mod in modules for m in mod.modules()]
-    flags = [(p, p.requires_grad) for mod in modules for p in mod.parameters()]
-    try:
-        for mod in modules:
-            mod.eval()
-        for p, _ in flags:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for m, t in modes:
-            m.training = t
-        for p, f in flags:
-            p.requires_grad_(f)
 
 
 class LatentBall(ThreatModel):
@@ -103,7 +85,7 @@ class LatentBall(ThreatModel):
         return self._ball().size(delta, x)
 
     def encode(self, x: Tensor) -> Tensor:
-        with _eval(self.modules), torch.no_grad():
+        with kept_modes(*self.modules, train=False, freeze=True), torch.no_grad():
             z = self.encoder(x)
         if not isinstance(z, Tensor) or z.shape[0] != x.shape[0]:
             raise ValueError("the encoder must return a tensor of latent codes with the batch dimension first")
@@ -111,7 +93,7 @@ class LatentBall(ThreatModel):
 
     def decode(self, z: Tensor) -> Tensor:
         """Decode with gradients to ``z`` (the generative model itself stays frozen and in eval mode)."""
-        with _eval(self.modules):
+        with kept_modes(*self.modules, train=False, freeze=True):
             return self.decoder(z)
 
     def adapter(self, base: Optional[BatchAdapter] = None, input_name: Optional[str] = None) -> "LatentAdapter":

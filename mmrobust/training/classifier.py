@@ -110,7 +110,7 @@ class RobustClassifier(pl.LightningModule):
     def _attack(self, batch: Any) -> Any:
         attack = self.attack
         if self.adapter is not None and attack.adapter is None:
-            attack.generator(self.device)  # the copy shares the (checkpointed) generator
+            attack.generator()  # the copy shares the (checkpointed) generator
             attack = attack.with_adapter(self.adapter)
         return attack.for_stage(batch, "train").generate(self, batch)
 
