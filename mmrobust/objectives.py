@@ -200,24 +200,22 @@ class TradesAttack(PGD):
         super().__init__(threat, steps=steps, step_size=step_size, loss="ce", **kwargs)
         self.loss_name = "trades_kl"
         self.init_std = check_finite_nonneg("init_std", init_std)
-        self._reference: Optional[Tensor] = None
+
+    #: the clean log-probabilities of the batch being attacked (set on a per-call copy only)
+    reference: Optional[Tensor] = None
 
     def perturb(self, victim, threats: Dict[str, ThreatModel], target_labels, clean_logits):
         with torch.no_grad():
             reference = victim.forward(victim.inputs) if clean_logits is None else clean_logits
-        self._reference = reference.detach().log_softmax(1)
-        try:
-            starts = {k: _SmallGaussianStart(t, self.init_std) for k, t in threats.items()}
-            return super().perturb(victim, starts, target_labels, clean_logits)
-        finally:
-            self._reference = None
+        call = self.sharing_copy(reference=reference.detach().log_softmax(1))
+        starts = {k: _SmallGaussianStart(t, self.init_std) for k, t in threats.items()}
+        return super(TradesAttack, call).perturb(victim, starts, target_labels, clean_logits)
 
     def output_loss(self, logits, victim, target_labels):
-        if self._reference is None:  # evaluation after the attack (finish): no reference any more
+        reference = self.reference
+        if reference is None:  # evaluation after the attack (finish): the clean prediction again
             with torch.no_grad():
                 reference = victim.forward(victim.inputs).log_softmax(1)
-        else:
-            reference = self._reference
         return kl_divergence(reference, logits.log_softmax(1))
 
 

@@ -23,6 +23,11 @@ def randn(shape: Sequence[int], generator: Optional[torch.Generator], like: Tens
     return torch.randn(shape, generator=generator, dtype=like.dtype).to(like.device)
 
 
+def normal_tensor(t: Tensor) -> Tensor:
+    """A tensor usable by autograd: clones tensors created under ``inference_mode``."""
+    return t.clone() if isinstance(t, Tensor) and t.is_inference() else t
+
+
 def make_generator(seed: Optional[int], device: torch.device | str = "cpu") -> Optional[torch.Generator]:
     """A generator seeded with ``seed`` (``None`` -> use the global RNG)."""
     if seed is None:
@@ -95,3 +100,13 @@ def kept_modes(*modules: torch.nn.Module, train: Optional[bool] = None, freeze: 
         yield
     finally:
         saved.restore()
+
+
+def toy_problem(seed: int = 0, n: int = 8):
+    """``(model, x, y)``: a linear 3-class classifier of random 2x2 one-channel images in [0, 1] and random
+    labels, built without touching the global random state; the setting of the docstring examples."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)).eval()
+        x, y = torch.rand(n, 1, 2, 2), torch.randint(0, 3, (n,))
+    return model, x, y

@@ -19,7 +19,7 @@ import mmrobust.threats as threats_module
 from mmrobust.attacks import PGD
 from mmrobust.callbacks import AdversarialTraining
 from mmrobust.callbacks.adversarial import scaled_threat
-from mmrobust.geometry.boundary import PerUnitRadius
+from mmrobust.threats import PerUnitRadius
 from mmrobust.threats import (BinaryFeatureFlips, EdgeFlips, FeatureBall, Joint, L1Ball, L2Ball, LatentBall,
                               LinfBall, PeakDBBall, PsychoacousticBall, SNRBall, ThreatModel, WeightBall)
 

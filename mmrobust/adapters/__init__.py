@@ -4,10 +4,11 @@ from .audio import WaveformAdapter
 from .base import STAGES, BatchAdapter, Victim, infer_adapter, register_adapter, stage_adapter
 from .graph import GraphAdapter, GraphStructure, edge_weight_as_edge_attr
 from .multimodal import MultimodalAdapter
+from .predicted import PredictedLabelAdapter
 from .tensor import ImageAdapter, TensorAdapter, replace_entries, select_examples
 
 __all__ = [
     "BatchAdapter", "Victim", "infer_adapter", "register_adapter", "stage_adapter", "STAGES",
     "TensorAdapter", "ImageAdapter", "replace_entries", "select_examples",
-    "WaveformAdapter", "MultimodalAdapter", "GraphAdapter", "GraphStructure", "edge_weight_as_edge_attr",
+    "WaveformAdapter", "MultimodalAdapter", "PredictedLabelAdapter", "GraphAdapter", "GraphStructure", "edge_weight_as_edge_attr",
 ]

@@ -12,6 +12,7 @@ from .imperceptible import MaskingPenalty, MaskingPenaltyAttack
 from .graph_attack import GraphAttack
 from .graph_baselines import DICE, RandomFlips
 from .grbcd import GRBCD
+from .minimal_norm import MinimalNormSearch
 from .losses import LOSSES, cross_entropy, dlr, get_loss, margin, masked_cross_entropy
 from .pgd import FGSM, PGD
 from .single_step import FGSMRS, NFGSM
@@ -30,7 +31,7 @@ __all__ = [
     "FGSM", "FGSMRS", "NFGSM", "PGD", "APGD", "APGDT", "EOT", "eot_victim", "UniversalPerturbation", "CTCTargetedAttack",
     "MaskingPenalty", "MaskingPenaltyAttack",
     # minimal norm and black box
-    "FMN", "FAB", "FABT", "Square",
+    "FMN", "FAB", "FABT", "MinimalNormSearch", "Square",
     # combinations and learned attacks
     "Ensemble", "AmortizedAttack", "ConvPerturbationGenerator", "MLPPerturbationGenerator",
     # graph structure

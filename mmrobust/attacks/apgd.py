@@ -12,7 +12,7 @@ from ..errors import check_fraction, check_int, check_positive
 from ..threats.base import ThreatModel, per_unit
 from .base import Attack, Threat, apply_masks
 from .kernel import BestPoint, initial_delta, input_gradients, may_drop_units, perturbed, project, restrict, \
-    unit_scores
+    TargetClassRuns, unit_scores
 
 
 def apgd_checkpoints(steps: int) -> List[int]:
@@ -63,6 +63,16 @@ class APGD(Attack):
             the loss and confidence returned for a broken unit are those of its first adversarial point,
             not the highest found, so leave it off when a metric reads them. :func:`mmrobust.evaluate` and
             :class:`~mmrobust.callbacks.RobustnessEvaluation` turn it on for their private copies.
+
+    Example:
+        >>> from mmrobust.attacks import APGD
+        >>> from mmrobust.threats import L2Ball
+        >>> from mmrobust.utils import toy_problem
+        >>> model, x, y = toy_problem()
+        >>> attack = APGD(L2Ball(0.5, lower=0, upper=1), steps=10, loss="dlr", seed=0)
+        >>> robust_ok = attack(model, [x, y]).robust          # correct before and after the attack
+        >>> robust_ok.dtype, robust_ok.shape
+        (torch.bool, torch.Size([8]))
     """
 
     name = "apgd"
@@ -231,7 +241,7 @@ class APGD(Attack):
         return max_full
 
 
-class APGDT(APGD):
+class APGDT(TargetClassRuns, APGD):
     """Targeted APGD with the targeted DLR loss (Croce & Hein 2020, https://arxiv.org/abs/2003.01690, Eq. 7).
 
     .. math:: \\mathrm{DLR}_t(x, y) = -\\frac{z_y - z_t}{z_{\\pi_1} - (z_{\\pi_3} + z_{\\pi_4}) / 2}
@@ -253,41 +263,16 @@ class APGDT(APGD):
         kwargs.pop("targeted", None)
         super().__init__(threat, loss=loss, targeted=True, **kwargs)
         self.n_target_classes = check_int("n_target_classes", n_target_classes, 1)
-        self._explicit_targets = False
 
     def settings(self) -> List[str]:
         return super().settings() + [f"n_target_classes={self.n_target_classes}"]
 
-    # The base __call__ fills in default targets, so whether the user gave any is recorded here
-    # (per call; one APGDT instance should not run concurrently in several threads).
-    def __call__(self, model, batch, *, target_labels: Optional[Tensor] = None):
-        self._explicit_targets = target_labels is not None
-        try:
-            return super().__call__(model, batch, target_labels=target_labels)
-        finally:
-            self._explicit_targets = False
-
-    def generate(self, model, batch, *, target_labels: Optional[Tensor] = None):
-        self._explicit_targets = True
-        try:
-            return super().generate(model, batch, target_labels=target_labels)
-        finally:
-            self._explicit_targets = False
-
-    def is_success(self, logits, victim, target_labels):
-        if self._explicit_targets:
-            return logits.argmax(1) == target_labels
-        return logits.argmax(1) != victim.target
-
     def perturb(self, victim, threats, target_labels, clean_logits):
-        if self._explicit_targets or clean_logits is None:
+        if self.explicit_targets or clean_logits is None:
             return super().perturb(victim, threats, target_labels, clean_logits)
-        n_classes = clean_logits.shape[1]
-        ranked = clean_logits.masked_fill(
-            torch.nn.functional.one_hot(victim.target, n_classes).bool(), float("-inf")).argsort(1, descending=True)
-        best = self.start_best(victim, threats, ranked[:, 0], clean_logits)
-        for rank in range(min(self.n_target_classes, n_classes - 1)):
-            targets = ranked[:, rank]
+        classes = self.target_classes(victim, clean_logits)
+        best = self.start_best(victim, threats, classes[0], clean_logits)
+        for targets in classes:
             for _ in range(self.restarts):
                 if not self.run_on_remaining(victim, threats, targets, best):
                     break

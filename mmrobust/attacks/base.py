@@ -15,79 +15,22 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+import dataclasses
+from abc import ABC
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
-from ..adapters.base import BatchAdapter, Victim, infer_adapter
+from ..adapters.base import BatchAdapter, Victim, infer_adapter, stage_adapter
 from ..errors import NonFiniteError
 from ..threats.base import ThreatModel
-from ..utils import kept_modes, make_generator
+from ..utils import kept_modes, make_generator, normal_tensor
 from .labels import check_labels, label_checked
 from .losses import get_loss
+from .result import AttackResult, mark_not_found
 
 Threat = Union[ThreatModel, Mapping[str, ThreatModel]]
-
-
-@dataclass
-class AttackResult:
-    """What an attack returns.
-
-    Attributes:
-        batch: the perturbed batch, of the same type as the user's batch.
-        inputs: the perturbed attackable tensors by name.
-        target: true labels of the scored outputs.
-        clean_logits / logits: model outputs on the clean and on the perturbed batch.
-        success: per output, whether the attack's goal was reached (misclassified, or the target class
-            for targeted attacks).
-        loss: per output, the attack loss at the returned point.
-        size: per input name, the per-unit perturbation size in that threat model's own measure.
-        unit: maps outputs to units (``None``: output i is unit i).
-        attack: a description of the attack that produced the result.
-        extras: attack- or modality-specific extras (e.g. sizes in dB for audio).
-    """
-
-    batch: Any
-    inputs: Dict[str, Tensor]
-    target: Tensor
-    clean_logits: Tensor
-    logits: Tensor
-    success: Tensor
-    loss: Tensor
-    size: Dict[str, Tensor]
-    unit: Optional[Tensor] = None
-    attack: str = ""
-    extras: Dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def clean_correct(self) -> Tensor:
-        return self.clean_logits.argmax(1) == self.target
-
-    @property
-    def adv_correct(self) -> Tensor:
-        return self.logits.argmax(1) == self.target
-
-    @property
-    def robust(self) -> Tensor:
-        """Correct on the clean input and on the perturbed one (the AutoAttack convention)."""
-        return self.clean_correct & self.adv_correct
-
-    @property
-    def confidence(self) -> Tensor:
-        """Max softmax probability on the perturbed input."""
-        return self.logits.softmax(1).amax(1)
-
-    def output_size(self, name: Optional[str] = None) -> Tensor:
-        """Perturbation size per output (broadcast from units) for input ``name`` (default: the only one)."""
-        if name is None:
-            if len(self.size) != 1:
-                raise ValueError(f"result has several inputs {sorted(self.size)}; name one")
-            name = next(iter(self.size))
-        s = self.size[name]
-        return s if self.unit is None else s[self.unit]
 
 
 @contextlib.contextmanager
@@ -102,14 +45,14 @@ def attack_mode(model: nn.Module) -> Iterator[None]:
             p.grad = g
 
 
-def normal_tensor(t: Tensor) -> Tensor:
-    """A tensor usable by autograd: clones tensors created under ``inference_mode``."""
-    return t.clone() if isinstance(t, Tensor) and t.is_inference() else t
-
-
 def victim_for(model: nn.Module, batch: Any, adapter: Optional[BatchAdapter] = None) -> Victim:
     """The :class:`Victim` of ``batch`` (adapter inferred when ``None``), ready for autograd."""
     return prepare_victim((adapter or infer_adapter(batch)).victim(model, batch))
+
+
+def prepared(victim: Victim) -> Victim:
+    """A copy of ``victim`` ready for autograd (the victim given is left as it is)."""
+    return prepare_victim(dataclasses.replace(victim))
 
 
 def prepare_victim(victim: Victim) -> Victim:
@@ -248,20 +191,24 @@ class Attack(ABC):
 
     def with_adapter(self, adapter: BatchAdapter) -> "Attack":
         """A shallow copy reading batches with ``adapter``; it shares this attack's random generator."""
+        return self.sharing_copy(adapter=adapter)
+
+    def sharing_copy(self, **attributes: Any) -> "Attack":
+        """A shallow copy with ``attributes`` replaced that shares this attack's random generator (so its
+        draws advance the same, checkpointed stream); per-call settings live on such copies."""
         self.generator()
         clone = object.__new__(type(self))
         clone.__dict__.update(self.__dict__)
-        clone.adapter = adapter
+        clone.__dict__.update(attributes)
         return clone
 
     def for_stage(self, batch: Any, stage: str) -> "Attack":
         """This attack as used at a training stage: an attack without an adapter reads the batch with
-        :func:`~mmrobust.adapters.base.stage_adapter` (e.g. a graph's training nodes while training)."""
+        :func:`~mmrobust.adapters.base.stage_adapter` (e.g. a graph's training nodes while training), as
+        a copy holding that adapter (sharing the random generator), so the step infers it only once."""
         if self.adapter is not None:
             return self
-        inferred = infer_adapter(batch)
-        staged = inferred.for_stage(batch, stage)
-        return self if staged is inferred else self.with_adapter(staged)
+        return self.with_adapter(stage_adapter(batch, stage))
 
     def settings(self) -> List[str]:
         """The settings :meth:`describe` lists after the threat model; subclasses append theirs."""
@@ -276,39 +223,21 @@ class Attack(ABC):
         return f"{type(self).__name__}({', '.join([t] + self.settings())})"
 
     # -- the call ---------------------------------------------------------------------------------
-    def _prepare(self, model: nn.Module, batch: Any):
-        """The victim (inputs usable by autograd) and its threat models, with the inputs checked.
+    def checked_threats(self, victim: Victim) -> Dict[str, ThreatModel]:
+        """The threat model of each attacked input, with the inputs checked against it.
 
         The same checks run for evaluation and for training: projecting out-of-box data would otherwise
         silently clip it.
         """
-        victim = victim_for(model, batch, self.adapter)
         threats = self.threats_for(victim)
         for name, threat in threats.items():
             threat.check_input(victim.inputs[name], name=name)
-        return victim, threats
+        return threats
 
     def __call__(self, model: nn.Module, batch: Any, *, target_labels: Optional[Tensor] = None) -> AttackResult:
+        """Read ``batch`` (:func:`victim_for`), then :meth:`run` in :func:`attack_mode`."""
         with attack_mode(model):
-            victim, threats = self._prepare(model, batch)
-            with torch.no_grad():
-                clean_logits = victim.forward(victim.inputs)
-            check_logits(clean_logits, victim, "on the clean batch")
-            n_classes = clean_logits.shape[1]
-            y = victim.target
-            check_labels(y, n_classes)
-            if self.targeted and target_labels is None:
-                # most likely wrong class, a common default (Carlini & Wagner 2017 use random targets)
-                target_labels = clean_logits.masked_fill(
-                    torch.nn.functional.one_hot(y, n_classes).bool(), float("-inf")).argmax(1)
-            if target_labels is not None:
-                target_labels = normal_tensor(target_labels).to(y.device).long()
-                if target_labels.shape != y.shape:
-                    raise ValueError(f"target_labels must have shape {tuple(y.shape)}, got {tuple(target_labels.shape)}")
-                check_labels(target_labels, n_classes, "target_labels")
-            out = self.perturb(victim, threats, target_labels, clean_logits)
-            adv, logits = out if isinstance(out, tuple) else (out, None)
-            return self.finish(victim, threats, adv, clean_logits, target_labels, logits)
+            return self.run(victim_for(model, batch, self.adapter), target_labels=target_labels)
 
     def generate(self, model: nn.Module, batch: Any, *, target_labels: Optional[Tensor] = None) -> Any:
         """Only the perturbed batch, skipping the clean and final evaluation passes (for training).
@@ -316,26 +245,61 @@ class Attack(ABC):
         Attacks that track the best iterate return their last iterate here instead, as fast
         adversarial training does (Wong et al. 2020); targeted attacks need ``target_labels``.
         """
+        with attack_mode(model):
+            victim = victim_for(model, batch, self.adapter)
+            return victim.rebuild(self.run_training(victim, target_labels=target_labels))
+
+    def run(self, victim: Victim, threats: Optional[Dict[str, ThreatModel]] = None, *,
+            target_labels: Optional[Tensor] = None) -> AttackResult:
+        """The attack on a batch already read (a :class:`Victim`, e.g. ``victim.select(units)``), inside
+        :func:`attack_mode`: the clean pass and label checks, default targets, :meth:`perturb`, :meth:`finish`.
+        Composites (ensembles, partly adversarial batches) call it instead of rebuilding and re-reading
+        batches; ``threats`` default to :meth:`checked_threats`."""
+        victim = prepared(victim)
+        threats = self.checked_threats(victim) if threats is None else threats
+        with torch.no_grad():
+            clean_logits = victim.forward(victim.inputs)
+        check_logits(clean_logits, victim, "on the clean batch")
+        n_classes = clean_logits.shape[1]
+        y = victim.target
+        check_labels(y, n_classes)
+        if self.targeted and target_labels is None:
+            # most likely wrong class, a common default (Carlini & Wagner 2017 use random targets)
+            target_labels = clean_logits.masked_fill(
+                torch.nn.functional.one_hot(y, n_classes).bool(), float("-inf")).argmax(1)
+        if target_labels is not None:
+            target_labels = normal_tensor(target_labels).to(y.device).long()
+            if target_labels.shape != y.shape:
+                raise ValueError(f"target_labels must have shape {tuple(y.shape)}, got {tuple(target_labels.shape)}")
+            check_labels(target_labels, n_classes, "target_labels")
+        adv, logits, found = _unpack(self.perturb(victim, threats, target_labels, clean_logits))
+        return mark_not_found(self.finish(victim, threats, adv, clean_logits, target_labels, logits), found, victim)
+
+    def run_training(self, victim: Victim, threats: Optional[Dict[str, ThreatModel]] = None, *,
+                     target_labels: Optional[Tensor] = None) -> Dict[str, Tensor]:
+        """The perturbed inputs of a batch already read, without evaluation passes (:meth:`generate`'s
+        work, for training code that holds a :class:`Victim`), inside :func:`attack_mode`."""
         if self.targeted and target_labels is None:
             raise ValueError("generate() with a targeted attack needs target_labels")
-        with attack_mode(model):
-            victim, threats = self._prepare(model, batch)
-            if target_labels is not None:
-                target_labels = normal_tensor(target_labels).to(victim.target.device).long()
-            # no clean pass here: the attack's first forward pass learns the class count and checks the labels
-            out = self.perturb(label_checked(victim, target_labels), threats, target_labels, None)
-            adv = out[0] if isinstance(out, tuple) else out
-            return victim.rebuild({k: v.detach() for k, v in adv.items()})
+        victim = prepared(victim)
+        threats = self.checked_threats(victim) if threats is None else threats
+        if target_labels is not None:
+            target_labels = normal_tensor(target_labels).to(victim.target.device).long()
+        # no clean pass here: the attack's first forward pass learns the class count and checks the labels
+        adv = _unpack(self.perturb(label_checked(victim, target_labels), threats, target_labels, None))[0]
+        return {k: v.detach() for k, v in adv.items()}
 
-    @abstractmethod
     def perturb(self, victim: Victim, threats: Dict[str, ThreatModel], target_labels: Optional[Tensor],
                 clean_logits: Optional[Tensor]) -> Union[Dict[str, Tensor], tuple]:
-        """Return perturbed inputs (a dict with the same keys as ``victim.inputs``).
+        """Return perturbed inputs (a dict with the same keys as ``victim.inputs``); every attack but a
+        composite (which overrides :meth:`run`) implements it.
 
         May return ``(inputs, logits)`` when the logits at the returned point are already known, which
-        saves :meth:`finish` a forward pass. ``clean_logits`` is ``None`` when called from
-        :meth:`generate` (training), where no evaluation is wanted.
+        saves :meth:`finish` a forward pass, and ``(inputs, logits, found)`` for minimal-norm attacks
+        (units where ``found`` is false get size ``inf`` and no success). ``clean_logits`` is ``None``
+        when called from :meth:`generate` (training), where no evaluation is wanted.
         """
+        raise NotImplementedError(f"{type(self).__name__} implements neither perturb() nor run()")
 
     # -- shared pieces ----------------------------------------------------------------------------
     def output_loss(self, logits: Tensor, victim: Victim, target_labels: Optional[Tensor]) -> Tensor:
@@ -370,14 +334,11 @@ class Attack(ABC):
 
 
 
-def mark_not_found(result: "AttackResult", found: Optional[Tensor], victim: Victim) -> "AttackResult":
-    """Minimal-norm attacks: units where no adversarial point was found get size ``inf`` and no success."""
-    if found is not None:
-        for name in result.size:
-            result.size[name] = torch.where(found, result.size[name],
-                                            torch.full_like(result.size[name], float("inf")))
-        result.success = result.success & victim.per_output(found)
-    return result
+def _unpack(out) -> tuple:
+    """``perturb``'s answer as ``(inputs, logits or None, found or None)``."""
+    out = tuple(out) if isinstance(out, tuple) else (out,)
+    return out + (None,) * (3 - len(out))
+
 
 def private_value(value: Any) -> Any:
     """``value`` with attacks replaced by private copies and generators by new ones in the same state."""

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import Tensor
 
-from ..adapters.base import infer_adapter
+from ..adapters.base import BatchAdapter, Victim, infer_adapter
 from ..threats.base import ThreatModel, per_unit
-from ..threats.verify import run_checked
+from ..threats.verify import verify_run
 from ..utils import progress_bar
-from .base import Attack, AttackResult, attack_mode, check_logits, prepare_victim
+from .base import Attack, AttackResult, attack_mode, check_logits, prepare_victim, prepared, victim_for
 
 
 class Ensemble(Attack):
@@ -41,6 +41,16 @@ class Ensemble(Attack):
         progress: a progress bar over the members, shown only when stderr is a terminal (``False``: never);
             the same argument in :meth:`standard`, :meth:`plus` and :meth:`rand`.
         Other arguments as :class:`Attack`; ``loss`` only sets the reported ``AttackResult.loss``.
+
+    Example:
+        >>> from mmrobust.threats import LinfBall
+        >>> from mmrobust.utils import toy_problem
+        >>> model, x, y = toy_problem()
+        >>> from mmrobust.attacks import APGD, Ensemble, FGSM
+        >>> threat = LinfBall(0.1, lower=0, upper=1)
+        >>> result = Ensemble([FGSM(threat), APGD(threat, steps=10, seed=0)])(model, [x, y])
+        >>> [name.split("(")[0] for name, robust_left in result.extras["robust_after"]]
+        ['FGSM', 'APGD']
     """
 
     name = "ensemble"
@@ -147,24 +157,44 @@ class Ensemble(Attack):
         for a, s in zip(self.attacks, state.get("attacks", [])):
             a.load_state_dict(s)
 
-    def perturb(self, victim, threats, target_labels, clean_logits):  # pragma: no cover - not used
-        raise TypeError("Ensemble runs its members through __call__; use ensemble(model, batch)")
-
     def generate(self, model, batch, *, target_labels: Optional[Tensor] = None) -> Any:
         """The perturbed batch of a full ensemble evaluation (an ensemble needs its evaluations)."""
         return self(model, batch).batch
 
     def __call__(self, model, batch, *, target_labels: Optional[Tensor] = None) -> AttackResult:
+        inferred: Dict[str, BatchAdapter] = {}
+        victims: Dict[int, Victim] = {}
+
+        def read(attack: Attack) -> Victim:
+            """The batch as ``attack`` reads it: with its own adapter, or the one inferred from the batch."""
+            adapter = attack.adapter or inferred.setdefault("adapter", infer_adapter(batch))
+            if id(adapter) not in victims:
+                victims[id(adapter)] = victim_for(model, batch, adapter)
+            return victims[id(adapter)]
+
+        with attack_mode(model):
+            return self._run(read, target_labels)
+
+    def run(self, victim: Victim, threats=None, *, target_labels: Optional[Tensor] = None) -> AttackResult:
+        """The ensemble on a batch already read: every member attacks ``victim`` (or its units still robust)."""
+        victim = prepared(victim)
+        return self._run(lambda attack: victim, target_labels)
+
+    def run_training(self, victim: Victim, threats=None, *, target_labels: Optional[Tensor] = None):
+        """The perturbed inputs of a full ensemble evaluation (an ensemble needs its evaluations)."""
+        return self.run(victim, threats, target_labels=target_labels).inputs
+
+    def _run(self, read, target_labels: Optional[Tensor]) -> AttackResult:
         if target_labels is not None:
             raise ValueError("Ensemble is untargeted; give target_labels to its members instead")
         members = self.members()
-        adapter = next((a.adapter for a in members if a.adapter is not None), None) or infer_adapter(batch)
         bar = progress_bar(getattr(self, "progress", True), total=len(members), desc="ensemble", unit="member",
                            every_step=True)
         if bar is not None:
             bar.set_postfix_str(members[0].name)
-        first = run_checked(members[0], model, batch)
-        victim = prepare_victim(adapter.victim(model, batch))
+        first_victim = read(members[0])
+        first = verify_run(members[0], first_victim, members[0].run(first_victim))
+        victim = read(next((a for a in members if a.adapter is not None), members[0]))
         inputs = {k: v.clone() for k, v in first.inputs.items()}
         logits = first.logits.clone()
         clean_correct = first.clean_correct
@@ -185,10 +215,10 @@ class Ensemble(Attack):
                 history.append((attack.describe(), 0))
                 continue
             index = robust_units.nonzero().squeeze(1)
-            if victim.select is not None and victim.unit is None:
-                sub = victim.select(index)
-                sub_batch = sub.rebuild(sub.inputs)
-                res = run_checked(attack, model, sub_batch)
+            own = read(attack)
+            if own.select is not None and own.unit is None:
+                sub = prepare_victim(own.select(index))
+                res = verify_run(attack, sub, attack.run(sub))
                 fooled = ~(res.clean_correct & res.adv_correct)
                 take = index[fooled]
                 for k in inputs:
@@ -196,7 +226,7 @@ class Ensemble(Attack):
                 logits[take] = res.logits[fooled]
                 robust[take] = False
             else:
-                res = run_checked(attack, model, batch)
+                res = verify_run(attack, own, attack.run(own))
                 now_robust = res.clean_correct & res.adv_correct
                 # a unit is replaced when the member leaves fewer of its outputs robust
                 before = victim.per_unit(robust.float())
@@ -213,12 +243,11 @@ class Ensemble(Attack):
             bar.update(1)
             bar.close()
         threats = self.threats_for(victim)
-        with attack_mode(model):
-            if not exact_logits:
-                with torch.no_grad():
-                    logits = victim.forward(inputs)
-                check_logits(logits, victim, "on the ensemble's perturbed batch")
-            result = self.finish(victim, threats, inputs, first.clean_logits, None, logits)
+        if not exact_logits:
+            with torch.no_grad():
+                logits = victim.forward(inputs)
+            check_logits(logits, victim, "on the ensemble's perturbed batch")
+        result = self.finish(victim, threats, inputs, first.clean_logits, None, logits)
         result.extras["robust_after"] = history
         result.extras["robust_counts"] = {name: count for name, count in history}
         return result

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..adapters.base import Victim
 from ..errors import check_int
@@ -13,9 +13,27 @@ from ..threats.base import ThreatModel
 from .base import Attack, AttackResult
 
 
-def _compose(transforms) -> Callable:
-    from ..audio.transforms import RandomTransforms
+class RandomTransforms(nn.Module):
+    """Apply transforms in sequence, each with its own draw from the shared generator."""
 
+    def __init__(self, transforms: Sequence[nn.Module]):
+        super().__init__()
+        if isinstance(transforms, nn.Module):
+            transforms = [transforms]
+        transforms = list(transforms)
+        for i, t in enumerate(transforms):
+            if not callable(t):
+                raise TypeError(f"transforms[{i}] must be a callable module forward(x, generator), got {type(t).__name__}")
+        self.transforms = nn.ModuleList(t for t in transforms if isinstance(t, nn.Module))
+        self._steps = transforms  # in the given order, plain callables included
+
+    def forward(self, x: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+        for t in self._steps:
+            x = t(x, generator)
+        return x
+
+
+def _compose(transforms) -> Callable:
     if isinstance(transforms, RandomTransforms):
         return transforms
     if callable(transforms) and not isinstance(transforms, (list, tuple)):

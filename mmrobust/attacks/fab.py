@@ -10,9 +10,9 @@ from torch import Tensor
 from ..errors import NonFiniteError, check_fraction, check_int, check_positive
 from ..threats.base import ThreatModel, per_unit
 from ..utils import rand, randn
-from .base import Attack, AttackResult, Threat, mark_not_found
+from .base import Attack, Threat
 from .hyperplane import NORMS, hyperplane_step
-from .kernel import may_drop_units, restrict
+from .kernel import TargetClassRuns, may_drop_units, restrict
 
 #: FAB picks the hyperplane closest in the dual norm: |f| / ||grad f||_q with 1/p + 1/q = 1
 _DUAL = {"linf": 1.0, "l2": 2.0, "l1": float("inf")}
@@ -134,9 +134,8 @@ class FAB(Attack):
                 active = todo.nonzero().squeeze(1) if shrink else None
                 self._run(victim, name, threat, active, targets, start, cap, best, shrink and self.early_stop)
         found = torch.isfinite(best["size"]) & (best["size"] <= cap)
-        self._found = found
         adv = {**victim.inputs, name: x + torch.where(per_unit(found, x), best["delta"], torch.zeros_like(x))}
-        return adv, torch.where(found[:, None], best["logits"], clean_logits)
+        return adv, torch.where(found[:, None], best["logits"], clean_logits), found
 
     def _start(self, threat: ThreatModel, x: Tensor, restart: int) -> Optional[Tensor]:
         """``None`` (the clean input) for the first restart, else a random point at distance ``eps / 2``."""
@@ -253,13 +252,6 @@ class FAB(Attack):
         new = threat.clamp_box(new.reshape(delta.shape), x0)
         return new if mask is None else new * mask
 
-    def finish(self, victim, threats, adv, clean_logits, target_labels, logits=None) -> AttackResult:
-        result = super().finish(victim, threats, adv, clean_logits, target_labels, logits)
-        found = getattr(self, "_found", None)
-        self._found = None
-        mark_not_found(result, found, victim)
-        return result
-
 
 def _jacobian(out: Tensor, leaf: Tensor) -> Tensor:
     """``(units, K, *leaf.shape[1:])`` gradients of each column of ``out`` (rows depend on their own unit):
@@ -275,7 +267,7 @@ def _jacobian(out: Tensor, leaf: Tensor) -> Tensor:
     return g.transpose(0, 1)
 
 
-class FABT(FAB):
+class FABT(TargetClassRuns, FAB):
     """Targeted FAB (FAB-T, Croce & Hein 2020, https://arxiv.org/abs/2003.01690, Sec. 4): one linearised
     boundary per run, :math:`f_t - f_y`, towards each of the ``n_target_classes`` most likely wrong classes
     of the clean input in turn; success means *misclassified* (the AutoAttack use). With explicit
@@ -293,39 +285,9 @@ class FABT(FAB):
         kwargs.pop("targeted", None)
         super().__init__(threat, targeted=True, **kwargs)
         self.n_target_classes = check_int("n_target_classes", n_target_classes, 1)
-        self._explicit_targets = False
 
     def settings(self) -> List[str]:
         return super().settings() + [f"n_target_classes={self.n_target_classes}"]
 
-    def __call__(self, model, batch, *, target_labels: Optional[Tensor] = None):
-        self._explicit_targets = target_labels is not None
-        try:
-            return super().__call__(model, batch, target_labels=target_labels)
-        finally:
-            self._explicit_targets = False
-
-    def generate(self, model, batch, *, target_labels: Optional[Tensor] = None):
-        self._explicit_targets = target_labels is not None
-        try:
-            return super().generate(model, batch, target_labels=target_labels)
-        finally:
-            self._explicit_targets = False
-
-    def is_success(self, logits, victim, target_labels):
-        if self._explicit_targets:
-            return logits.argmax(1) == target_labels
-        return logits.argmax(1) != victim.target
-
-    def reached(self, logits, labels, targets):
-        if self._explicit_targets:
-            return logits.argmax(1) == targets
-        return logits.argmax(1) != labels
-
     def target_runs(self, victim, target_labels, clean_logits):
-        if self._explicit_targets:
-            return [target_labels]
-        n_classes = clean_logits.shape[1]
-        ranked = clean_logits.masked_fill(torch.nn.functional.one_hot(victim.target, n_classes).bool(),
-                                          float("-inf")).argsort(1, descending=True)
-        return [ranked[:, r] for r in range(min(self.n_target_classes, n_classes - 1))]
+        return [target_labels] if self.explicit_targets else self.target_classes(victim, clean_logits)

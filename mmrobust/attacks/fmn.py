@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ..errors import check_fraction, check_int, check_positive
 from ..threats.base import ThreatModel, per_unit
-from .base import Attack, AttackResult, Threat, apply_masks, mark_not_found
+from .base import Attack, Threat, apply_masks
 from .kernel import input_gradients
 
 #: the dual norm measures the distance to the linearised boundary, |loss| / ||grad||_dual
@@ -49,6 +49,16 @@ class FMN(Attack):
         alpha, alpha_final: initial and final step length (L2 length of the step, in input units);
             ``alpha_final`` defaults to ``alpha / 100``.
         cap: treat the threat model's ``eps`` as an upper bound on the returned size.
+
+    Example:
+        >>> from mmrobust.threats import L2Ball
+        >>> from mmrobust.utils import toy_problem
+        >>> model, x, y = toy_problem()
+        >>> from mmrobust.attacks import FMN
+        >>> result = FMN(L2Ball(1.0, lower=0, upper=1), steps=20)(model, [x, y])
+        >>> sizes = result.size["image"]      # smallest L2 norm found per example, inf where none
+        >>> bool((sizes[result.success] < float("inf")).all())
+        True
     """
 
     name = "fmn"
@@ -126,15 +136,7 @@ class FMN(Attack):
             return adv
         # where nothing was found best_delta is 0, so best_logits must be the clean logits there
         best_logits = torch.where(victim.per_output(found)[:, None], best_logits, clean_logits)
-        self._found = found
-        return adv, best_logits
-
-    def finish(self, victim, threats, adv, clean_logits, target_labels, logits=None) -> AttackResult:
-        result = super().finish(victim, threats, adv, clean_logits, target_labels, logits)
-        found = getattr(self, "_found", None)
-        self._found = None
-        mark_not_found(result, found, victim)
-        return result
+        return adv, best_logits, found
 
 
 def _farthest_size(threat: ThreatModel, x: Tensor) -> Tensor:

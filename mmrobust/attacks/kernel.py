@@ -9,7 +9,7 @@ them, so each attack file reads like its paper's algorithm.
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -151,3 +151,41 @@ def perturbed(victim: Victim, delta: Dict[str, Tensor]) -> Dict[str, Tensor]:
     """``victim.inputs`` plus ``delta`` (inputs without a perturbation stay clean)."""
     x = victim.inputs
     return {k: x[k] + delta[k] if k in delta else x[k] for k in x}
+
+
+class TargetClassRuns:
+    """For targeted attacks used as AutoAttack uses them (APGD-T, FAB-T; mix in before the attack class).
+
+    Called without ``target_labels``, the attack runs towards each of the ``n_target_classes`` most
+    likely wrong classes of the clean input in turn (:meth:`target_classes`) and success means
+    *misclassified*; with explicit ``target_labels`` success means *classified as the target*. Which of
+    the two a call is lives on a per-call copy (``explicit_targets``), never on the user's instance.
+    """
+
+    #: whether this call's targets were given by the caller (set on per-call copies only)
+    explicit_targets = False
+    n_target_classes: int
+
+    def run(self, victim, threats=None, *, target_labels=None):
+        call = self.sharing_copy(explicit_targets=target_labels is not None)
+        return super(TargetClassRuns, call).run(victim, threats, target_labels=target_labels)
+
+    def run_training(self, victim, threats=None, *, target_labels=None):
+        call = self.sharing_copy(explicit_targets=target_labels is not None)
+        return super(TargetClassRuns, call).run_training(victim, threats, target_labels=target_labels)
+
+    def is_success(self, logits: Tensor, victim: Victim, target_labels: Optional[Tensor]) -> Tensor:
+        return self.reached(logits, victim.target, target_labels)
+
+    def reached(self, logits: Tensor, labels: Tensor, targets: Optional[Tensor]) -> Tensor:
+        """Per output: the call's goal is reached (the target for explicit targets, else misclassified)."""
+        if self.explicit_targets:
+            return logits.argmax(1) == targets
+        return logits.argmax(1) != labels
+
+    def target_classes(self, victim: Victim, clean_logits: Tensor) -> List[Tensor]:
+        """The most likely wrong classes of the clean input, most likely first, one tensor per rank."""
+        n_classes = clean_logits.shape[1]
+        ranked = clean_logits.masked_fill(torch.nn.functional.one_hot(victim.target, n_classes).bool(),
+                                          float("-inf")).argsort(1, descending=True)
+        return [ranked[:, r] for r in range(min(self.n_target_classes, n_classes - 1))]

@@ -44,6 +44,16 @@ class PGD(Attack):
             for attacks that feed no ``result_metrics``. ``generate`` (training)
             never stops early, so adversarial training maximises the loss on every example, and neither
             do victims with a sampling forward (``Victim.deterministic=False``, e.g. :class:`EOT`).
+
+    Example:
+        >>> from mmrobust.threats import LinfBall
+        >>> from mmrobust.utils import toy_problem
+        >>> model, x, y = toy_problem()
+        >>> from mmrobust.attacks import PGD
+        >>> result = PGD(LinfBall(0.1, lower=0, upper=1), steps=5, seed=0)(model, [x, y])
+        >>> bool(((result.inputs["image"] - x).abs() <= 0.1 + 1e-6).all()), result.robust.shape
+        (True, torch.Size([8]))
+        >>> adversarial_batch = PGD(LinfBall(0.1, lower=0, upper=1), steps=5, seed=0).generate(model, [x, y])
     """
 
     name = "pgd"

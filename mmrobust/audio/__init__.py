@@ -9,8 +9,8 @@ from .data import FSDDDataModule, SyntheticSpeechDataModule, WaveformDataset, au
 from .speech_commands import SpeechCommandsDataModule, WaveFileDataset
 from .models import M5, CepstralFeatures, KeywordCNN, LogMelCNN, spec_augment
 from .synth import NUM_SYNTH_CLASSES, synth_digit, synth_digits
-from .transforms import (AddNoise, RandomGain, RandomReverb, RandomSpeed, RandomTimeShift, RandomTransforms,
-                         speed_perturb, synthetic_rir)
+from ..attacks.eot import RandomTransforms  # composes these transforms for EOT and augmentation
+from .transforms import AddNoise, RandomGain, RandomReverb, RandomSpeed, RandomTimeShift, speed_perturb, synthetic_rir
 
 __all__ = [
     "FSDDDataModule", "SpeechCommandsDataModule", "SyntheticSpeechDataModule", "WaveformDataset", "WaveFileDataset",

@@ -9,7 +9,7 @@ on the last dimension, so they also apply to images (shift along width, additive
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -186,22 +186,3 @@ class RandomSpeed(nn.Module):
     def forward(self, x: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
         return speed_perturb(x, self.draw(x.shape[0], generator, x), self.resolution)
 
-
-class RandomTransforms(nn.Module):
-    """Apply transforms in sequence, each with its own draw from the shared generator."""
-
-    def __init__(self, transforms: Sequence[nn.Module]):
-        super().__init__()
-        if isinstance(transforms, nn.Module):
-            transforms = [transforms]
-        transforms = list(transforms)
-        for i, t in enumerate(transforms):
-            if not callable(t):
-                raise TypeError(f"transforms[{i}] must be a callable module forward(x, generator), got {type(t).__name__}")
-        self.transforms = nn.ModuleList(t for t in transforms if isinstance(t, nn.Module))
-        self._steps = transforms  # in the given order, plain callables included
-
-    def forward(self, x: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
-        for t in self._steps:
-            x = t(x, generator)
-        return x

@@ -19,8 +19,8 @@ from typing import Any, Dict, Optional
 import pytorch_lightning as pl
 import torch
 
-from ..adapters.base import BatchAdapter, infer_adapter
-from ..attacks.base import Attack, attack_mode
+from ..adapters.base import BatchAdapter
+from ..attacks.base import Attack, attack_mode, victim_for
 from ..errors import check_finite_nonneg, check_fraction, check_int
 from ..threats.base import ThreatModel
 from ..utils import make_generator
@@ -198,9 +198,8 @@ class AdversarialTraining(pl.Callback):
     def _log_step(self, pl_module: "pl.LightningModule", adv: Any, attack: Attack, factor: float,
                   seconds: float) -> None:
         """``train/at/adv_acc``, ``train/at/budget``, ``train/at/attack_time_s`` (see ``log_metrics``)."""
-        adapter = attack.adapter or infer_adapter(adv)
         with attack_mode(pl_module), torch.no_grad():
-            victim = adapter.victim(pl_module, adv)
+            victim = victim_for(pl_module, adv, attack.adapter)
             acc = (victim.forward(victim.inputs).argmax(-1) == victim.target).float().mean()
         size = victim.num_outputs
         for key, value in (("adv_acc", acc), ("budget", float(factor)), ("attack_time_s", float(seconds))):
@@ -210,27 +209,22 @@ class AdversarialTraining(pl.Callback):
         """``batch`` with (a ``ratio`` fraction of) its units replaced by adversarial versions."""
         if isinstance(batch, tuple):
             assign_batch(batch, batch)  # fail before spending an attack on an immutable batch
-        adapter = attack.adapter or infer_adapter(batch)
         if self.ratio >= 1.0:
             return attack.generate(model, batch)
         with attack_mode(model):
-            victim = adapter.victim(model, batch)
-        n = victim.num_units
-        k = max(1, int(round(self.ratio * n)))
-        device = next(iter(victim.inputs.values())).device
-        order = torch.randperm(n, generator=self._unit_generator()).to(device)
-        chosen = order[:k].sort().values
-        mixed = {name: t.clone() for name, t in victim.inputs.items()}
-        if victim.select is not None:
-            sub = victim.select(chosen)
-            adv_sub = attack.generate(model, sub.rebuild(sub.inputs))
-            with attack_mode(model):
-                adv_inputs = adapter.victim(model, adv_sub).inputs
-            for name in mixed:
-                mixed[name][chosen] = adv_inputs[name].to(mixed[name].dtype)
-        else:  # units cannot be separated: attack all, keep the chosen units' perturbations
-            with attack_mode(model):
-                adv_inputs = adapter.victim(model, attack.generate(model, batch)).inputs
-            for name in mixed:
-                mixed[name][chosen] = adv_inputs[name][chosen]
+            victim = victim_for(model, batch, attack.adapter)
+            n = victim.num_units
+            k = max(1, int(round(self.ratio * n)))
+            device = next(iter(victim.inputs.values())).device
+            order = torch.randperm(n, generator=self._unit_generator()).to(device)
+            chosen = order[:k].sort().values
+            mixed = {name: t.clone() for name, t in victim.inputs.items()}
+            if victim.select is not None:
+                adv_inputs = attack.run_training(victim.select(chosen))
+                for name in mixed:
+                    mixed[name][chosen] = adv_inputs[name].to(mixed[name].dtype)
+            else:  # units cannot be separated: attack all, keep the chosen units' perturbations
+                adv_inputs = attack.run_training(victim)
+                for name in mixed:
+                    mixed[name][chosen] = adv_inputs[name][chosen]
         return victim.rebuild({name: t.detach() for name, t in mixed.items()})

@@ -75,7 +75,8 @@ class Pruning(GradualSparsityCallback):
     Every ``frequency`` optimizer steps between ``begin_step`` (:math:`t_0`) and ``end_step``
     (:math:`t_0 + n\\Delta t`) the smallest-magnitude weights are masked until the sparsity reaches
     :math:`s_t` (global ranking over all layers, or per layer). Masks are
-    :mod:`torch.nn.utils.prune` buffers registered in ``setup``: they are saved in Lightning checkpoints
+    :class:`~mmrobust.compression.pruning.PruningMask` parametrisations (``weight = original * mask``, the
+    mask a buffer) registered in ``setup``: they are saved in Lightning checkpoints
     and restored on resume, and pruned weights stay exactly zero through training. Masks only grow.
     After training, :func:`mmrobust.compression.make_permanent` bakes them into plain weights.
 

@@ -244,7 +244,7 @@ def hydra_prune(model: nn.Module, data: Iterable, sparsity: float, *, attack=Non
     The weights stay frozen; the scores (initialised to ``w / max|w|``) are trained with SGD (momentum
     0.9, cosine learning rate) on the adversarial loss, with ``attack.generate`` attacking the *pruned*
     network (no attack: the clean loss, i.e. plain score-based pruning). The top-k masks are then written
-    into :mod:`torch.nn.utils.prune` masks; fine-tune afterwards (e.g. with adversarial training; the masks
+    into the layers' :class:`PruningMask` parametrisations; fine-tune afterwards (e.g. with adversarial training; the masks
     keep pruned weights at zero).
 
     Args:

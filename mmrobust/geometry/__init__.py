@@ -2,8 +2,10 @@
 geometric regularisers (CLIP, CURE, input-gradient norm, GradAlign)."""
 
 from .alignment import GradientAlignment, gradient_cosines
-from .boundary import (MinimalNormSearch, PerUnitRadius, PredictedLabelAdapter, boundary_distance,
-                       boundary_distances, with_predicted_labels)
+from ..adapters.predicted import PredictedLabelAdapter
+from ..attacks.minimal_norm import MinimalNormSearch
+from ..threats.per_unit import PerUnitRadius
+from .boundary import boundary_distance, boundary_distances, with_predicted_labels
 from .curvature import curvature, curvature_direction, hessian_vector_norm
 from .lipschitz import LipschitzPairs, adversarial_pairs, difference_quotient, local_lipschitz
 from .regularizers import CurvatureRegularizer, InputGradientNorm, LipschitzRegularizer, Regularizer

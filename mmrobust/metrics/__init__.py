@@ -7,10 +7,12 @@ from .confidence import ConfidenceThresholdedError
 from .flatness import WeightFlatness
 from .geometry import BoundaryDistance, GeometryStatistic
 from .minimal_perturbation import MinimalPerturbation
-from .robust_accuracy import AttackSuccessRate, CleanAccuracy, RobustAccuracy, worst_case_robust
+from . import functional
+from .functional import worst_case_robust
+from .robust_accuracy import AttackSuccessRate, CleanAccuracy, RobustAccuracy
 
 __all__ = [
     "RobustAccuracy", "CleanAccuracy", "AttackSuccessRate", "worst_case_robust", "MinimalPerturbation",
     "ConfidenceThresholdedError", "CertifiedAccuracy", "SparseCertifiedAccuracy", "BoundaryDistance", "GeometryStatistic",
-    "BitErrorAccuracy", "WeightFlatness",
+    "BitErrorAccuracy", "WeightFlatness", "functional",
 ]

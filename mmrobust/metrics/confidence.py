@@ -11,7 +11,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from ..errors import check_fraction
-from .robust_accuracy import Results, as_result_list
+from .functional import Results, as_result_list
 
 
 class ConfidenceThresholdedError(Metric):

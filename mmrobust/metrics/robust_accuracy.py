@@ -7,47 +7,11 @@ reduction is an exact ``sum``.
 
 from __future__ import annotations
 
-from typing import Sequence, Union
-
 import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from ..attacks.base import AttackResult
-
-Results = Union[AttackResult, Sequence[AttackResult]]
-
-
-def as_result_list(results: Results, argument: str = "results") -> list:
-    """One result or several results for the same batch (several attacks) as a checked list."""
-    if isinstance(results, AttackResult):
-        return [results]
-    if not isinstance(results, (list, tuple)) or not results or not all(isinstance(r, AttackResult) for r in results):
-        raise TypeError(f"{argument} must be an AttackResult or a non-empty list of AttackResults for the same batch, "
-                        f"got {type(results).__name__}")
-    first = results[0]
-    for r in results[1:]:
-        if r.target.shape != first.target.shape or not bool(torch.equal(r.target.to(first.target.device),
-                                                                         first.target)):
-            raise ValueError(f"all {argument} must come from the same batch (same outputs and labels); "
-                             f"got targets of shapes {tuple(first.target.shape)} and {tuple(r.target.shape)} "
-                             "or different labels")
-    return list(results)
-
-
-def worst_case_robust(results: Results) -> Tensor:
-    """Per output: correct on the clean input and on the perturbed input of *every* attack."""
-    results = as_result_list(results)
-    robust = results[0].clean_correct
-    for r in results:
-        robust = robust & r.adv_correct.to(robust.device)
-    return robust
-
-
-def _ratio(num: Tensor, den: Tensor) -> Tensor:
-    """``num / den`` as a float, NaN when nothing was counted (an empty evaluation has no accuracy)."""
-    return num.float() / den.float() if bool(den > 0) else torch.tensor(float("nan"), device=num.device)
-
+from .functional import Results, accuracy_update, attack_success_update, ratio
 
 class RobustAccuracy(Metric):
     """Worst-case robust accuracy over one or several attacks (the AutoAttack convention).
@@ -61,6 +25,19 @@ class RobustAccuracy(Metric):
     ``update`` takes one :class:`~mmrobust.attacks.AttackResult` or a list of results of several
     attacks on the same batch. ``compute()`` returns the robust accuracy; :meth:`clean_accuracy` the
     accuracy on the clean inputs of the same outputs. Both are NaN before any update.
+    :func:`mmrobust.metrics.functional.robust_accuracy` is the same for one batch.
+
+    Example:
+        >>> from mmrobust.threats import LinfBall
+        >>> from mmrobust.utils import toy_problem
+        >>> model, x, y = toy_problem()
+        >>> from mmrobust.attacks import FGSM, PGD
+        >>> from mmrobust.metrics import RobustAccuracy
+        >>> threat = LinfBall(0.1, lower=0, upper=1)
+        >>> metric = RobustAccuracy()
+        >>> metric.update([FGSM(threat)(model, [x, y]), PGD(threat, steps=5, seed=0)(model, [x, y])])
+        >>> bool(metric.compute() <= metric.clean_accuracy())
+        True
     """
 
     is_differentiable = False
@@ -74,20 +51,19 @@ class RobustAccuracy(Metric):
         self.add_state("total", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, results: Results) -> None:
-        results = as_result_list(results)
-        robust = worst_case_robust(results)
+        robust, clean, total = accuracy_update(results)
         # not in place: states may be inference tensors after a reset inside Lightning's eval loop
-        self.robust = self.robust + robust.sum().to(self.robust.device)
-        self.clean = self.clean + results[0].clean_correct.sum().to(self.clean.device)
-        self.total = self.total + robust.numel()
+        self.robust = self.robust + robust.to(self.robust.device)
+        self.clean = self.clean + clean.to(self.clean.device)
+        self.total = self.total + total
 
     def compute(self) -> Tensor:
-        return _ratio(self.robust, self.total)
+        return ratio(self.robust, self.total)
 
     def clean_accuracy(self) -> Tensor:
         """Accuracy on the clean inputs of the outputs seen so far (synchronised across processes)."""
         with self.sync_context(should_sync=self._to_sync, should_unsync=True):
-            return _ratio(self.clean, self.total)
+            return ratio(self.clean, self.total)
 
 
 class CleanAccuracy(RobustAccuracy):
@@ -98,7 +74,7 @@ class CleanAccuracy(RobustAccuracy):
     """
 
     def compute(self) -> Tensor:
-        return _ratio(self.clean, self.total)
+        return ratio(self.clean, self.total)
 
 
 class AttackSuccessRate(Metric):
@@ -125,13 +101,9 @@ class AttackSuccessRate(Metric):
         self.add_state("attacked", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, results: Results) -> None:
-        results = as_result_list(results)
-        correct = results[0].clean_correct
-        broken = torch.zeros_like(correct)
-        for r in results:
-            broken = broken | r.success.to(correct.device).bool()
-        self.successes = self.successes + (broken & correct).sum().to(self.successes.device)
-        self.attacked = self.attacked + correct.sum().to(self.attacked.device)
+        successes, attacked = attack_success_update(results)
+        self.successes = self.successes + successes.to(self.successes.device)
+        self.attacked = self.attacked + attacked.to(self.attacked.device)
 
     def compute(self) -> Tensor:
-        return _ratio(self.successes, self.attacked)
+        return ratio(self.successes, self.attacked)

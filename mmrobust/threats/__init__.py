@@ -6,6 +6,7 @@ from .graph import BinaryFeatureFlips, EdgeFlips, FeatureBall
 from .joint import Joint
 from .latent import LatentAdapter, LatentBall
 from .norms import L1Ball, L2Ball, LinfBall
+from .per_unit import PerUnitRadius
 from .psychoacoustic import PsychoacousticBall, masking_report, masking_threshold
 from .weights import WeightBall, perturbed_weights
 
@@ -15,7 +16,7 @@ __all__ = [
     "LinfBall", "L2Ball", "L1Ball", "SNRBall", "PeakDBBall", "snr_db", "db_x",
     "PsychoacousticBall", "masking_threshold", "masking_report",
     # several inputs, latent space, weight space
-    "Joint", "LatentBall", "LatentAdapter", "WeightBall", "perturbed_weights",
+    "Joint", "LatentBall", "LatentAdapter", "WeightBall", "perturbed_weights", "PerUnitRadius",
     # graph structure and node features
     "EdgeFlips", "FeatureBall", "BinaryFeatureFlips",
 ]

@@ -61,6 +61,15 @@ class LinfBall(ThreatModel):
 
     Projection onto the ball intersected with the box is coordinate-wise clipping, which is exact
     because both sets are products of intervals.
+
+    Example:
+        >>> import torch
+        >>> from mmrobust.threats import LinfBall
+        >>> threat = LinfBall(8 / 255, lower=0, upper=1)
+        >>> x = torch.full((2, 3), 0.5)
+        >>> delta = threat.project(torch.full((2, 3), 0.2), x)     # clipped to eps = 8/255 per coordinate
+        >>> round(delta.max().item(), 4), tuple(threat.size(delta, x).shape)
+        (0.0314, (2,))
     """
 
     norm = "linf"

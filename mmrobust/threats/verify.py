@@ -181,7 +181,11 @@ def verify_result(attack: Any, model: torch.nn.Module, batch: Any, result: Any) 
     clean input, clean logits, ``success`` false and ``size`` ``+inf`` (dropped, as minimal-norm attacks
     mark units where they found nothing).
     """
-    victim = (attack.adapter or infer_adapter(batch)).victim(model, batch)
+    return verify_run(attack, (attack.adapter or infer_adapter(batch)).victim(model, batch), result)
+
+
+def verify_run(attack: Any, victim: Victim, result: Any) -> Any:
+    """:func:`verify_result` for a result of ``attack.run(victim)`` (a batch already read)."""
     # an attack whose budget is not the per-input one (a universal delta) says which balls its points must keep
     threats = getattr(attack, "verified_threats", attack.threats_for)(victim)
     found = violations(victim, result.inputs, threats)

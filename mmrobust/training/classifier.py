@@ -107,12 +107,10 @@ class RobustClassifier(pl.LightningModule):
         """The batch read for ``stage``: a graph's train/val/test nodes unless an adapter was given."""
         return self._adapter(batch, stage).victim(self, batch)
 
-    def _attack(self, batch: Any) -> Any:
-        attack = self.attack
-        if self.adapter is not None and attack.adapter is None:
-            attack.generator()  # the copy shares the (checkpointed) generator
-            attack = attack.with_adapter(self.adapter)
-        return attack.for_stage(batch, "train").generate(self, batch)
+    def _adversarial_inputs(self, victim: Victim) -> Dict[str, Tensor]:
+        """The training attack's perturbed inputs for the batch as read for training (:meth:`victim`)."""
+        with attack_mode(self):
+            return self.attack.run_training(victim)
 
     @staticmethod
     def _accuracy(logits: Tensor, y: Tensor) -> Tensor:
@@ -130,8 +128,7 @@ class RobustClassifier(pl.LightningModule):
         elif self.objective == "ccat":
             loss = self._ccat_step(batch, victim)
         else:
-            adv_victim = self.victim(self._attack(batch))
-            logits_adv = adv_victim.forward(adv_victim.inputs)
+            logits_adv = victim.forward(self._adversarial_inputs(victim))
             if self.objective == "ce":
                 loss = nn.functional.cross_entropy(logits_adv, y)
                 logits_clean = None
@@ -159,21 +156,20 @@ class RobustClassifier(pl.LightningModule):
             adv_src = victim.select(torch.arange(half, n_units, device=device))
         else:
             clean_v = adv_src = victim
-        adv_batch = self._attack(adv_src.rebuild(adv_src.inputs))
-        adv_v = self.victim(adv_batch)
+        adv_inputs = self._adversarial_inputs(adv_src)
         threats = self.attack.threats_for(adv_src)
         relative = torch.zeros(adv_src.num_units, device=adv_src.target.device)
         for name, threat in threats.items():
             x = adv_src.inputs[name]
-            size = threat.size(adv_v.inputs[name] - x, x) / threat.radius(x).clamp_min(1e-12)
+            size = threat.size(adv_inputs[name] - x, x) / threat.radius(x).clamp_min(1e-12)
             relative = torch.maximum(relative, size.to(relative.dtype))
         relative = adv_src.per_output(relative)
         logits_clean = clean_v.forward(clean_v.inputs)
-        logits_adv = adv_v.forward(adv_v.inputs)
-        loss = ccat_loss(logits_clean, clean_v.target, logits_adv, adv_v.target, relative.detach(), self.rho)
+        logits_adv = adv_src.forward(adv_inputs)
+        loss = ccat_loss(logits_clean, clean_v.target, logits_adv, adv_src.target, relative.detach(), self.rho)
         self.log("train/clean_acc", self._accuracy(logits_clean.detach(), clean_v.target),
                  batch_size=clean_v.num_outputs)
-        self.log("train/adv_acc", self._accuracy(logits_adv.detach(), adv_v.target), batch_size=adv_v.num_outputs)
+        self.log("train/adv_acc", self._accuracy(logits_adv.detach(), adv_src.target), batch_size=adv_src.num_outputs)
         return loss
 
     def _evaluate(self, batch: Any, stage: str) -> Tensor:

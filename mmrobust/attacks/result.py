@@ -1,0 +1,79 @@
+"""What an attack returns: :class:`AttackResult`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+import torch
+from torch import Tensor
+
+from ..adapters.base import Victim
+
+
+@dataclass
+class AttackResult:
+    """What an attack returns.
+
+    Attributes:
+        batch: the perturbed batch, of the same type as the user's batch.
+        inputs: the perturbed attackable tensors by name.
+        target: true labels of the scored outputs.
+        clean_logits / logits: model outputs on the clean and on the perturbed batch.
+        success: per output, whether the attack's goal was reached (misclassified, or the target class
+            for targeted attacks).
+        loss: per output, the attack loss at the returned point.
+        size: per input name, the per-unit perturbation size in that threat model's own measure.
+        unit: maps outputs to units (``None``: output i is unit i).
+        attack: a description of the attack that produced the result.
+        extras: attack- or modality-specific extras (e.g. sizes in dB for audio).
+    """
+
+    batch: Any
+    inputs: Dict[str, Tensor]
+    target: Tensor
+    clean_logits: Tensor
+    logits: Tensor
+    success: Tensor
+    loss: Tensor
+    size: Dict[str, Tensor]
+    unit: Optional[Tensor] = None
+    attack: str = ""
+    extras: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def clean_correct(self) -> Tensor:
+        return self.clean_logits.argmax(1) == self.target
+
+    @property
+    def adv_correct(self) -> Tensor:
+        return self.logits.argmax(1) == self.target
+
+    @property
+    def robust(self) -> Tensor:
+        """Correct on the clean input and on the perturbed one (the AutoAttack convention)."""
+        return self.clean_correct & self.adv_correct
+
+    @property
+    def confidence(self) -> Tensor:
+        """Max softmax probability on the perturbed input."""
+        return self.logits.softmax(1).amax(1)
+
+    def output_size(self, name: Optional[str] = None) -> Tensor:
+        """Perturbation size per output (broadcast from units) for input ``name`` (default: the only one)."""
+        if name is None:
+            if len(self.size) != 1:
+                raise ValueError(f"result has several inputs {sorted(self.size)}; name one")
+            name = next(iter(self.size))
+        s = self.size[name]
+        return s if self.unit is None else s[self.unit]
+
+
+def mark_not_found(result: "AttackResult", found: Optional[Tensor], victim: Victim) -> "AttackResult":
+    """Minimal-norm attacks: units where no adversarial point was found get size ``inf`` and no success."""
+    if found is not None:
+        for name in result.size:
+            result.size[name] = torch.where(found, result.size[name],
+                                            torch.full_like(result.size[name], float("inf")))
+        result.success = result.success & victim.per_output(found)
+    return result
