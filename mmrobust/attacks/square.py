@@ -40,6 +40,17 @@ def _as_image(t: Tensor) -> Tensor:
     raise ValueError(f"Square needs inputs shaped (units, [channels,] [height,] width), got {tuple(t.shape)}")
 
 
+
+def _take_lower(margin: Tensor, best_margin: Tensor, units: Tensor, pairs) -> None:
+    """Where ``margin`` (of ``units``) is below ``best_margin[units]``, keep it and each ``(best, new)`` pair's
+    new rows, in place (``best`` ``None``: nothing kept)."""
+    better = margin < best_margin[units]
+    idx = units[better]
+    best_margin[idx] = margin[better]
+    for best, new in pairs:
+        if best is not None:
+            best[idx] = new[better]
+
 class Square(Attack):
     """Square Attack (Andriushchenko et al. 2020, "Square Attack: a query-efficient black-box adversarial
     attack via random search", https://arxiv.org/abs/1912.00049, Algorithms 1-3).
@@ -124,12 +135,7 @@ class Square(Attack):
                 if best_margin is None:
                     best_delta, best_margin, best_logits = delta, margin, logits
                     continue
-                better = margin < best_margin[active]
-                idx = active[better]
-                best_delta[idx] = delta[better]
-                best_margin[idx] = margin[better]
-                if best_logits is not None:
-                    best_logits[idx] = logits[better]
+                _take_lower(margin, best_margin, active, [(best_delta, delta), (best_logits, logits)])
         adv = {**victim.inputs, name: x + best_delta}
         return (adv, best_logits) if best_logits is not None else adv
 
@@ -159,12 +165,7 @@ class Square(Attack):
                 cand = self._l2_candidate(xd, dd, ed, p, gen)
             cand = self._admissible(threat, cand, xd, md)
             new_margin, new_logits = evaluate(cand, index[todo])
-            better = new_margin < margin[todo]
-            upd = todo[better]
-            delta[upd] = cand[better]
-            margin[upd] = new_margin[better]
-            if logits is not None:
-                logits[upd] = new_logits[better]
+            _take_lower(new_margin, margin, todo, [(delta, cand), (logits, new_logits)])
         return delta, margin, logits
 
     @staticmethod
