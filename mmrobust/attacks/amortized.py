@@ -27,7 +27,7 @@ from ..adapters.base import Victim
 from ..errors import check_int, check_positive
 from ..threats.base import ThreatModel, per_unit
 from ..utils import kept_modes
-from .base import Attack, apply_masks, attack_mode, victim_for
+from .base import Attack, apply_masks, attack_mode, prepared, victim_for
 
 
 class ConvPerturbationGenerator(nn.Module):
@@ -143,25 +143,28 @@ class AmortizedAttack(Attack):
     def update(self, model: nn.Module, batch: Any, *, target_labels: Optional[Tensor] = None) -> float:
         """One Adam step of the generator maximising the attack loss on ``batch`` against ``model``
         (model frozen in eval mode); returns the mean attack loss before the step."""
+        with attack_mode(model):
+            return self.update_on(victim_for(model, batch, self.adapter), target_labels=target_labels)
+
+    def update_on(self, victim: Victim, *, target_labels: Optional[Tensor] = None) -> float:
+        """:meth:`update` on a batch already read (inside :func:`~mmrobust.attacks.attack_mode`)."""
         if self.targeted and target_labels is None:
             raise ValueError("a targeted AmortizedAttack needs target_labels to train")
-        with attack_mode(model):
-            victim = victim_for(model, batch, self.adapter)
-            name = self._name(victim)
-            x = victim.inputs[name]
-            threat = self.threats_for(victim)[name]
-            with kept_modes(self.generator_net, train=True):
-                delta = apply_masks({name: self.perturbation(x, threat)}, victim)[name]
-                logits = victim.forward({**victim.inputs, name: x + delta})
-                per_output = self.output_loss(logits, victim, target_labels)
-                if self.kappa is not None:
-                    per_output = per_output.clamp(max=self.kappa)
-                loss = per_output.mean()
-                if not bool(torch.isfinite(loss)):
-                    raise FloatingPointError("the amortised attack's loss is NaN/Inf")
-                self.optimizer.zero_grad(set_to_none=True)
-                (-loss).backward()
-                self.optimizer.step()
+        name = self._name(victim)
+        x = victim.inputs[name]
+        threat = self.threats_for(victim)[name]
+        with kept_modes(self.generator_net, train=True):
+            delta = apply_masks({name: self.perturbation(x, threat)}, victim)[name]
+            logits = victim.forward({**victim.inputs, name: x + delta})
+            per_output = self.output_loss(logits, victim, target_labels)
+            if self.kappa is not None:
+                per_output = per_output.clamp(max=self.kappa)
+            loss = per_output.mean()
+            if not bool(torch.isfinite(loss)):
+                raise FloatingPointError("the amortised attack's loss is NaN/Inf")
+            self.optimizer.zero_grad(set_to_none=True)
+            (-loss).backward()
+            self.optimizer.step()
         self.updates += 1
         return float(loss.detach())
 
@@ -182,11 +185,13 @@ class AmortizedAttack(Attack):
                 break
         return history
 
-    def generate(self, model: nn.Module, batch: Any, *, target_labels: Optional[Tensor] = None) -> Any:
+    def run_training(self, victim: Victim, threats=None, *, target_labels: Optional[Tensor] = None):
+        """The perturbed inputs for training; ``online``: after ``online_steps`` generator updates on ``victim``."""
         if self.online:
+            victim = prepared(victim)
             for _ in range(self.online_steps):
-                self.update(model, batch, target_labels=target_labels)
-        return super().generate(model, batch, target_labels=target_labels)
+                self.update_on(victim, target_labels=target_labels)
+        return super().run_training(victim, threats, target_labels=target_labels)
 
     # -- checkpointing -----------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:

@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from ..adapters.base import BatchAdapter, Victim, infer_adapter, stage_adapter
+from ..adapters.base import BatchAdapter, Victim, infer_adapter
 from ..errors import NonFiniteError
 from ..threats.base import ThreatModel
 from ..utils import kept_modes, make_generator, normal_tensor
@@ -205,10 +205,12 @@ class Attack(ABC):
     def for_stage(self, batch: Any, stage: str) -> "Attack":
         """This attack as used at a training stage: an attack without an adapter reads the batch with
         :func:`~mmrobust.adapters.base.stage_adapter` (e.g. a graph's training nodes while training), as
-        a copy holding that adapter (sharing the random generator), so the step infers it only once."""
+        a copy holding that adapter only when the stage changes what is read."""
         if self.adapter is not None:
             return self
-        return self.with_adapter(stage_adapter(batch, stage))
+        inferred = infer_adapter(batch)
+        staged = inferred.for_stage(batch, stage)
+        return self if staged is inferred else self.with_adapter(staged)
 
     def settings(self) -> List[str]:
         """The settings :meth:`describe` lists after the threat model; subclasses append theirs."""
