@@ -22,7 +22,7 @@ A penalty leaves some bins above the threshold; results report how many frames
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
 from torch import Tensor
@@ -31,7 +31,7 @@ from ..errors import check_int, check_positive
 from ..threats.base import ThreatModel
 from ..threats.psychoacoustic import MaskingThreshold, masking_report, masking_threshold
 from .base import Attack, Threat, apply_masks
-from .pgd import input_gradients
+from .kernel import input_gradients
 
 
 class MaskingPenalty:
@@ -119,8 +119,8 @@ class MaskingPenaltyAttack(Attack):
         self.steps = check_int("steps", steps, 1)
         self.step_size = check_positive("step_size", step_size)
 
-    def describe(self) -> str:
-        return super().describe()[:-1] + f", masking alpha={self.masking.alpha:g}, steps={self.steps})"
+    def settings(self) -> List[str]:
+        return super().settings() + [f"masking alpha={self.masking.alpha:g}", f"steps={self.steps}"]
 
     def perturb(self, victim, threats: Dict[str, ThreatModel], target_labels, clean_logits):
         if len(threats) != 1:
