@@ -169,11 +169,15 @@ def _evaluate(argv: Sequence[str]) -> Path:
         result = evaluate(model, loader, init.attacks, max_batches=cfg.max_batches, progress=True)
         add_checks_section(report, result.get("checks"))
         accuracy_section(report, result, cfg.split)
+    checks = result.checks if cfg.budgets else result.get("checks")
     report.settings({"name": cfg.name, "model": cfg.model.class_path, "checkpoint": checkpoint,
                      "data": cfg.data.class_path, "split": cfg.split, "seed": cfg.seed,
                      "max_batches": cfg.max_batches,
                      **{f"attack[{i}]": describe_attack(a) for i, a in enumerate(init.attacks)},
-                     **({"budgets": list(cfg.budgets), "budget unit": result.budget_name} if cfg.budgets else {})})
+                     **({"budgets": list(cfg.budgets), "budget unit": result.budget_name} if cfg.budgets else {}),
+                     # kept in results.json, so `mmrobust report` shows every run's flags side by side
+                     "checks fired": "not run" if checks is None else
+                     ", ".join(c["name"] for c in checks if c.get("fired")) or "none"})
     path = report.write()
     print(Path(path).read_text())
     return path

@@ -92,6 +92,7 @@ def test_evaluate_with_budgets_writes_table_plot_and_html(tmp_path, checkpoint):
     md = (out / "report.md").read_text()
     assert md.index("## Checks") < md.index("## Accuracy vs budget")  # which checks ran, above the table
     assert "sweep_monotone" in md
+    assert results["settings"]["checks fired"]  # "none" or the names: compared side by side by `mmrobust report`
 
 
 def test_a_minimum_norm_attack_adds_the_histogram(tmp_path, checkpoint):
