@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-from abc import ABC
+from abc import ABC, abstractmethod
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Union
 
 import torch
@@ -291,17 +291,17 @@ class Attack(ABC):
         adv = _unpack(self.perturb(label_checked(victim, target_labels), threats, target_labels, None))[0]
         return {k: v.detach() for k, v in adv.items()}
 
+    @abstractmethod
     def perturb(self, victim: Victim, threats: Dict[str, ThreatModel], target_labels: Optional[Tensor],
                 clean_logits: Optional[Tensor]) -> Union[Dict[str, Tensor], tuple]:
-        """Return perturbed inputs (a dict with the same keys as ``victim.inputs``); every attack but a
-        composite (which overrides :meth:`run`) implements it.
+        """Return perturbed inputs (a dict with the same keys as ``victim.inputs``); every attack implements
+        it (abstract: configuration parsers such as LightningCLI then never try to build a bare ``Attack``).
 
         May return ``(inputs, logits)`` when the logits at the returned point are already known, which
         saves :meth:`finish` a forward pass, and ``(inputs, logits, found)`` for minimal-norm attacks
         (units where ``found`` is false get size ``inf`` and no success). ``clean_logits`` is ``None``
         when called from :meth:`generate` (training), where no evaluation is wanted.
         """
-        raise NotImplementedError(f"{type(self).__name__} implements neither perturb() nor run()")
 
     # -- shared pieces ----------------------------------------------------------------------------
     def output_loss(self, logits: Tensor, victim: Victim, target_labels: Optional[Tensor]) -> Tensor:

@@ -180,6 +180,11 @@ class Ensemble(Attack):
         victim = prepared(victim)
         return self._run(lambda attack: victim, target_labels)
 
+    def perturb(self, victim, threats, target_labels, clean_logits):
+        """The ensemble's points and logits on ``victim`` (:meth:`run`), where an attack's ``perturb`` is called."""
+        result = self.run(victim, threats, target_labels=target_labels)
+        return result.inputs, result.logits
+
     def run_training(self, victim: Victim, threats=None, *, target_labels: Optional[Tensor] = None):
         """The perturbed inputs of a full ensemble evaluation (an ensemble needs its evaluations)."""
         return self.run(victim, threats, target_labels=target_labels).inputs
