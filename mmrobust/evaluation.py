@@ -14,7 +14,9 @@ from .errors import check_int
 from .metrics.robust_accuracy import AttackSuccessRate, RobustAccuracy
 from .threats.verify import run_checked
 
-Attacks = Union[Attack, Sequence[Attack], Mapping[str, Attack]]
+# Mapping first: jsonargparse tries the union's members in order, and a concrete Attack would swallow a
+# {name: {class_path: ...}} mapping as its own init arguments (the config's threat mappings then fail)
+Attacks = Union[Mapping[str, Attack], Sequence[Attack], Attack]
 
 
 def named_attacks(attacks: Attacks, adapter: Optional[BatchAdapter] = None) -> Dict[str, Attack]:
