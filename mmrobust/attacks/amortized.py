@@ -86,6 +86,7 @@ class AmortizedAttack(Attack):
     """
 
     name = "amortized"
+    optimises_each_input = False  # one learned perturbation/generator for every input (mmrobust.checks)
 
     def __init__(self, threat: ThreatModel, generator: nn.Module, *, lr: float = 1e-3, online: bool = False,
                  online_steps: int = 1, loss="margin", kappa: Optional[float] = 0.0, **kwargs):

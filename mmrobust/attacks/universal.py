@@ -59,6 +59,7 @@ class UniversalPerturbation(Attack):
     """
 
     name = "universal"
+    optimises_each_input = False  # one learned perturbation/generator for every input (mmrobust.checks)
 
     def __init__(self, threat: ThreatModel, *, length: Optional[int] = None, reference_level: float = 1.0,
                  step_size: float = 0.05, target_class: Optional[int] = None, **kwargs):

@@ -22,12 +22,16 @@ _NOT_FOR_EDGES = ("gradient_masking", "transfer_gap", "unconverged_loss", "late_
 
 
 def reference_attack(attacks: Mapping[str, Attack]) -> Optional[Attack]:
-    """The first gradient attack of the evaluation (an Ensemble's first gradient member, carrying the
-    ensemble's adapter when it has none): the one the rerun checks repeat."""
+    """The first gradient attack of the evaluation that optimises each input (an Ensemble's first gradient
+    member, carrying the ensemble's adapter when it has none): the one the rerun checks repeat. Attacks that
+    apply a learned perturbation or generator (``UniversalPerturbation``, ``AmortizedAttack``:
+    ``optimises_each_input`` false) are weaker than FGSM by design and do not grow with a rerun budget, so
+    the rerun checks do not judge them."""
     for attack in attacks.values():
         members = attack.members() if hasattr(attack, "members") and hasattr(attack, "attacks") else [attack]
         for member in members:
-            if not is_black_box(member) and not hasattr(member, "attacks"):
+            if not is_black_box(member) and not hasattr(member, "attacks") \
+                    and getattr(member, "optimises_each_input", True):
                 return member
     return None
 
@@ -137,7 +141,8 @@ class FailureChecks:
             robust = robust[index.to(robust.device)]
         if ref is None:
             for name in ("transfer_gap", "budget_curve", "unconverged_loss", "late_restarts"):
-                self._skip(name, "needs a gradient attack among the evaluation's attacks")
+                self._skip(name, "needs a gradient attack that optimises each input among the evaluation's "
+                                 "attacks (a universal or amortized perturbation is not judged by reruns)")
             return
         ref = ref if ref.adapter is not None else ref.with_adapter(adapter)
         if edges:
