@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from mmrobust.attacks import FGSM
 from mmrobust.callbacks import AdversarialTraining, CatastrophicOverfittingMonitor, CollapseRule
 from mmrobust.threats import LinfBall
+from _plain_module import Plain  # noqa: E402
 
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 
@@ -79,22 +80,6 @@ def test_the_trend_rule_restarts_while_pgd_climbs_and_reads_drops_too():
     again = CollapseRule(patience_steps=100, window=1)
     again.load_state_dict(state)
     assert again.since == rule.since == 500 and again.best == rule.best == 0.4
-
-
-class Plain(pl.LightningModule):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
-
-    def forward(self, x):
-        return self.net(x)
-
-    def training_step(self, batch, batch_idx):
-        return nn.functional.cross_entropy(self(batch[0]), batch[1])
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), 1e-3)
 
 
 def fit(callbacks, digits, n=160, **kwargs):

@@ -14,6 +14,7 @@ from mmrobust.attacks import FGSMRS, NFGSM
 from mmrobust.callbacks import FastAdversarialTraining, GeometricRegularization
 from mmrobust.geometry import GradientAlignment, gradient_cosines
 from mmrobust.threats import L2Ball, LinfBall
+from _plain_module import Plain  # noqa: E402
 
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 
@@ -123,22 +124,6 @@ def test_fast_at_method_and_step_size_arguments():
         FastAdversarialTraining(LinfBall(EPS), method="pgd")
     assert FastAdversarialTraining(LinfBall(EPS)).attack.step_size == 1.25
     assert FastAdversarialTraining(LinfBall(EPS), method="n_fgsm", step_size=1.25).attack.step_size == 1.25
-
-
-class Plain(pl.LightningModule):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
-
-    def forward(self, x):
-        return self.net(x)
-
-    def training_step(self, batch, batch_idx):
-        return nn.functional.cross_entropy(self(batch[0]), batch[1])
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), 1e-3)
 
 
 def fit(callbacks, digits, n=160):
