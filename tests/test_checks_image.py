@@ -111,6 +111,25 @@ def test_budget_curve_on_a_quantised_model(digits_cnn, batch):
     assert not silent.fired, silent.evidence
 
 
+def test_budget_curve_counts_what_the_budget_already_broke(digits_cnn, batch):
+    """An attack that is strong at the evaluated budget and fails at the huge rerun budget (here: a rerun that
+    changes nothing) is not an evaluation failure: the balls are nested, so the envelope decides."""
+    from mmrobust.attacks.base import Attack
+
+    class NothingAtLargeBudgets(PGD):
+        def perturb(self, victim, threats, target_labels, clean_logits):
+            if next(iter(threats.values())).eps > 0.5:
+                return dict(victim.inputs)
+            return super().perturb(victim, threats, target_labels, clean_logits)
+
+    assert issubclass(NothingAtLargeBudgets, Attack)
+    attack = NothingAtLargeBudgets(LinfBall(0.3, lower=0, upper=1), steps=20, seed=0)
+    robust = robust_under(attack, digits_cnn, batch)
+    assert float(robust.float().mean()) <= 0.1  # strong at the budget
+    check = budget_curve(digits_cnn, batch, attack, robust)
+    assert not check.fired and "the rerun alone" in check.evidence, check.evidence
+
+
 def test_accuracy_curve_check_sees_rises_and_plateaus():
     assert accuracy_curve_check([0.1, 0.2, 0.4], [0.5, 0.3, 0.0]).fired is False
     rise = accuracy_curve_check([0.2, 0.1, 0.4], [0.4, 0.3, 0.0])  # sorted by budget: 0.3, 0.4, 0.0
