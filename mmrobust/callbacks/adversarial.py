@@ -22,7 +22,7 @@ import torch
 from ..adapters.base import BatchAdapter
 from ..attacks.base import Attack, attack_mode, victim_for
 from ..errors import check_finite_nonneg, check_fraction, check_int
-from ..threats.base import ThreatModel
+from ..threats.joint import scaled_threat
 from ..utils import make_generator
 
 
@@ -49,15 +49,6 @@ def assign_batch(batch: Any, new: Any) -> None:
         return
     raise TypeError(f"cannot replace the entries of a batch of type {type(batch).__name__} in place; "
                     "use lists, dicts or PyG Data batches")
-
-
-def scaled_threat(threat, factor: float):
-    """The threat (or mapping of threats) with ``factor`` times every radius (or flip count), as each threat
-    model defines it (:meth:`~mmrobust.threats.ThreatModel.scaled`: a dB level moves by ``20 log10 f``,
-    an edge count becomes ``floor(f * count)``)."""
-    if isinstance(threat, ThreatModel):
-        return threat.scaled(factor)
-    return {k: t.scaled(factor) for k, t in threat.items()}
 
 
 def attack_at_budget(attack: Attack, factor: float, device, adapter: Optional[BatchAdapter] = None) -> Attack:

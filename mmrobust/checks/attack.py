@@ -19,6 +19,7 @@ from ..adapters.base import BatchAdapter, Victim, infer_adapter
 from ..attacks.base import Attack
 from ..attacks.losses import margin
 from ..threats.graph import EdgeFlips
+from ..threats.joint import scaled_threat
 from ..threats.verify import run_checked
 from .base import CheckResult, not_applicable, register
 
@@ -27,14 +28,6 @@ def is_edge_threat(threat: Any) -> bool:
     if isinstance(threat, Mapping):
         return any(isinstance(t, EdgeFlips) for t in threat.values())
     return isinstance(threat, EdgeFlips)
-
-
-def scaled_threat(threat: Any, factor: float) -> Any:
-    """``threat`` with every budget ``factor`` times larger (:meth:`ThreatModel.scaled`)."""
-    if isinstance(threat, Mapping):
-        return type(threat)({k: t.scaled(factor) for k, t in threat.items()}) if type(threat) is not dict \
-            else {k: t.scaled(factor) for k, t in threat.items()}
-    return threat.scaled(factor)
 
 
 @register("transfer_gap", "rerun", "a single gradient step from the clean point breaks units the attacks left robust")

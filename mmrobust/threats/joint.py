@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, Mapping
+from typing import Dict, Mapping, Union
 
 from .base import ThreatModel
 
@@ -36,3 +36,12 @@ class Joint(Dict[str, ThreatModel]):
 
     def __repr__(self) -> str:
         return "Joint({" + ", ".join(f"{k!r}: {v!r}" for k, v in self.items()) + "})"
+
+
+def scaled_threat(threat: Union[ThreatModel, Mapping[str, ThreatModel]], factor: float):
+    """The threat model (or mapping of threat models, e.g. :class:`Joint`) with ``factor`` times every radius
+    (or flip count), as each threat model defines it (:meth:`~mmrobust.threats.ThreatModel.scaled`: a dB level
+    moves by ``20 log10 f``, an edge count becomes ``floor(f * count)``); a Joint stays a Joint."""
+    if isinstance(threat, (ThreatModel, Joint)):
+        return threat.scaled(factor)
+    return {k: t.scaled(factor) for k, t in threat.items()}
