@@ -51,7 +51,7 @@ def assign_batch(batch: Any, new: Any) -> None:
                     "use lists, dicts or PyG Data batches")
 
 
-def attack_at_budget(attack: Attack, factor: float, device, adapter: Optional[BatchAdapter] = None) -> Attack:
+def attack_at_budget(attack: Attack, factor: float, adapter: Optional[BatchAdapter] = None) -> Attack:
     """``attack`` at ``factor`` x its budget (warm-up), reading batches with ``adapter`` where it has none;
     ``attack`` itself when nothing changes. A copy shares the attack's random generator, so its random
     starts advance the same (checkpointed) stream."""
@@ -152,11 +152,6 @@ class AdversarialTraining(pl.Callback):
     def is_active(self, trainer: "pl.Trainer") -> bool:
         return trainer.current_epoch >= self.start_epoch and self.steps_seen % self.every_n_steps == 0
 
-    def _attack_at(self, factor: float, device, attack: Optional[Attack] = None) -> Attack:
-        """``attack`` (default: the training attack) at this step's budget, reading batches with the
-        callback's adapter if one is given."""
-        return attack_at_budget(self.attack if attack is None else attack, factor, device, self.adapter)
-
     def _unit_generator(self) -> torch.Generator:
         if self._generator is None:
             self._generator = make_generator(self.seed, "cpu")
@@ -177,7 +172,7 @@ class AdversarialTraining(pl.Callback):
             if logging_step:
                 pl_module.log("train/at/budget", 0.0, on_step=True, on_epoch=False, batch_size=1)
             return
-        attack = self._attack_at(factor, pl_module.device).for_stage(batch, "train")
+        attack = attack_at_budget(self.attack, factor, self.adapter).for_stage(batch, "train")
         start = time.perf_counter()
         adv = self.adversarial_batch(pl_module, batch, attack)
         seconds = time.perf_counter() - start

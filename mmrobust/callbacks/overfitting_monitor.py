@@ -243,10 +243,8 @@ class CatastrophicOverfittingMonitor(pl.Callback):
         flagged) and, with ``on_overfit="restore"``, keeps a copy of healthy weights."""
         budget_factor = check_fraction("budget_factor", budget_factor, open_low=True)
         step = self.steps_seen if step is None else step
-        device = pl_module.device
-        pgd = attack_at_budget(self.probe, budget_factor, device, self.adapter).for_stage(batch, "train")(pl_module, batch)
-        fgsm = attack_at_budget(self.probe_fgsm, budget_factor, device, self.adapter).for_stage(batch, "train")(
-            pl_module, batch)
+        pgd, fgsm = (attack_at_budget(probe, budget_factor, self.adapter).for_stage(batch, "train")(pl_module, batch)
+                     for probe in (self.probe, self.probe_fgsm))
         pgd_acc = pgd.adv_correct.float().mean().item()
         fgsm_acc = fgsm.adv_correct.float().mean().item()
         self.last_probe = {"pgd_acc": pgd_acc, "fgsm_acc": fgsm_acc, "budget_factor": budget_factor}
