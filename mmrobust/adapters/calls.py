@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import inspect
 import weakref
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -61,6 +61,9 @@ class GraphCall:
         #: reads while the attack runs (``GraphAdapter.added_edge_values``; ``"refuse"`` reads as zeros here,
         #: the returned graph refuses)
         self.forward_edge_values: Any = "zeros"
+        #: the graph's per-edge attributes other than ``edge_weight`` (set once per graph by the adapter;
+        #: ``None``: read from the graph at each call)
+        self.edge_keys: Optional[List[str]] = None
 
     def _weights_needed(self, edge_weight: Optional[Tensor], clean: Optional[Tensor]) -> bool:
         if edge_weight is None or edge_weight is clean:
@@ -99,7 +102,9 @@ class GraphCall:
     def _call_data(self, data, x, edge_index, edge_weight, batch, clean_weight) -> Tensor:
         out = copy.copy(data)
         if edge_index is not data.edge_index:  # the model reads data.edge_attr & co.: rows for these edges
-            keys = [k for k in edge_attribute_keys(data) if k != "edge_weight"]
+            keys = self.edge_keys
+            if keys is None:
+                keys = [k for k in edge_attribute_keys(data) if k != "edge_weight"]
             for key, rows in edge_rows(data, edge_index, keys, self.forward_edge_values).items():
                 out[key] = rows
         out.x, out.edge_index = x, edge_index

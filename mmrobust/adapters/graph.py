@@ -232,9 +232,12 @@ class GraphAdapter(BatchAdapter):
             y = data.y.reshape(-1)[targets].long()
             unit = node_unit[targets]
 
+        edge_keys = edge_attribute_keys(data)
         call = graph_call(model) if self.forward_fn is None else None
-        if call is not None and self.added_edge_values != "refuse":
-            call.forward_edge_values = self.added_edge_values
+        if call is not None:
+            call.edge_keys = [k for k in edge_keys if k != "edge_weight"]
+            if self.added_edge_values != "refuse":
+                call.forward_edge_values = self.added_edge_values
 
         def forward_with_edges(xn: Tensor, ei: Tensor, ew: Optional[Tensor]) -> Tensor:
             if call is None:
@@ -246,8 +249,6 @@ class GraphAdapter(BatchAdapter):
         def forward(inputs: Dict[str, Tensor]) -> Tensor:
             return forward_with_edges(nodes_from_inputs(inputs["x"]), inputs.get("edge_index", edge_index),
                                       inputs.get("edge_weight", edge_weight))
-
-        edge_keys = edge_attribute_keys(data)
 
         def rebuild(inputs: Dict[str, Tensor]) -> Any:
             if "edge_index" in inputs and inputs["edge_index"] is not edge_index:
