@@ -24,6 +24,7 @@ from mmrobust.adapters import WaveformAdapter  # noqa: E402
 from mmrobust.attacks import PGD  # noqa: E402
 from mmrobust.audio import M5, FSDDDataModule, augment_batch  # noqa: E402
 from mmrobust.threats import SNRBall  # noqa: E402
+from mmrobust.threats.verify import run_checked  # noqa: E402
 
 ADAPTER = WaveformAdapter(sample_rate=8000)
 
@@ -58,7 +59,7 @@ def robust_accuracy(model, loader, snr, steps):
     attack = PGD(SNRBall(snr), steps=steps, seed=0, adapter=ADAPTER)
     robust = n = 0
     for batch in loader:
-        res = attack(model, batch)
+        res = run_checked(attack, model, batch)  # every point measured against SNRBall(snr), independently
         assert bool((res.extras["audio/snr_db"] >= snr - 1e-3).all())
         robust += int(res.robust.sum())
         n += len(res.target)
