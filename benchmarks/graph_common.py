@@ -24,8 +24,9 @@ def planetoid_lcc(name: str = "Cora", seed: int = 15, train: float = 0.1, val: f
     stored (binary bag of words)."""
     from torch_geometric.transforms import LargestConnectedComponents
 
-    from mmrobust.graph.data import load_planetoid
+    from mmrobust.graph.data import PLANETOID_NAMES, load_planetoid
 
+    name = {n.lower(): n for n in PLANETOID_NAMES}.get(name.lower(), name)   # --data cora works too
     data = load_planetoid(name, tempfile.mkdtemp(prefix="mmrobust_bench_"), source=DATA)
     data = LargestConnectedComponents()(data)
     n = data.num_nodes

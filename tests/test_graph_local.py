@@ -39,6 +39,22 @@ def test_degree_statistic_matches_direct_formula():
         assert float(stat[k]) == pytest.approx(direct_statistic(d0.tolist(), new.tolist()), rel=1e-9, abs=1e-9)
 
 
+def test_degree_statistic_is_exact_for_float32_degrees_of_a_large_graph():
+    # float32 degrees (the features' dtype) of 20k nodes: a float32 statistic was off by ~0.03, more than the
+    # test's threshold 0.004, so flips were accepted or refused by rounding
+    g = torch.Generator().manual_seed(0)
+    d0 = (torch.rand(20000, generator=g) ** -1.5).floor().clamp(1, 200)
+    cur = d0.clone()
+    cur[:40] += 1
+    nodes = torch.tensor([[0, 50], [7, 60]])
+    delta = torch.tensor([1.0, -1.0])
+    stat = degree_test_statistic(d0.float(), cur.float(), nodes, delta)
+    for k in range(2):
+        new = cur.clone()
+        new[nodes[:, k]] += delta[k]
+        assert float(stat[k]) == pytest.approx(direct_statistic(d0.tolist(), new.tolist()), abs=1e-7)
+
+
 @pytest.fixture(scope="module")
 def trained():
     data = sbm_graph(num_nodes=120, num_classes=3, p_in=0.15, p_out=0.01, feature_noise=1.0, seed=0)

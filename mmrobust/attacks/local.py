@@ -40,7 +40,11 @@ def degree_test_statistic(clean_degree: Tensor, degree: Tensor, nodes: Tensor, d
                           d_min: int = 2) -> Tensor:
     """Nettack's likelihood-ratio statistic :math:`\\Lambda` (Eqs. 6-8) of the degree sequence ``degree`` after
     changing ``degree[nodes[:, k]]`` by ``delta[k]`` (``nodes``: ``(2, K)`` endpoints of ``K`` candidate flips),
-    against ``clean_degree``; one value per candidate."""
+    against ``clean_degree``; one value per candidate, in float64 whatever the inputs' dtype: the statistic is a
+    difference of log-likelihoods of size ~ ``n log n``, so float32 rounding (~1e-3 relative to 1e4 on Cora) would
+    be larger than the test's threshold 0.004."""
+    clean_degree, degree, delta = clean_degree.double(), degree.double(), delta.double()
+
     def contrib(d: Tensor):
         keep = d >= d_min
         return torch.where(keep, torch.log(d.clamp_min(1)), torch.zeros_like(d)), keep.to(d.dtype)
