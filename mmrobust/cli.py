@@ -142,7 +142,9 @@ def _evaluate(argv: Sequence[str]) -> Path:
     argv, quick = pop_option(argv, "quick", flag=True)
     argv = list_option(argv, "budgets")
     cfg = parser.parse_args(quick_configs(argv) if quick else list(argv))
-    init = parser.instantiate_classes(cfg)
+    # jsonargparse >= 4.49 names it `instantiate` (`instantiate_classes` warns, and goes in 5.0)
+    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
+    init = instantiate(cfg)
     torch.manual_seed(cfg.seed)
     model = init.model
     checkpoint = cfg.checkpoint

@@ -55,11 +55,19 @@ def named_attacks(attacks: Attacks, adapter: Optional[BatchAdapter] = None) -> D
 
 def stop_early(named: Dict[str, Attack], keep: Iterable[str] = ()) -> None:
     """Switch ``early_stop`` on for the private copies in ``named`` that can stop early
-    (``can_stop_early``), except those named in ``keep``, whose results are read beyond robust accuracy."""
+    (``can_stop_early``), except those named in ``keep``, whose results are read beyond robust accuracy.
+    The members of an :class:`~mmrobust.attacks.Ensemble` (private copies too) are switched alike."""
     keep = set(keep)
     for name, attack in named.items():
-        if name not in keep and getattr(attack, "can_stop_early", False):
-            attack.early_stop = True
+        if name not in keep:
+            _stop_early(attack)
+
+
+def _stop_early(attack: Attack) -> None:
+    if getattr(attack, "can_stop_early", False):
+        attack.early_stop = True
+    for member in getattr(attack, "attacks", None) or ():  # an Ensemble's members
+        _stop_early(member)
 
 
 def move_batch(batch: Any, device: torch.device) -> Any:

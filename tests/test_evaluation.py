@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import mmrobust
-from mmrobust.attacks import FGSM, PGD
+from mmrobust.attacks import FGSM, PGD, Ensemble
 from mmrobust.callbacks import RobustnessEvaluation
 from mmrobust.threats import LinfBall
 from mmrobust.objectives import TradesAttack
@@ -78,6 +78,25 @@ def test_evaluate_stops_early_for_the_same_accuracy_at_less_cost(digits, digits_
     trades = mmrobust.evaluate(digits_cnn, loader(digits, n=50), TradesAttack(LinfBall(EPS), steps=2, seed=0),
                                progress=False)
     assert 0.0 <= trades["robust_accuracy"] <= trades["clean_accuracy"]
+
+
+def test_evaluate_stops_early_inside_a_user_built_ensemble(digits, digits_cnn):
+    """early_stop reaches the members of an Ensemble the user built (on the private copies only)."""
+    members = [PGD(LinfBall(0.2, lower=0.0, upper=1.0), steps=10, seed=0),
+               PGD(LinfBall(0.2, lower=0.0, upper=1.0), steps=10, seed=1)]
+    ensemble = Ensemble(members)
+    seen = []
+    hook = digits_cnn.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+    try:
+        fast = mmrobust.evaluate(digits_cnn, loader(digits), ensemble, progress=False)
+        work_fast, seen[:] = sum(seen), []
+        full = mmrobust.evaluate(digits_cnn, loader(digits), ensemble, progress=False, early_stop=False)
+        work_full = sum(seen)
+    finally:
+        hook.remove()
+    assert abs(fast["robust_accuracy"] - full["robust_accuracy"]) <= 1 / fast["num_examples"]
+    assert work_fast < 0.8 * work_full
+    assert all(m.early_stop is False for m in ensemble.attacks)  # the user's members are untouched
 
 
 def test_evaluate_lowers_accuracy_and_reports_settings(digits, digits_cnn):
