@@ -45,8 +45,35 @@ def apply_flips(edge_index, flips):
     return torch.cat([ei, ei.flip(0)], 1)
 
 
-def check(model, data, target, res, budget, threshold, unnoticeable):
-    """Per-prefix misclassification of ``target`` (recomputed), after checking ``res`` against the threat."""
+def apply_feature_flips(x, flips):
+    x = x.clone()
+    for node, j in flips:
+        x[node, j] = 1 - x[node, j]
+    return x
+
+
+def cooccurrence_ok(x, target, added):
+    """Nettack's co-occurrence test written with the full F x F co-occurrence matrix (as the authors' code)."""
+    xb = (x != 0).double()
+    words = (xb.t() @ xb) > 0
+    words.fill_diagonal_(False)
+    inv = 1 / (words.sum(0).double() + 1e-8)
+    s = xb[target].bool()
+    score = (words[:, s].double() * inv[s]).sum(1)
+    return all(bool(score[j] > 0.5 * inv[s].sum()) for j in added)
+
+
+def check(model, data, target, res, budget, threshold, unnoticeable, ks):
+    """``{k: target misclassified after the first k flips}`` for the prefixes ``ks`` (capped at the flips made),
+    recomputed by a forward pass, after checking ``res`` and every prefix of it against the threat."""
+    if res.x is not None:
+        changed_x = (res.x != data.x).nonzero().tolist()
+        assert {tuple(c) for c in changed_x} == set(res.feature_flips), "returned features != reported flips"
+        assert all(node == target for node, _ in changed_x), "a feature flip not at the target"
+        assert bool(((res.x == 0) | (res.x == 1)).all()), "features no longer binary"
+        if unnoticeable:
+            added = [j for _, j in res.feature_flips if data.x[target, j] == 0]
+            assert cooccurrence_ok(data.x, target, added), "an added feature fails the co-occurrence test"
     clean = pairs(data.edge_index)
     r, c = res.edge_index.tolist()
     directed = set(zip(r, c))
@@ -55,13 +82,14 @@ def check(model, data, target, res, budget, threshold, unnoticeable):
     changed = clean ^ pairs(res.edge_index)
     assert changed == set(res.flips) and len(res.flips) == len(changed), "returned graph != reported flips"
     assert all(target in p for p in changed), "a flip not at the target"
-    assert len(changed) <= budget == res.budget, f"{len(changed)} flips > budget {budget}"
+    used = len(changed) + len(res.feature_flips)
+    assert used <= budget == res.budget, f"{used} flips > budget {budget}"
     n = data.num_nodes
     d0 = torch.bincount(torch.tensor([a for p in clean for a in p]), minlength=n).tolist()
-    out = []
-    for k in range(len(res.flips) + 1):
-        flips = res.flips[:k]
-        if unnoticeable and k:
+    out = {}
+    for k in range(used + 1):
+        flips, feature_flips = res.prefix(k)
+        if unnoticeable and flips:
             d1 = list(d0)
             for a, b in flips:
                 step = -1 if (a, b) in clean else 1
@@ -69,9 +97,13 @@ def check(model, data, target, res, budget, threshold, unnoticeable):
                 d1[b] += step
             stat = powerlaw_lr_statistic(d0, d1)
             assert stat < threshold, f"prefix {k} fails the degree test: {stat:.5f} >= {threshold}"
-        with torch.no_grad():
-            pred = int(model(data.x, apply_flips(data.edge_index, flips))[target].argmax())
-        out.append(pred != int(data.y[target]))
+        if k in ks or (k == used and max(ks) > used):
+            with torch.no_grad():
+                x = apply_feature_flips(data.x, feature_flips) if feature_flips else data.x
+                pred = int(model(x, apply_flips(data.edge_index, flips))[target].argmax())
+            for j in ks:
+                if min(j, used) == k:
+                    out[j] = pred != int(data.y[target])
     return out
 
 
@@ -80,6 +112,8 @@ def main():
     ap.add_argument("--data", default="csbm", help="csbm (generated in code), cora or citeseer")
     ap.add_argument("--targets", type=int, default=40)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rows", nargs="+", default=["structure", "structure+features"],
+                    help="structure: edge flips at the target; structure+features: also its binary features")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from mmrobust.attacks.local import LocalGreedy
@@ -111,24 +145,29 @@ def main():
     print(f"{args.data}: {data.num_nodes} nodes, {data.edge_index.shape[1] // 2} edges; GCN test accuracy "
           f"{100 * node_accuracy(model, data):.1f}%; {len(chosen)} correctly classified targets, degree "
           f"median {sorted(degs)[len(degs) // 2]}, max {max(degs)}")
-    print("| unnoticeability | 1 x deg | 2 x deg | 3 x deg | 4 x deg | 5 x deg | rejected candidates | flips used "
+    print("| perturbs | unnoticeability | 1 x deg | 2 x deg | 3 x deg | 4 x deg | 5 x deg | rejected candidates | flips used "
           "(mean) | wall s | CPU s |")
-    print("|---|---|---|---|---|---|---|---|---|---|", flush=True)
+    print("|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
     saved = (data.edge_index.clone(), data.x.clone())
-    for unnoticeable in (False, True):
+    for row, unnoticeable in [(r, u) for r in args.rows for u in (False, True)]:
+        features = row == "structure+features"
         t, cpu = time.perf_counter(), time.process_time()
-        hits, rejected, used = [0] * 5, 0, 0
+        hits, rejected, used, used_f = [0] * 5, 0, 0, 0
         for target, deg in zip(chosen, degs):
-            attack = LocalGreedy(5.0, unnoticeable=unnoticeable)
+            attack = LocalGreedy(5.0, unnoticeable=unnoticeable, features=features)
             res = attack(model, data, target)
             assert torch.equal(data.edge_index, saved[0]) and torch.equal(data.x, saved[1]), "user graph changed"
-            wrong = check(model, data, target, res, max(1, int(5.0 * deg)), attack.threshold, unnoticeable)
+            ks = [max(1, m * deg) for m in range(1, 6)]
+            wrong = check(model, data, target, res, max(1, int(5.0 * deg)), attack.threshold, unnoticeable, ks)
             rejected += res.rejected
             used += len(res.flips)
+            used_f += len(res.feature_flips)
             for m in range(1, 6):
-                hits[m - 1] += wrong[min(max(1, m * deg), len(wrong) - 1)]
+                hits[m - 1] += wrong[ks[m - 1]]
         rates = " | ".join(f"{100 * h / len(chosen):.0f}%" for h in hits)
-        print(f"| {'degree test' if unnoticeable else 'off'} | {rates} | {rejected} | {used / len(chosen):.1f} | "
+        test = ("degree + co-occurrence" if features else "degree test") if unnoticeable else "off"
+        print(f"| {row} | {test} | {rates} | {rejected} | {used / len(chosen):.1f} edges"
+              f"{f' + {used_f / len(chosen):.1f} features' if features else ''} | "
               f"{time.perf_counter() - t:.0f} | {time.process_time() - cpu:.0f} |", flush=True)
 
 

@@ -9,7 +9,7 @@ import torch
 
 pytest.importorskip("torch_geometric")
 
-from mmrobust.attacks.local import LocalGreedy, degree_test_statistic  # noqa: E402
+from mmrobust.attacks.local import LocalGreedy, cooccurrence_allowed, degree_test_statistic  # noqa: E402
 from mmrobust.graph.data import sbm_graph  # noqa: E402
 from mmrobust.graph.models import GCN  # noqa: E402
 from mmrobust.graph.training import train_node_classifier  # noqa: E402
@@ -101,6 +101,74 @@ def test_unnoticeable_flips_pass_the_degree_test(trained):
         assert float(stat[0]) < 0.004
         deg[a] += delta
         deg[b] += delta
+
+
+def nettack_cooccurrence(x, t):
+    """The authors' formulation: the full F x F co-occurrence graph, its degrees, the target's scores."""
+    xb = (x != 0).double()
+    words = (xb.t() @ xb) > 0
+    words.fill_diagonal_(False)
+    inv = 1 / (words.sum(0).double() + 1e-8)
+    s = xb[t].bool()
+    score = (words[:, s].double() * inv[s]).sum(1)
+    return score > 0.5 * inv[s].sum()
+
+
+def test_cooccurrence_test_matches_the_full_matrix_formulation():
+    g = torch.Generator().manual_seed(1)
+    x = (torch.rand(50, 30, generator=g) < 0.1).float()
+    for t in range(10):
+        assert torch.equal(cooccurrence_allowed(x, t), nettack_cooccurrence(x, t))
+
+
+class EdgesAndFeatures(torch.nn.Module):
+    """A GCN layer plus a strong feature-only path, so that both kinds of flip win some steps."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.gcn, self.lin = GCN(24, 3, hidden=8), torch.nn.Linear(24, 3)
+
+    def forward(self, x, edge_index, edge_weight=None):
+        return self.gcn(x, edge_index, edge_weight) + 5 * self.lin(x)
+
+
+@pytest.fixture(scope="module")
+def binary():
+    data = sbm_graph(num_nodes=120, num_classes=3, p_in=0.15, p_out=0.01, binary_features=24, seed=0)
+    return EdgesAndFeatures().eval(), data
+
+
+@pytest.mark.parametrize("unnoticeable", [False, True])
+def test_feature_flips_stay_at_the_target_within_one_budget(binary, unnoticeable):
+    model, data = binary
+    used_edges = 0
+    x0, e0 = data.x.clone(), data.edge_index.clone()
+    used_features = 0
+    for t in data.test_mask.nonzero().squeeze(1)[:5].tolist():
+        res = LocalGreedy(1.0, unnoticeable=unnoticeable, features=True)(model, data, t)
+        changed = (res.x != data.x).nonzero()
+        assert set(map(tuple, changed.tolist())) == set(res.feature_flips)
+        assert bool((changed[:, 0] == t).all()) and bool(((res.x == 0) | (res.x == 1)).all())
+        assert len(res.flips) + len(res.feature_flips) <= res.budget and len(res.kinds) == len(res.margins) - 1
+        if unnoticeable:        # every added feature passes the co-occurrence test of the clean features
+            added = [j for _, j in res.feature_flips if data.x[t, j] == 0]
+            assert bool(nettack_cooccurrence(data.x, t)[added].all())
+        edges, feats = res.prefix(len(res.kinds))
+        assert edges == res.flips and feats == res.feature_flips
+        with torch.no_grad():
+            out = model(res.x, res.edge_index)[t]
+        assert float(LocalGreedy.margin(out, int(data.y[t]))) == pytest.approx(res.margins[-1], abs=1e-5)
+        used_features += len(res.feature_flips)
+        used_edges += len(res.flips)
+    assert used_features > 0 and used_edges > 0
+    assert torch.equal(data.x, x0) and torch.equal(data.edge_index, e0)
+
+
+def test_feature_flips_need_binary_features(trained):
+    model, data = trained
+    with pytest.raises(ValueError, match="features=True"):
+        LocalGreedy(features=True)(model, data, 0)
 
 
 def test_bad_arguments(trained):

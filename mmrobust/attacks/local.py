@@ -13,15 +13,25 @@ test against the clean one, :math:`\\Lambda < \\tau = 0.004`:
           l(D, \\alpha) = n \\log\\alpha + n\\alpha \\log d_{min} - (\\alpha + 1)\\sum_{d_i\\ge d_{min}} \\log d_i,
 
 :math:`\\Lambda = -2\\, l(D_{G^0} \\cup D_{G'}, \\alpha_{comb}) + 2\\,(l(D_{G^0}, \\alpha_{G^0}) + l(D_{G'}, \\alpha_{G'}))`,
-evaluated for every candidate flip at once (only two degrees change per flip).  Nettack's feature co-occurrence
-test concerns feature perturbations, which this structure attack does not make.  Memory ~ ``edges + nodes``.
+evaluated for every candidate flip at once (only two degrees change per flip).
+
+With ``features=True`` the attack may also flip the target's binary features (Nettack's direct attack on
+structure and features, one shared budget); each step takes the structure or feature flip with the largest
+gradient.  With ``unnoticeable=True`` a feature may then only be *added* if it passes Nettack's co-occurrence
+test (Sec. 4.1, Eq. 9, as in the authors' code): with :math:`S_t` the target's clean features, :math:`E` the
+clean co-occurrence graph of features (two features co-occur if some node has both) and :math:`d_j` the degree
+of feature :math:`j` in it, feature :math:`i` is allowed iff
+
+.. math:: \\sum_{j \\in S_t} E_{ij} / d_j > \\tfrac12 \\sum_{j \\in S_t} 1 / d_j ;
+
+removing a feature is always allowed.  Memory ~ ``edges + nodes + features x |S_t|``.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import List
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -64,21 +74,44 @@ def degree_test_statistic(clean_degree: Tensor, degree: Tensor, nodes: Tensor, d
     return -2 * ll_comb + 2 * (ll0 + ll_new)
 
 
+def cooccurrence_allowed(x: Tensor, target: int) -> Tensor:
+    """Nettack's co-occurrence test (module docstring): which features may be added to node ``target``, from the
+    clean binary features ``x``; a ``(F,)`` bool tensor.  Only the columns of the target's features are formed
+    (``F x |S_t|``), not the ``F x F`` co-occurrence matrix."""
+    xb = (x != 0).double()
+    s = xb[target].nonzero().squeeze(1)
+    co = (xb.t() @ xb[:, s]) > 0                                     # E[:, S_t]: feature i co-occurs with j
+    co[s, torch.arange(s.numel(), device=s.device)] = False          # no self co-occurrence
+    inv = 1.0 / (co.sum(0).double() + 1e-8)                          # 1 / d_j (E is symmetric)
+    return (co.double() * inv).sum(1) > 0.5 * inv.sum()
+
+
 @dataclass
 class LocalResult:
     """``edge_index``: the perturbed graph; ``flips``: flipped pairs in order; ``budget``: allowed flips;
     ``margins``: the target's classification margin before and after each flip (negative = misclassified);
-    ``rejected``: candidate flips refused by the degree test."""
+    ``rejected``: candidates refused by the unnoticeability tests; with ``features=True``: ``x`` the perturbed
+    features (else ``None``: unchanged), ``feature_flips`` the flipped ``(target, feature)`` in order and
+    ``kinds`` the order of all flips (``"e"`` edge, ``"f"`` feature)."""
 
     edge_index: Tensor
     flips: List[tuple]
     budget: int
     margins: List[float]
     rejected: int
+    x: Optional[Tensor] = None
+    feature_flips: List[tuple] = field(default_factory=list)
+    kinds: str = ""
 
     def misclassified_after(self, k: int) -> bool:
         """Whether the target was misclassified after the first ``k`` flips."""
         return self.margins[min(k, len(self.margins) - 1)] < 0
+
+    def prefix(self, k: int) -> Tuple[List[tuple], List[tuple]]:
+        """The edge flips and feature flips among the first ``k`` flips."""
+        kinds = self.kinds or "e" * len(self.flips)
+        e = kinds[:k].count("e")
+        return self.flips[:e], self.feature_flips[:min(k, len(kinds)) - e]
 
 
 class LocalGreedy:
@@ -86,17 +119,20 @@ class LocalGreedy:
 
     Args:
         budget_per_degree: flips allowed per unit of the target's degree (``int(deg * x)``, at least 1).
-        unnoticeable: enforce Nettack's degree-distribution test (``threshold``, ``d_min``).
-        candidates: how many top-gradient candidates to try per step before giving up on the degree test.
+        unnoticeable: enforce Nettack's degree-distribution test (``threshold``, ``d_min``) and, with
+            ``features``, its feature co-occurrence test.
+        candidates: how many top-gradient candidates to try per step before giving up on the tests.
+        features: also flip the target's (binary) features, within the same budget.
     """
 
     def __init__(self, budget_per_degree: float = 1.0, *, unnoticeable: bool = True, threshold: float = 0.004,
-                 d_min: int = 2, candidates: int = 64):
+                 d_min: int = 2, candidates: int = 64, features: bool = False):
         self.budget_per_degree = check_positive("budget_per_degree", budget_per_degree)
         self.unnoticeable = bool(unnoticeable)
         self.threshold = check_finite_nonneg("threshold", threshold)
         self.d_min = check_int("d_min", d_min, 1)
         self.candidates = check_int("candidates", candidates, 1)
+        self.features = bool(features)
 
     @staticmethod
     def margin(logits: Tensor, label: int) -> Tensor:
@@ -111,6 +147,9 @@ class LocalGreedy:
         t = int(target)
         ei = data.edge_index
         x = data.x
+        if self.features and not bool(((x == 0) | (x == 1)).all()):
+            raise ValueError("features=True flips binary features, but data.x has values other than 0 and 1; "
+                             "use features=False (structure only) for continuous features")
         label = int(data.y[t])
         clean_deg = torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(
             0, ei[0], (ei[0] != ei[1]).to(x.dtype))
@@ -121,39 +160,59 @@ class LocalGreedy:
         adj = torch.zeros(n, dtype=torch.bool, device=ei.device)       # the target's current neighbours
         adj[ei[1][ei[0] == t]] = True
         deg = clean_deg.clone()
-        flips, margins, rejected = [], [], 0
+        num_f = x.shape[1] if self.features else 0
+        if self.features:
+            x_t = x[t].clone()                                           # the target's current features
+            may_add = cooccurrence_allowed(x, t) if self.unnoticeable else torch.ones_like(x_t, dtype=torch.bool)
+        flips, feature_flips, kinds, margins, rejected = [], [], "", [], 0
         with attack_mode(model):
             for step in range(budget + 1):
                 w_edges = torch.ones(ei.shape[1], dtype=x.dtype, device=x.device)
-                p = torch.zeros(others.numel(), dtype=x.dtype, device=x.device, requires_grad=True)
+                p = torch.zeros(others.numel() + num_f, dtype=x.dtype, device=x.device, requires_grad=True)
                 exists = adj[others]
                 # relaxed flip of every pair (t, v): existing edges lose weight p, missing ones gain weight p
                 sign = torch.where(exists, -1.0, 1.0).to(x.dtype)
                 row = torch.cat([ei[0], torch.full_like(others, t), others])
                 col = torch.cat([ei[1], others, torch.full_like(others, t)])
-                w = torch.cat([w_edges, sign * p, sign * p])
-                m = self.margin(model(x, torch.stack([row, col]), w)[t], label)
+                pe = p[: others.numel()]
+                w = torch.cat([w_edges, sign * pe, sign * pe])
+                x_in = x
+                if self.features:                                        # relaxed flip of each target feature
+                    x_in = x.index_copy(0, torch.tensor([t], device=x.device), (x_t + (1 - 2 * x_t) * p[-num_f:])[None])
+                m = self.margin(model(x_in, torch.stack([row, col]), w)[t], label)
                 margins.append(float(m.detach()))
                 if step == budget:
                     break
-                (grad,) = torch.autograd.grad(-m, [p])
-                score = grad.clone()
-                done = torch.zeros_like(exists)
+                (score,) = torch.autograd.grad(-m, [p])
+                done = torch.zeros_like(score, dtype=torch.bool)
                 for a, b in flips:
-                    done |= others == (b if a == t else a)
-                score[done] = -math.inf                                  # never flip a pair back
+                    done[: others.numel()] |= others == (b if a == t else a)
+                for _, j in feature_flips:
+                    done[others.numel() + j] = True
+                score[done] = -math.inf                                  # never flip anything back
                 order = torch.argsort(score, descending=True)[: self.candidates]
                 order = order[torch.isfinite(score[order])]
                 if self.unnoticeable:
-                    delta = torch.where(exists[order], -1.0, 1.0).to(x.dtype)
-                    nodes = torch.stack([torch.full_like(others[order], t), others[order]])
-                    stat = degree_test_statistic(clean_deg, deg, nodes, delta, self.d_min)
-                    ok = stat < self.threshold
+                    ok = torch.ones_like(order, dtype=torch.bool)
+                    is_edge = order < others.numel()
+                    e = order[is_edge]
+                    delta = torch.where(exists[e], -1.0, 1.0).to(x.dtype)
+                    nodes = torch.stack([torch.full_like(others[e], t), others[e]])
+                    ok[is_edge] = degree_test_statistic(clean_deg, deg, nodes, delta, self.d_min) < self.threshold
+                    if self.features:
+                        f = order[~is_edge] - others.numel()
+                        ok[~is_edge] = (x_t[f] != 0) | may_add[f]           # removals always pass
                     rejected += int(ok.nonzero()[0, 0]) if bool(ok.any()) else int(order.numel())
                     order = order[ok]
                 if order.numel() == 0:
                     break
                 k = int(order[0])
+                if k >= others.numel():
+                    j = k - others.numel()
+                    x_t[j] = 1 - x_t[j]
+                    feature_flips.append((t, j))
+                    kinds += "f"
+                    continue
                 v = int(others[k])
                 d = -1.0 if bool(exists[k]) else 1.0
                 deg[t] += d
@@ -161,7 +220,9 @@ class LocalGreedy:
                 adj[v] = not bool(exists[k])
                 ei = _flip(ei, t, v, add=d > 0)
                 flips.append((min(t, v), max(t, v)))
-        return LocalResult(ei, flips, budget, margins, rejected)
+                kinds += "e"
+        x_out = x.index_copy(0, torch.tensor([t], device=x.device), x_t[None]) if self.features else None
+        return LocalResult(ei, flips, budget, margins, rejected, x_out, feature_flips, kinds)
 
 
 def _flip(edge_index: Tensor, a: int, b: int, add: bool) -> Tensor:
@@ -173,4 +234,4 @@ def _flip(edge_index: Tensor, a: int, b: int, add: bool) -> Tensor:
     return edge_index[:, ~drop]
 
 
-__all__ = ["LocalGreedy", "LocalResult", "degree_test_statistic"]
+__all__ = ["LocalGreedy", "LocalResult", "cooccurrence_allowed", "degree_test_statistic"]
