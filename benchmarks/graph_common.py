@@ -3,9 +3,12 @@ Pro-GNN-style random split, and GCN training/evaluation with several seeds."""
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Callable, List
 
@@ -57,3 +60,33 @@ def gcn_accuracy(data, seeds=(0, 1, 2), make: Callable = None, epochs: int = 200
 
 def mean_std(values) -> str:
     return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.pstdev(values):.1f}"
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakRSS:
+    """``with PeakRSS() as m: ...``: ``m.mb``, the peak resident memory of this process during the block above
+    its level at entry (sampled every 5 ms by a thread; torch's CPU kernels release the GIL).  Memory the
+    allocator keeps from earlier blocks is in the baseline, so this is the block's own extra footprint."""
+
+    def __enter__(self):
+        self.base = self.peak = _rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss())
+            time.sleep(0.005)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss())
+        self.mb = (self.peak - self.base) / 2 ** 20
+        return False
