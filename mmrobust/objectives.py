@@ -7,6 +7,7 @@ run through :func:`mmrobust.attacks.attack_mode` like every other attack.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Dict, Optional
 
 import torch
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .adapters.base import BatchAdapter, stage_adapter
+from .attacks.attack_objective import AttackObjective
 from .attacks.base import Threat, prepare_victim
 from .attacks.pgd import PGD
 from .errors import check_finite_nonneg, check_int, check_positive
@@ -180,8 +182,8 @@ class TradesAttack(PGD):
 
     PGD on the KL divergence to the model's *fixed* clean prediction, started at
     ``x + init_std * N(0, I)`` (the KL has zero gradient at the clean point; the official code uses
-    ``0.001``).  The clean prediction is computed once per batch in eval mode, so the attack fits the
-    ordinary ``(logits, labels, target_labels)`` loss interface through :meth:`output_loss`.
+    ``0.001``).  The clean prediction is computed once per batch in eval mode and travels as the call's
+    :class:`~mmrobust.attacks.attack_objective.AttackObjective` (its ``reference``), never on the attack.
     Like PGD's other arguments, ``steps`` and ``step_size`` (fraction of the radius) are configurable;
     the paper's MNIST setting is 40 steps of 0.01 at eps 0.3 (``step_size=1/30``).
     """
@@ -201,22 +203,23 @@ class TradesAttack(PGD):
         self.loss_name = "trades_kl"
         self.init_std = check_finite_nonneg("init_std", init_std)
 
-    #: the clean log-probabilities of the batch being attacked (set on a per-call copy only)
-    reference: Optional[Tensor] = None
+    def objective_for(self, victim, target_labels, clean_logits) -> AttackObjective:
+        """The KL to the clean prediction of the call's batch (``clean_logits``, or one eval-mode forward pass
+        when training), held as the objective's ``reference``."""
+        if clean_logits is None:
+            with torch.no_grad():
+                clean_logits = victim.forward(victim.inputs)
+        reference = clean_logits.detach().log_softmax(1)
+        return AttackObjective(functools.partial(_kl_to, reference), reference=reference)
 
     def perturb(self, victim, threats: Dict[str, ThreatModel], target_labels, clean_logits):
-        with torch.no_grad():
-            reference = victim.forward(victim.inputs) if clean_logits is None else clean_logits
-        call = self.sharing_copy(reference=reference.detach().log_softmax(1))
         starts = {k: _SmallGaussianStart(t, self.init_std) for k, t in threats.items()}
-        return super(TradesAttack, call).perturb(victim, starts, target_labels, clean_logits)
+        return super().perturb(victim, starts, target_labels, clean_logits)
 
-    def output_loss(self, logits, victim, target_labels):
-        reference = self.reference
-        if reference is None:  # evaluation after the attack (finish): the clean prediction again
-            with torch.no_grad():
-                reference = victim.forward(victim.inputs).log_softmax(1)
-        return kl_divergence(reference, logits.log_softmax(1))
+
+def _kl_to(reference: Tensor, logits: Tensor, labels: Tensor, target_labels: Optional[Tensor] = None) -> Tensor:
+    """TRADES' attack loss: per output, the KL divergence of the prediction at ``logits`` from ``reference``."""
+    return kl_divergence(reference, logits.log_softmax(1))
 
 
 OBJECTIVES = ("ce", "trades", "mart", "ccat")

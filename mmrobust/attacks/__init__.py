@@ -2,6 +2,7 @@
 
 from .amortized import AmortizedAttack, ConvPerturbationGenerator, MLPPerturbationGenerator
 from .apgd import APGD, APGDT
+from .attack_objective import AttackObjective
 from .base import Attack, AttackResult, attack_mode
 from .ctc import CTCTargetedAttack
 from .ensemble import Ensemble
@@ -24,7 +25,7 @@ from .universal import UniversalPerturbation
 
 __all__ = [
     # base
-    "Attack", "AttackResult", "attack_mode",
+    "Attack", "AttackObjective", "AttackResult", "attack_mode",
     # losses
     "LOSSES", "get_loss", "cross_entropy", "margin", "dlr",
     # gradient-based, bounded

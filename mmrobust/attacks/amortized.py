@@ -186,13 +186,13 @@ class AmortizedAttack(Attack):
                 break
         return history
 
-    def run_training(self, victim: Victim, threats=None, *, target_labels: Optional[Tensor] = None):
+    def run_training(self, victim: Victim, threats=None, *, target_labels: Optional[Tensor] = None, objective=None):
         """The perturbed inputs for training; ``online``: after ``online_steps`` generator updates on ``victim``."""
         if self.online:
             victim = prepared(victim)
             for _ in range(self.online_steps):
                 self.update_on(victim, target_labels=target_labels)
-        return super().run_training(victim, threats, target_labels=target_labels)
+        return super().run_training(victim, threats, target_labels=target_labels, objective=objective)
 
     # -- checkpointing -----------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:

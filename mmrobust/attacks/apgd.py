@@ -268,7 +268,7 @@ class APGDT(TargetClassRuns, APGD):
         return super().settings() + [f"n_target_classes={self.n_target_classes}"]
 
     def perturb(self, victim, threats, target_labels, clean_logits):
-        if self.explicit_targets or clean_logits is None:
+        if self.explicit_targets() or clean_logits is None:
             return super().perturb(victim, threats, target_labels, clean_logits)
         classes = self.target_classes(victim, clean_logits)
         best = self.start_best(victim, threats, classes[0], clean_logits)

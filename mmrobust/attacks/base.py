@@ -26,6 +26,7 @@ from ..adapters.base import BatchAdapter, Victim, infer_adapter
 from ..errors import NonFiniteError
 from ..threats.base import ThreatModel
 from ..utils import kept_modes, make_generator, normal_tensor
+from .attack_objective import AttackObjective
 from .labels import check_labels, label_checked
 from .losses import get_loss
 from .result import AttackResult, mark_not_found
@@ -252,35 +253,42 @@ class Attack(ABC):
             return victim.rebuild(self.run_training(victim, target_labels=target_labels))
 
     def run(self, victim: Victim, threats: Optional[Dict[str, ThreatModel]] = None, *,
-            target_labels: Optional[Tensor] = None) -> AttackResult:
+            target_labels: Optional[Tensor] = None, objective: Optional[AttackObjective] = None) -> AttackResult:
         """The attack on a batch already read (a :class:`Victim`, e.g. ``victim.select(units)``), inside
-        :func:`attack_mode`: the clean pass and label checks, default targets, :meth:`perturb`, :meth:`finish`.
-        Composites (ensembles, partly adversarial batches) call it instead of rebuilding and re-reading
-        batches; ``threats`` default to :meth:`checked_threats`."""
+        :func:`attack_mode`: the clean pass and label checks, default targets, then :meth:`perturb` and
+        :meth:`finish` on a per-call copy pursuing ``objective`` (default :meth:`objective_for`; its
+        ``targets`` stand for ``target_labels``). Composites (ensembles, partly adversarial batches) call
+        it instead of rebuilding and re-reading batches; ``threats`` default to :meth:`checked_threats`."""
         victim = prepared(victim)
         threats = self.checked_threats(victim) if threats is None else threats
+        if target_labels is None and objective is not None:
+            target_labels = objective.targets
         with torch.no_grad():
             clean_logits = victim.forward(victim.inputs)
         check_logits(clean_logits, victim, "on the clean batch")
         n_classes = clean_logits.shape[1]
         y = victim.target
         check_labels(y, n_classes)
-        if self.targeted and target_labels is None:
-            # most likely wrong class, a common default (Carlini & Wagner 2017 use random targets)
-            target_labels = clean_logits.masked_fill(
-                torch.nn.functional.one_hot(y, n_classes).bool(), float("-inf")).argmax(1)
         if target_labels is not None:
             target_labels = normal_tensor(target_labels).to(y.device).long()
             if target_labels.shape != y.shape:
                 raise ValueError(f"target_labels must have shape {tuple(y.shape)}, got {tuple(target_labels.shape)}")
             check_labels(target_labels, n_classes, "target_labels")
-        adv, logits, found = _unpack(self.perturb(victim, threats, target_labels, clean_logits))
-        return mark_not_found(self.finish(victim, threats, adv, clean_logits, target_labels, logits), found, victim)
+        call = self.pursuing(objective or self.objective_for(victim, target_labels, clean_logits))
+        if self.targeted and target_labels is None:
+            # most likely wrong class, a common default (Carlini & Wagner 2017 use random targets)
+            target_labels = clean_logits.masked_fill(
+                torch.nn.functional.one_hot(y, n_classes).bool(), float("-inf")).argmax(1)
+        adv, logits, found = _unpack(call.perturb(victim, threats, target_labels, clean_logits))
+        return mark_not_found(call.finish(victim, threats, adv, clean_logits, target_labels, logits), found, victim)
 
     def run_training(self, victim: Victim, threats: Optional[Dict[str, ThreatModel]] = None, *,
-                     target_labels: Optional[Tensor] = None) -> Dict[str, Tensor]:
+                     target_labels: Optional[Tensor] = None,
+                     objective: Optional[AttackObjective] = None) -> Dict[str, Tensor]:
         """The perturbed inputs of a batch already read, without evaluation passes (:meth:`generate`'s
         work, for training code that holds a :class:`Victim`), inside :func:`attack_mode`."""
+        if target_labels is None and objective is not None:
+            target_labels = objective.targets
         if self.targeted and target_labels is None:
             raise ValueError("generate() with a targeted attack needs target_labels")
         victim = prepared(victim)
@@ -288,8 +296,32 @@ class Attack(ABC):
         if target_labels is not None:
             target_labels = normal_tensor(target_labels).to(victim.target.device).long()
         # no clean pass here: the attack's first forward pass learns the class count and checks the labels
-        adv = _unpack(self.perturb(label_checked(victim, target_labels), threats, target_labels, None))[0]
+        victim = label_checked(victim, target_labels)
+        call = self.pursuing(objective or self.objective_for(victim, target_labels, None))
+        adv = _unpack(call.perturb(victim, threats, target_labels, None))[0]
         return {k: v.detach() for k, v in adv.items()}
+
+    # -- the objective of a call ------------------------------------------------------------------
+    #: the :class:`AttackObjective` of the call in progress: held only by the per-call copy that :meth:`run`
+    #: and :meth:`run_training` make (:meth:`pursuing`), never by the user's attack
+    objective: Optional[AttackObjective] = None
+
+    def objective_for(self, victim: Victim, target_labels: Optional[Tensor],
+                      clean_logits: Optional[Tensor]) -> AttackObjective:
+        """The objective of a call on ``victim`` (``clean_logits`` ``None`` when training): the attack's
+        loss; success means misclassified, or the target for targeted attacks. Attacks with a reference
+        point (TRADES) or another success test (APGD-T, FAB-T) override it."""
+        return AttackObjective(self.loss_fn, targets=target_labels, targeted=self.targeted,
+                               reach_targets=self.targeted)
+
+    def pursuing(self, objective: AttackObjective) -> "Attack":
+        """A per-call copy that pursues ``objective`` (it shares this attack's random generator); composites
+        hand their members' objectives over this way when they call ``perturb`` directly."""
+        return self.sharing_copy(objective=objective)
+
+    def _objective(self, victim: Victim, target_labels: Optional[Tensor]) -> AttackObjective:
+        """The call's objective; outside a call (e.g. re-scoring a result) the default one."""
+        return self.objective if self.objective is not None else self.objective_for(victim, target_labels, None)
 
     @abstractmethod
     def perturb(self, victim: Victim, threats: Dict[str, ThreatModel], target_labels: Optional[Tensor],
@@ -305,13 +337,12 @@ class Attack(ABC):
 
     # -- shared pieces ----------------------------------------------------------------------------
     def output_loss(self, logits: Tensor, victim: Victim, target_labels: Optional[Tensor]) -> Tensor:
-        return self.loss_fn(logits, victim.target, target_labels if self.targeted else None)
+        """Per-output loss of the call's objective (``target_labels``: those of the outputs given)."""
+        return self._objective(victim, target_labels).loss(logits, victim.target, target_labels)
 
     def is_success(self, logits: Tensor, victim: Victim, target_labels: Optional[Tensor]) -> Tensor:
-        pred = logits.argmax(1)
-        if self.targeted:
-            return pred == target_labels
-        return pred != victim.target
+        """Per output: the call's objective is reached."""
+        return self._objective(victim, target_labels).success(logits, victim.target, target_labels)
 
     def finish(self, victim: Victim, threats: Dict[str, ThreatModel], adv: Dict[str, Tensor],
                clean_logits: Tensor, target_labels: Optional[Tensor],

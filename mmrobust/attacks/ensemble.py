@@ -175,8 +175,12 @@ class Ensemble(Attack):
         with attack_mode(model):
             return self._run(read, target_labels)
 
-    def run(self, victim: Victim, threats=None, *, target_labels: Optional[Tensor] = None) -> AttackResult:
-        """The ensemble on a batch already read: every member attacks ``victim`` (or its units still robust)."""
+    def run(self, victim: Victim, threats=None, *, target_labels: Optional[Tensor] = None,
+            objective=None) -> AttackResult:
+        """The ensemble on a batch already read: every member attacks ``victim`` (or its units still robust)
+        with its own objective."""
+        if objective is not None:
+            raise ValueError("Ensemble runs each member with its own objective; give objectives to members instead")
         victim = prepared(victim)
         return self._run(lambda attack: victim, target_labels)
 
@@ -185,9 +189,9 @@ class Ensemble(Attack):
         result = self.run(victim, threats, target_labels=target_labels)
         return result.inputs, result.logits
 
-    def run_training(self, victim: Victim, threats=None, *, target_labels: Optional[Tensor] = None):
+    def run_training(self, victim: Victim, threats=None, *, target_labels: Optional[Tensor] = None, objective=None):
         """The perturbed inputs of a full ensemble evaluation (an ensemble needs its evaluations)."""
-        return self.run(victim, threats, target_labels=target_labels).inputs
+        return self.run(victim, threats, target_labels=target_labels, objective=objective).inputs
 
     def _run(self, read, target_labels: Optional[Tensor]) -> AttackResult:
         if target_labels is not None:

@@ -127,7 +127,9 @@ class EOT(Attack):
 
     def perturb(self, victim, threats: Dict[str, ThreatModel], target_labels, clean_logits):
         wrapped = eot_victim(victim, self.transform, self.samples, self.generator())
-        out = self.attack.perturb(wrapped, threats, target_labels, clean_logits)
+        given = None if self.objective is None else self.objective.targets  # the caller's targets, if any
+        inner = self.attack.pursuing(self.attack.objective_for(wrapped, given, clean_logits))
+        out = inner.perturb(wrapped, threats, target_labels, clean_logits)
         # logits the inner attack may return are expectations; let finish() evaluate the plain model
         return out[0] if isinstance(out, tuple) else out
 

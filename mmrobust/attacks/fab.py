@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 import torch
 from torch import Tensor
@@ -290,4 +290,4 @@ class FABT(TargetClassRuns, FAB):
         return super().settings() + [f"n_target_classes={self.n_target_classes}"]
 
     def target_runs(self, victim, target_labels, clean_logits):
-        return [target_labels] if self.explicit_targets else self.target_classes(victim, clean_logits)
+        return [target_labels] if self.explicit_targets() else self.target_classes(victim, clean_logits)

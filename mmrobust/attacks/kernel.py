@@ -9,6 +9,7 @@ them, so each attack file reads like its paper's algorithm.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -159,27 +160,22 @@ class TargetClassRuns:
     Called without ``target_labels``, the attack runs towards each of the ``n_target_classes`` most
     likely wrong classes of the clean input in turn (:meth:`target_classes`) and success means
     *misclassified*; with explicit ``target_labels`` success means *classified as the target*. Which of
-    the two a call is lives on a per-call copy (``explicit_targets``), never on the user's instance.
+    the two a call is, is its objective's ``reach_targets`` (:meth:`objective_for`).
     """
 
-    #: whether this call's targets were given by the caller (set on per-call copies only)
-    explicit_targets = False
     n_target_classes: int
 
-    def run(self, victim, threats=None, *, target_labels=None):
-        call = self.sharing_copy(explicit_targets=target_labels is not None)
-        return super(TargetClassRuns, call).run(victim, threats, target_labels=target_labels)
+    def objective_for(self, victim, target_labels, clean_logits):
+        return dataclasses.replace(super().objective_for(victim, target_labels, clean_logits),
+                                   reach_targets=target_labels is not None)
 
-    def run_training(self, victim, threats=None, *, target_labels=None):
-        call = self.sharing_copy(explicit_targets=target_labels is not None)
-        return super(TargetClassRuns, call).run_training(victim, threats, target_labels=target_labels)
-
-    def is_success(self, logits: Tensor, victim: Victim, target_labels: Optional[Tensor]) -> Tensor:
-        return self.reached(logits, victim.target, target_labels)
+    def explicit_targets(self) -> bool:
+        """Whether the call in progress runs towards targets its caller gave."""
+        return self.objective is not None and self.objective.reach_targets
 
     def reached(self, logits: Tensor, labels: Tensor, targets: Optional[Tensor]) -> Tensor:
         """Per output: the call's goal is reached (the target for explicit targets, else misclassified)."""
-        if self.explicit_targets:
+        if self.explicit_targets():
             return logits.argmax(1) == targets
         return logits.argmax(1) != labels
 

@@ -169,10 +169,10 @@ class UniversalPerturbation(Attack):
             target_labels = torch.full_like(victim_y, self.target_class or 0)
         return super().__call__(model, batch, target_labels=target_labels)
 
-    def run_training(self, victim, threats=None, *, target_labels=None):
+    def run_training(self, victim, threats=None, *, target_labels=None, objective=None):
         if self.delta is None:
             raise RuntimeError("call fit(model, dataloader) before generate()")
-        return super().run_training(victim, threats, target_labels=target_labels)
+        return super().run_training(victim, threats, target_labels=target_labels, objective=objective)
 
     def perturb(self, victim, threats, target_labels, clean_logits) -> Dict[str, Tensor]:
         return {k: (self.apply(v, self.delta, victim.masks.get(k)) if k in threats else v)
