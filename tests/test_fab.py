@@ -153,3 +153,41 @@ def test_fab_on_waveforms_keeps_padding_box_and_db_budget(threat):
     assert bool((res.inputs["audio"].abs() <= 1).all())
     assert bool(threat.contains(delta, wave).all())
     assert res.success.float().mean() > 0.3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_newton_water_fill_matches_the_sorted_solution(norm, dtype, monkeypatch):
+    """The L-inf/L2 step by Newton's method equals the one read off the sorted breakpoints, on FAB-sized rows
+    in a [0, 1] box (feasible, infeasible, zero normals, ties), and so does its fallback after one step."""
+    from mmrobust.attacks import hyperplane
+
+    g = torch.Generator().manual_seed(1)
+    rows, dim = 64, 784
+    t = torch.rand(rows, dim, generator=g, dtype=torch.float64)
+    t[:, ::3] = 0.0  # MNIST-like: many coordinates at the box's edge, many equal breakpoints
+    t[:, 1::7] = 1.0
+    w = torch.randn(rows, dim, generator=g, dtype=torch.float64)
+    w[:, ::5] = 0.0
+    w[0] = 0.0  # a row with no normal at all
+    c = torch.randn(rows, generator=g, dtype=torch.float64) * torch.logspace(-3, 2, rows, dtype=torch.float64)
+    w, c, t = w.to(dtype), c.to(dtype), t.to(dtype)
+    lo, hi = -t, 1 - t
+    tol = 1e-12 if dtype == torch.float64 else 2e-5
+    reference = None
+    for steps in (hyperplane._NEWTON_STEPS, 1):
+        monkeypatch.setattr(hyperplane, "_NEWTON_STEPS", steps)
+        d = hyperplane_step(norm, w, c, lo, hi)
+        monkeypatch.setattr(hyperplane, "_water_fill", hyperplane._water_fill_sorted)
+        sorted_d = hyperplane_step(norm, w, c, lo, hi)
+        monkeypatch.undo()
+        assert d.dtype == dtype and bool(torch.isfinite(d).all())
+        assert bool((d >= lo).all() and (d <= hi).all())
+        assert torch.allclose(d, sorted_d, rtol=0, atol=tol), float((d - sorted_d).abs().max())
+        reference = d if reference is None else reference
+        assert torch.allclose(d, reference, rtol=0, atol=tol)
+    reach = torch.where(w * c[:, None] > 0, w * hi, w * lo).sum(1)
+    feasible = reach.abs() >= c.abs()
+    assert 0 < int(feasible.sum()) < rows  # both kinds of rows were tested
+    assert torch.allclose((w * reference).sum(1)[feasible], c[feasible], rtol=1e-4 if dtype == torch.float32 else 1e-9,
+                          atol=1e-4 if dtype == torch.float32 else 1e-9)
