@@ -57,7 +57,8 @@ def main():
 
     if args.data == "csbm":
         from mmrobust.graph.data import sbm_graph
-        data = sbm_graph(args.nodes, 3, p_in=0.03, p_out=0.004, binary_features=32, train_fraction=0.1, val_fraction=0.1,
+        data = sbm_graph(args.nodes, 3, p_in=0.03, p_out=0.004, binary_features=32, train_fraction=0.1,
+                         val_fraction=0.1,
                          seed=0)
     else:
         data = planetoid_lcc(args.data)

@@ -109,6 +109,32 @@ def test_certify_and_metric_on_a_trained_gcn(trained):
         float(cert.p_lower[k]), 0, 1, 0.001, 0.2) > 0.5)
 
 
+def test_noise_augmented_training_draws_a_smoothed_graph_every_epoch(trained):
+    _, data = trained
+    smooth = SparseSmoothing(GCN(3, 3), p_plus=0.01, p_minus=0.3, seed=0)
+    e0, x0 = data.edge_index.clone(), data.x.clone()
+    seen = []
+
+    def augment(d):
+        assert d is data                                   # drawn from the clean graph, not the last noisy one
+        g = smooth.noisy_graph(d)
+        assert torch.equal(g.y, data.y) and torch.equal(g.train_mask, data.train_mask)
+        seen.append(g.edge_index)
+        return g
+
+    torch.manual_seed(0)
+    model = GCN(3, 3, hidden=16)
+    losses = train_node_classifier(model, data, epochs=5, augment=augment)
+    assert len(seen) == len(losses) == 5 and not torch.equal(seen[0], seen[1])
+    assert not any(torch.equal(s, data.edge_index) for s in seen)
+    assert torch.equal(data.edge_index, e0) and torch.equal(data.x, x0)
+    # the stream is the smoothing's own, seeded: a second smoothing object with the same seed repeats it
+    again = SparseSmoothing(GCN(3, 3), p_plus=0.01, p_minus=0.3, seed=0).noisy_graph(data)
+    assert torch.equal(again.edge_index, seen[0])
+    with pytest.raises(ValueError, match="not both"):
+        train_node_classifier(model, data, epochs=1, augment=augment, attack=object())
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="nothing is smoothed"):
         SparseSmoothing(torch.nn.Identity(), p_plus=0.0, p_minus=0.0)

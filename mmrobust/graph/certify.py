@@ -17,6 +17,7 @@ The prediction is certified when that exceeds 1/2 (the top class against all oth
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Optional
 
@@ -137,6 +138,21 @@ class SparseSmoothing:
             on = x > 0
             x = torch.where(on, (u >= self.attr_p_minus).to(x.dtype), (u < self.attr_p_plus).to(x.dtype))
         return x, torch.cat([e, e.flip(0)], 1)
+
+    def noisy_graph(self, data, generator: Optional[torch.Generator] = None):
+        """A shallow copy of ``data`` with ``x`` and ``edge_index`` drawn from the smoothing distribution (labels
+        and masks kept; ``data`` unchanged): the training graphs of a noise-augmented base model, as Bojchevski
+        et al. 2020 (Sec. 5) train theirs, via ``train_node_classifier(..., augment=smoothing.noisy_graph)``.
+        Without ``generator`` the smoothing's own noise stream (seeded by ``seed``, continued across calls)."""
+        if generator is None:
+            if getattr(self, "_noise_gen", None) is None:
+                self._noise_gen = torch.Generator().manual_seed(self.seed + 1)
+            generator = self._noise_gen
+        out = copy.copy(data)
+        out.x, out.edge_index = self.sample_graph(data.x, data.edge_index, data.num_nodes, generator)
+        if "edge_weight" in out:
+            del out.edge_weight
+        return out
 
     def sample_counts(self, data, num: int, gen: torch.Generator) -> Tensor:
         """``(N, C)`` votes of the model on ``num`` smoothed graphs (eval mode, restored afterwards)."""

@@ -17,7 +17,7 @@ by ``attack.generate(...)``); :func:`train_node_classifier` is the same loop wit
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import pytorch_lightning as pl
 import torch
@@ -46,13 +46,19 @@ def node_accuracy(model: nn.Module, data, mask: str = "test") -> float:
 
 def train_node_classifier(model: nn.Module, data, *, epochs: int = 200, lr: float = 0.01,
                           weight_decay: float = 5e-4, attack: Optional[Attack] = None, attack_every: int = 1,
-                          clean_epochs: int = 0, progress: bool = False) -> List[float]:
+                          clean_epochs: int = 0, progress: bool = False,
+                          augment: Optional[Callable[[Any], Any]] = None) -> List[float]:
     """Full-batch training on the ``train_mask`` nodes with Adam; returns the per-epoch training loss.
 
     With ``attack`` (whose adapter should score the training nodes, ``GraphAdapter(mask="train")``), the
     model trains on ``attack.generate(model, data)`` -- a freshly perturbed training graph every
     ``attack_every`` epochs after ``clean_epochs`` clean warm-up epochs (adversarial training).
+    With ``augment`` (a function of the clean graph returning a graph), the model trains on
+    ``augment(data)``, drawn anew every epoch -- noise augmentation, e.g. the smoothing noise of the base model
+    of :class:`~mmrobust.graph.certify.SparseSmoothing` (``augment=smoothing.noisy_graph``).
     """
+    if attack is not None and augment is not None:
+        raise ValueError("give attack (adversarial training) or augment (noise augmentation), not both")
     check_int("epochs", epochs, 1)
     check_positive("lr", lr)
     check_finite_nonneg("weight_decay", weight_decay)
@@ -68,6 +74,8 @@ def train_node_classifier(model: nn.Module, data, *, epochs: int = 200, lr: floa
     for epoch in epochs_iter:
         if attack is not None and epoch >= clean_epochs and (epoch - clean_epochs) % attack_every == 0:
             graph = attack.generate(model, data)
+        if augment is not None:
+            graph = augment(data)
         model.train()
         opt.zero_grad()
         out = model(graph.x, graph.edge_index, getattr(graph, "edge_weight", None))
