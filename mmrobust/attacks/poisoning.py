@@ -93,7 +93,8 @@ class MetaPRBCD:
     ``lr * budget`` in :math:`\\ell_1` (gradient normalised: meta-gradients have no natural scale), the first
     ``epochs_resampling`` epochs redraw the dead half of the block; at the end the top-``budget`` flips and
     ``final_samples - 1`` Bernoulli samples are each scored by the same unrolled training (no gradient), and
-    the highest self-training loss wins.
+    the highest self-training loss wins; flips it leaves unused are spent on the block pairs of largest
+    meta-gradient at that discrete graph, so the returned graph flips exactly the budget.
 
     Args:
         threat: an :class:`EdgeFlips` (global; ``int`` flips or a fraction of the undirected edges).
@@ -218,7 +219,22 @@ class MetaPRBCD:
             loss = float(self._inner(model, init, data, labels, ei, ew, differentiable=False).detach())
             if loss > best_loss:
                 best, best_loss = chosen, loss
+        short = int(budget[0]) - int(best.sum())
+        if short > 0:
+            best = self._fill_budget(model, init, data, labels, graph, block, base_w, best, short)
+            ei, ew = block.flip(graph.edge_index, base_w, best)
+            best_loss = float(self._inner(model, init, data, labels, ei, ew, differentiable=False).detach())
         return _result(data, graph, block, base_w, best, int(budget[0]), best_loss, self.describe())
+
+    def _fill_budget(self, model, init, data, labels, graph, block, base_w, chosen: Tensor, short: int) -> Tensor:
+        """Spend the ``short`` flips a sample left unused (the top-``budget`` pick finds fewer weights above eps,
+        a Bernoulli sample draws fewer): add the block pairs of largest meta-gradient at the discrete graph, so the
+        poisoned graph flips exactly the budget, as Metattack's greedy flips do."""
+        p = chosen.to(base_w.dtype).requires_grad_(True)
+        ei, ew = block.perturbed(graph.edge_index, base_w, p)
+        (grad,) = torch.autograd.grad(self._inner(model, init, data, labels, ei, ew, differentiable=True), [p])
+        grad = grad.detach().masked_fill(chosen, -math.inf)
+        return chosen | (rank_within_unit(grad, block.unit, 1) < short) & ~chosen
 
 
 def _result(data, graph, block, base_w, chosen, budget, loss, attack) -> PoisonResult:
