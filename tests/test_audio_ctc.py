@@ -142,3 +142,48 @@ def test_ctc_second_stage_hides_the_perturbation_under_the_masking_threshold(ctc
     ok = first.success
     assert bool((thr.penalty(second.wave - waves)[ok] < thr.penalty(first.wave - waves)[ok]).all())
     assert bool((second.extras["wave/frames_above"][ok] <= thr.theta_db.shape[-1]).all())
+
+
+def test_ctc_eot_over_reverberation_stays_in_budget_and_repeats():
+    from mmrobust.audio import RandomReverb
+
+    torch.manual_seed(0)
+    model = TinyCTC().eval()
+    waves, labels, lengths = tone_phrases(3, seed=4)
+    kept = waves.clone()
+    targets = [[1, 2], [3, 4, 1], [2, 2]]
+    attack = CTCTargetedAttack(PeakDBBall(-20.0), steps=3, transforms=RandomReverb(SR, rt60=(0.2, 0.5)),
+                               samples=2, seed=1)
+    res = attack(model, waves, targets, lengths=lengths)
+    assert torch.equal(waves, kept) and attack.seed == 1
+    assert bool((res.extras["wave/db_x"] <= -20.0 + 1e-3).all())
+    pad = torch.arange(LENGTH)[None] >= lengths[:, None]
+    assert bool(((res.wave - waves)[pad] == 0).all()) and bool((res.wave.abs() <= 1).all())
+    share = res.extras["eot/success_share"]
+    assert share.shape == (3,) and bool(((share >= 0) & (share <= 1)).all())
+    again = attack(model, waves, targets, lengths=lengths)
+    assert torch.equal(res.wave, again.wave)  # the transforms' generator restarts at seed every call
+    assert "EOT samples=2" in attack.describe()
+    with pytest.raises(ValueError, match="cannot be combined"):
+        CTCTargetedAttack(PeakDBBall(-20.0), transforms=RandomReverb(SR), shrink=0.8)
+
+
+@pytest.mark.slow
+def test_ctc_eot_attack_survives_fresh_room_responses_better_than_the_plain_one(ctc_model):
+    from mmrobust.audio import RandomReverb
+
+    waves, labels, lengths = tone_phrases(6, seed=2)
+    targets = [[4, 3, 2, 1][: len(s) + 1] if s != [4, 3, 2, 1][: len(s) + 1] else [1, 1, 2] for s in labels]
+    room = RandomReverb(SR, rt60=(0.2, 0.4))
+    plain = CTCTargetedAttack(PeakDBBall(-15.0), steps=150)(ctc_model, waves, targets, lengths=lengths)
+    eot = CTCTargetedAttack(PeakDBBall(-15.0), steps=150, transforms=room, samples=4)(
+        ctc_model, waves, targets, lengths=lengths)
+    assert bool((eot.extras["wave/db_x"] <= -15.0 + 1e-3).all())
+
+    def over_the_air(adv):
+        g = torch.Generator().manual_seed(123)  # responses the attack never drew
+        with torch.no_grad():
+            return sum(sum(d == t for d, t in zip(greedy_decode(ctc_model(room(adv, g))), targets))
+                       for _ in range(8)) / (8 * len(targets))
+
+    assert over_the_air(eot.wave) > over_the_air(plain.wave)

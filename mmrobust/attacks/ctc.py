@@ -95,11 +95,21 @@ class CTCTargetedAttack:
     iterates the one with the smallest penalty is returned; ``extras`` then also hold ``frames_above``
     and ``excess_db``. Give a perturbation that already succeeds as ``init`` (the first stage, e.g. this
     attack's result in a :class:`~mmrobust.threats.PeakDBBall`), as the paper does.
+
+    With ``transforms`` (a module ``forward(x, generator)`` or a sequence of them, e.g.
+    :class:`~mmrobust.audio.transforms.RandomReverb` for playback in a room) it is Expectation over
+    Transformation (Athalye et al. 2018, https://arxiv.org/abs/1707.07397, Eq. 1; over the air as in Qin et
+    al. 2019, Sec. 5): every step minimises the mean CTC loss over ``samples`` fresh draws of the transform
+    applied to :math:`x + \delta` (a generator seeded with ``seed`` at every call, so calls repeat and the
+    attack object is unchanged). The attack runs all ``steps`` (no early stop) and returns, per example,
+    the latest iterate whose share of the step's draws decoded to the target was highest; ``extras``
+    hold that share (``eot/success_share``). ``success`` stays C&W's criterion on the untransformed input;
+    measure success over the air under fresh transforms that the attack did not see.
     """
 
     def __init__(self, threat: ThreatModel, *, steps: int = 300, step_size: float = 0.02, blank: int = 0,
                  layout: str = "BTC", shrink: Optional[float] = None, betas: Tuple[float, float] = (0.9, 0.999),
-                 masking=None):
+                 masking=None, transforms=None, samples: int = 4, seed: Optional[int] = 0):
         if not isinstance(threat, ThreatModel):
             raise TypeError(f"threat must be a ThreatModel, got {type(threat).__name__}")
         self.threat = threat
@@ -117,9 +127,31 @@ class CTCTargetedAttack:
         if masking is not None and shrink is not None:
             raise ValueError("give either shrink (C&W's budget reduction) or masking (Qin et al.'s penalty), not both")
         self.masking = masking
+        self.samples = check_int("samples", samples, 1)
+        self.seed = seed
+        self.transform = None
+        if transforms is not None:
+            from .eot import _compose
+
+            if masking is not None or shrink is not None:
+                raise ValueError("transforms (EOT) cannot be combined with masking or shrink")
+            self.transform = _compose(transforms)
 
     def describe(self) -> str:
-        return f"CTCTargetedAttack({self.threat!r}, steps={self.steps}, step_size={self.step_size:g})"
+        eot = "" if self.transform is None else f", EOT samples={self.samples}"
+        return f"CTCTargetedAttack({self.threat!r}, steps={self.steps}, step_size={self.step_size:g}{eot})"
+
+    def _eot_step(self, model: nn.Module, x: Tensor, leaf: Tensor, flat: Tensor, tlen: Tensor, seqs,
+                  generator: torch.Generator) -> Tuple[Tensor, Tensor]:
+        """Mean CTC loss over ``samples`` fresh transforms of ``x + leaf`` (per example) and, per example, the
+        share of those transforms under which the greedy decoding is the target."""
+        total, hits = 0.0, torch.zeros(x.shape[0], device=x.device)
+        for _ in range(self.samples):
+            lp, frames = self.log_probs(model, self.transform(x + leaf, generator))
+            total = total + self.ctc_loss(lp, frames, flat, tlen)
+            hits += torch.tensor([d == s for d, s in zip(greedy_decode(lp.detach(), self.blank, frames), seqs)],
+                                 dtype=hits.dtype, device=x.device)
+        return total / self.samples, hits / self.samples
 
     def log_probs(self, model: nn.Module, wave: Tensor) -> Tuple[Tensor, Tensor]:
         """``(B, frames, C)`` log-probabilities and frame lengths."""
@@ -175,28 +207,40 @@ class CTCTargetedAttack:
             best_pen = torch.full((x.shape[0],), float("inf"), dtype=torch.float64, device=x.device)
             first = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
             b1, b2 = self.betas
+            gen = None if self.transform is None else torch.Generator().manual_seed(
+                0 if self.seed is None else int(self.seed))
+            best_share = torch.full((x.shape[0],), -1.0, device=x.device)
             for step in range(1, self.steps + 1):
                 leaf = delta.detach().requires_grad_(True)
-                lp, frames = self.log_probs(model, x + leaf)
-                loss = self.ctc_loss(lp, frames, flat, tlen)
+                if gen is None:
+                    lp, frames = self.log_probs(model, x + leaf)
+                    loss = self.ctc_loss(lp, frames, flat, tlen)
+                else:
+                    loss, share = self._eot_step(model, x, leaf, flat, tlen, seqs, gen)
                 grad, = torch.autograd.grad(loss.sum(), leaf)
                 if not bool(torch.isfinite(grad).all()):
                     raise NonFiniteError("NaN/Inf in the CTC input gradient")
                 with torch.no_grad():
-                    hit = torch.tensor([d == s for d, s in zip(greedy_decode(lp, self.blank, frames), seqs)],
-                                       device=x.device)
-                    if thr is not None:
-                        pen, pen_grad = self.masking.value_and_grad(delta, thr)
-                        new = hit & (pen.double() < best_pen)
-                        best_pen = torch.where(new, pen.double(), best_pen)
-                        grad = grad + weights.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1))) * pen_grad
-                        weights = self.masking.update(weights, step, hit)
+                    if gen is not None:  # EOT: keep the latest iterate with the highest share of target decodings
+                        new = share >= best_share
+                        best_share = torch.maximum(best_share, share)
+                        reached = share >= 1.0
                     else:
-                        new = hit & ~found if self.shrink is None else hit
+                        hit = torch.tensor([d == s for d, s in zip(greedy_decode(lp, self.blank, frames), seqs)],
+                                           device=x.device)
+                        if thr is not None:
+                            pen, pen_grad = self.masking.value_and_grad(delta, thr)
+                            new = hit & (pen.double() < best_pen)
+                            best_pen = torch.where(new, pen.double(), best_pen)
+                            grad = grad + weights.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1))) * pen_grad
+                            weights = self.masking.update(weights, step, hit)
+                        else:
+                            new = hit & ~found if self.shrink is None else hit
+                        reached = new
+                    first = torch.where(reached & (first < 0), torch.full_like(first, step - 1), first)
                     if bool(new.any()):
                         sel = new.reshape(-1, *([1] * (x.dim() - 1)))
                         best = torch.where(sel, delta, best)
-                        first = torch.where(new & (first < 0), torch.full_like(first, step - 1), first)
                         found |= new
                         if self.shrink is not None:
                             radius = torch.where(new, torch.minimum(radius, self.threat.size(delta, x)) * self.shrink,
@@ -208,7 +252,7 @@ class CTCTargetedAttack:
                     if mask is not None:
                         delta = delta * mask
                     delta = self.threat.project(delta, x, radius)
-                    if self.shrink is None and thr is None and bool(found.all()):
+                    if self.shrink is None and thr is None and gen is None and bool(found.all()):
                         break
             final = torch.where(found.reshape(-1, *([1] * (x.dim() - 1))), best, delta)
             adv = (x + final).detach()
@@ -220,6 +264,8 @@ class CTCTargetedAttack:
             extras = {f"wave/{k}": v for k, v in self.threat.extra_sizes(final, x).items()}
             if thr is not None:
                 extras.update({f"wave/{k}": v for k, v in self.masking.report(final, x, thr).items()})
+            if gen is not None:
+                extras["eot/success_share"] = best_share
             return CTCAttackResult(wave=adv, success=success, decoded=decoded, clean_decoded=clean_decoded,
                                    loss=loss.detach(), size=self.threat.size(final, x), steps_to_success=first,
                                    attack=self.describe(), extras=extras)

@@ -7,6 +7,8 @@ The adapter lives in :mod:`mmrobust.adapters.audio` (``WaveformAdapter``), the b
 from .augment import SpeechAugmentation
 from .data import FSDDDataModule, SyntheticSpeechDataModule, WaveformDataset, augment_batch, load_wav, pad_or_crop
 from .speech_commands import SpeechCommandsDataModule, WaveFileDataset
+from .sequences import DigitSequenceDataset, FSDDSequenceDataModule
+from .recogniser import CTCRecogniser, DigitCTC
 from .models import M5, CepstralFeatures, KeywordCNN, LogMelCNN, spec_augment
 from .synth import NUM_SYNTH_CLASSES, synth_digit, synth_digits
 from ..attacks.eot import RandomTransforms  # composes these transforms for EOT and augmentation
@@ -16,5 +18,5 @@ __all__ = [
     "FSDDDataModule", "SpeechCommandsDataModule", "SyntheticSpeechDataModule", "WaveformDataset", "WaveFileDataset",
     "augment_batch", "load_wav", "pad_or_crop", "M5", "LogMelCNN", "KeywordCNN", "CepstralFeatures", "spec_augment", "synth_digit", "synth_digits", "NUM_SYNTH_CLASSES",
     "AddNoise", "RandomGain", "RandomReverb", "RandomSpeed", "RandomTimeShift", "RandomTransforms", "speed_perturb",
-    "synthetic_rir", "SpeechAugmentation",
+    "synthetic_rir", "SpeechAugmentation", "DigitSequenceDataset", "FSDDSequenceDataModule", "DigitCTC", "CTCRecogniser",
 ]
