@@ -12,6 +12,7 @@ import yaml
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from mmrobust.cli import _lightning_cli, main
+from _digits_checkpoint import train_digits_cnn  # noqa: E402
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
@@ -151,22 +152,8 @@ def test_validate_writes_a_metrics_report(tmp_path):
 
 @pytest.fixture(scope="module")
 def trained_digits_cnn(tmp_path_factory):
-    """A SmallCNN trained for two epochs on the digits split the evaluate config reads, saved as state_dict."""
-    from mmrobust.image import DigitsDataModule, SmallCNN
-
-    torch.manual_seed(0)
-    model = SmallCNN(image_size=8, width=0.5, hidden=64)
-    data = DigitsDataModule(batch_size=64, seed=0)
-    data.setup("fit")
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
-    for _ in range(3):
-        for x, y in data.train_dataloader():
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(x), y).backward()
-            opt.step()
-    path = tmp_path_factory.mktemp("ckpt") / "cnn.pt"
-    torch.save(model.state_dict(), path)
-    return model.eval(), path
+    """A SmallCNN trained for three epochs on the digits split the evaluate config reads, saved as state_dict."""
+    return train_digits_cnn(tmp_path_factory.mktemp("ckpt"), dict(image_size=8, width=0.5, hidden=64), lr=3e-3)
 
 
 def _evaluate_config(tmp_path: Path, checkpoint: Path, out: Path, eps: float) -> Path:

@@ -13,6 +13,7 @@ import yaml
 
 from mmrobust.cli import main
 from mmrobust.cli_runs import config_name, list_option
+from _digits_checkpoint import train_digits_cnn  # noqa: E402
 
 MODEL = {"class_path": "mmrobust.image.SmallCNN", "init_args": {"image_size": 8, "width": 0.25, "hidden": 32}}
 DATA = {"class_path": "mmrobust.image.DigitsDataModule", "init_args": {"batch_size": 40, "seed": 0, "limit_test": 80}}
@@ -25,21 +26,7 @@ def _threat(eps, norm="LinfBall"):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A tiny SmallCNN trained briefly on digits (state_dict)."""
-    from mmrobust.image import DigitsDataModule, SmallCNN
-
-    torch.manual_seed(0)
-    model = SmallCNN(**MODEL["init_args"])
-    data = DigitsDataModule(batch_size=64, seed=0, limit_train=500)
-    data.setup("fit")
-    opt = torch.optim.Adam(model.parameters(), 1e-2)
-    for _ in range(3):
-        for x, y in data.train_dataloader():
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(x), y).backward()
-            opt.step()
-    path = tmp_path_factory.mktemp("ckpt") / "cnn.pt"
-    torch.save(model.state_dict(), path)
-    return path
+    return train_digits_cnn(tmp_path_factory.mktemp("ckpt"), MODEL["init_args"], lr=1e-2, limit_train=500)[1]
 
 
 def _config(tmp_path: Path, checkpoint: Path, out: Path, attacks) -> Path:
