@@ -156,7 +156,7 @@ class GraphAttack(Attack):
         return result
 
     # -- shared helpers ----------------------------------------------------------------------------
-    def objective(self, logits: Tensor, victim: Victim, target_labels) -> Tuple[Tensor, Tensor]:
+    def graph_objective(self, logits: Tensor, victim: Victim, target_labels) -> Tuple[Tensor, Tensor]:
         """Scalar objective (sum over graphs of the mean loss of their outputs) and per-output loss."""
         loss = self.output_loss(logits, victim, target_labels)
         return victim.per_unit(loss, "mean").sum(), loss

@@ -53,7 +53,7 @@ class GRBCD(GraphAttack):
                               EdgeLookup(ei, graph.num_nodes))
             p = block.weights.requires_grad_(True)
             pei, pew = block.perturbed(ei, ew, p)
-            obj, _ = self.objective(problem.logits(pei, pew), victim, target_labels)
+            obj, _ = self.graph_objective(problem.logits(pei, pew), victim, target_labels)
             (grad,) = torch.autograd.grad(obj, [p])
             with torch.no_grad():
                 if limit is not None:

@@ -129,7 +129,7 @@ class PRBCD(GraphAttack):
     # -- the relaxed problem -------------------------------------------------------------------------
     def relaxed_objective(self, problem: EdgeProblem, logits: Tensor) -> Tensor:
         """The scalar PRBCD ascends (sum over graphs of their outputs' mean loss)."""
-        return self.objective(logits, problem.victim, problem.target_labels)[0]
+        return self.graph_objective(logits, problem.victim, problem.target_labels)[0]
 
     def optimise(self, problem: EdgeProblem, feat: Optional[ThreatModel] = None
                  ) -> Tuple[EdgeBlock, Optional[Tensor]]:
