@@ -160,6 +160,44 @@ def test_square_linf_never_wastes_a_query_on_a_window_the_box_undoes():
         assert bool(((q - first).abs().flatten(1).amax(1) > 0).all())
 
 
+class CountingModel(nn.Module):
+    """Counts, per clean image, the rows of every forward pass that lie within ``eps`` (L-inf) of it."""
+
+    def __init__(self, model, clean, eps):
+        super().__init__()
+        self.model, self.clean, self.eps = model, clean.flatten(1), eps
+        self.counts = torch.zeros(len(clean), dtype=torch.long)
+
+    def forward(self, x):
+        dist = (x.flatten(1)[:, None] - self.clean[None]).abs().amax(2)
+        owner = dist.argmin(1)
+        assert bool((dist.gather(1, owner[:, None]) <= self.eps + 1e-6).all())
+        self.counts += torch.bincount(owner, minlength=len(self.clean))
+        return self.model(x)
+
+
+def test_square_queries_each_unit_n_queries_times_and_stops_when_fooled(digits_cnn, batch):
+    """The query budget per unit, counted at the model: the clean pass plus ``n_queries`` for a unit never
+    fooled, fewer for a fooled one (no query after its success), one for an input misclassified already."""
+    x, y = batch
+    eps, n_queries = 0.15, 40
+    model = CountingModel(digits_cnn, x, eps)
+    res = Square(LinfBall(eps, **BOX), n_queries=n_queries, seed=0)(model, (x, y))
+    with torch.no_grad():
+        clean_ok = digits_cnn(x).argmax(1) == y
+    never_fooled = res.robust
+    fooled = clean_ok & ~res.robust
+    assert bool(never_fooled.any() and fooled.any())
+    assert bool((model.counts[never_fooled] == 1 + n_queries).all())
+    assert bool((model.counts[fooled] <= 1 + n_queries).all() and (model.counts[fooled] >= 2).all())
+    assert float(model.counts[fooled].float().mean()) < n_queries / 2  # fooled units leave the search
+    assert bool((model.counts[~clean_ok] == 2).all())  # the clean pass and the initial point
+    # the returned points are the last accepted queries: recomputed robust accuracy agrees
+    with torch.no_grad():
+        assert torch.equal(digits_cnn(res.batch[0]).argmax(1) == y, res.adv_correct)
+    check_budget_and_box(res, LinfBall(eps, **BOX))
+
+
 def test_fmn_returns_minimal_adversarial_sizes(digits_cnn, batch):
     x, y = batch
     res = FMN(L2Ball(1.0, **BOX), steps=40)(digits_cnn, (x, y))

@@ -41,15 +41,20 @@ def _as_image(t: Tensor) -> Tensor:
 
 
 
-def _take_lower(margin: Tensor, best_margin: Tensor, units: Tensor, pairs) -> None:
+def _take_lower(margin: Tensor, best_margin: Tensor, units: Tensor, pairs) -> bool:
     """Where ``margin`` (of ``units``) is below ``best_margin[units]``, keep it and each ``(best, new)`` pair's
-    new rows, in place (``best`` ``None``: nothing kept)."""
+    new rows, in place (``best`` ``None``: nothing kept). Returns whether a kept margin is <= 0 (a unit fooled)."""
     better = margin < best_margin[units]
+    if not bool(better.any()):
+        return False
     idx = units[better]
-    best_margin[idx] = margin[better]
+    kept = margin[better]
+    best_margin[idx] = kept
     for best, new in pairs:
         if best is not None:
             best[idx] = new[better]
+    return bool((kept <= 0).any())
+
 
 class Square(Attack):
     """Square Attack (Andriushchenko et al. 2020, "Square Attack: a query-efficient black-box adversarial
@@ -107,20 +112,27 @@ class Square(Attack):
         device = x.device
         gen = self.generator()
 
-        def evaluate(delta: Tensor, index: Tensor):
-            """Margins (and logits) of units ``index`` at ``x + delta`` (delta for those units only)."""
+        def evaluator(index: Tensor):
+            """A function giving the margins (and logits) of units ``index`` at ``x + delta`` (delta for those
+            units only); the sub-batch is read once and reused for every query on the same units."""
             if victim.unit is None and victim.select is not None and index.numel() < victim.num_units:
-                sub = victim.select(index)
-                logits = sub.forward({**sub.inputs, name: x[index] + delta})
-                check_logits(logits, sub, "during the Square search")  # NaN margins would never be accepted
+                sub, x_sub = victim.select(index), x[index]
                 sub_targets = None if target_labels is None else target_labels[index]
-                return self._unit_margin(sub, logits, sub_targets), logits
-            full = {**victim.inputs, name: x.index_copy(0, index, x[index] + delta)}
-            logits = victim.forward(full)
-            check_logits(logits, victim, "during the Square search")
-            margins = self._unit_margin(victim, logits, target_labels)[index]
-            # logits are tracked per output only when outputs are units (images, audio)
-            return margins, (logits[index] if victim.unit is None else None)
+
+                def evaluate(delta: Tensor):
+                    logits = sub.forward({**sub.inputs, name: x_sub + delta})
+                    check_logits(logits, sub, "during the Square search")  # NaN margins would never be accepted
+                    return self._unit_margin(sub, logits, sub_targets), logits
+                return evaluate
+
+            def evaluate_all(delta: Tensor):
+                full = {**victim.inputs, name: x.index_copy(0, index, x[index] + delta)}
+                logits = victim.forward(full)
+                check_logits(logits, victim, "during the Square search")
+                margins = self._unit_margin(victim, logits, target_labels)[index]
+                # logits are tracked per output only when outputs are units (images, audio)
+                return margins, (logits[index] if victim.unit is None else None)
+            return evaluate_all
 
         best_delta = torch.zeros_like(x)
         best_margin = None
@@ -131,7 +143,7 @@ class Square(Attack):
                 active = all_units if best_margin is None else all_units[best_margin > 0]
                 if active.numel() == 0:
                     break
-                delta, margin, logits = self._search(name, threat, x, victim, active, evaluate, gen)
+                delta, margin, logits = self._search(name, threat, x, victim, active, evaluator, gen)
                 if best_margin is None:
                     best_delta, best_margin, best_logits = delta, margin, logits
                     continue
@@ -139,7 +151,7 @@ class Square(Attack):
         adv = {**victim.inputs, name: x + best_delta}
         return (adv, best_logits) if best_logits is not None else adv
 
-    def _search(self, name, threat, x_all, victim, index, evaluate, gen):
+    def _search(self, name, threat, x_all, victim, index, evaluator, gen):
         """Random search for the units ``index``; returns their deltas, margins and logits."""
         x = x_all[index]
         eps = usable_radius(threat, x_all)[index]
@@ -151,21 +163,28 @@ class Square(Attack):
             raise ValueError(f"L2 Square needs image-shaped inputs of at least 5x5, got {tuple(x.shape[1:])}")
         delta = self._init(threat, x, eps, gen)
         delta = self._admissible(threat, delta, x, mask)
-        margin, logits = evaluate(delta, index)
+        margin, logits = evaluator(index)(delta)
+        work = None  # the units still searched, their inputs and evaluator: rebuilt only when one is fooled
         for it in range(1, self.n_queries):
-            todo = (margin > 0).nonzero().squeeze(1)
-            if todo.numel() == 0:
-                break
+            if work is None:
+                todo = (margin > 0).nonzero().squeeze(1)
+                if todo.numel() == 0:
+                    break
+                every = todo.numel() == n
+                md = None if mask is None else (mask[todo] if mask.shape[0] == n else mask)
+                work = (todo, x if every else x[todo], eps if every else eps[todo], md,
+                        evaluator(index if every else index[todo]), every)
+            todo, xd, ed, md, evaluate, every = work
             p = square_fraction(self.p_init, it, self.n_queries)
-            xd, dd, ed = x[todo], delta[todo], eps[todo]
-            md = None if mask is None else (mask[todo] if mask.shape[0] == x.shape[0] else mask)
+            dd = delta if every else delta[todo]
             if threat.norm == "linf":
                 cand = self._linf_candidate(xd, dd, ed, p, gen, threat)
             else:
                 cand = self._l2_candidate(xd, dd, ed, p, gen)
             cand = self._admissible(threat, cand, xd, md)
-            new_margin, new_logits = evaluate(cand, index[todo])
-            _take_lower(new_margin, margin, todo, [(delta, cand), (logits, new_logits)])
+            new_margin, new_logits = evaluate(cand)
+            if _take_lower(new_margin, margin, todo, [(delta, cand), (logits, new_logits)]):
+                work = None
         return delta, margin, logits
 
     @staticmethod
