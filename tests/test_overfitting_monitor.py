@@ -18,7 +18,7 @@ from _plain_module import Plain  # noqa: E402
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 
 # Probes (PGD-10 / FGSM-RS accuracy on the training batch, every 50 of 6000 steps) logged by
-# benchmarks/single_step_mnist.py on Wong et al.'s MNIST recipe, seed 0 (results/single_step/*_s0.json).
+# benchmarks/single_step_mnist.py on Wong et al.'s MNIST recipe, seed 0 (results/single_step/*_s0_before_lr_fix.json).
 # FGSM-RS, healthy (PGD-50 x 10 0.840 at the end), its first 2500 steps: the signature shows for ~350 steps.
 HEALTHY = ("0.0/0.0 0.04/0.07 0.06/0.06 0.12/0.12 0.07/0.07 0.14/0.17 0.07/0.3 0.05/0.36 0.03/0.5 0.11/0.47 "
            "0.1/0.49 0.09/0.63 0.21/0.58 0.08/0.66 0.24/0.74 0.18/0.59 0.31/0.7 0.34/0.71 0.31/0.62 0.36/0.72 "

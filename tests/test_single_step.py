@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import pytest
@@ -227,54 +228,77 @@ def mnist_subset(shared_data, tmp_path_factory, n_train=10000, n_test=500):
     return load(True, n_train), load(False, n_test)
 
 
+#: (training perturbation, eps, epochs of 10k images) of the short runs: FGSM without random start (step
+#: eps) at MNIST's eps 0.3 collapses within 600 steps; Wong et al.'s FGSM-RS at eps 0.1 trains robust within
+#: 300 steps, the probe's PGD close to its FGSM throughout
+SHORT_RUNS = {"collapses": ("fgsm_zero_start", 0.3, 6), "healthy": ("fgsm_rs", 0.1, 3)}
+
+
 @pytest.mark.slow
 @pytest.mark.data
-@pytest.mark.parametrize("method, collapses", [("fgsm", True), ("fgsm_plain", True), ("fgsm_rs", False)])
-def test_probe_flags_the_clipped_start_collapse_and_stays_silent_on_wong_et_al_recipe(
-        shared_data, tmp_path_factory, recwarn, method, collapses):
-    """Wong et al.'s MNIST recipe on a short schedule (10k images, 3 epochs, 300 steps, probe every 20,
-    patience 0.1 of the run = 30 steps: the default 0.35 is sized for healthy full-length runs, whose
-    early signature lasts up to ~0.3 of the run, and would outlast this short run's collapse). With the start clipped to the box before the gradient (``method="fgsm"``) the run
-    collapses -- clean 0.88, FGSM probe accuracy ~0.5, PGD ~0.08, PGD-20 0.04 -- and is flagged (step
-    220); plain FGSM without random start (``AdversarialTraining(FGSM)`` watched by the stand-alone
-    monitor) collapses too -- clean 0.78, FGSM ~0.2-0.45, PGD 0.00-0.02, PGD-20 0.00 -- flagged at step
-    240 by the severe-gap rule. As the paper's code (FGSM-RS) the model is not robust yet this early
-    (clean 0.48, FGSM probe ~0.3, PGD 0.05-0.08: no collapse signature) and the monitor stays silent; the
-    full recipe reaches PGD-50 0.84 (benchmarks/single_step_mnist.py). One torch thread: the trajectory
-    (and so the step flagged) depends on the thread count's summation order."""
+@pytest.mark.parametrize("case, seed", [("collapses", 0), ("collapses", 1),
+                                        ("healthy", 0), ("healthy", 1), ("healthy", 2)])
+def test_probe_flags_a_collapsed_run_and_stays_silent_on_a_healthy_one_over_seeds(
+        shared_data, tmp_path_factory, recwarn, case, seed):
+    """Short MNIST runs with Wong et al.'s recipe (StridedCNN, Adam, cyclic lr 0 -> 5e-3 -> 0, batch 100),
+    the monitor's defaults (patience 0.35 of the run) with a probe every 20 steps, over three seeds (model
+    initialisation, data order and noise all change with the seed).
+
+    Seed 2 of the collapse case is left out: from a zero start at eps 0.3 without warm-up that run never
+    learns (clean 0.134 = one class, PGD = FGSM accuracy: no collapse to flag); with a one-epoch eps
+    warm-up it collapses (clean 0.94, PGD-20 0.02) but the monitor stays silent, because its probes (PGD
+    0.00-0.07, FGSM-RS 0.37-0.59) cross the rule's thresholds back and forth (PGD < 0.5 x FGSM needs FGSM
+    >= 0.5, PGD < 0.1 x FGSM below that) and every crossing restarts the patience. That is a limit of
+    the rule, recorded in ``benchmarks/results/single_step_mnist.md``.
+
+    The cases are far from the rule's thresholds rather than tuned to one trajectory (the earlier version,
+    Wong et al.'s eps-0.3 recipe on 300 steps, was neither collapsed nor robust yet, and all three of its
+    verdicts flipped with a one-step shift of the learning rate; the start clipped to the box, 600 steps,
+    collapsed on seed 0 -- clean 0.96, PGD-20 0.06 -- but not on seed 1 -- PGD-20 0.32 -- and N-FGSM
+    with clipped noise collapsed on seed 1 only). Collapsed: FGSM from a zero start (Wong et al. and
+    Andriushchenko & Flammarion's catastrophic-overfitting case) at eps 0.3 for 600 steps, watched by the
+    stand-alone monitor; seeds 0 / 1 end at clean 0.96 / 0.79 and PGD-20 0.004 / 0.000, their probes from
+    step ~200 on at PGD 0.00-0.07 with FGSM-RS 0.4-0.6. Healthy: FGSM-RS at eps 0.1 for 300 steps; seed
+    0 ends at clean 0.97 and PGD-20 0.89, probe PGD within 0.07 of FGSM at every probe. Wong et al.'s
+    recipe at eps 0.3 needs its full 6000 steps to become robust; the rule's verdicts on those runs are
+    replayed from their logged probes in ``tests/test_overfitting_monitor.py``."""
     from mmrobust.attacks import FGSM, PGD
     from mmrobust.callbacks import AdversarialTraining, CatastrophicOverfittingMonitor
     from mmrobust.image import StridedCNN
     from mmrobust.training import RobustClassifier
 
+    method, eps, epochs = SHORT_RUNS[case]
     (x, y), (xt, yt) = mnist_subset(shared_data, tmp_path_factory)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        pl.seed_everything(0, verbose=False)
+        pl.seed_everything(seed, verbose=False)
         net = StridedCNN()
         module = RobustClassifier(net, optimizer="adam", lr=5e-3, weight_decay=0.0, scheduler="cyclic",
                                   track_clean_acc=False)
-        threat = LinfBall(EPS, lower=0, upper=1)
-        if method == "fgsm_plain":
-            monitor = CatastrophicOverfittingMonitor(threat, every_n_steps=20, patience=0.1, seed=0)
+        threat = LinfBall(eps, lower=0, upper=1)
+        if method == "fgsm_zero_start":
+            monitor = CatastrophicOverfittingMonitor(threat, every_n_steps=20, seed=seed)
             callbacks = [monitor, AdversarialTraining(FGSM(threat, step_size=1.0, random_start=False))]
         else:
-            callbacks = [FastAdversarialTraining(threat, method=method, probe_every_n_steps=20, patience=0.1, seed=0)]
+            callbacks = [FastAdversarialTraining(threat, method=method, probe_every_n_steps=20, seed=seed)]
             monitor = callbacks[0].monitor
-        t = pl.Trainer(accelerator="cpu", max_epochs=3, logger=False, enable_checkpointing=False,
+        t = pl.Trainer(accelerator="cpu", max_epochs=epochs, logger=False, enable_checkpointing=False,
                        enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks)
         t.fit(module, DataLoader(TensorDataset(x, y), batch_size=100, shuffle=True,
-                                 generator=torch.Generator().manual_seed(0)))
+                                 generator=torch.Generator().manual_seed(seed)))
         result = PGD(threat, steps=20, seed=0)(net.eval(), [xt, yt])
     finally:
         torch.set_num_threads(threads)
     clean, robust = result.clean_correct.float().mean().item(), result.robust.float().mean().item()
     warned = [w for w in recwarn if "catastrophic overfitting" in str(w.message)]
-    assert monitor.rule.patience_steps == 30
-    assert monitor.overfitting_detected == collapses and bool(warned) == collapses
-    if collapses:  # the collapse signature on the test set: accurate, and not robust at all
-        assert clean > 0.7 and robust < 0.1
+    assert monitor.rule.patience_steps == math.ceil(0.35 * 100 * epochs)
+    if case == "collapses":  # accurate and not robust at all on the test set, and flagged
+        assert clean > 0.7 and robust < 0.05, (clean, robust)
+        assert monitor.overfitting_detected and len(warned) == 1
+    else:  # accurate and robust, and no warning
+        assert clean > 0.9 and robust > 0.7, (clean, robust)
+        assert not monitor.overfitting_detected and not warned
 
 
 class ScriptedAttack:

@@ -379,22 +379,30 @@ def test_robust_classifier_objectives_train_and_log(digits, objective, attack):
     assert all(p.requires_grad for p in module.parameters())
 
 
-def test_cyclic_schedule_is_the_fast_at_triangle(digits):
-    """Wong et al. 2020's cyclic learning rate: 0 -> lr over the first 40% of all steps, back to 0 at the end."""
+def test_cyclic_schedule_is_wong_et_al_s_per_step_learning_rate(digits):
+    """Wong et al. 2020's cyclic learning rate as their code indexes it (``locuslab/fast_adversarial``,
+    ``MNIST/train_mnist.py``: ``lr = interp(epoch + (i + 1) / N, [0, 2 epochs // 5, epochs], [0, lr_max, 0])``
+    set before step ``i``): 0 -> lr over the first 40% of all steps, back to 0 at the last step."""
+    import numpy as np
+
     seen = []
 
     class RecordLR(pl.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             seen.append(trainer.optimizers[0].param_groups[0]["lr"])
 
-    module = RobustClassifier(bn_net(), optimizer="adam", lr=0.01, scheduler="cyclic", peak=0.4)
-    t = trainer(max_epochs=2, callbacks=[RecordLR()])
-    t.fit(module, loader(digits, n=160, batch_size=16))  # 10 steps per epoch, 20 in all
+    epochs, n_batches, lr_max = 5, 4, 0.01
+    module = RobustClassifier(bn_net(), optimizer="adam", lr=lr_max, scheduler="cyclic", peak=0.4)
+    t = trainer(max_epochs=epochs, callbacks=[RecordLR()])
+    t.fit(module, loader(digits, n=16 * n_batches, batch_size=16))  # 4 steps per epoch, 20 in all
     assert t.lr_scheduler_configs[0].interval == "step"
-    assert len(seen) == 20 and seen[0] == 0.0
-    assert max(seen) == pytest.approx(0.01) and seen.index(max(seen)) == 8  # round(0.4 * 20)
-    assert all(a < b for a, b in zip(seen[:8], seen[1:9])) and all(a > b for a, b in zip(seen[8:], seen[9:]))
-    assert seen[-1] == pytest.approx(0.01 / 12)  # one step before the schedule's end at 0
+    wong = [np.interp(epoch + (i + 1) / n_batches, [0, epochs * 2 // 5, epochs], [0, lr_max, 0])
+            for epoch in range(epochs) for i in range(n_batches)]
+    assert len(seen) == 20
+    assert seen == pytest.approx(wong, abs=1e-12)
+    assert seen[0] == pytest.approx(lr_max / 8)  # first step: one step up the ramp, not 0
+    assert seen.index(max(seen)) == 7 and max(seen) == pytest.approx(lr_max)  # peak after 8 of 20 steps
+    assert seen[-1] == 0.0  # the last step ends the schedule
 
 
 def test_robust_classifier_rejects_bad_configuration():

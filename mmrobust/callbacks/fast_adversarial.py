@@ -40,12 +40,11 @@ class FastAdversarialTraining(AdversarialTraining):
     training and restore the last healthy weights (``on_overfit="restore"``). The paper's cyclic learning
     rate is ``RobustClassifier(..., scheduler="cyclic")``.
 
-    Where this path differs from the reference loop (Wong et al.'s ``MNIST/train_mnist.py``): Lightning
-    steps the per-iteration schedule after each optimiser step, so step ``t`` uses ``lr(t)`` where the
-    reference uses ``lr(t + 1)`` (peak one step later, last step 1.4e-6 instead of 0 on 6000 steps); the
-    attack runs with the module in eval mode (the reference: train mode; the same for models without
-    batch norm or dropout); the monitor's attacks have their own random generators, so the training
-    perturbations and weights are bit-identical with and without it.
+    Where this path differs from the reference loop (Wong et al.'s ``MNIST/train_mnist.py``): the attack
+    runs with the module in eval mode (the reference: train mode; the same for models without batch norm
+    or dropout); the monitor's attacks have their own random generators, so the training perturbations
+    and weights are bit-identical with and without it. The cyclic schedule is indexed as the reference's
+    (step ``t`` trains with ``lr(t + 1)``; until this was fixed the library used ``lr(t)``).
 
     Args:
         threat: the budget (e.g. ``LinfBall(0.3, lower=0, upper=1)``).

@@ -49,7 +49,10 @@ class RobustClassifier(pl.LightningModule):
             ``gamma`` at the ``milestones`` fractions of ``trainer.max_epochs``), stepped per epoch; or
             ``"cyclic"``: the triangular schedule of fast adversarial training (Wong et al. 2020,
             https://arxiv.org/abs/2001.03994, Sec. 5.1), stepped per batch: linear from 0 to ``lr`` over the
-            first ``peak`` fraction of all training steps, then linear back to 0.
+            first ``peak`` fraction of all training steps, then linear back to 0, indexed as the paper's
+            code (``locuslab/fast_adversarial``, ``lr_schedule(epoch + (i + 1) / N)`` before step ``i``):
+            step ``s`` of ``T`` (from 0) trains with ``lr * triangle(s + 1)``, so the first step has
+            ``lr / (peak * T)``, the peak is at step ``peak * T - 1`` and the last step has 0.
         adapter: how to read batches.
         track_clean_acc: with ``objective="ce"`` and an attack, spend one extra forward pass (eval mode, no
             gradients) per step to log ``train/clean_acc``; switch off for timing.
@@ -199,10 +202,13 @@ class RobustClassifier(pl.LightningModule):
             total = max(2, int(self.trainer.estimated_stepping_batches))
             top = max(1, min(total - 1, round(self.peak * total)))
 
-            def triangle(step: int) -> float:
-                return step / top if step <= top else max(0.0, (total - step) / (total - top))
+            def triangle(t: int) -> float:  # the factor at t steps into the schedule
+                return t / top if t <= top else max(0.0, (total - t) / (total - top))
 
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, triangle)
+            # Lightning steps the scheduler after each optimiser step, so step s (from 0) trains with the
+            # factor lr_lambda(s); Wong et al.'s code sets lr(epoch + (i + 1) / N) before step i, i.e.
+            # the factor at s + 1 steps: first step lr / top, peak at step top - 1, last step 0
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: triangle(s + 1))
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
         epochs = max(1, int(self.trainer.max_epochs or 1))
         if self.scheduler_name == "cosine":
