@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Dict, List, Optional
 
@@ -11,8 +12,8 @@ from torch import Tensor
 from ..errors import check_fraction, check_int, check_positive
 from ..threats.base import ThreatModel, per_unit
 from .base import Attack, Threat, apply_masks
-from .kernel import BestPoint, initial_delta, input_gradients, may_drop_units, perturbed, project, restrict, \
-    TargetClassRuns, unit_scores
+from .kernel import BestPoint, initial_delta, input_gradients, kept, may_drop_units, perturbed, project, \
+    restrict, TargetClassRuns, unit_scores
 
 
 def apgd_checkpoints(steps: int) -> List[int]:
@@ -154,16 +155,15 @@ class APGD(Attack):
         momentum and checkpoint state are per unit, so the others go on exactly as before)."""
         x = victim.inputs
         device = next(iter(x.values())).device
-        radius = {k: t.radius(x[k]) for k, t in threats.items()}
         if start is None:
             start = initial_delta(victim, threats, self.generator(), self.random_start)
         delta = project(apply_masks(start, victim), threats, x)
         early = best is not None and self.stops_early(victim)
         base, base_threats, base_labels = victim, threats, target_labels
         at: Optional[Tensor] = None  # the units still in the run, as positions in ``base`` (None: all)
-        max_full: Optional[Dict[str, Tensor]] = None  # x_max - x of the units that left
+        left: Optional[Dict[str, Tensor]] = None  # x_max - x of the units that left
 
-        def step(d, grad, eta):
+        def step(d, grad, eta, radius):
             moved = {k: threats[k].step(d[k], grad[k], radius[k] * eta) for k in threats}
             return project(apply_masks(moved, victim), threats, x)
 
@@ -173,72 +173,86 @@ class APGD(Attack):
         succ, uloss = unit_scores(self, victim, logits, loss, target_labels)
         if best is not None:
             best.update(victim, delta, logits, succ, uloss, at=at)
-        max_loss, max_delta, max_grad = uloss, delta, grad
-        prev_uloss = uloss
-        increases = torch.zeros_like(uloss)
-        last_ckpt, eta_at_ckpt, max_loss_at_ckpt = 0, eta.clone(), max_loss.clone()
-        delta_prev = delta
-        k = 0
-        while True:
-            if k == self.steps:
-                break
+        r = _Run(eta=eta, radius={k: t.radius(x[k]) for k, t in threats.items()}, delta=delta, delta_prev=delta,
+                 grad=grad, max_delta=delta, max_grad=grad, max_loss=uloss, prev_loss=uloss,
+                 increases=torch.zeros_like(uloss), eta_at_ckpt=eta.clone(), max_loss_at_ckpt=uloss.clone())
+        last_ckpt = 0
+        for k in range(self.steps):
             if early and bool((succ >= 1).any()):  # adversarial units leave the run
                 done = succ >= 1
-                keep = ~done
                 where = torch.arange(base.num_units, device=device) if at is None else at
-                if max_full is None:  # the first departure: nothing has left yet, max_delta is full-size
-                    max_full = {n: d.clone() for n, d in max_delta.items()}
-                for n in max_delta:
-                    max_full[n][where[done]] = max_delta[n][done]
-                if not bool(keep.any()):
-                    return max_full
-                at = where[keep]
-                (eta, max_loss, prev_uloss, increases, eta_at_ckpt, max_loss_at_ckpt, delta, grad,
-                 max_delta, max_grad, delta_prev, radius) = [
-                    {n: v[keep] for n, v in o.items()} if isinstance(o, dict) else o[keep]
-                    for o in (eta, max_loss, prev_uloss, increases, eta_at_ckpt, max_loss_at_ckpt, delta,
-                              grad, max_delta, max_grad, delta_prev, radius)]
+                if left is None:  # the first departure: nothing has left yet, max_delta is full-size
+                    left = {n: d.clone() for n, d in r.max_delta.items()}
+                for n in r.max_delta:
+                    left[n][where[done]] = r.max_delta[n][done]
+                if bool(done.all()):
+                    return left
+                at, r = where[~done], r.kept(~done)
                 victim, target_labels, threats = restrict(base, at, base_labels, base_threats)
                 x = victim.inputs
             if k > 0 and k in checkpoints:
-                oscillating = increases < self.rho * (k - last_ckpt)                       # Eq. 4
-                stalled = (eta == eta_at_ckpt) & (max_loss <= max_loss_at_ckpt)           # Eq. 5
+                oscillating = r.increases < self.rho * (k - last_ckpt)                     # Eq. 4
+                stalled = (r.eta == r.eta_at_ckpt) & (r.max_loss <= r.max_loss_at_ckpt)   # Eq. 5
                 reduce = oscillating | stalled
-                eta_at_ckpt, max_loss_at_ckpt = eta.clone(), max_loss.clone()
-                eta = torch.where(reduce, eta / 2, eta)
-                delta = {n: torch.where(per_unit(reduce, delta[n]), max_delta[n], delta[n]) for n in threats}
-                grad = {n: torch.where(per_unit(reduce, grad[n]), max_grad[n], grad[n]) for n in threats}
+                r.eta_at_ckpt, r.max_loss_at_ckpt = r.eta.clone(), r.max_loss.clone()
+                r.eta = torch.where(reduce, r.eta / 2, r.eta)
+                r.delta = {n: torch.where(per_unit(reduce, r.delta[n]), r.max_delta[n], r.delta[n]) for n in threats}
+                r.grad = {n: torch.where(per_unit(reduce, r.grad[n]), r.max_grad[n], r.grad[n]) for n in threats}
                 # delta_prev stays x^(k-1): the next momentum term is x_max - x^(k-1) (Alg. 1, authors' code)
-                increases = torch.zeros_like(increases)
+                r.increases = torch.zeros_like(r.increases)
                 last_ckpt = k
             with torch.no_grad():
                 if k == 0:
-                    delta = step(delta, grad, eta)  # first step without momentum
+                    r.delta = step(r.delta, r.grad, r.eta, r.radius)  # first step without momentum
                 else:
-                    z = step(delta, grad, eta)
+                    z = step(r.delta, r.grad, r.eta, r.radius)
                     a = self.momentum
-                    moved = {n: delta[n] + a * (z[n] - delta[n]) + (1 - a) * (delta[n] - delta_prev[n])
+                    moved = {n: r.delta[n] + a * (z[n] - r.delta[n]) + (1 - a) * (r.delta[n] - r.delta_prev[n])
                              for n in threats}
-                    delta_prev = delta
-                    delta = project(apply_masks(moved, victim), threats, x)
-            k += 1
-            need_grad = k < self.steps
-            logits, loss, grad = input_gradients(self, victim, x, delta, target_labels, need_grad)
+                    r.delta_prev = r.delta
+                    r.delta = project(apply_masks(moved, victim), threats, x)
+            need_grad = k + 1 < self.steps
+            logits, loss, grad = input_gradients(self, victim, x, r.delta, target_labels, need_grad)
             succ, uloss = unit_scores(self, victim, logits, loss, target_labels)
             if best is not None:
-                best.update(victim, delta, logits, succ, uloss, at=at)
-            improved = uloss > max_loss
-            increases += (uloss > prev_uloss).float()
-            prev_uloss = uloss
-            max_loss = torch.where(improved, uloss, max_loss)
-            max_delta = {n: torch.where(per_unit(improved, delta[n]), delta[n], max_delta[n]) for n in threats}
+                best.update(victim, r.delta, logits, succ, uloss, at=at)
             if need_grad:
-                max_grad = {n: torch.where(per_unit(improved, grad[n]), grad[n], max_grad[n]) for n in threats}
-        if max_full is None:
-            return max_delta
-        for n in max_delta:
-            max_full[n][at] = max_delta[n]
-        return max_full
+                r.grad = grad
+            improved = uloss > r.max_loss
+            r.increases += (uloss > r.prev_loss).float()
+            r.prev_loss = uloss
+            r.max_loss = torch.where(improved, uloss, r.max_loss)
+            r.max_delta = {n: torch.where(per_unit(improved, r.delta[n]), r.delta[n], r.max_delta[n]) for n in threats}
+            if need_grad:
+                r.max_grad = {n: torch.where(per_unit(improved, r.grad[n]), r.grad[n], r.max_grad[n]) for n in threats}
+        if left is None:
+            return r.max_delta
+        for n in r.max_delta:
+            left[n][at] = r.max_delta[n]
+        return left
+
+
+@dataclasses.dataclass
+class _Run:
+    """The per-unit state of one APGD run (Algorithm 1); units leaving the run take theirs with them."""
+
+    eta: Tensor                    # step size, a multiple of the radius
+    radius: Dict[str, Tensor]
+    delta: Dict[str, Tensor]       # x^k - x
+    delta_prev: Dict[str, Tensor]  # x^(k-1) - x
+    grad: Dict[str, Tensor]        # the loss gradient at x^k
+    max_delta: Dict[str, Tensor]   # x_max - x, the highest-loss iterate
+    max_grad: Dict[str, Tensor]
+    max_loss: Tensor
+    prev_loss: Tensor
+    increases: Tensor              # steps with a loss increase since the last checkpoint
+    eta_at_ckpt: Tensor
+    max_loss_at_ckpt: Tensor
+
+    def kept(self, keep: Tensor) -> "_Run":
+        """The state of the units where ``keep`` is true."""
+        names = [f.name for f in dataclasses.fields(self)]
+        return _Run(**dict(zip(names, kept(keep, *(getattr(self, n) for n in names)))))
 
 
 class APGDT(TargetClassRuns, APGD):

@@ -12,7 +12,7 @@ from ..threats.base import ThreatModel, per_unit
 from ..utils import rand, randn
 from .base import Attack, Threat
 from .hyperplane import NORMS, hyperplane_step
-from .kernel import TargetClassRuns, may_drop_units, restrict
+from .kernel import BestPoint, TargetClassRuns, kept, may_drop_units, restrict
 
 #: FAB picks the hyperplane closest in the dual norm: |f| / ||grad f||_q with 1/p + 1/q = 1
 _DUAL = {"linf": 1.0, "l2": 2.0, "l1": float("inf")}
@@ -120,22 +120,23 @@ class FAB(Attack):
                 clean_logits = victim.forward(victim.inputs)
         units = victim.num_units
         cap = threat.radius(x) if self.cap else torch.full((units,), float("inf"), dtype=x.dtype, device=x.device)
-        best = {"size": torch.full((units,), float("inf"), dtype=x.dtype, device=x.device),
-                "delta": torch.zeros_like(x), "logits": clean_logits.clone()}
+        # the smallest adversarial point: successful (succ 1) first, then the largest -size
+        best = BestPoint(victim.inputs, threats, units, x.device, logits=clean_logits.clone(), dtype=x.dtype)
         reached = self.reached(clean_logits, victim.target, target_labels)
-        best["size"] = torch.where(reached, torch.zeros_like(best["size"]), best["size"])
+        best.succ, best.loss = reached.float(), torch.where(reached, 0.0, best.loss)
         shrink = may_drop_units(victim)
         for targets in self.target_runs(victim, target_labels, clean_logits):
             for restart in range(self.restarts):
                 start = self._start(threat, x, restart)
-                todo = ~(best["size"] <= cap) if self.cap else ~reached
+                todo = ~(-best.loss <= cap) if self.cap else ~reached
                 if not bool(todo.any()):
                     break
                 active = todo.nonzero().squeeze(1) if shrink else None
                 self._run(victim, name, threat, active, targets, start, cap, best, shrink and self.early_stop)
-        found = torch.isfinite(best["size"]) & (best["size"] <= cap)
-        adv = {**victim.inputs, name: x + torch.where(per_unit(found, x), best["delta"], torch.zeros_like(x))}
-        return adv, torch.where(found[:, None], best["logits"], clean_logits), found
+        size = -best.loss
+        found = torch.isfinite(size) & (size <= cap)
+        adv = {**victim.inputs, name: x + torch.where(per_unit(found, x), best.delta[name], torch.zeros_like(x))}
+        return adv, torch.where(found[:, None], best.logits, clean_logits), found
 
     def _start(self, threat: ThreatModel, x: Tensor, restart: int) -> Optional[Tensor]:
         """``None`` (the clean input) for the first restart, else a random point at distance ``eps / 2``."""
@@ -174,19 +175,17 @@ class FAB(Attack):
                     _, f, g = self._linearise(work, name, delta, wtargets, need_grad=True)
                 continue
             size = wthreats[name].size(delta, work.inputs[name])
-            better = adv & (size < best["size"][at])
-            sel = at[better]
-            best["size"][sel], best["delta"][sel], best["logits"][sel] = size[better], delta[better], logits[better]
+            best.update(work, {name: delta}, logits, adv.float(), torch.where(adv, -size, -torch.inf), at=at)
             if last:
                 break
             if early:  # units with a point inside the budget leave the run
-                keep = ~(best["size"][at] <= cap[at])
+                keep = ~(-best.loss[at] <= cap[at])
                 if not bool(keep.any()):
                     return
                 if not bool(keep.all()):
-                    at, delta, adv = at[keep], delta[keep], adv[keep]
+                    at, delta, adv = kept(keep, at, delta, adv)
                     if f is not None:
-                        f, g = f[keep], g[keep]
+                        f, g = kept(keep, f, g)
                     work, wtargets, wthreats = restrict(victim, at, targets, {name: threat})
                     mask = work.masks.get(name)
             # pulled back towards the clean input (Eq. 9), with new linearisations there

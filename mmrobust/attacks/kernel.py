@@ -81,6 +81,12 @@ def restrict(victim: Victim, units: Optional[Tensor], target_labels: Optional[Te
             {k: t.subset(units) for k, t in threats.items()})
 
 
+def kept(keep: Tensor, *values):
+    """Each value -- a per-unit tensor or a dict of them -- restricted to the units where ``keep`` is true:
+    the state of a run that units leave (early stopping)."""
+    return [{k: v[keep] for k, v in o.items()} if isinstance(o, dict) else o[keep] for o in values]
+
+
 def project(delta: Dict[str, Tensor], threats: Dict[str, ThreatModel], x: Dict[str, Tensor]) -> Dict[str, Tensor]:
     """Each perturbation projected onto its threat model at ``x`` (ball and value box)."""
     return {k: threats[k].project(delta[k], x[k]) for k in threats}

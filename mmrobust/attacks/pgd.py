@@ -10,8 +10,8 @@ from torch import Tensor
 from ..errors import check_int, check_positive
 from ..threats.base import ThreatModel
 from .base import Attack, Threat, apply_masks
-from .kernel import BestPoint, initial_delta, input_gradients, may_drop_units, perturbed, project, restrict, \
-    unit_scores
+from .kernel import BestPoint, initial_delta, input_gradients, kept, may_drop_units, perturbed, project, \
+    restrict, unit_scores
 
 
 class PGD(Attack):
@@ -114,7 +114,7 @@ class PGD(Attack):
                     units = units[keep]
                     work, labels, wthreats = restrict(victim, units, target_labels, threats)
                     xw = work.inputs
-                    radius, delta, grads = ({k: v[keep] for k, v in d.items()} for d in (radius, delta, grads))
+                    radius, delta, grads = kept(keep, radius, delta, grads)
             if not need_grad:
                 break
             with torch.no_grad():
