@@ -113,6 +113,26 @@ def test_ratio_replaces_that_fraction_of_units_and_dict_batches_work(digits):
     assert not torch.equal(first, second)
 
 
+@pytest.mark.parametrize("ratio", [1.0, 0.5])
+def test_the_batch_is_read_with_one_inferred_adapter_per_step(digits, monkeypatch, ratio):
+    """The adapter is inferred once per training step (attack, ``ratio < 1`` selection and the logged
+    adversarial accuracy share it), not once per reader."""
+    import mmrobust.adapters.base as adapters_base
+    import mmrobust.attacks.base as attacks_base
+    calls = []
+    real = adapters_base.infer_adapter
+
+    def counting(batch):
+        calls.append(1)
+        return real(batch)
+
+    monkeypatch.setattr(adapters_base, "infer_adapter", counting)
+    monkeypatch.setattr(attacks_base, "infer_adapter", counting)
+    cb = AdversarialTraining(PGD(LinfBall(EPS, lower=0, upper=1), steps=1, seed=0), ratio=ratio)
+    trainer(callbacks=[cb], log_every_n_steps=1).fit(UserModule(), loader(digits, n=64))
+    assert cb.adversarial_steps == 2 and len(calls) == 2
+
+
 def test_warmup_grows_the_budget_linearly_and_start_epoch_delays_it(digits):
     module = UserModule()
     cb = AdversarialTraining(PGD(LinfBall(EPS, lower=0, upper=1), steps=2, seed=0), warmup_epochs=1, start_epoch=1)

@@ -19,7 +19,7 @@ from typing import Any, Dict, Optional
 import pytorch_lightning as pl
 import torch
 
-from ..adapters.base import BatchAdapter
+from ..adapters.base import BatchAdapter, stage_adapter
 from ..attacks.base import Attack, attack_mode, victim_for
 from ..errors import check_finite_nonneg, check_fraction, check_int
 from ..threats.joint import scaled_threat
@@ -172,7 +172,9 @@ class AdversarialTraining(pl.Callback):
             if logging_step:
                 pl_module.log("train/at/budget", 0.0, on_step=True, on_epoch=False, batch_size=1)
             return
-        attack = attack_at_budget(self.attack, factor, self.adapter).for_stage(batch, "train")
+        # the batch is read with one adapter, inferred once per step (graphs: the training nodes)
+        adapter = stage_adapter(batch, "train", self.attack.adapter or self.adapter)
+        attack = attack_at_budget(self.attack, factor, adapter)
         start = time.perf_counter()
         adv = self.adversarial_batch(pl_module, batch, attack)
         seconds = time.perf_counter() - start
