@@ -60,6 +60,17 @@ class TensorAdapter(BatchAdapter):
             ``"input"`` for dicts, whichever exists).
         target_key: index or key of the integer labels (default ``1`` / ``"y"``/``"label"``/``"target"``).
         forward: optional ``forward(model, x, batch) -> logits`` for models that need more than ``x``.
+
+    Example:
+        >>> import torch
+        >>> from mmrobust.adapters import TensorAdapter
+        >>> from mmrobust.utils import toy_problem
+        >>> model, x, y = toy_problem()
+        >>> view = TensorAdapter(input_key="pixels", target_key="label").victim(model, {"pixels": x, "label": y})
+        >>> sorted(view.inputs), view.forward(view.inputs).shape
+        (['image'], torch.Size([8, 3]))
+        >>> sorted(view.rebuild({"image": x + 0.1}))            # the user's dict, perturbed
+        ['label', 'pixels']
     """
 
     modality = "image"

@@ -269,6 +269,20 @@ class APGDT(TargetClassRuns, APGD):
         n_target_classes: how many of the most likely wrong classes to try (AutoAttack: 9); capped at
             the number of classes minus one.
         Other arguments as :class:`APGD` (``loss`` defaults to ``"dlr"``; restarts are per target).
+
+    Example:
+        >>> from mmrobust.attacks import APGDT
+        >>> from mmrobust.threats import LinfBall
+        >>> from mmrobust.utils import toy_problem
+        >>> model, x, y = toy_problem()
+        >>> attack = APGDT(LinfBall(0.1, lower=0, upper=1), steps=5, n_target_classes=2, loss="ce", seed=0)
+        >>> attack(model, [x, y]).robust.shape         # 3 classes here; the DLR default needs 4
+        ...                                            # success: misclassified
+        torch.Size([8])
+        >>> to = (y + 1) % 3
+        >>> result = attack(model, [x, y], target_labels=to)   # success: classified as the target
+        >>> bool((result.success == (result.logits.argmax(1) == to)).all())
+        True
     """
 
     name = "apgd-t"

@@ -32,8 +32,8 @@ class AttackObjective:
     Example:
         >>> import torch
         >>> from mmrobust.attacks.attack_objective import AttackObjective
-        >>> from mmrobust.attacks.losses import ce
-        >>> objective = AttackObjective(ce)
+        >>> from mmrobust.attacks.losses import cross_entropy
+        >>> objective = AttackObjective(cross_entropy)
         >>> logits, labels = torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0])
         >>> objective.success(logits, labels, None)
         tensor([False,  True])

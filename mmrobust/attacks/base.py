@@ -85,6 +85,19 @@ class Attack(ABC):
         adapter: how to read the batch; inferred from the batch when ``None``.
         seed: seed of the attack's own random generator (restarts, random starts) for reproducibility;
             ``None`` uses the global RNG.
+
+    Example:
+        >>> from mmrobust.attacks import Attack
+        >>> from mmrobust.threats import LinfBall
+        >>> from mmrobust.utils import toy_problem
+        >>> class Noise(Attack):                      # the smallest attack: one random point of the ball
+        ...     def perturb(self, victim, threats, target_labels, clean_logits):
+        ...         return {k: x + threats[k].random_init(x, self.generator()) if k in threats else x
+        ...                 for k, x in victim.inputs.items()}
+        >>> model, x, y = toy_problem()
+        >>> result = Noise(LinfBall(0.05, lower=0, upper=1), seed=0)(model, [x, y])
+        >>> bool((result.size["image"] <= 0.05 + 1e-6).all()), result.success.shape
+        (True, torch.Size([8]))
     """
 
     name = "attack"

@@ -62,6 +62,16 @@ class FAB(Attack):
         cap: treat the threat model's radius as an upper bound on the returned size.
         early_stop: with ``cap``, a unit leaves a run as soon as it has a point inside the budget (robust
             accuracy unchanged, the returned point may be larger than the one the full run would find).
+
+    Example:
+        >>> from mmrobust.attacks import FAB
+        >>> from mmrobust.threats import L2Ball
+        >>> from mmrobust.utils import toy_problem
+        >>> model, x, y = toy_problem()
+        >>> result = FAB(L2Ball(1.0, lower=0, upper=1), steps=10)(model, [x, y])
+        >>> sizes = result.size["image"]                        # inf where no adversarial point was found
+        >>> bool((sizes[result.success & result.clean_correct] > 0).all()), sizes.shape
+        (True, torch.Size([8]))
     """
 
     name = "fab"
@@ -276,6 +286,15 @@ class FABT(TargetClassRuns, FAB):
     Args:
         n_target_classes: how many of the most likely wrong classes to try (AutoAttack: 9).
         Other arguments as :class:`FAB`.
+
+    Example:
+        >>> from mmrobust.attacks import FABT
+        >>> from mmrobust.threats import LinfBall
+        >>> from mmrobust.utils import toy_problem
+        >>> model, x, y = toy_problem()
+        >>> result = FABT(LinfBall(0.2, lower=0, upper=1), steps=10, n_target_classes=2, cap=True)(model, [x, y])
+        >>> bool((result.size["image"][result.success] <= 0.2 + 1e-6).all())
+        True
     """
 
     name = "fab-t"

@@ -129,6 +129,15 @@ class FGSM(PGD):
     One step of length ``step_size`` (fraction of the radius, default 1) from the clean input, or from a
     random start as in fast adversarial training (Wong et al. 2020, https://arxiv.org/abs/2001.03994,
     who use ``random_start=True, step_size=1.25``). Works with any threat model's steepest-ascent step.
+
+    Example:
+        >>> from mmrobust.attacks import FGSM
+        >>> from mmrobust.threats import LinfBall
+        >>> from mmrobust.utils import toy_problem
+        >>> model, x, y = toy_problem()
+        >>> result = FGSM(LinfBall(0.1, lower=0, upper=1))(model, [x, y])
+        >>> bool(((result.inputs["image"] - x).abs() <= 0.1 + 1e-6).all())
+        True
     """
 
     name = "fgsm"

@@ -27,6 +27,16 @@ class AttackResult:
         unit: maps outputs to units (``None``: output i is unit i).
         attack: a description of the attack that produced the result.
         extras: attack- or modality-specific extras (e.g. sizes in dB for audio).
+
+    Example:
+        >>> from mmrobust.attacks import PGD
+        >>> from mmrobust.threats import LinfBall
+        >>> from mmrobust.utils import toy_problem
+        >>> model, x, y = toy_problem()
+        >>> result = PGD(LinfBall(0.1, lower=0, upper=1), steps=3, seed=0)(model, [x, y])
+        >>> adversarial_x, labels = result.batch                 # the user's batch type, perturbed
+        >>> bool((result.robust == (result.clean_correct & result.adv_correct)).all())
+        True
     """
 
     batch: Any

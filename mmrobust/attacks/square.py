@@ -82,6 +82,15 @@ class Square(Attack):
         p_init: initial fraction of the input a window covers (paper: 0.05 for L-inf on ImageNet,
             0.1 for L2; AutoAttack uses 0.8).
         restarts: independent restarts for units still not fooled.
+
+    Example:
+        >>> from mmrobust.attacks import Square
+        >>> from mmrobust.threats import LinfBall
+        >>> from mmrobust.utils import toy_problem
+        >>> model, x, y = toy_problem()
+        >>> result = Square(LinfBall(0.1, lower=0, upper=1), n_queries=20, seed=0)(model, [x, y])   # no gradients used
+        >>> bool(((result.inputs["image"] - x).abs() <= 0.1 + 1e-6).all())
+        True
     """
 
     name = "square"

@@ -98,15 +98,31 @@ class BitErrorAccuracy(Metric):
         self.total = self.total + target.numel()
 
     def compute(self) -> Dict[str, Tensor]:
-        if int(self.total) == 0:
-            nan = torch.full((len(self.rates),), float("nan"))
-            return {"rates": torch.tensor(self.rates), "clean": torch.tensor(float("nan")), "mean": nan,
-                    "std": nan, "min": nan, "max": nan}
-        acc = self.correct.double() / self.total.double()
-        std = acc.std(1) if self.patterns > 1 else torch.zeros_like(acc[:, 0])
-        return {"rates": torch.tensor(self.rates, dtype=torch.float64), "clean": self.clean_correct.double() / self.total,
-                "mean": acc.mean(1), "std": std, "min": acc.amin(1), "max": acc.amax(1)}
+        return bit_error_accuracy_compute(self.correct, self.clean_correct, self.total, self.rates)
 
     def per_pattern(self) -> Tensor:
         """Accuracy of every (rate, pattern) pair, shape ``(len(rates), patterns)``."""
         return self.correct.double() / self.total.double().clamp_min(1)
+
+
+def bit_error_accuracy_compute(correct: Tensor, clean_correct: Tensor, total: Tensor,
+                               rates: Sequence[float]) -> Dict[str, Tensor]:
+    """From the counts (``correct``: per rate and pattern): ``rates``, ``clean`` and per rate ``mean``, ``std``,
+    ``min``, ``max`` of the accuracy over patterns; NaN when nothing was counted."""
+    if int(total) == 0:
+        nan = torch.full((len(rates),), float("nan"))
+        return {"rates": torch.tensor(rates), "clean": torch.tensor(float("nan")), "mean": nan,
+                "std": nan, "min": nan, "max": nan}
+    acc = correct.double() / total.double()
+    std = acc.std(1) if acc.shape[1] > 1 else torch.zeros_like(acc[:, 0])
+    return {"rates": torch.tensor(rates, dtype=torch.float64), "clean": clean_correct.double() / total,
+            "mean": acc.mean(1), "std": std, "min": acc.amin(1), "max": acc.amax(1)}
+
+
+def bit_error_accuracy(model: nn.Module, batch: Any, rates: Sequence[float] = (0.001, 0.005, 0.01),
+                       patterns: int = 10, **kwargs: Any) -> Dict[str, Tensor]:
+    """:class:`BitErrorAccuracy` of one batch (its update is the measurement: ``len(rates) * patterns + 1``
+    forward passes under random bit errors); ``kwargs`` as the class's."""
+    metric = BitErrorAccuracy(rates, patterns, **kwargs)
+    metric.update(model, batch)
+    return metric.compute()

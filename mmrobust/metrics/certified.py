@@ -9,6 +9,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from ..errors import check_finite_nonneg
+from .functional import certified_accuracy_compute, certified_accuracy_update
 
 
 class CertifiedAccuracy(Metric):
@@ -26,6 +27,14 @@ class CertifiedAccuracy(Metric):
 
     ``update(certificate, target)`` takes a :class:`~mmrobust.certify.Certificate`, or
     ``update(prediction, radius, target)`` the tensors; ``compute()`` returns a ``(len(radii),)`` tensor.
+
+    Example:
+        >>> import torch
+        >>> from mmrobust.metrics import CertifiedAccuracy
+        >>> metric = CertifiedAccuracy(radii=[0.0, 0.5])
+        >>> metric.update(torch.tensor([0, 1, -1]), torch.tensor([0.7, 0.2, 0.0]), torch.tensor([0, 1, 1]))  # -1: abstain
+        >>> metric.compute()
+        tensor([0.6667, 0.3333], dtype=torch.float64)
     """
 
     full_state_update = False
@@ -45,21 +54,11 @@ class CertifiedAccuracy(Metric):
             if radius is None or not hasattr(prediction, "radius"):
                 raise TypeError("call update(certificate, target) or update(prediction, radius, target)")
             prediction, radius, target = prediction.prediction, prediction.radius, radius
-        prediction, radius, target = (torch.as_tensor(t) for t in (prediction, radius, target))
-        if not (prediction.shape == radius.shape == target.shape) or prediction.dim() != 1:
-            raise ValueError(f"prediction, radius and target must have the same shape (examples,), got "
-                             f"{tuple(prediction.shape)}, {tuple(radius.shape)}, {tuple(target.shape)}")
-        dev = self.certified_correct.device
-        correct = (prediction.to(dev) == target.to(dev))
-        thresholds = torch.tensor(self.radii, dtype=torch.float64, device=dev)
-        ok = correct[:, None] & (radius.to(dev, torch.float64)[:, None] >= thresholds[None, :])
-        self.certified_correct += ok.sum(0)
-        self.total += prediction.shape[0]
+        counts, total = certified_accuracy_update(prediction, radius, target, self.radii)
+        self.certified_correct += counts.to(self.certified_correct.device)
+        self.total += total
 
     def compute(self) -> Tensor:
-        if int(self.total) == 0:
-            raise RuntimeError("CertifiedAccuracy.compute() called before any update()")
-        return self.certified_correct.double() / self.total
-
+        return certified_accuracy_compute(self.certified_correct, self.total, "CertifiedAccuracy.compute() called before any update()")
 
 __all__ = ["CertifiedAccuracy"]

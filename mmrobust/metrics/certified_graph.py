@@ -9,6 +9,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from ..errors import check_int
+from .functional import certified_accuracy_compute, sparse_certified_accuracy_update
 
 
 class SparseCertifiedAccuracy(Metric):
@@ -35,22 +36,11 @@ class SparseCertifiedAccuracy(Metric):
         self.add_state("total", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, certificate, target: Tensor, mask: Optional[Tensor] = None) -> None:
-        if not hasattr(certificate, "certified"):
-            raise TypeError("update takes a SparseCertificate (from SparseSmoothing.certify), target and a mask")
-        pred = certificate.prediction
-        if target.shape != pred.shape:
-            raise ValueError(f"target must have one label per node {tuple(pred.shape)}, got {tuple(target.shape)}")
-        keep = torch.ones_like(pred, dtype=torch.bool) if mask is None else mask.to(pred.device).bool()
-        correct = (pred == target.to(pred.device)) & keep
-        dev = self.certified_correct.device
-        counts = [int((correct & certificate.certified(a, d)).sum()) for a, d in self.radii]
-        self.certified_correct += torch.tensor(counts, dtype=torch.long, device=dev)
-        self.total += int(keep.sum())
+        counts, total = sparse_certified_accuracy_update(certificate, target, self.radii, mask)
+        self.certified_correct += counts.to(self.certified_correct.device)
+        self.total += total
 
     def compute(self) -> Tensor:
-        if int(self.total) == 0:
-            raise RuntimeError("SparseCertifiedAccuracy.compute() called before any update()")
-        return self.certified_correct.double() / self.total
-
+        return certified_accuracy_compute(self.certified_correct, self.total, "SparseCertifiedAccuracy.compute() called before any update()")
 
 __all__ = ["SparseCertifiedAccuracy"]

@@ -11,7 +11,8 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from ..errors import check_fraction
-from .functional import Results, as_result_list
+from .functional import (Results, choose_threshold, confidence_thresholded_error_compute,
+                         confidence_thresholded_error_update, errors_at)
 
 
 class ConfidenceThresholdedError(Metric):
@@ -54,6 +55,17 @@ class ConfidenceThresholdedError(Metric):
     ``compute()`` returns a dict with ``robust_error`` (RErr), ``clean_error`` (Err), ``threshold``
     (:math:`\\tau`) and ``robust_error_unthresholded`` (RErr(0)). Choosing :math:`\\tau` needs every
     confidence, so per-output values are ``cat`` states.
+
+    Example:
+        >>> from mmrobust.attacks import PGD
+        >>> from mmrobust.metrics import ConfidenceThresholdedError
+        >>> from mmrobust.threats import LinfBall
+        >>> from mmrobust.utils import toy_problem
+        >>> model, x, y = toy_problem()
+        >>> metric = ConfidenceThresholdedError(tpr=0.99)
+        >>> metric.update(PGD(LinfBall(0.1, lower=0, upper=1), steps=3, seed=0)(model, [x, y]))
+        >>> sorted(metric.compute())
+        ['clean_error', 'robust_error', 'robust_error_unthresholded', 'threshold']
     """
 
     is_differentiable = False
@@ -70,62 +82,17 @@ class ConfidenceThresholdedError(Metric):
         self.add_state("adv_wrong", default=[], dist_reduce_fx="cat")
 
     def update(self, results: Results) -> None:
-        results = as_result_list(results)
-        first = results[0]
-        correct = first.clean_correct
-        clean_conf = first.clean_logits.float().softmax(1).amax(1)
-        # worst-case adversarial per output: highest-confidence error, else lowest-confidence correct
-        wrong_conf = torch.full_like(clean_conf, -math.inf)
-        right_conf = torch.full_like(clean_conf, math.inf)
-        for r in results:
-            conf = r.logits.float().softmax(1).amax(1).to(clean_conf.device)
-            wrong = ~r.adv_correct.to(clean_conf.device)
-            wrong_conf = torch.where(wrong, torch.maximum(wrong_conf, conf), wrong_conf)
-            right_conf = torch.where(~wrong, torch.minimum(right_conf, conf), right_conf)
-        adv_wrong = torch.isfinite(wrong_conf)
-        adv_conf = torch.where(adv_wrong, wrong_conf, right_conf)
-        self.clean_confidence.append(clean_conf.detach().clone())
-        self.clean_correct.append(correct.detach().clone())
-        self.adv_confidence.append(adv_conf.detach().clone())
-        self.adv_wrong.append(adv_wrong.detach().clone())
+        for state, value in zip(("clean_confidence", "clean_correct", "adv_confidence", "adv_wrong"),
+                                confidence_thresholded_error_update(results)):
+            getattr(self, state).append(value.detach().clone())
 
-    @staticmethod
-    def choose_threshold(confidence: Tensor, correct: Tensor, tpr: float) -> float:
-        """The largest :math:`\\tau` keeping at least ``tpr`` of the correctly classified examples (entry
-        :math:`\\lfloor n(1-\\mathrm{tpr})\\rfloor` of their confidences sorted ascending, as in the paper's code)."""
-        kept = confidence[correct.bool()]
-        if kept.numel() == 0:
-            return 0.0
-        ordered = kept.sort(descending=True).values
-        k = max(1, math.ceil(tpr * kept.numel() - 1e-9))
-        return float(ordered[k - 1])
-
-    @staticmethod
-    def errors_at(tau: float, clean_conf: Tensor, clean_correct: Tensor, adv_conf: Tensor,
-                  adv_wrong: Tensor) -> Dict[str, Tensor]:
-        clean_hit = clean_conf >= tau
-        adv_hit = adv_conf >= tau
-        clean_err = ~clean_correct & clean_hit
-        numerator = clean_err | (adv_wrong & adv_hit)
-        denominator = clean_hit | adv_hit
-
-        def ratio(a: Tensor, b: Tensor) -> Tensor:
-            return a.sum().float() / b.sum() if bool(b.any()) else torch.tensor(0.0, device=a.device)
-
-        return {"robust_error": ratio(numerator, denominator), "clean_error": ratio(clean_err, clean_hit)}
+    #: the threshold rule and the errors at a threshold (:mod:`mmrobust.metrics.functional`)
+    choose_threshold = staticmethod(choose_threshold)
+    errors_at = staticmethod(errors_at)
 
     def compute(self) -> Dict[str, Tensor]:
         if isinstance(self.clean_confidence, list) and not self.clean_confidence:
-            nan = torch.tensor(float("nan"))
-            return {"robust_error": nan, "clean_error": nan, "threshold": nan, "robust_error_unthresholded": nan}
-        clean_conf = dim_zero_cat(self.clean_confidence)
-        clean_correct = dim_zero_cat(self.clean_correct).bool()
-        adv_conf = dim_zero_cat(self.adv_confidence)
-        adv_wrong = dim_zero_cat(self.adv_wrong).bool()
-        tau = self.threshold if self.threshold is not None else self.choose_threshold(clean_conf, clean_correct,
-                                                                                       self.tpr)
-        out = self.errors_at(tau, clean_conf, clean_correct, adv_conf, adv_wrong)
-        out["threshold"] = torch.tensor(tau, device=clean_conf.device)
-        out["robust_error_unthresholded"] = self.errors_at(0.0, clean_conf, clean_correct, adv_conf,
-                                                           adv_wrong)["robust_error"]
-        return out
+            return confidence_thresholded_error_compute(*(torch.zeros(0),) * 4)
+        return confidence_thresholded_error_compute(
+            dim_zero_cat(self.clean_confidence), dim_zero_cat(self.clean_correct), dim_zero_cat(self.adv_confidence),
+            dim_zero_cat(self.adv_wrong), tpr=self.tpr, threshold=self.threshold)

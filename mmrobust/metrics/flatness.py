@@ -141,12 +141,27 @@ class WeightFlatness(Metric):
         return best
 
     def compute(self) -> Dict[str, Tensor]:
-        if float(self.count) == 0:
-            raise RuntimeError("WeightFlatness.compute() called before any update()")
-        clean = self.clean_sum / self.count
-        return {"average_case": (self.average_sum / self.count - clean).float(),
-                "worst_case": (self.worst_sum / self.count - clean).float(),
-                "clean_loss": clean.float()}
+        return weight_flatness_compute(self.clean_sum, self.average_sum, self.worst_sum, self.count)
+
+
+def weight_flatness_compute(clean_sum: Tensor, average_sum: Tensor, worst_sum: Tensor,
+                            count: Tensor) -> Dict[str, Tensor]:
+    """``average_case``, ``worst_case`` (loss increases over the clean-weight loss) and ``clean_loss``, each
+    averaged over the ``count`` outputs summed into the losses."""
+    if float(count) == 0:
+        raise RuntimeError("WeightFlatness.compute() called before any update()")
+    clean = clean_sum / count
+    return {"average_case": (average_sum / count - clean).float(), "worst_case": (worst_sum / count - clean).float(),
+            "clean_loss": clean.float()}
+
+
+def weight_flatness(model: nn.Module, batch: Any, attack: Optional[Attack] = None,
+                    average_ball: Optional[WeightBall] = None, **kwargs: Any) -> Dict[str, Tensor]:
+    """:class:`WeightFlatness` of one batch (its update is the measurement: random and adversarial weight
+    perturbations around ``model``); ``kwargs`` as the class's."""
+    metric = WeightFlatness(average_ball, **kwargs)
+    metric.update(model, batch, attack)
+    return metric.compute()
 
 
 __all__ = ["WeightFlatness"]

@@ -76,22 +76,8 @@ class BoundaryDistance(Metric):
     def update(self, result: Optional[AttackResult] = None, *, name: Optional[str] = None,
                distances: Optional[Tensor] = None, confidence: Optional[Tensor] = None,
                correct: Optional[Tensor] = None) -> None:
-        if result is not None:
-            if not isinstance(result, AttackResult):
-                raise TypeError(f"result must be an AttackResult of a minimal-norm attack, got {type(result).__name__}")
-            from ..geometry.boundary import boundary_distances
-
-            distances = boundary_distances(result, name)
-            confidence = result.clean_logits.softmax(1).amax(1)
-            true = result.extras.get("true_target", result.target)
-            correct = result.clean_logits.argmax(1) == true.to(result.clean_logits.device)
-        if distances is None or confidence is None or correct is None:
-            raise ValueError("pass an AttackResult or all of distances, confidence and correct")
-        if not (distances.shape == confidence.shape == correct.shape) or distances.dim() != 1:
-            raise ValueError(f"distances, confidence and correct must be 1-D of equal length, got "
-                             f"{tuple(distances.shape)}, {tuple(confidence.shape)}, {tuple(correct.shape)}")
-        if bool((distances < 0).any()) or bool(torch.isnan(distances).any()):
-            raise ValueError("distances must be >= 0 (or +inf), got negative or NaN values")
+        distances, confidence, correct = boundary_distance_update(result, name=name, distances=distances,
+                                                                  confidence=confidence, correct=correct)
         self.distances.append(distances.detach().float().clone())
         self.confidence.append(confidence.detach().float().clone())
         self.correct.append(correct.detach().bool().clone())
@@ -100,20 +86,8 @@ class BoundaryDistance(Metric):
         if isinstance(self.distances, list) and not self.distances:
             nan = torch.tensor(float("nan"))
             return {"median": nan}
-        d = dim_zero_cat(self.distances)
-        c = dim_zero_cat(self.confidence)
-        ok = dim_zero_cat(self.correct).bool()
-        q = _quantiles(d, self.quantiles)
-        out = {f"q{round(p * 100):02d}": q[i] for i, p in enumerate(self.quantiles)}
-        out["median"] = _quantiles(d, [0.5])[0]
-        out["fraction_unbroken"] = torch.isinf(d).float().mean()
-        out["median_correct"] = _quantiles(d[ok], [0.5])[0]
-        out["median_incorrect"] = _quantiles(d[~ok], [0.5])[0]
-        out["spearman_correct"] = torch.tensor(_spearman(d[ok], c[ok]))
-        out["spearman_incorrect"] = torch.tensor(_spearman(d[~ok], c[~ok]))
-        out["count_correct"] = ok.sum().float()
-        out["count_incorrect"] = (~ok).sum().float()
-        return out
+        return boundary_distance_compute(dim_zero_cat(self.distances), dim_zero_cat(self.confidence),
+                                         dim_zero_cat(self.correct), self.quantiles)
 
 
 class GeometryStatistic(Metric):
@@ -134,16 +108,78 @@ class GeometryStatistic(Metric):
         self.add_state("values", default=[], dist_reduce_fx="cat")
 
     def update(self, values: Tensor) -> None:
-        if not isinstance(values, Tensor) or values.dim() != 1:
-            raise ValueError(f"values must be a 1-D tensor of per-unit estimates, got {getattr(values, 'shape', values)}")
-        if not bool(torch.isfinite(values).all()):
-            bad = int((~torch.isfinite(values)).sum())
-            raise ValueError(f"values must be finite, got {bad} NaN/Inf among {values.numel()} values")
-        self.values.append(values.detach().float().clone())
+        self.values.append(geometry_statistic_update(values).clone())
 
     def compute(self) -> Dict[str, Tensor]:
         if isinstance(self.values, list) and not self.values:
             return {"mean": torch.tensor(math.nan)}
-        v = dim_zero_cat(self.values)
-        q = _quantiles(v, [0.5, 0.9])
-        return {"mean": v.mean(), "max": v.max(), "median": q[0], "q90": q[1]}
+        return geometry_statistic_compute(dim_zero_cat(self.values))
+
+
+def boundary_distance_update(result: Optional[AttackResult] = None, *, name: Optional[str] = None,
+                             distances: Optional[Tensor] = None, confidence: Optional[Tensor] = None,
+                             correct: Optional[Tensor] = None):
+    """Per output of one batch: the boundary distance, the clean confidence and clean correctness (read from
+    ``result``, or the tensors given), checked."""
+    if result is not None:
+        if not isinstance(result, AttackResult):
+            raise TypeError(f"result must be an AttackResult of a minimal-norm attack, got {type(result).__name__}")
+        from ..geometry.boundary import boundary_distances
+
+        distances = boundary_distances(result, name)
+        confidence = result.clean_logits.softmax(1).amax(1)
+        true = result.extras.get("true_target", result.target)
+        correct = result.clean_logits.argmax(1) == true.to(result.clean_logits.device)
+    if distances is None or confidence is None or correct is None:
+        raise ValueError("pass an AttackResult or all of distances, confidence and correct")
+    if not (distances.shape == confidence.shape == correct.shape) or distances.dim() != 1:
+        raise ValueError(f"distances, confidence and correct must be 1-D of equal length, got "
+                         f"{tuple(distances.shape)}, {tuple(confidence.shape)}, {tuple(correct.shape)}")
+    if bool((distances < 0).any()) or bool(torch.isnan(distances).any()):
+        raise ValueError("distances must be >= 0 (or +inf), got negative or NaN values")
+    return distances.detach().float(), confidence.detach().float(), correct.detach().bool()
+
+
+def boundary_distance_compute(d: Tensor, c: Tensor, ok: Tensor,
+                              quantiles: Sequence[float] = DEFAULT_QUANTILES) -> Dict[str, Tensor]:
+    """:class:`BoundaryDistance`'s summary of the distances ``d``, confidences ``c`` and correctness ``ok``."""
+    ok = ok.bool()
+    q = _quantiles(d, quantiles)
+    out = {f"q{round(p * 100):02d}": q[i] for i, p in enumerate(quantiles)}
+    out["median"] = _quantiles(d, [0.5])[0]
+    out["fraction_unbroken"] = torch.isinf(d).float().mean()
+    out["median_correct"] = _quantiles(d[ok], [0.5])[0]
+    out["median_incorrect"] = _quantiles(d[~ok], [0.5])[0]
+    out["spearman_correct"] = torch.tensor(_spearman(d[ok], c[ok]))
+    out["spearman_incorrect"] = torch.tensor(_spearman(d[~ok], c[~ok]))
+    out["count_correct"] = ok.sum().float()
+    out["count_incorrect"] = (~ok).sum().float()
+    return out
+
+
+def boundary_distance(result: Optional[AttackResult] = None, *, name: Optional[str] = None,
+                      quantiles: Sequence[float] = DEFAULT_QUANTILES, **tensors: Tensor) -> Dict[str, Tensor]:
+    """:class:`BoundaryDistance` of one batch (``result``, or ``distances=``, ``confidence=``, ``correct=``)."""
+    quantiles = tuple(check_fraction("quantiles", q) for q in quantiles)
+    return boundary_distance_compute(*boundary_distance_update(result, name=name, **tensors), quantiles)
+
+
+def geometry_statistic_update(values: Tensor) -> Tensor:
+    """``values`` checked (a 1-D tensor of finite per-unit estimates), as float."""
+    if not isinstance(values, Tensor) or values.dim() != 1:
+        raise ValueError(f"values must be a 1-D tensor of per-unit estimates, got {getattr(values, 'shape', values)}")
+    if not bool(torch.isfinite(values).all()):
+        bad = int((~torch.isfinite(values)).sum())
+        raise ValueError(f"values must be finite, got {bad} NaN/Inf among {values.numel()} values")
+    return values.detach().float()
+
+
+def geometry_statistic_compute(v: Tensor) -> Dict[str, Tensor]:
+    """Mean, max, median and 90 % quantile of the per-unit values ``v``."""
+    q = _quantiles(v, [0.5, 0.9])
+    return {"mean": v.mean(), "max": v.max(), "median": q[0], "q90": q[1]}
+
+
+def geometry_statistic(values: Tensor) -> Dict[str, Tensor]:
+    """:class:`GeometryStatistic` of one batch of per-unit values."""
+    return geometry_statistic_compute(geometry_statistic_update(values))

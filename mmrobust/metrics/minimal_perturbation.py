@@ -12,6 +12,7 @@ from torchmetrics.utilities import dim_zero_cat
 
 from ..attacks.base import AttackResult
 from ..errors import check_finite_nonneg
+from .functional import minimal_perturbation_compute, minimal_perturbation_update
 
 
 class MinimalPerturbation(Metric):
@@ -32,6 +33,18 @@ class MinimalPerturbation(Metric):
     ``update(result, name=None)`` reads ``result.output_size(name)`` (the size in the threat model's
     own measure) and ``result.success``. Exact medians are not additive, so the sizes are kept as a
     ``cat`` state and gathered across processes.
+
+    Example:
+        >>> from mmrobust.attacks import FMN
+        >>> from mmrobust.metrics import MinimalPerturbation
+        >>> from mmrobust.threats import L2Ball
+        >>> from mmrobust.utils import toy_problem
+        >>> model, x, y = toy_problem()
+        >>> metric = MinimalPerturbation()
+        >>> metric.update(FMN(L2Ball(1.0, lower=0, upper=1), steps=10)(model, [x, y]))
+        >>> curve = metric.accuracy_curve([0.0, 0.5])            # robust accuracy at each budget
+        >>> bool(curve[0] >= curve[1]), metric.compute().dim()
+        (True, 0)
     """
 
     is_differentiable = False
@@ -44,12 +57,7 @@ class MinimalPerturbation(Metric):
         self.add_state("clean_correct", default=[], dist_reduce_fx="cat")
 
     def update(self, result: AttackResult, name: Optional[str] = None) -> None:
-        if not isinstance(result, AttackResult):
-            raise TypeError(f"result must be an AttackResult of a minimal-norm attack, got {type(result).__name__}")
-        correct = result.clean_correct
-        size = result.output_size(name).to(correct.device).float()
-        size = torch.where(result.success.to(correct.device).bool(), size, torch.full_like(size, math.inf))
-        size = torch.where(correct, size, torch.zeros_like(size))
+        size, correct = minimal_perturbation_update(result, name)
         self.sizes.append(size.detach().clone())
         self.clean_correct.append(correct.detach().clone())
 
@@ -62,11 +70,7 @@ class MinimalPerturbation(Metric):
         """Median minimal perturbation size over all outputs (the mean of the two middle values for an
         even count); NaN before any update."""
         sizes, _ = self._gathered()
-        if sizes is None or sizes.numel() == 0:
-            return torch.tensor(float("nan"))
-        ordered = sizes.sort().values
-        n = ordered.numel()
-        return (ordered[(n - 1) // 2] + ordered[n // 2]) / 2
+        return minimal_perturbation_compute(torch.zeros(0) if sizes is None else sizes)
 
     def accuracy_curve(self, eps_grid: Union[Sequence[float], Tensor]) -> Tensor:
         """Robust accuracy at every budget in ``eps_grid`` (an output is robust at ``eps`` if it is

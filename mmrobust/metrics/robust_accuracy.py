@@ -71,6 +71,17 @@ class CleanAccuracy(RobustAccuracy):
     :class:`RobustAccuracy` (so both are always computed over exactly the same outputs).
 
     .. math:: \\mathrm{CA} = \\frac{1}{N}\\sum_{n=1}^N \\mathbb 1[f(x_n)=y_n]
+
+    Example:
+        >>> from mmrobust.attacks import FGSM
+        >>> from mmrobust.metrics import CleanAccuracy
+        >>> from mmrobust.threats import LinfBall
+        >>> from mmrobust.utils import toy_problem
+        >>> model, x, y = toy_problem()
+        >>> metric = CleanAccuracy()
+        >>> metric.update(FGSM(LinfBall(0.1, lower=0, upper=1))(model, [x, y]))
+        >>> bool(metric.compute() == (model(x).argmax(1) == y).float().mean())
+        True
     """
 
     def compute(self) -> Tensor:
@@ -89,6 +100,17 @@ class AttackSuccessRate(Metric):
     Outputs misclassified already on the clean input are not counted (there is nothing to flip),
     following Carlini & Wagner 2017 (https://arxiv.org/abs/1608.04644, Sec. VI), who attack only
     correctly classified examples. NaN when no clean-correct output was seen.
+
+    Example:
+        >>> from mmrobust.attacks import PGD
+        >>> from mmrobust.metrics import AttackSuccessRate
+        >>> from mmrobust.threats import LinfBall
+        >>> from mmrobust.utils import toy_problem
+        >>> model, x, y = toy_problem()
+        >>> metric = AttackSuccessRate()                          # among outputs classified correctly when clean
+        >>> metric.update(PGD(LinfBall(0.3, lower=0, upper=1), steps=5, seed=0)(model, [x, y]))
+        >>> 0.0 <= float(metric.compute()) <= 1.0
+        True
     """
 
     is_differentiable = False

@@ -123,6 +123,16 @@ class SNRBall(_DecibelBall, L2Ball):
     ``snr_db`` is a *smaller* perturbation. The value box is ``[-1, 1]`` (float waveforms) by default.
     :meth:`with_level` gives another SNR, :meth:`scaled` ``f`` times the radius (``snr_db - 20 log10 f``). Padding (zeros) adds no energy, so the
     budget of a padded waveform equals that of its unpadded version.
+
+    Example:
+        >>> import torch
+        >>> from mmrobust.threats import SNRBall
+        >>> wave = torch.sin(torch.linspace(0, 100, 1600))[None]  # one clip
+        >>> threat = SNRBall(30)
+        >>> delta = threat.project(0.5 * torch.randn(1, 1600, generator=torch.Generator().manual_seed(0)), wave)
+        >>> snr = 10 * torch.log10(wave.pow(2).sum() / delta.pow(2).sum())
+        >>> bool(snr >= 30 - 1e-3)
+        True
     """
 
     db_name = "snr_db"

@@ -47,6 +47,15 @@ class ThreatModel(ABC):
     whose radius (or flip count) is ``f`` times this one's, ``scaled(f).radius(x) == f * radius(x)``, for
     every threat model -- a level in dB, a count and a fraction of edges each scale their own way. Code
     outside :mod:`mmrobust.threats` never does arithmetic on ``eps`` (which only norm balls have).
+
+    Example:
+        >>> import torch
+        >>> from mmrobust.threats import LinfBall
+        >>> threat = LinfBall(0.1, lower=0, upper=1)              # every threat model answers the same questions
+        >>> x = torch.rand(3, 1, 2, 2)
+        >>> delta = threat.random_init(x, torch.Generator().manual_seed(0))
+        >>> bool((threat.size(delta, x) <= threat.radius(x)).all()), threat.scaled(0.5).radius(x)[0]
+        (True, tensor(0.0500))
     """
 
     #: Name of the norm the set is a ball of (``"linf"``, ``"l2"``, ``"l1"``, or something custom).

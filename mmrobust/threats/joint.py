@@ -13,6 +13,12 @@ class Joint(Dict[str, ThreatModel]):
     ``Joint({"image": LinfBall(0.1, lower=0, upper=1), "audio": SNRBall(30)})`` lets any attack perturb the
     image and the waveform of a ``{"image", "audio", "y"}`` batch at once. An attack given a Joint with
     only some of the inputs perturbs those alone; that is how per-modality attribution is measured.
+
+    Example:
+        >>> from mmrobust.threats import Joint, LinfBall, SNRBall
+        >>> threat = Joint({"image": LinfBall(0.1, lower=0, upper=1), "audio": SNRBall(30)})
+        >>> sorted(threat), sorted(threat.only("audio"))
+        (['audio', 'image'], ['audio'])
     """
 
     def __init__(self, threats: Mapping[str, ThreatModel]):

@@ -105,6 +105,15 @@ class L2Ball(ThreatModel):
     The projection solves the KKT conditions of :math:`\\min \\|d - v\\|^2` over ball and box:
     :math:`d = \\mathrm{clip}(v / (1 + \\lambda), l - x, u - x)` with the smallest :math:`\\lambda \\ge 0`
     giving :math:`\\|d\\|_2 \\le \\epsilon`; :math:`\\lambda` is found by bisection where the box is active.
+
+    Example:
+        >>> import torch
+        >>> from mmrobust.threats import L2Ball
+        >>> threat = L2Ball(0.5)
+        >>> x = torch.zeros(2, 4)
+        >>> delta = threat.project(torch.ones(2, 4), x)          # scaled back onto the sphere of radius 0.5
+        >>> threat.size(delta, x)
+        tensor([0.5000, 0.5000])
     """
 
     norm = "l2"
@@ -168,6 +177,15 @@ class L1Ball(ThreatModel):
 
     The steepest-ascent step moves the ``sparsity`` fraction of coordinates with the largest gradient
     magnitude (as in SLIDE, Tramer & Boneh 2019), normalised to L1 length ``step_size``.
+
+    Example:
+        >>> import torch
+        >>> from mmrobust.threats import L1Ball
+        >>> threat = L1Ball(1.0, lower=0, upper=1)
+        >>> x = torch.full((1, 4), 0.5)
+        >>> delta = threat.project(torch.tensor([[0.9, 0.3, 0.0, 0.0]]), x)   # L1 projection inside the box
+        >>> round(threat.size(delta, x).item(), 4), bool(((x + delta) <= 1).all())
+        (0.8, True)
     """
 
     norm = "l1"
