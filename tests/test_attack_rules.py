@@ -197,3 +197,29 @@ def test_apgd_early_stopping_changes_work_not_results(digits, digits_cnn, make):
     wrong = ~early.clean_correct
     assert bool(wrong.any()) and float(early.size["image"][wrong].abs().max()) == 0.0
     assert (early.inputs["image"] - xt).abs().amax() <= 0.1 + 1e-6
+
+
+class DetachesInput(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x.detach())
+
+
+@pytest.mark.parametrize("make", [lambda t: PGD(t, steps=2, seed=0), lambda t: APGD(t, steps=2, seed=0)])
+def test_a_forward_that_cuts_the_input_gradient_is_named(digits, digits_cnn, make):
+    x, y = digits[0][:4], digits[1][:4]
+    with pytest.raises(RuntimeError, match="cuts the input's gradient"):
+        make(LinfBall(0.1, lower=0, upper=1))(DetachesInput(digits_cnn), [x, y])
+
+
+def test_out_of_box_input_is_named_as_the_user_passed_it():
+    """A plain waveform tensor read by the tensor adapter is named by its place in the batch, not "image"."""
+    from mmrobust.threats import SNRBall
+    wave, y = torch.linspace(-1.5, 1.5, 64).repeat(2, 1), torch.zeros(2, dtype=torch.long)
+    model = nn.Sequential(nn.Linear(64, 3))
+    with pytest.raises(ValueError, match=r"the input batch\[0\] has values below") as err:
+        PGD(SNRBall(30), steps=1)(model, [wave, y])
+    assert "image" not in str(err.value).split(".")[0]

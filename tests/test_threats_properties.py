@@ -65,6 +65,20 @@ def test_points_inside_are_fixed(problem):
     assert torch.allclose(threat.project(p, x), p, atol=1e-12)
 
 
+@pytest.mark.parametrize("kind", [LinfBall, L2Ball, L1Ball])
+def test_small_perturbations_keep_their_value_where_the_box_is_not_active(kind):
+    """(x + d).clamp() - x rounds d (1e-5 at x = 0.5 in float32 is off by about 1e-2 relative); only entries the
+    box moves may change."""
+    x = torch.full((2, 8), 0.5)
+    d = torch.full((2, 8), 1e-5)
+    d[1, 0] = 0.7                                 # leaves the box [0, 1]: clamped to 1 - x
+    threat = kind(1.0, lower=0, upper=1)
+    out = threat.clamp_box(d, x)
+    assert torch.equal(out[0], d[0]) and torch.equal(out[1, 1:], d[1, 1:])
+    assert float(x[1, 0] + out[1, 0]) <= 1.0
+    assert torch.equal(threat.project(d[:1], x[:1]), d[:1])  # inside the ball and the box: unchanged
+
+
 def test_l1_projection_matches_duchi_closed_form():
     # v = (3, 1, 0.2), eps = 2: theta = 1 -> (2, 0, 0)
     p = L1Ball(2.0).project(torch.tensor([[3.0, 1.0, 0.2]]), torch.zeros(1, 3))

@@ -37,6 +37,8 @@ class Victim:
         deterministic: ``forward`` gives the same logits for the same inputs. Wrappers that sample
             (expectation over transformation, randomized defenses) set it to ``False``, which stops
             attacks from treating one lucky success as final.
+        labels: how the user's batch names each input (e.g. ``"batch[0]"``), for error messages; inputs
+            not listed are named by their key.
     """
 
     inputs: Dict[str, Tensor]
@@ -48,6 +50,7 @@ class Victim:
     select: Optional[Callable[[Tensor], "Victim"]] = None
     meta: Dict[str, Any] = field(default_factory=dict)
     deterministic: bool = True
+    labels: Dict[str, str] = field(default_factory=dict)
 
     @property
     def num_units(self) -> int:

@@ -125,7 +125,8 @@ class TensorAdapter(BatchAdapter):
         def select(index: Tensor) -> Victim:
             return self.victim(model, select_examples(batch, index, x.shape[0]))
 
-        return Victim(inputs={name: x}, target=y.long(), forward=forward, rebuild=rebuild, select=select)
+        return Victim(inputs={name: x}, target=y.long(), forward=forward, rebuild=rebuild, select=select,
+                      labels={name: f"the input batch[{ik!r}]"})
 
     def batch_size(self, batch) -> int:
         ik, _ = self._keys(batch)

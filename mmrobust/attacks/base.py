@@ -247,7 +247,7 @@ class Attack(ABC):
         """
         threats = self.threats_for(victim)
         for name, threat in threats.items():
-            threat.check_input(victim.inputs[name], name=name)
+            threat.check_input(victim.inputs[name], name=victim.labels.get(name, name))
         return threats
 
     def __call__(self, model: nn.Module, batch: Any, *, target_labels: Optional[Tensor] = None) -> AttackResult:

@@ -12,7 +12,7 @@ from ..threats.base import ThreatModel, per_unit
 from ..utils import rand, randn
 from .base import Attack, Threat
 from .hyperplane import NORMS, hyperplane_step
-from .kernel import BestPoint, TargetClassRuns, kept, may_drop_units, restrict
+from .kernel import BestPoint, TargetClassRuns, kept, may_drop_units, require_input_graph, restrict
 
 #: FAB picks the hyperplane closest in the dual norm: |f| / ||grad f||_q with 1/p + 1/q = 1
 _DUAL = {"linf": 1.0, "l2": 2.0, "l1": float("inf")}
@@ -225,6 +225,7 @@ class FAB(Attack):
             diff = (logits[rows, targets] - true)[:, None]
         else:
             diff = logits - true[:, None]
+        require_input_graph(diff, {name: leaf})
         g = _jacobian(diff, leaf)
         if not bool(torch.isfinite(g).all()):
             raise NonFiniteError(f"NaN/Inf in the input gradient of {name!r}; the model overflows")

@@ -32,6 +32,7 @@ def input_gradients(attack, victim: Victim, x: Dict[str, Tensor], delta: Dict[st
         leaves = {k: d.detach().requires_grad_(True) for k, d in delta.items()}
         logits = victim.forward({k: x[k] + leaves[k] if k in leaves else x[k] for k in x})
         loss = attack.output_loss(logits, victim, target_labels)
+        require_input_graph(loss, leaves)
         grads = torch.autograd.grad(loss.sum(), list(leaves.values()))
         grads = dict(zip(leaves.keys(), grads))
         for k, g in grads.items():
@@ -42,6 +43,19 @@ def input_gradients(attack, victim: Victim, x: Dict[str, Tensor], delta: Dict[st
         logits = victim.forward({k: x[k] + delta[k] if k in delta else x[k] for k in x})
         loss = attack.output_loss(logits, victim, target_labels)
     return logits, loss, None
+
+
+def require_input_graph(out: Tensor, leaves: Dict[str, Tensor]) -> None:
+    """Raise a clear error when ``out`` does not depend on the perturbations through autograd: the model's
+    forward cut the input's gradient (``x.detach()``, ``.numpy()``, ``torch.no_grad()`` inside forward)."""
+    if out.requires_grad:
+        return
+    raise RuntimeError(
+        f"the model's output does not depend on the input {sorted(leaves)} through autograd: its forward cuts "
+        "the input's gradient (e.g. x.detach(), x.numpy() or torch.no_grad() inside forward), so a gradient "
+        "attack cannot run. Keep the forward differentiable in the input, or evaluate it with a black-box "
+        "attack (mmrobust.attacks.Square) or an EOT/BPDA-style wrapper; a gradient attack on it would overstate "
+        "robustness (Athalye et al. 2018, https://arxiv.org/abs/1802.00420)")
 
 
 def unit_scores(attack, victim: Victim, logits: Tensor, loss: Tensor,

@@ -129,9 +129,13 @@ class ThreatModel(ABC):
         return lo, hi
 
     def clamp_box(self, delta: Tensor, x: Tensor) -> Tensor:
+        """``delta`` with ``x + delta`` clamped into the value box; entries the box does not move keep their
+        exact value (``(x + delta) - x`` would round small perturbations, up to 1e-2 relative in float32)."""
         if self.lower is None and self.upper is None:
             return delta
-        return (x + delta).clamp(self.lower, self.upper) - x
+        moved = x + delta
+        clamped = moved.clamp(self.lower, self.upper)
+        return torch.where(clamped == moved, delta, clamped - x)
 
     def check_input(self, x: Tensor, name: str = "x") -> None:
         """Refuse inputs that cannot be attacked under this threat model."""
