@@ -118,6 +118,7 @@ def load_model(kind: str, seed: int, at_epochs: int) -> nn.Module:
 # -- the methods: each returns the adversarial images of (x, y) ---------------------------------------
 def ours(attack, bs):
     def run(model, x, y):
+        attack.reseed()  # every call draws the seed's random numbers, as the reference re-seeds in each call
         return torch.cat([_adv_of(attack(model, (x[i:i + bs], y[i:i + bs]))) for i in range(0, len(y), bs)])
     return run
 
@@ -218,12 +219,14 @@ def main(argv=None):
                 cpu[name].append(time.process_time() - start_cpu)
                 acc = checked_robust(model, x_all, y_all, adv, eps)
                 entry["robust"].setdefault(name, acc)
+                entry.setdefault("all_robust", {}).setdefault(name, []).append(acc)
                 if acc != entry["robust"][name]:  # seeded: every round must give the same number
                     entry.setdefault("round_differences", []).append((name, r, acc))
                 print(f"{kind} round {r}: {name}: {acc:.4f} ({times[name][-1]:.1f} s)", file=sys.stderr, flush=True)
         entry["seconds"] = {name: statistics.median(t) for name, t in times.items()}
         entry["all_seconds"] = times
         entry["cpu_seconds"] = {name: statistics.median(t) for name, t in cpu.items()}
+        entry["all_cpu_seconds"] = cpu
         if not args.no_members:
             for member in ensemble.attacks:
                 name = f"mmrobust {member.describe()} alone"
