@@ -123,6 +123,21 @@ def test_bad_arguments():
         MetaPRBCD(EdgeFlips(1, local=True))
     with pytest.raises(ValueError, match="inner_steps"):
         MetaPRBCD(EdgeFlips(1), inner_steps=0)
+    with pytest.raises(ValueError, match="loss must be one of"):
+        MetaPRBCD(EdgeFlips(1), loss="hinge")
+
+
+def test_attack_loss_is_the_named_loss_of_the_unrolled_model(graph):
+    """``loss`` scores the unrolled model: the default is the probability margin (in [-1, 1]), ``"ce"`` Metattack's
+    cross-entropy (positive, unbounded)."""
+    ce, pm = MetaPRBCD(EdgeFlips(5), inner_steps=3, loss="ce"), MetaPRBCD(EdgeFlips(5), inner_steps=3)
+    torch.manual_seed(0)
+    model = GCN(3, 3, hidden=4, dropout=0.0).eval()
+    init = {k: v.detach().clone() for k, v in model.named_parameters()}
+    w = torch.ones(graph.edge_index.shape[1])
+    a = ce._inner(model, init, graph, graph.y, graph.edge_index, w, False)
+    b = pm._inner(model, init, graph, graph.y, graph.edge_index, w, False)
+    assert -1 <= float(b) <= 1 and float(a) > 0 and float(a) != pytest.approx(float(b))
 
 
 def test_sparse_bag_of_words_path_gives_the_dense_result(graph):
