@@ -25,7 +25,7 @@ NO_EXAMPLE_YET = {
     "MaskingPenalty", "MaskingPenaltyAttack", "UniversalPerturbation", "AmortizedAttack", "ConvPerturbationGenerator",
     "MLPPerturbationGenerator", "GraphAttack", "DICE", "RandomFlips", "MetaPRBCD", "PoisonResult", "LocalGreedy",
     "LocalResult", "EOT", "MinimalNormSearch", "FGSMRS", "NFGSM", "SparseCertifiedAccuracy", "BoundaryDistance",
-    "GeometryStatistic", "BitErrorAccuracy", "WeightFlatness", "BatchAdapter", "Victim", "BinaryFeatureFlips",
+    "GeometryStatistic", "BitErrorAccuracy", "WeightFlatness", "BatchAdapter", "BinaryFeatureFlips",
     "GraphAdapter", "GraphStructure", "LatentAdapter", "LatentBall", "MultimodalAdapter", "PerUnitRadius",
     "PredictedLabelAdapter", "PsychoacousticBall", "WaveformAdapter", "WeightBall",
 }

@@ -41,3 +41,10 @@ def test_every_exported_name_exists_once(name):
     assert len(exported) == len(set(exported)), f"{name}.__all__ lists a name twice"
     missing = [n for n in exported if not hasattr(module, n)]
     assert not missing, f"{name}.__all__ names what it does not define: {missing}"
+
+
+def test_renamed_public_names_keep_their_old_names():
+    """``BatchView`` (the attack's view of a batch) was ``Victim``; ``feature_ball`` (a function) was ``FeatureBall``."""
+    from mmrobust.adapters import BatchView, Victim
+    from mmrobust.threats import FeatureBall, feature_ball
+    assert Victim is BatchView and FeatureBall is feature_ball

@@ -3,7 +3,7 @@
 Batches look like ``(wave, y)``, ``(wave, y, lengths)`` or dicts such as
 ``{"audio": wave, "label": y, "lengths": lengths}``. ``wave`` has shape ``(B, T)`` or ``(B, C, T)``.
 Padding beyond each example's length (or where the padding mask is 0) is never perturbed: the adapter
-puts a mask into :attr:`Victim.masks`, which every attack applies.
+puts a mask into :attr:`BatchView.masks`, which every attack applies.
 
 Dict batches with an ``"audio"``, ``"wave"`` or ``"waveform"`` key are recognised automatically. Tuple
 batches are not: a ``(B, T)`` float tensor could just as well be a batch of feature vectors, so pass
@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Union
 import torch
 from torch import Tensor
 
-from .base import BatchAdapter, Victim, register_adapter
+from .base import BatchAdapter, BatchView, register_adapter
 from .tensor import _get, replace_entries, select_examples
 
 Key = Union[int, str]
@@ -67,7 +67,7 @@ class WaveformAdapter(BatchAdapter):
             has a third integer ``(B,)`` entry / ``lengths, length``); ``False`` disables lengths.
         mask_key: index or key of a padding mask shaped like the waveform (or ``(B, T)``), 1 = real audio
             (default: a third tuple entry of that shape / ``mask, padding_mask, attention_mask``).
-        sample_rate: recorded in ``Victim.meta`` for reports.
+        sample_rate: recorded in ``BatchView.meta`` for reports.
         forward: optional ``forward(model, wave, batch) -> logits`` (e.g. to pass lengths to the model).
     """
 
@@ -133,7 +133,7 @@ class WaveformAdapter(BatchAdapter):
             return m
         return None
 
-    def victim(self, model, batch) -> Victim:
+    def victim(self, model, batch) -> BatchView:
         wk, tk, _, _ = self._keys(batch)
         wave, y = _get(batch, wk), _get(batch, tk)
         check_waveform(wave)
@@ -150,11 +150,11 @@ class WaveformAdapter(BatchAdapter):
         def rebuild(inputs: Dict[str, Tensor]) -> Any:
             return replace_entries(batch, {wk: inputs[name]})
 
-        def select(index: Tensor) -> Victim:
+        def select(index: Tensor) -> BatchView:
             return self.victim(model, select_examples(batch, index, wave.shape[0]))
 
         meta = {"sample_rate": self.sample_rate} if self.sample_rate is not None else {}
-        return Victim(inputs={name: wave}, target=y.long(), forward=forward, rebuild=rebuild,
+        return BatchView(inputs={name: wave}, target=y.long(), forward=forward, rebuild=rebuild,
                       masks={} if mask is None else {name: mask}, select=select, meta=meta)
 
     def batch_size(self, batch) -> int:

@@ -1,13 +1,13 @@
 """Batch adapters: how an attack reads, runs and rebuilds a user's batch.
 
-An adapter turns one user batch into a :class:`Victim` -- the attackable tensors, the labels of the
+An adapter turns one user batch into a :class:`BatchView` -- the attackable tensors, the labels of the
 outputs that are scored, and closures that run the model on perturbed tensors and rebuild a batch of
-the user's own type.  Attacks only ever see a :class:`Victim`, so a new modality is added by writing
+the user's own type.  Attacks only ever see a :class:`BatchView`, so a new modality is added by writing
 an adapter (and registering it with :func:`register_adapter`); nothing in the attack core changes.
 
 Terminology: the leading dimension of every attackable tensor indexes *units* -- the things a budget
 is given for (an image, a waveform, a graph).  The model's scored *outputs* (rows of the logits) map
-to units through ``Victim.unit``; for images and audio that is the identity.
+to units through ``BatchView.unit``; for images and audio that is the identity.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from torch import Tensor
 
 
 @dataclass
-class Victim:
-    """Everything an attack needs about one batch.
+class BatchView:
+    """The attack's view of one batch (not the model): what an attack needs to read, perturb, score and rebuild it.
 
     Attributes:
         inputs: clean attackable tensors by name; each has the unit dimension first.
@@ -31,7 +31,7 @@ class Victim:
         rebuild: maps a dict of (perturbed) inputs to a batch of the user's type.
         unit: ``(outputs,)`` index of the unit each output belongs to; ``None`` means output i is unit i.
         masks: optional per-input masks (1 = may be perturbed), broadcastable to the input.
-        select: optional ``(unit_index) -> Victim`` restricting the victim to some units (attacks use it
+        select: optional ``(unit_index) -> BatchView`` restricting the victim to some units (attacks use it
             to spend effort only on units still robust); ``None`` when units cannot be separated.
         meta: adapter-specific extras (e.g. sample rate, lengths), for reports.
         deterministic: ``forward`` gives the same logits for the same inputs. Wrappers that sample
@@ -39,6 +39,19 @@ class Victim:
             attacks from treating one lucky success as final.
         labels: how the user's batch names each input (e.g. ``"batch[0]"``), for error messages; inputs
             not listed are named by their key.
+
+    ``Victim`` is its earlier name (an alias).
+
+    Example:
+        >>> import torch
+        >>> from mmrobust.adapters import infer_adapter
+        >>> from mmrobust.utils import toy_problem
+        >>> model, x, y = toy_problem()
+        >>> view = infer_adapter([x, y]).victim(model, [x, y])
+        >>> view.num_units, sorted(view.inputs), view.forward(view.inputs).shape
+        (8, ['image'], torch.Size([8, 3]))
+        >>> view.select(torch.tensor([0, 2])).num_units      # the same batch restricted to two units
+        2
     """
 
     inputs: Dict[str, Tensor]
@@ -47,7 +60,7 @@ class Victim:
     rebuild: Callable[[Dict[str, Tensor]], Any]
     unit: Optional[Tensor] = None
     masks: Dict[str, Tensor] = field(default_factory=dict)
-    select: Optional[Callable[[Tensor], "Victim"]] = None
+    select: Optional[Callable[[Tensor], "BatchView"]] = None
     meta: Dict[str, Any] = field(default_factory=dict)
     deterministic: bool = True
     labels: Dict[str, str] = field(default_factory=dict)
@@ -95,6 +108,10 @@ class Victim:
         return unit_values if self.unit is None else unit_values[self.unit]
 
 
+#: the earlier name of :class:`BatchView`, kept so that user code and recipes keep working
+Victim = BatchView
+
+
 class BatchAdapter(ABC):
     """Reads a user's batch for attacks. Subclass and register one per batch convention."""
 
@@ -102,8 +119,8 @@ class BatchAdapter(ABC):
     modality: str = "generic"
 
     @abstractmethod
-    def victim(self, model: torch.nn.Module, batch: Any) -> Victim:
-        """Build the :class:`Victim` for ``batch`` under ``model``."""
+    def victim(self, model: torch.nn.Module, batch: Any) -> BatchView:
+        """Build the :class:`BatchView` for ``batch`` under ``model``."""
 
     def batch_size(self, batch: Any) -> int:
         """Number of scored outputs (for metrics and progress bars)."""

@@ -14,16 +14,16 @@ convolutions take edge features instead (e.g. GAT) pass ``forward=``: a callable
 :func:`edge_weight_as_edge_attr` for a ``GATConv(..., edge_dim=1)`` model (what PyG's contrib
 ``PRBCDAttack`` example does), or :class:`mmrobust.graph.models.GAT`, which accepts ``edge_weight``.
 
-Victim layout:
+BatchView layout:
 
 * units are graphs: one for ``Data`` (``inputs={"x": x[None]}``), ``G`` for a ``Batch``, whose node features
   are exposed densely as ``(G, max_nodes, F)`` (:func:`torch_geometric.utils.to_dense_batch`) with
   ``masks["x"]`` marking real nodes -- so the spine's PGD runs unchanged as a feature attack;
 * outputs are the scored nodes (``mask="test"`` etc.) or, for graph classification, the graphs;
-  ``Victim.unit`` maps them to their graph (all zero for one graph);
-* ``Victim.forward`` and ``Victim.rebuild`` also accept the optional keys ``"edge_index"`` and
+  ``BatchView.unit`` maps them to their graph (all zero for one graph);
+* ``BatchView.forward`` and ``BatchView.rebuild`` also accept the optional keys ``"edge_index"`` and
   ``"edge_weight"`` in the inputs dict, which replace the clean structure: this is how edge attacks run
-  the model on a perturbed graph and return it.  ``Victim.meta["graph"]`` is the
+  the model on a perturbed graph and return it.  ``BatchView.meta["graph"]`` is the
   :class:`GraphStructure` edge attacks read (clean edges, node -> graph map, targets, edge counts).
 """
 
@@ -37,7 +37,7 @@ from typing import Any, Callable, Dict, Optional, Union
 import torch
 from torch import Tensor
 
-from .base import BatchAdapter, Victim, register_adapter
+from .base import BatchAdapter, BatchView, register_adapter
 from .calls import graph_call
 from .graph_edges import AddedEdgeValues, check_added_edge_values, edge_attribute_keys, perturbed_graph
 
@@ -124,7 +124,7 @@ class GraphAdapter(BatchAdapter):
             edges always keep their own rows, and a perturbed ``Batch`` stays a valid batch
             (:func:`~mmrobust.adapters.graph_edges.perturbed_graph`).
 
-    For a ``Batch`` the victim can select graphs (``Victim.select``), so early stopping and
+    For a ``Batch`` the victim can select graphs (``BatchView.select``), so early stopping and
     ``AdversarialTraining(ratio < 1)`` work on graph batches as they do on images.
     """
 
@@ -194,7 +194,7 @@ class GraphAdapter(BatchAdapter):
             raise ValueError("data.y (labels) is needed to score an attack")
 
     # -- the victim --------------------------------------------------------------------------------
-    def victim(self, model, data, *, max_num_nodes: Optional[int] = None) -> Victim:
+    def victim(self, model, data, *, max_num_nodes: Optional[int] = None) -> BatchView:
         """The victim of ``data``; ``max_num_nodes`` pads a ``Batch``'s dense node layout to that size
         (selected sub-batches keep their parent's layout)."""
         from torch_geometric.utils import to_dense_batch
@@ -264,7 +264,7 @@ class GraphAdapter(BatchAdapter):
                 task == "graph" or self.mask is None or isinstance(self.mask, str)):
             pad = x_units.shape[1]
 
-            def select(index: Tensor) -> Victim:
+            def select(index: Tensor) -> BatchView:
                 from torch_geometric.data import Batch
 
                 sub = Batch.from_data_list(data.index_select(index.to("cpu")))
@@ -278,7 +278,7 @@ class GraphAdapter(BatchAdapter):
                                    node_unit=node_unit, ptr=ptr, targets=targets, undirected_edges=undirected,
                                    forward_with_edges=forward_with_edges, nodes_from_inputs=nodes_from_inputs,
                                    node_labels=None if task == "graph" else data.y.reshape(-1))
-        return Victim(inputs={"x": x_units}, target=y, forward=forward, rebuild=rebuild, unit=unit, masks=masks,
+        return BatchView(inputs={"x": x_units}, target=y, forward=forward, rebuild=rebuild, unit=unit, masks=masks,
                       select=select, meta={"graph": structure, "task": task})
 
     def batch_size(self, data) -> int:

@@ -1,6 +1,6 @@
 """Adapter for dict batches that carry several modalities, e.g. ``{"image": x, "audio": w, "y": y}``.
 
-Each named input becomes one attackable tensor of the :class:`Victim`, checked with its own modality's
+Each named input becomes one attackable tensor of the :class:`BatchView`, checked with its own modality's
 rules (images: float, batch first; audio: float waveform in [-1, 1], padding from lengths never
 perturbed). With a :class:`~mmrobust.threats.Joint` threat an attack perturbs several modalities at
 once, each within its own budget; naming only one modality in the threat attacks that one alone (the
@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .audio import AUDIO_KEYS, check_waveform, length_mask
-from .base import BatchAdapter, Victim, register_adapter
+from .base import BatchAdapter, BatchView, register_adapter
 from .calls import multimodal_call
 from .tensor import TARGET_KEYS, replace_entries, select_examples
 
@@ -74,7 +74,7 @@ class MultimodalAdapter(BatchAdapter):
                     return key
         return None
 
-    def victim(self, model, batch) -> Victim:
+    def victim(self, model, batch) -> BatchView:
         names, tk = self._names(batch)
         y = batch[tk]
         size = batch[names[0]].shape[0]
@@ -105,10 +105,10 @@ class MultimodalAdapter(BatchAdapter):
         def rebuild(inputs: Dict[str, Tensor]) -> Any:
             return replace_entries(batch, dict(inputs))
 
-        def select(index: Tensor) -> Victim:
+        def select(index: Tensor) -> BatchView:
             return self.victim(model, select_examples(batch, index, size))
 
-        return Victim(inputs={k: batch[k] for k in names}, target=y.long(), forward=forward, rebuild=rebuild,
+        return BatchView(inputs={k: batch[k] for k in names}, target=y.long(), forward=forward, rebuild=rebuild,
                       masks=masks, select=select, meta={"modalities": list(names)})
 
     def batch_size(self, batch) -> int:

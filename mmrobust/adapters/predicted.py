@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 
 from ..utils import normal_tensor
-from .base import BatchAdapter, Victim, infer_adapter
+from .base import BatchAdapter, BatchView, infer_adapter
 
 
 class PredictedLabelAdapter(BatchAdapter):
@@ -16,7 +16,7 @@ class PredictedLabelAdapter(BatchAdapter):
 
     A minimal-norm attack then measures the distance to the nearest point where the *prediction changes*,
     which is defined for misclassified inputs too (their distance to the region of the predicted class);
-    the true labels travel in ``Victim.meta["true_target"]`` (and ``AttackResult.extras``).
+    the true labels travel in ``BatchView.meta["true_target"]`` (and ``AttackResult.extras``).
     """
 
     def __init__(self, adapter: Optional[BatchAdapter] = None):
@@ -33,14 +33,14 @@ class PredictedLabelAdapter(BatchAdapter):
                 return _relabel(inner.select(index))
         meta = dict(inner.meta)
         meta["true_target"] = inner.target
-        return Victim(inputs=inner.inputs, target=prediction.to(inner.target.device), forward=inner.forward,
+        return BatchView(inputs=inner.inputs, target=prediction.to(inner.target.device), forward=inner.forward,
                       rebuild=inner.rebuild, unit=inner.unit, masks=inner.masks, select=select, meta=meta)
 
     def batch_size(self, batch):
         return (self.adapter or infer_adapter(batch)).batch_size(batch)
 
 
-def _relabel(victim: Victim) -> Victim:
+def _relabel(victim: BatchView) -> BatchView:
     with torch.no_grad():
         prediction = victim.forward({k: normal_tensor(v) for k, v in victim.inputs.items()}).argmax(1)
     victim.meta = dict(victim.meta, true_target=victim.target)

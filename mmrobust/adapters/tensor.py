@@ -7,7 +7,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Union
 import torch
 from torch import Tensor
 
-from .base import BatchAdapter, Victim, register_adapter
+from .base import BatchAdapter, BatchView, register_adapter
 
 Key = Union[int, str]
 
@@ -110,7 +110,7 @@ class TensorAdapter(BatchAdapter):
     def run(self, model: torch.nn.Module, x: Tensor, batch: Any) -> Tensor:
         return model(x) if self.forward_fn is None else self.forward_fn(model, x, batch)
 
-    def victim(self, model, batch) -> Victim:
+    def victim(self, model, batch) -> BatchView:
         ik, tk = self._keys(batch)
         x, y = _get(batch, ik), _get(batch, tk)
         self.check(x, y)
@@ -122,10 +122,10 @@ class TensorAdapter(BatchAdapter):
         def rebuild(inputs: Dict[str, Tensor]) -> Any:
             return replace_entries(batch, {ik: inputs[name]})
 
-        def select(index: Tensor) -> Victim:
+        def select(index: Tensor) -> BatchView:
             return self.victim(model, select_examples(batch, index, x.shape[0]))
 
-        return Victim(inputs={name: x}, target=y.long(), forward=forward, rebuild=rebuild, select=select,
+        return BatchView(inputs={name: x}, target=y.long(), forward=forward, rebuild=rebuild, select=select,
                       labels={name: f"the input batch[{ik!r}]"})
 
     def batch_size(self, batch) -> int:

@@ -23,7 +23,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..adapters.base import Victim
+from ..adapters.base import BatchView
 from ..errors import check_int, check_positive
 from ..threats.base import ThreatModel, per_unit
 from ..utils import kept_modes
@@ -128,7 +128,7 @@ class AmortizedAttack(Attack):
         if p is not None and p.device != torch.device(device):
             self.generator_net.to(device)
 
-    def _name(self, victim: Victim) -> str:
+    def _name(self, victim: BatchView) -> str:
         if len(victim.inputs) != 1:
             raise ValueError(f"AmortizedAttack attacks batches with one input, got {sorted(victim.inputs)}")
         return next(iter(victim.inputs))
@@ -147,7 +147,7 @@ class AmortizedAttack(Attack):
         with attack_mode(model):
             return self.update_on(victim_for(model, batch, self.adapter), target_labels=target_labels)
 
-    def update_on(self, victim: Victim, *, target_labels: Optional[Tensor] = None) -> float:
+    def update_on(self, victim: BatchView, *, target_labels: Optional[Tensor] = None) -> float:
         """:meth:`update` on a batch already read (inside :func:`~mmrobust.attacks.attack_mode`)."""
         if self.targeted and target_labels is None:
             raise ValueError("a targeted AmortizedAttack needs target_labels to train")
@@ -186,7 +186,7 @@ class AmortizedAttack(Attack):
                 break
         return history
 
-    def run_training(self, victim: Victim, threats=None, *, target_labels: Optional[Tensor] = None, objective=None):
+    def run_training(self, victim: BatchView, threats=None, *, target_labels: Optional[Tensor] = None, objective=None):
         """The perturbed inputs for training; ``online``: after ``online_steps`` generator updates on ``victim``."""
         if self.online:
             victim = prepared(victim)

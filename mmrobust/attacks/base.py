@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from ..adapters.base import BatchAdapter, Victim, infer_adapter
+from ..adapters.base import BatchAdapter, BatchView, infer_adapter
 from ..errors import NonFiniteError
 from ..threats.base import ThreatModel
 from ..utils import kept_modes, make_generator, normal_tensor
@@ -46,24 +46,24 @@ def attack_mode(model: nn.Module) -> Iterator[None]:
             p.grad = g
 
 
-def victim_for(model: nn.Module, batch: Any, adapter: Optional[BatchAdapter] = None) -> Victim:
-    """The :class:`Victim` of ``batch`` (adapter inferred when ``None``), ready for autograd."""
+def victim_for(model: nn.Module, batch: Any, adapter: Optional[BatchAdapter] = None) -> BatchView:
+    """The :class:`BatchView` of ``batch`` (adapter inferred when ``None``), ready for autograd."""
     return prepare_victim((adapter or infer_adapter(batch)).victim(model, batch))
 
 
-def prepared(victim: Victim) -> Victim:
+def prepared(victim: BatchView) -> BatchView:
     """A copy of ``victim`` ready for autograd (the victim given is left as it is)."""
     return prepare_victim(dataclasses.replace(victim))
 
 
-def prepare_victim(victim: Victim) -> Victim:
+def prepare_victim(victim: BatchView) -> BatchView:
     """Detach the victim's inputs and clone those created under ``inference_mode`` (Lightning's eval loops)."""
     victim.inputs = {k: normal_tensor(v).detach() for k, v in victim.inputs.items()}
     victim.target = normal_tensor(victim.target)
     return victim
 
 
-def check_logits(logits: Tensor, victim: Victim, where: str) -> None:
+def check_logits(logits: Tensor, victim: BatchView, where: str) -> None:
     if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != victim.num_outputs:
         shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
         raise ValueError(f"the model must return logits of shape (outputs, classes) = ({victim.num_outputs}, C) "
@@ -170,7 +170,7 @@ class Attack(ABC):
             self._generator.set_state(state["rng"])
 
     # -- threats per input ------------------------------------------------------------------------
-    def threats_for(self, victim: Victim) -> Dict[str, ThreatModel]:
+    def threats_for(self, victim: BatchView) -> Dict[str, ThreatModel]:
         if isinstance(self.threat, ThreatModel):
             if len(victim.inputs) != 1:
                 raise ValueError(f"this batch has several attackable inputs {sorted(victim.inputs)}; give the "
@@ -239,7 +239,7 @@ class Attack(ABC):
         return f"{type(self).__name__}({', '.join([t] + self.settings())})"
 
     # -- the call ---------------------------------------------------------------------------------
-    def checked_threats(self, victim: Victim) -> Dict[str, ThreatModel]:
+    def checked_threats(self, victim: BatchView) -> Dict[str, ThreatModel]:
         """The threat model of each attacked input, with the inputs checked against it.
 
         The same checks run for evaluation and for training: projecting out-of-box data would otherwise
@@ -265,9 +265,9 @@ class Attack(ABC):
             victim = victim_for(model, batch, self.adapter)
             return victim.rebuild(self.run_training(victim, target_labels=target_labels))
 
-    def run(self, victim: Victim, threats: Optional[Dict[str, ThreatModel]] = None, *,
+    def run(self, victim: BatchView, threats: Optional[Dict[str, ThreatModel]] = None, *,
             target_labels: Optional[Tensor] = None, objective: Optional[AttackObjective] = None) -> AttackResult:
-        """The attack on a batch already read (a :class:`Victim`, e.g. ``victim.select(units)``), inside
+        """The attack on a batch already read (a :class:`BatchView`, e.g. ``victim.select(units)``), inside
         :func:`attack_mode`: the clean pass and label checks, default targets, then :meth:`perturb` and
         :meth:`finish` on a per-call copy pursuing ``objective`` (default :meth:`objective_for`; its
         ``targets`` stand for ``target_labels``). Composites (ensembles, partly adversarial batches) call
@@ -295,11 +295,11 @@ class Attack(ABC):
         adv, logits, found = _unpack(call.perturb(victim, threats, target_labels, clean_logits))
         return mark_not_found(call.finish(victim, threats, adv, clean_logits, target_labels, logits), found, victim)
 
-    def run_training(self, victim: Victim, threats: Optional[Dict[str, ThreatModel]] = None, *,
+    def run_training(self, victim: BatchView, threats: Optional[Dict[str, ThreatModel]] = None, *,
                      target_labels: Optional[Tensor] = None,
                      objective: Optional[AttackObjective] = None) -> Dict[str, Tensor]:
         """The perturbed inputs of a batch already read, without evaluation passes (:meth:`generate`'s
-        work, for training code that holds a :class:`Victim`), inside :func:`attack_mode`."""
+        work, for training code that holds a :class:`BatchView`), inside :func:`attack_mode`."""
         if target_labels is None and objective is not None:
             target_labels = objective.targets
         if self.targeted and target_labels is None:
@@ -319,7 +319,7 @@ class Attack(ABC):
     #: and :meth:`run_training` make (:meth:`pursuing`), never by the user's attack
     objective: Optional[AttackObjective] = None
 
-    def objective_for(self, victim: Victim, target_labels: Optional[Tensor],
+    def objective_for(self, victim: BatchView, target_labels: Optional[Tensor],
                       clean_logits: Optional[Tensor]) -> AttackObjective:
         """The objective of a call on ``victim`` (``clean_logits`` ``None`` when training): the attack's
         loss; success means misclassified, or the target for targeted attacks. Attacks with a reference
@@ -332,12 +332,12 @@ class Attack(ABC):
         hand their members' objectives over this way when they call ``perturb`` directly."""
         return self.sharing_copy(objective=objective)
 
-    def _objective(self, victim: Victim, target_labels: Optional[Tensor]) -> AttackObjective:
+    def _objective(self, victim: BatchView, target_labels: Optional[Tensor]) -> AttackObjective:
         """The call's objective; outside a call (e.g. re-scoring a result) the default one."""
         return self.objective if self.objective is not None else self.objective_for(victim, target_labels, None)
 
     @abstractmethod
-    def perturb(self, victim: Victim, threats: Dict[str, ThreatModel], target_labels: Optional[Tensor],
+    def perturb(self, victim: BatchView, threats: Dict[str, ThreatModel], target_labels: Optional[Tensor],
                 clean_logits: Optional[Tensor]) -> Union[Dict[str, Tensor], tuple]:
         """Return perturbed inputs (a dict with the same keys as ``victim.inputs``); every attack implements
         it (abstract: configuration parsers such as LightningCLI then never try to build a bare ``Attack``).
@@ -349,15 +349,15 @@ class Attack(ABC):
         """
 
     # -- shared pieces ----------------------------------------------------------------------------
-    def output_loss(self, logits: Tensor, victim: Victim, target_labels: Optional[Tensor]) -> Tensor:
+    def output_loss(self, logits: Tensor, victim: BatchView, target_labels: Optional[Tensor]) -> Tensor:
         """Per-output loss of the call's objective (``target_labels``: those of the outputs given)."""
         return self._objective(victim, target_labels).loss(logits, victim.target, target_labels)
 
-    def is_success(self, logits: Tensor, victim: Victim, target_labels: Optional[Tensor]) -> Tensor:
+    def is_success(self, logits: Tensor, victim: BatchView, target_labels: Optional[Tensor]) -> Tensor:
         """Per output: the call's objective is reached."""
         return self._objective(victim, target_labels).success(logits, victim.target, target_labels)
 
-    def finish(self, victim: Victim, threats: Dict[str, ThreatModel], adv: Dict[str, Tensor],
+    def finish(self, victim: BatchView, threats: Dict[str, ThreatModel], adv: Dict[str, Tensor],
                clean_logits: Tensor, target_labels: Optional[Tensor],
                logits: Optional[Tensor] = None) -> AttackResult:
         adv = {k: v.detach() for k, v in adv.items()}
@@ -404,7 +404,7 @@ def private_value(value: Any) -> Any:
     return value
 
 
-def apply_masks(deltas: Dict[str, Tensor], victim: Victim) -> Dict[str, Tensor]:
+def apply_masks(deltas: Dict[str, Tensor], victim: BatchView) -> Dict[str, Tensor]:
     """Zero the perturbation where the adapter forbids changes (e.g. audio padding)."""
     if not victim.masks:
         return deltas

@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import Tensor
 
-from ..adapters.base import BatchAdapter, Victim, infer_adapter
+from ..adapters.base import BatchAdapter, BatchView, infer_adapter
 from ..threats.base import ThreatModel, per_unit
 from ..threats.verify import verify_run
 from ..utils import progress_bar
@@ -21,7 +21,7 @@ class Ensemble(Attack):
     .. math:: \\text{robust}(x) = \\bigwedge_{a \\in \\mathcal{A}} \\big[f(a(x)) = y\\big]
 
     Each attack runs only on the units still robust after the previous ones (through
-    ``Victim.select`` when the adapter offers it; otherwise on the whole batch, keeping earlier
+    ``BatchView.select`` when the adapter offers it; otherwise on the whole batch, keeping earlier
     successes). Per unit the returned point is the first successful attack's point (the clean input
     where the clean prediction is already wrong, the AutoAttack convention), so the ensemble's robust
     accuracy is never above the first member's nor above what each member found on the units it was
@@ -163,9 +163,9 @@ class Ensemble(Attack):
 
     def __call__(self, model, batch, *, target_labels: Optional[Tensor] = None) -> AttackResult:
         inferred: Dict[str, BatchAdapter] = {}
-        victims: Dict[int, Victim] = {}
+        victims: Dict[int, BatchView] = {}
 
-        def read(attack: Attack) -> Victim:
+        def read(attack: Attack) -> BatchView:
             """The batch as ``attack`` reads it: with its own adapter, or the one inferred from the batch."""
             adapter = attack.adapter or inferred.setdefault("adapter", infer_adapter(batch))
             if id(adapter) not in victims:
@@ -175,7 +175,7 @@ class Ensemble(Attack):
         with attack_mode(model):
             return self._run(read, target_labels)
 
-    def run(self, victim: Victim, threats=None, *, target_labels: Optional[Tensor] = None,
+    def run(self, victim: BatchView, threats=None, *, target_labels: Optional[Tensor] = None,
             objective=None) -> AttackResult:
         """The ensemble on a batch already read: every member attacks ``victim`` (or its units still robust)
         with its own objective."""
@@ -189,7 +189,7 @@ class Ensemble(Attack):
         result = self.run(victim, threats, target_labels=target_labels)
         return result.inputs, result.logits
 
-    def run_training(self, victim: Victim, threats=None, *, target_labels: Optional[Tensor] = None, objective=None):
+    def run_training(self, victim: BatchView, threats=None, *, target_labels: Optional[Tensor] = None, objective=None):
         """The perturbed inputs of a full ensemble evaluation (an ensemble needs its evaluations)."""
         return self.run(victim, threats, target_labels=target_labels, objective=objective).inputs
 

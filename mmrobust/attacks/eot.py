@@ -7,7 +7,7 @@ from typing import Any, Callable, Dict, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..adapters.base import Victim
+from ..adapters.base import BatchView
 from ..errors import check_int
 from ..threats.base import ThreatModel
 from .base import Attack, AttackResult
@@ -41,8 +41,8 @@ def _compose(transforms) -> Callable:
     return RandomTransforms(list(transforms))
 
 
-def eot_victim(victim: Victim, transform: Callable, samples: int,
-               generator: Optional[torch.Generator] = None) -> Victim:
+def eot_victim(victim: BatchView, transform: Callable, samples: int,
+               generator: Optional[torch.Generator] = None) -> BatchView:
     """A victim whose forward is the model's expected log-probability under random transforms.
 
     .. math:: \\tilde f(x) = \\frac1S \\sum_{s=1}^{S} \\log\\mathrm{softmax}\\, f(t_s(x)),\\quad t_s \\sim T
@@ -62,10 +62,10 @@ def eot_victim(victim: Victim, transform: Callable, samples: int,
             total = logp if total is None else total + logp
         return total / samples
 
-    def select(index: Tensor) -> Victim:
+    def select(index: Tensor) -> BatchView:
         return eot_victim(victim.select(index), transform, samples, generator)
 
-    return Victim(inputs=victim.inputs, target=victim.target, forward=forward, rebuild=victim.rebuild,
+    return BatchView(inputs=victim.inputs, target=victim.target, forward=forward, rebuild=victim.rebuild,
                   unit=victim.unit, masks=victim.masks, select=None if victim.select is None else select,
                   meta=victim.meta, deterministic=False)
 
@@ -134,7 +134,7 @@ class EOT(Attack):
         return out[0] if isinstance(out, tuple) else out
 
     @torch.no_grad()
-    def transformed_predictions(self, victim: Victim, inputs: Dict[str, Tensor], draws: int) -> Tensor:
+    def transformed_predictions(self, victim: BatchView, inputs: Dict[str, Tensor], draws: int) -> Tensor:
         """``(draws, outputs)`` predicted classes under fresh random transforms."""
         gen = self.generator()
         preds = [victim.forward({k: self.transform(v, gen) for k, v in inputs.items()}).argmax(1)

@@ -8,7 +8,7 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
-from ..adapters.base import Victim
+from ..adapters.base import BatchView
 from ..adapters.graph import GraphStructure
 from ..threats.base import ThreatModel
 from ..threats.graph import EdgeFlips
@@ -21,7 +21,7 @@ class EdgeProblem:
     """One edge attack's problem: the victim graph, its candidate pairs and per-graph flip budget.
 
     Attributes:
-        victim: the :class:`Victim` (scored outputs, labels, closures).
+        victim: the :class:`BatchView` (scored outputs, labels, closures).
         graph: its clean structure (:class:`GraphStructure`).
         x: clean node features in unit layout (``victim.inputs["x"]``).
         threat: the :class:`EdgeFlips` threat.
@@ -33,7 +33,7 @@ class EdgeProblem:
         target_labels: target classes of a targeted attack, else ``None``.
     """
 
-    victim: Victim
+    victim: BatchView
     graph: GraphStructure
     x: Tensor
     threat: EdgeFlips
@@ -80,8 +80,8 @@ class EdgeProblem:
 class GraphAttack(Attack):
     """Base for attacks on PyG graphs that may flip edges (:class:`EdgeFlips`) and perturb node features.
 
-    ``threat`` is an :class:`EdgeFlips`, a feature threat (e.g. :func:`~mmrobust.threats.graph.FeatureBall`),
-    or a mapping ``{"edges": EdgeFlips(...), "x": FeatureBall(...)}`` for a joint attack.  The result's
+    ``threat`` is an :class:`EdgeFlips`, a feature threat (e.g. :func:`~mmrobust.threats.graph.feature_ball`),
+    or a mapping ``{"edges": EdgeFlips(...), "x": feature_ball(...)}`` for a joint attack.  The result's
     ``inputs`` hold the perturbed ``"x"`` (unit layout), ``"edge_index"``/``"edge_weight"`` and the
     ``"flipped_edges"`` ``(2, K)`` (row < col); ``size["edges"]`` counts flips per graph.  ``result.batch``
     is a whole graph: every per-edge attribute follows its edge (:mod:`mmrobust.adapters.graph_edges`).
@@ -104,7 +104,7 @@ class GraphAttack(Attack):
             return None
         return self.threat.get("edges")
 
-    def threats_for(self, victim: Victim) -> Dict[str, ThreatModel]:
+    def threats_for(self, victim: BatchView) -> Dict[str, ThreatModel]:
         if "graph" not in victim.meta:
             raise TypeError("graph attacks need a GraphAdapter victim (a torch_geometric Data or Batch)")
         if isinstance(self.threat, EdgeFlips):
@@ -117,7 +117,7 @@ class GraphAttack(Attack):
             raise KeyError(f"graph threats name inputs {sorted(unknown)}; use 'edges' and 'x'")
         return features
 
-    def edge_problem(self, victim: Victim, target_labels: Optional[Tensor] = None) -> EdgeProblem:
+    def edge_problem(self, victim: BatchView, target_labels: Optional[Tensor] = None) -> EdgeProblem:
         """What every edge attack starts from: the graph, its features, the candidate pairs, the per-graph
         flip budget and the attack's generator."""
         graph: GraphStructure = victim.meta["graph"]
@@ -156,12 +156,12 @@ class GraphAttack(Attack):
         return result
 
     # -- shared helpers ----------------------------------------------------------------------------
-    def graph_objective(self, logits: Tensor, victim: Victim, target_labels) -> Tuple[Tensor, Tensor]:
+    def graph_objective(self, logits: Tensor, victim: BatchView, target_labels) -> Tuple[Tensor, Tensor]:
         """Scalar objective (sum over graphs of the mean loss of their outputs) and per-output loss."""
         loss = self.output_loss(logits, victim, target_labels)
         return victim.per_unit(loss, "mean").sum(), loss
 
-    def unit_score(self, logits: Tensor, victim: Victim, target_labels) -> Tuple[Tensor, Tensor]:
+    def unit_score(self, logits: Tensor, victim: BatchView, target_labels) -> Tuple[Tensor, Tensor]:
         """Per unit: (number of successful outputs, mean loss), compared lexicographically (:func:`better`)."""
         succ = victim.per_unit(self.is_success(logits, victim, target_labels).float())
         return succ, victim.per_unit(self.output_loss(logits, victim, target_labels), "mean")

@@ -15,13 +15,13 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from ..adapters.base import Victim
+from ..adapters.base import BatchView
 from ..errors import NonFiniteError
 from ..threats.base import ThreatModel, per_unit
 from .base import prepare_victim
 
 
-def input_gradients(attack, victim: Victim, x: Dict[str, Tensor], delta: Dict[str, Tensor],
+def input_gradients(attack, victim: BatchView, x: Dict[str, Tensor], delta: Dict[str, Tensor],
                     target_labels: Optional[Tensor], need_grad: bool = True):
     """One forward (and backward) pass at ``x + delta``.
 
@@ -58,20 +58,20 @@ def require_input_graph(out: Tensor, leaves: Dict[str, Tensor]) -> None:
         "robustness (Athalye et al. 2018, https://arxiv.org/abs/1802.00420)")
 
 
-def unit_scores(attack, victim: Victim, logits: Tensor, loss: Tensor,
+def unit_scores(attack, victim: BatchView, logits: Tensor, loss: Tensor,
                 target_labels: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
     """Per unit: the number of outputs where the attack's goal holds, and the summed loss."""
     succ = victim.per_unit(attack.is_success(logits, victim, target_labels).float())
     return succ, victim.per_unit(loss)
 
 
-def may_drop_units(victim: Victim) -> bool:
+def may_drop_units(victim: BatchView) -> bool:
     """Whether an evaluating attack may take units out of its working batch once they are adversarial:
     the forward is deterministic (one success is final), outputs are units, and the adapter can select."""
     return victim.deterministic and victim.unit is None and victim.select is not None
 
 
-def initial_delta(victim: Victim, threats: Dict[str, ThreatModel], generator: Optional[torch.Generator],
+def initial_delta(victim: BatchView, threats: Dict[str, ThreatModel], generator: Optional[torch.Generator],
                   random: bool, units: Optional[Tensor] = None) -> Dict[str, Tensor]:
     """A run's starting perturbation: a random point of each ball, or zero.
 
@@ -86,7 +86,7 @@ def initial_delta(victim: Victim, threats: Dict[str, ThreatModel], generator: Op
     return delta if units is None else {k: d[units] for k, d in delta.items()}
 
 
-def restrict(victim: Victim, units: Optional[Tensor], target_labels: Optional[Tensor],
+def restrict(victim: BatchView, units: Optional[Tensor], target_labels: Optional[Tensor],
              threats: Dict[str, ThreatModel]):
     """The victim, target labels and threat models restricted to ``units`` (``None``: all)."""
     if units is None or units.numel() == victim.num_units:
@@ -125,7 +125,7 @@ class BestPoint:
         """The units not yet adversarial (an early-stopping attack's work)."""
         return (self.succ < 1).nonzero().squeeze(1)
 
-    def update(self, victim: Victim, delta: Dict[str, Tensor], logits: Tensor, succ_units: Tensor,
+    def update(self, victim: BatchView, delta: Dict[str, Tensor], logits: Tensor, succ_units: Tensor,
                loss_units: Tensor, at: Optional[Tensor] = None) -> None:
         """Keep the better of the stored and the given points; ``at``: the units the given values belong
         to when a run works on a subset (one output per unit)."""
@@ -163,12 +163,12 @@ class BestPoint:
         self.succ[units], self.loss[units] = part.succ, part.loss
         self.logits[units] = part.logits
 
-    def adversarial(self, victim: Victim) -> Dict[str, Tensor]:
+    def adversarial(self, victim: BatchView) -> Dict[str, Tensor]:
         """The victim's inputs moved to the best points."""
         return perturbed(victim, self.delta)
 
 
-def perturbed(victim: Victim, delta: Dict[str, Tensor]) -> Dict[str, Tensor]:
+def perturbed(victim: BatchView, delta: Dict[str, Tensor]) -> Dict[str, Tensor]:
     """``victim.inputs`` plus ``delta`` (inputs without a perturbation stay clean)."""
     x = victim.inputs
     return {k: x[k] + delta[k] if k in delta else x[k] for k in x}
@@ -199,7 +199,7 @@ class TargetClassRuns:
             return logits.argmax(1) == targets
         return logits.argmax(1) != labels
 
-    def target_classes(self, victim: Victim, clean_logits: Tensor) -> List[Tensor]:
+    def target_classes(self, victim: BatchView, clean_logits: Tensor) -> List[Tensor]:
         """The most likely wrong classes of the clean input, most likely first, one tensor per rank."""
         n_classes = clean_logits.shape[1]
         ranked = clean_logits.masked_fill(torch.nn.functional.one_hot(victim.target, n_classes).bool(),

@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..adapters.base import Victim
+from ..adapters.base import BatchView
 from ..errors import LabelError
 
 __all__ = ["check_labels", "label_checked"]
@@ -23,7 +23,7 @@ def check_labels(labels: Tensor, n_classes: int, name: str = "labels") -> None:
                          f"indices in [0, C - 1]), got values in [{low}, {high}]")
 
 
-def label_checked(victim: Victim, target_labels: Optional[Tensor] = None) -> Victim:
+def label_checked(victim: BatchView, target_labels: Optional[Tensor] = None) -> BatchView:
     """``victim`` whose first forward pass checks the labels (and ``target_labels``) against the number of
     outputs, before any loss reads them; for entry points without a clean pass (``generate``)."""
     forward = victim.forward

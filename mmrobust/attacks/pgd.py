@@ -43,7 +43,7 @@ class PGD(Attack):
             on for its private copies of the attacks, as does :class:`~mmrobust.callbacks.RobustnessEvaluation`
             for attacks that feed no ``result_metrics``. ``generate`` (training)
             never stops early, so adversarial training maximises the loss on every example, and neither
-            do victims with a sampling forward (``Victim.deterministic=False``, e.g. :class:`EOT`).
+            do victims with a sampling forward (``BatchView.deterministic=False``, e.g. :class:`EOT`).
 
     Example:
         >>> from mmrobust.threats import LinfBall

@@ -63,9 +63,9 @@ class PRBCD(GraphAttack):
     the rest of its budget from the block pairs with the largest loss gradient at that discrete graph, kept
     only if the graph's score does not drop -- the attack spends its whole budget whenever that helps.
 
-    With a feature threat (``{"edges": EdgeFlips(...), "x": FeatureBall(...)}``) the node features take
+    With a feature threat (``{"edges": EdgeFlips(...), "x": feature_ball(...)}``) the node features take
     a projected steepest-ascent step on the same objective each epoch (joint attack); binary features
-    (``FeatureBall(k, "bits")``) are rounded to ``k`` real bit flips at the end.
+    (``feature_ball(k, "bits")``) are rounded to ``k`` real bit flips at the end.
 
     Args:
         block_size: number of candidate pairs in the block (memory ~ ``edges + block_size``; must exceed the

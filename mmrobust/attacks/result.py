@@ -8,7 +8,7 @@ from typing import Any, Dict, Optional
 import torch
 from torch import Tensor
 
-from ..adapters.base import Victim
+from ..adapters.base import BatchView
 
 
 @dataclass
@@ -79,7 +79,7 @@ class AttackResult:
         return s if self.unit is None else s[self.unit]
 
 
-def mark_not_found(result: "AttackResult", found: Optional[Tensor], victim: Victim) -> "AttackResult":
+def mark_not_found(result: "AttackResult", found: Optional[Tensor], victim: BatchView) -> "AttackResult":
     """Minimal-norm attacks: units where no adversarial point was found get size ``inf`` and no success."""
     if found is not None:
         for name in result.size:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..adapters.base import Victim
+from ..adapters.base import BatchView
 from ..errors import check_int, check_positive
 from ..threats.base import ThreatModel
 from ..threats.norms import L1Ball, L2Ball, LinfBall
@@ -98,7 +98,7 @@ class UniversalPerturbation(Attack):
             adv = adv.clamp(self.threat.lower, self.threat.upper)
         return adv
 
-    def _victim(self, model: nn.Module, batch: Any) -> Victim:
+    def _victim(self, model: nn.Module, batch: Any) -> BatchView:
         victim = victim_for(model, batch, self.adapter)
         if len(victim.inputs) != 1:
             raise ValueError(f"a universal perturbation needs a batch with one attackable input, got {sorted(victim.inputs)}")
@@ -144,7 +144,7 @@ class UniversalPerturbation(Attack):
                         self.delta = self._budget_project(stepped).detach()
         return self.delta
 
-    def verified_threats(self, victim: Victim) -> Dict[str, ThreatModel]:
+    def verified_threats(self, victim: BatchView) -> Dict[str, ThreatModel]:
         """The balls every returned point keeps, for :func:`~mmrobust.threats.verify.verify_result`.
 
         A relative budget (``SNRBall``, ``PeakDBBall``) holds for the universal delta at the reference signal,

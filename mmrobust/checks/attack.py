@@ -15,7 +15,7 @@ from typing import Any, List, Mapping, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..adapters.base import BatchAdapter, Victim, infer_adapter
+from ..adapters.base import BatchAdapter, BatchView, infer_adapter
 from ..attacks.base import Attack
 from ..attacks.losses import margin
 from ..threats.graph import EdgeFlips
@@ -174,9 +174,9 @@ class _TracingAdapter(BatchAdapter):
         self.inner = inner
         self.modality = inner.modality
         self.logits: List[Tensor] = []
-        self.victims: List[Victim] = []
+        self.victims: List[BatchView] = []
 
-    def victim(self, model: nn.Module, batch: Any) -> Victim:
+    def victim(self, model: nn.Module, batch: Any) -> BatchView:
         victim = self.inner.victim(model, batch)
         forward = victim.forward
 
@@ -197,7 +197,7 @@ def loss_trace(model: nn.Module, batch: Any, attack: Attack) -> Optional[LossTra
     """Rerun ``attack`` (a PGD or APGD family attack; a private copy, reseeded, without early stopping) on
     ``batch`` and record the logit margin at every iterate; ``None`` when the attack is not of that family.
 
-    The trace comes from wrapping the attack's adapter (every ``Victim.forward`` call is recorded), so the
+    The trace comes from wrapping the attack's adapter (every ``BatchView.forward`` call is recorded), so the
     attacks themselves carry no tracing code. PGD (keeping the best iterate) and APGD make ``steps + 1``
     forward passes per run after one clean pass. Cost: one run of the attack on ``batch``.
     """

@@ -1,6 +1,6 @@
 """Checks on the model itself, run on a few clean units before trusting any attack.
 
-Each takes the :class:`~mmrobust.adapters.base.Victim` of those units (the adapter's view of the batch, as
+Each takes the :class:`~mmrobust.adapters.base.BatchView` of those units (the adapter's view of the batch, as
 attacks see it) and costs at most two forward and two backward passes on them. They must run inside
 :func:`~mmrobust.attacks.base.attack_mode` (eval mode, parameters frozen, everything restored afterwards),
 which :class:`~mmrobust.checks.FailureChecks` does.
@@ -13,7 +13,7 @@ from typing import Dict, Optional
 import torch
 from torch import Tensor
 
-from ..adapters.base import Victim
+from ..adapters.base import BatchView
 from ..attacks.losses import cross_entropy, margin
 from ..threats.base import ThreatModel
 from ..utils import randn
@@ -21,7 +21,7 @@ from .base import CheckResult, not_applicable, register
 
 
 @register("randomised_forward", "model", "two clean forward passes give different outputs")
-def randomised_forward(victim: Victim, *, rtol: float = 1e-4) -> CheckResult:
+def randomised_forward(victim: BatchView, *, rtol: float = 1e-4) -> CheckResult:
     """Two clean forward passes in eval mode differ: the model samples (dropout left on, input noise,
     random transformations), so one attack run samples one draw of a random function, gradients are noisy
     and a "robust" unit may just have been lucky (Athalye et al. 2018, https://arxiv.org/abs/1802.00420,
@@ -49,7 +49,7 @@ def randomised_forward(victim: Victim, *, rtol: float = 1e-4) -> CheckResult:
 
 
 @register("probability_outputs", "model", "the model returns probabilities instead of logits")
-def probability_outputs(victim: Victim, *, atol: float = 1e-3) -> CheckResult:
+def probability_outputs(victim: BatchView, *, atol: float = 1e-3) -> CheckResult:
     """The outputs are non-negative and every row sums to 1: the model ends in a softmax. Attacks take
     cross-entropy (and DLR, margin) of *logits*; on probabilities the loss saturates and its gradient
     vanishes for confident units (Carlini & Wagner 2017, https://arxiv.org/abs/1608.04644, Sec. 5.2;
@@ -69,7 +69,7 @@ def probability_outputs(victim: Victim, *, atol: float = 1e-3) -> CheckResult:
                        else "", values={"max_row_sum_error": worst, "nonnegative": float(nonneg)})
 
 
-def _loss_and_grads(victim: Victim, inputs: Dict[str, Tensor], names, loss_fn) -> tuple:
+def _loss_and_grads(victim: BatchView, inputs: Dict[str, Tensor], names, loss_fn) -> tuple:
     """Per-output loss at ``inputs`` and its gradient with respect to ``inputs[name]`` for ``names``
     (zeros where the loss does not depend on an input through autograd)."""
     leaves = {k: v.detach().clone().requires_grad_(True) if k in names else v for k, v in inputs.items()}
@@ -84,7 +84,7 @@ def _loss_and_grads(victim: Victim, inputs: Dict[str, Tensor], names, loss_fn) -
     return loss.detach(), grads, loss.requires_grad
 
 
-def _per_unit_norm(victim: Victim, grads: Dict[str, Tensor]) -> Tensor:
+def _per_unit_norm(victim: BatchView, grads: Dict[str, Tensor]) -> Tensor:
     """Per unit, the L2 norm of the gradient over all inputs (NaN if any entry is not finite)."""
     total = None
     for k, g in grads.items():
@@ -98,7 +98,7 @@ def _per_unit_norm(victim: Victim, grads: Dict[str, Tensor]) -> Tensor:
     return total.sqrt()
 
 
-def start_points(victim: Victim, threats: Dict[str, ThreatModel], generator: Optional[torch.Generator]):
+def start_points(victim: BatchView, threats: Dict[str, ThreatModel], generator: Optional[torch.Generator]):
     """The clean inputs and one random start of the attack's threat models (where it draws random starts)."""
     points = {"the clean input": dict(victim.inputs)}
     if threats:
@@ -113,7 +113,7 @@ def start_points(victim: Victim, threats: Dict[str, ThreatModel], generator: Opt
 
 
 @register("zero_gradients", "model", "zero or non-finite input gradients at the start points")
-def zero_gradients(victim: Victim, threats: Dict[str, ThreatModel], generator: Optional[torch.Generator] = None,
+def zero_gradients(victim: BatchView, threats: Dict[str, ThreatModel], generator: Optional[torch.Generator] = None,
                    *, edge_weights: bool = False) -> CheckResult:
     """Units whose input gradient of the cross-entropy is exactly zero or not finite at the clean input or
     at a random start of the threat model: a gradient attack cannot move from there, so they stay "robust"
@@ -158,7 +158,7 @@ def zero_gradients(victim: Victim, threats: Dict[str, ThreatModel], generator: O
 
 
 @register("gradient_masking", "model", "input gradient disagrees with a finite-difference estimate")
-def gradient_masking(victim: Victim, threats: Dict[str, ThreatModel], generator: Optional[torch.Generator] = None,
+def gradient_masking(victim: BatchView, threats: Dict[str, ThreatModel], generator: Optional[torch.Generator] = None,
                      *, scale: float = 0.1, rtol: float = 0.5, max_fraction: float = 0.25) -> CheckResult:
     """Non-differentiable or gradient-masking components: along a random direction :math:`d` the directional
     derivative autograd reports, :math:`\\nabla_x L(x)^\\top d`, disagrees with the central finite difference

@@ -1,4 +1,4 @@
-"""Reading a batch for the geometry estimators: the same adapters and ``Victim`` the attacks use."""
+"""Reading a batch for the geometry estimators: the same adapters and ``BatchView`` the attacks use."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
-from ..adapters.base import Victim
+from ..adapters.base import BatchView
 from ..attacks.base import victim_for
 from ..threats.base import ThreatModel
 
 __all__ = ["victim_for", "single_input", "forward_at", "flat", "unit_norm", "check_threat"]
 
 
-def single_input(victim: Victim, input_name: Optional[str]) -> Tuple[str, Tensor]:
+def single_input(victim: BatchView, input_name: Optional[str]) -> Tuple[str, Tensor]:
     """The one input a geometric quantity is measured on (``input_name`` picks it when there are several)."""
     input_name = victim.input_name(input_name)
     x = victim.inputs[input_name]
@@ -23,7 +23,7 @@ def single_input(victim: Victim, input_name: Optional[str]) -> Tuple[str, Tensor
     return input_name, x
 
 
-def forward_at(victim: Victim, name: str, value: Tensor) -> Tensor:
+def forward_at(victim: BatchView, name: str, value: Tensor) -> Tensor:
     """Logits with input ``name`` replaced by ``value`` (other inputs clean)."""
     inputs: Dict[str, Tensor] = dict(victim.inputs)
     inputs[name] = value
@@ -34,7 +34,7 @@ def flat(t: Tensor) -> Tensor:
     return t.reshape(t.shape[0], -1)
 
 
-def unit_norm(victim: Victim, per_output_sq: Tensor) -> Tensor:
+def unit_norm(victim: BatchView, per_output_sq: Tensor) -> Tensor:
     """Euclidean norm per unit from per-output squared norms."""
     return victim.per_unit(per_output_sq, "sum").clamp_min(0).sqrt()
 

@@ -19,7 +19,7 @@ from typing import Any, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..adapters.base import BatchAdapter, Victim
+from ..adapters.base import BatchAdapter, BatchView
 from ..attacks.base import attack_mode
 from ..attacks.losses import get_loss
 from ..errors import NonFiniteError, check_choice, check_positive
@@ -28,7 +28,7 @@ from ._victim import flat, forward_at, single_input, victim_for
 DIRECTIONS = ("sign", "gradient")
 
 
-def loss_input_gradient(victim: Victim, name: str, x: Tensor, loss_fn, create_graph: bool = False
+def loss_input_gradient(victim: BatchView, name: str, x: Tensor, loss_fn, create_graph: bool = False
                         ) -> Tuple[Tensor, Tensor]:
     """Per-output loss at ``x`` and the gradient of its sum with respect to ``x``."""
     leaf = x if (create_graph and x.requires_grad) else x.detach().requires_grad_(True)
@@ -48,7 +48,7 @@ def curvature_direction(grad: Tensor, direction: str = "sign") -> Tensor:
     return z.reshape(grad.shape).detach()
 
 
-def hessian_vector_norm(victim: Victim, name: str, x: Tensor, loss_fn, h: float, direction: str = "sign",
+def hessian_vector_norm(victim: BatchView, name: str, x: Tensor, loss_fn, h: float, direction: str = "sign",
                         create_graph: bool = False, z: Optional[Tensor] = None) -> Tensor:
     """Per-unit :math:`\\|\\nabla\\ell(x + h z) - \\nabla\\ell(x)\\|_2 / h` (CURE, Eq. 6). Differentiable with
     respect to the model's parameters when ``create_graph`` is true (the regulariser)."""

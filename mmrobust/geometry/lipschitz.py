@@ -20,7 +20,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from ..adapters.base import BatchAdapter, Victim
+from ..adapters.base import BatchAdapter, BatchView
 from ..attacks.base import attack_mode, check_logits
 from ..errors import NonFiniteError, check_choice, check_int, check_positive
 from ..threats.base import ThreatModel
@@ -28,7 +28,7 @@ from ..utils import make_generator
 from ._victim import check_threat, forward_at, single_input, victim_for
 
 
-def output_distance(victim: Victim, a: Tensor, b: Tensor, p: float = 2) -> Tensor:
+def output_distance(victim: BatchView, a: Tensor, b: Tensor, p: float = 2) -> Tensor:
     """Per-unit :math:`\\|f(x_1) - f(x_2)\\|_p` of two logit tensors ``(outputs, C)`` (p in {1, 2, inf})."""
     diff = (a - b).abs()
     if p == 2:
@@ -38,7 +38,7 @@ def output_distance(victim: Victim, a: Tensor, b: Tensor, p: float = 2) -> Tenso
     return victim.per_unit(diff.amax(1), "amax")
 
 
-def difference_quotient(victim: Victim, name: str, threat: ThreatModel, x1: Tensor, x2: Tensor,
+def difference_quotient(victim: BatchView, name: str, threat: ThreatModel, x1: Tensor, x2: Tensor,
                         p: float = 2, logits: Optional[tuple] = None) -> Tensor:
     """Per-unit :math:`\\|f(x_1) - f(x_2)\\|_p / \\|x_1 - x_2\\|` (differentiable)."""
     f1, f2 = logits if logits is not None else (forward_at(victim, name, x1), forward_at(victim, name, x2))
@@ -50,7 +50,7 @@ def difference_quotient(victim: Victim, name: str, threat: ThreatModel, x1: Tens
 class LipschitzPairs:
     """The pairs found by :func:`adversarial_pairs` and their difference quotients (per unit)."""
 
-    victim: Victim
+    victim: BatchView
     name: str
     x1: Tensor
     x2: Tensor

@@ -89,7 +89,7 @@ def decision_slice(model: nn.Module, batch: Any, *, index: int = 0, extent: Unio
         if index >= xs.shape[0]:
             raise ValueError(f"index must lie in [0, {xs.shape[0] - 1}] for this batch, got {index}")
         if full.select is None:
-            raise ValueError("this batch's adapter cannot select single units (Victim.select is None)")
+            raise ValueError("this batch's adapter cannot select single units (BatchView.select is None)")
         victim = prepare_victim(full.select(torch.tensor([index], device=xs.device)))
         x = victim.inputs[name]
         with torch.no_grad():

@@ -7,7 +7,7 @@ setting of Gosch et al. 2023, https://arxiv.org/abs/2306.15427):
 
 where the inner maximisation is an edge attack (e.g. :class:`~mmrobust.attacks.PRBCD` with a
 ``GraphAdapter(mask="train")``) or a feature attack (:class:`~mmrobust.attacks.PGD` over a
-:func:`~mmrobust.threats.graph.FeatureBall`) on the *training* graph; with
+:func:`~mmrobust.threats.graph.feature_ball`) on the *training* graph; with
 :func:`~mmrobust.graph.data.inductive_split` the test nodes are never seen during training.
 
 With Lightning, use :class:`NodeClassifier` with the library's

@@ -2,7 +2,7 @@
 
 from .audio import PeakDBBall, SNRBall, db_x, snr_db
 from .base import ThreatModel, db_to_ratio, per_unit
-from .graph import BinaryFeatureFlips, EdgeFlips, FeatureBall
+from .graph import BinaryFeatureFlips, EdgeFlips, FeatureBall, feature_ball
 from .joint import Joint
 from .latent import LatentAdapter, LatentBall
 from .norms import L1Ball, L2Ball, LinfBall
@@ -18,5 +18,5 @@ __all__ = [
     # several inputs, latent space, weight space
     "Joint", "LatentBall", "LatentAdapter", "WeightBall", "perturbed_weights", "PerUnitRadius",
     # graph structure and node features
-    "EdgeFlips", "FeatureBall", "BinaryFeatureFlips",
+    "EdgeFlips", "feature_ball", "FeatureBall", "BinaryFeatureFlips",
 ]

@@ -234,12 +234,13 @@ class BinaryFeatureFlips(L1Ball):
         return torch.where(keep, 1 - 2 * xf, torch.zeros_like(xf)).reshape(x.shape)
 
 
-def FeatureBall(eps: float, norm: str = "linf", *, lower: Optional[float] = None,
-                upper: Optional[float] = None) -> ThreatModel:
+def feature_ball(eps: float, norm: str = "linf", *, lower: Optional[float] = None,
+                 upper: Optional[float] = None) -> ThreatModel:
     """Node-feature threat model: ``norm="linf"`` / ``"l2"`` (the core balls, with an optional value box)
     or ``"bits"`` (:class:`BinaryFeatureFlips`, ``eps`` = number of flipped bits per graph).
 
-    Budgets are per unit (one graph; for a :class:`~torch_geometric.data.Batch` per graph).
+    Budgets are per unit (one graph; for a :class:`~torch_geometric.data.Batch` per graph). A function that
+    picks a threat model class, hence the snake_case name; ``FeatureBall`` is its earlier name (an alias).
     """
     check_finite_nonneg("eps", eps)
     if norm == "linf":
@@ -251,3 +252,7 @@ def FeatureBall(eps: float, norm: str = "linf", *, lower: Optional[float] = None
             raise ValueError("norm='bits' works on binary features in [0, 1]; leave lower/upper unset")
         return BinaryFeatureFlips(eps)
     raise ValueError(f"norm must be one of ['bits', 'l2', 'linf'], got {norm!r}")
+
+
+#: the earlier, class-like name of :func:`feature_ball` (kept so that user code and recipes keep working)
+FeatureBall = feature_ball

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, List, Optional
 import torch
 from torch import Tensor, nn
 
-from ..adapters.base import BatchAdapter, Victim, infer_adapter
+from ..adapters.base import BatchAdapter, BatchView, infer_adapter
 from ..errors import check_choice
 from ..utils import kept_modes
 from .base import ThreatModel
@@ -109,7 +109,7 @@ class LatentBall(ThreatModel):
 
 class LatentAdapter(BatchAdapter):
     """Wraps a batch adapter: the attackable input becomes :math:`z = \\mathrm{enc}(x)`, forward and rebuild
-    decode :math:`x = \\mathrm{dec}(z)` first. ``Victim.meta["latent_of"]`` names the wrapped input."""
+    decode :math:`x = \\mathrm{dec}(z)` first. ``BatchView.meta["latent_of"]`` names the wrapped input."""
 
     def __init__(self, threat: LatentBall, base: Optional[BatchAdapter] = None, input_name: Optional[str] = None):
         if not isinstance(threat, LatentBall):
@@ -119,10 +119,10 @@ class LatentAdapter(BatchAdapter):
         self.input_name = input_name
         self.modality = getattr(base, "modality", "latent")
 
-    def victim(self, model: nn.Module, batch: Any) -> Victim:
+    def victim(self, model: nn.Module, batch: Any) -> BatchView:
         return self.latent_victim((self.base or infer_adapter(batch)).victim(model, batch))
 
-    def latent_victim(self, inner: Victim) -> Victim:
+    def latent_victim(self, inner: BatchView) -> BatchView:
         """The latent-space view of an input-space victim."""
         name = inner.input_name(self.input_name)
         x = inner.inputs[name]
@@ -147,7 +147,7 @@ class LatentAdapter(BatchAdapter):
                 return self.latent_victim(inner.select(index))
 
         others = {k: v for k, v in inner.inputs.items() if k != name}
-        return Victim(inputs={name: z, **others}, target=inner.target, forward=forward, rebuild=rebuild,
+        return BatchView(inputs={name: z, **others}, target=inner.target, forward=forward, rebuild=rebuild,
                       unit=inner.unit, masks={k: m for k, m in inner.masks.items() if k != name},
                       select=select, meta=dict(inner.meta, latent_of=name))
 

@@ -29,7 +29,7 @@ from typing import Any, Dict, Optional
 import torch
 from torch import Tensor
 
-from ..adapters.base import Victim, infer_adapter
+from ..adapters.base import BatchView, infer_adapter
 from ..errors import BudgetViolation
 from .base import ThreatModel, per_unit
 from .graph import EdgeFlips, count_undirected_edges, undirected_pairs
@@ -154,7 +154,7 @@ def _graph_violations(threat: EdgeFlips, graph: Any, adv_edge_index: Optional[Te
     return out
 
 
-def violations(victim: Victim, adv_inputs: Dict[str, Tensor], threats: Dict[str, ThreatModel]) -> Dict[str, Dict[str, Tensor]]:
+def violations(victim: BatchView, adv_inputs: Dict[str, Tensor], threats: Dict[str, ThreatModel]) -> Dict[str, Dict[str, Tensor]]:
     """Per threatened input, ``{reason: per-unit bool}`` for the returned inputs ``adv_inputs`` measured
     against the clean ``victim`` (empty: every point inside its threat model)."""
     out = {}
@@ -184,7 +184,7 @@ def verify_result(attack: Any, model: torch.nn.Module, batch: Any, result: Any) 
     return verify_run(attack, (attack.adapter or infer_adapter(batch)).victim(model, batch), result)
 
 
-def verify_run(attack: Any, victim: Victim, result: Any) -> Any:
+def verify_run(attack: Any, victim: BatchView, result: Any) -> Any:
     """:func:`verify_result` for a result of ``attack.run(victim)`` (a batch already read)."""
     # an attack whose budget is not the per-input one (a universal delta) says which balls its points must keep
     threats = getattr(attack, "verified_threats", attack.threats_for)(victim)
@@ -201,7 +201,7 @@ def verify_run(attack: Any, victim: Victim, result: Any) -> Any:
     return _drop(attack, victim, result, found)
 
 
-def _drop(attack: Any, victim: Victim, result: Any, found: Dict[str, Dict[str, Tensor]]) -> Any:
+def _drop(attack: Any, victim: BatchView, result: Any, found: Dict[str, Dict[str, Tensor]]) -> Any:
     outside = torch.zeros(victim.num_units, dtype=torch.bool, device=result.logits.device)
     for reasons in found.values():
         for mask in reasons.values():

@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from ..adapters.base import BatchAdapter, Victim, stage_adapter
+from ..adapters.base import BatchAdapter, BatchView, stage_adapter
 from ..attacks.base import Attack, attack_mode
 from ..errors import check_choice, check_finite_nonneg, check_fraction, check_positive
 from ..objectives import OBJECTIVES, ccat_loss, mart_loss, trades_loss
@@ -106,11 +106,11 @@ class RobustClassifier(pl.LightningModule):
         explicit = self.adapter or (self.attack.adapter if self.attack is not None else None)
         return stage_adapter(batch, stage, explicit)
 
-    def victim(self, batch: Any, stage: str = "train") -> Victim:
+    def victim(self, batch: Any, stage: str = "train") -> BatchView:
         """The batch read for ``stage``: a graph's train/val/test nodes unless an adapter was given."""
         return self._adapter(batch, stage).victim(self, batch)
 
-    def _adversarial_inputs(self, victim: Victim) -> Dict[str, Tensor]:
+    def _adversarial_inputs(self, victim: BatchView) -> Dict[str, Tensor]:
         """The training attack's perturbed inputs for the batch as read for training (:meth:`victim`)."""
         with attack_mode(self):
             return self.attack.run_training(victim)
@@ -148,9 +148,9 @@ class RobustClassifier(pl.LightningModule):
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=n)
         return loss
 
-    def _ccat_step(self, batch: Any, victim: Victim) -> Tensor:
+    def _ccat_step(self, batch: Any, victim: BatchView) -> Tensor:
         """Half clean, half adversarial (Stutz et al. 2020, Sec. 3.2); falls back to both on the whole batch
-        when the adapter cannot split units (``Victim.select`` is ``None``)."""
+        when the adapter cannot split units (``BatchView.select`` is ``None``)."""
         n_units = victim.num_units
         if victim.select is not None and n_units >= 2:
             half = n_units // 2
