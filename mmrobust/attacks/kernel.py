@@ -18,7 +18,7 @@ from torch import Tensor
 from ..adapters.base import BatchView
 from ..errors import NonFiniteError
 from ..threats.base import ThreatModel, per_unit
-from .base import prepare_victim
+from .reading import prepare_victim
 
 
 def input_gradients(attack, victim: BatchView, x: Dict[str, Tensor], delta: Dict[str, Tensor],
