@@ -94,7 +94,7 @@ def train(args):
 
 
 def main():
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(allow_abbrev=False)
     p.add_argument("phase", choices=["train", "attack"])
     p.add_argument("--root", default=str(SHARED_DATA / "fsdd"))
     p.add_argument("--test-speakers", nargs="+", default=["george", "theo"])
