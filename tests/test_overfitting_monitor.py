@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import math
 import warnings
+from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
@@ -64,6 +67,28 @@ def test_the_trend_rule_is_silent_on_the_healthy_recipe_and_flags_the_collapse()
     # without patience (the earlier rule) the healthy run raised a false alarm at step 550
     assert replay(HEALTHY, 0)[0] == 550
     assert replay(COLLAPSED, 0)[0] == 500
+
+
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "single_step"
+
+
+def test_the_default_rule_flags_exactly_the_collapsed_runs_among_all_stored_full_length_runs():
+    """Every run of benchmarks/single_step_mnist.py stored with its probes (FGSM-RS seeds 0-2 before and
+    after the learning-rate fix, Wong et al.'s loop, N-FGSM, early stopping), replayed through the rule
+    with the default patience (0.35 of the planned run): flagged exactly when the test set shows a
+    collapse (clean > 0.5 and PGD-50 x 10 < 0.1). Over all these trajectories, not one tuned run."""
+    runs = {p.name: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json")) if p.name != "costs.json"}
+    runs = {name: r for name, r in runs.items() if r.get("probes")}
+    if len(runs) < 7:
+        pytest.skip("the stored single-step results are not there")
+    verdicts = {}
+    for name, r in runs.items():
+        rule = CollapseRule(patience_steps=math.ceil(0.35 * r["train"] // 100 * r.get("planned_epochs", 10)))
+        flagged = any(rule.update(step, pgd, fgsm)[0] is not None for step, pgd, fgsm in r["probes"])
+        collapsed = r["clean"] > 0.5 and r["pgd50x10"] < 0.1
+        verdicts[name] = (flagged, collapsed)
+    assert all(flagged == collapsed for flagged, collapsed in verdicts.values()), verdicts
+    assert sum(collapsed for _, collapsed in verdicts.values()) >= 2  # both kinds are there
 
 
 def test_the_trend_rule_restarts_while_pgd_climbs_and_reads_drops_too():
