@@ -47,7 +47,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default="csbm", help="csbm (generated in code), cora or citeseer")
     ap.add_argument("--budgets", type=float, nargs="+", default=[0.05, 0.1, 0.25], help="run in this order")
-    ap.add_argument("--only", nargs="+", default=None, help="subset of model names")
+    ap.add_argument("--only", nargs="+", default=None, help="subset of model names, run in this order (GCN, "
+                    "the transfer source, always first)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--nodes", type=int, default=600, help="csbm only: graph size (600 in the results)")
     args = ap.parse_args()
@@ -76,7 +77,7 @@ def main():
         assert torch.equal(data.edge_index, saved[0]) and torch.equal(data.x, saved[1]), "user graph changed"
         return adv
 
-    names = [n for n in ORDER if not args.only or n in args.only or n == "GCN"]
+    names = ["GCN"] + [n for n in (args.only or ORDER) if n != "GCN"]   # --only: in that order, after GCN
     transfer, rows = {}, []
     for name in names:
         torch.manual_seed(0)

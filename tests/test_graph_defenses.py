@@ -177,3 +177,16 @@ def test_bad_arguments_name_the_argument():
         SoftMedianGCN(3, 3, temperature=0.0)
     with pytest.raises(ValueError, match="alpha"):
         SoftMedianGDC(3, 3, alpha=1.0)
+
+
+def test_gcnsvd_normalisation_stays_bounded_where_low_rank_degrees_are_negative():
+    # rank 2 of this graph gives 7 nodes a low-rank degree + 1 <= 0 (row sums of A_k can be negative); the old
+    # normalisation clamped deg + 1 at 1e-6 and scaled those nodes by 1000 (logits ~1e5 instead of ~1)
+    data = sbm_graph(num_nodes=60, num_classes=3, p_in=0.15, p_out=0.03, seed=5)
+    torch.manual_seed(0)
+    model = GCNSVD(3, 3, hidden=16, rank=2).eval()
+    q, m = model.low_rank(data.edge_index, torch.ones(data.edge_index.shape[1]), data.num_nodes, torch.float32)
+    assert float((q @ (m @ q.sum(0))).min()) < -1                    # the case exists
+    with torch.no_grad():
+        out = model(data.x, data.edge_index)
+    assert bool(torch.isfinite(out).all()) and float(out.abs().max()) < 50

@@ -150,7 +150,8 @@ class GCNSVD(nn.Module):
     :math:`A`, found by randomized subspace iteration (Halko et al. 2011, https://arxiv.org/abs/0909.4061,
     Alg. 4.4; ``iterations`` sparse products, fixed seed so every call is the same function).  For a symmetric
     matrix this is the truncated SVD up to the iteration's accuracy.  :math:`A_k` is never formed: each layer
-    applies :math:`\\tilde D^{-1/2}(A_k + I)\\tilde D^{-1/2}` in factored form (memory ~ ``nodes x rank``).
+    applies :math:`\\tilde D^{-1/2}(A_k + I)\\tilde D^{-1/2}` in factored form (memory ~ ``nodes x rank``), with
+    :math:`\\tilde D = \\mathrm{diag}(\\max(A_k \\mathbf 1, 0) + 1)` (a row of :math:`A_k` can sum below 0).
     Gradients reach ``edge_weight`` through the QR factorisations (no SVD backward, which is unstable at
     repeated singular values).
     """
@@ -186,8 +187,11 @@ class GCNSVD(nn.Module):
         keep = edge_index[0] != edge_index[1]
         q, m = self.low_rank(edge_index[:, keep], w[keep], n, x.dtype)
         ones = torch.ones(n, 1, dtype=x.dtype, device=x.device)
-        deg = (q @ (m @ (q.t() @ ones))).squeeze(1) + 1
-        dinv = deg.clamp_min(1e-6).rsqrt()[:, None]
+        # row sums of A_k can be negative: clamp them at 0 before counting the self loop, so that every node's
+        # normalisation is at most 1 (clamping deg + 1 at 1e-6 gave nodes with low-rank degree <= -1 a factor
+        # 1000; the Cora LCC has 19 nodes with deg + 1 <= 0.1 at rank 50)
+        deg = (q @ (m @ (q.t() @ ones))).squeeze(1).clamp_min(0) + 1
+        dinv = deg.rsqrt()[:, None]
 
         def propagate(h: Tensor) -> Tensor:
             g = dinv * h
