@@ -172,35 +172,41 @@ class AdversarialTraining(pl.Callback):
             if logging_step:
                 pl_module.log("train/at/budget", 0.0, on_step=True, on_epoch=False, batch_size=1)
             return
-        # the batch is read with one adapter, inferred once per step (graphs: the training nodes)
+        # the batch is read with one adapter, inferred once per step (graphs: the training nodes); the attack
+        # runs on that reading, so at the full budget it is the user's object itself, whose state (a learned
+        # generator's update count, a universal perturbation) must persist -- never a copy holding the adapter
         adapter = stage_adapter(batch, "train", self.attack.adapter or self.adapter)
-        attack = attack_at_budget(self.attack, factor, adapter)
+        attack = attack_at_budget(self.attack, factor)
         start = time.perf_counter()
-        adv = self.adversarial_batch(pl_module, batch, attack)
+        adv = self.adversarial_batch(pl_module, batch, attack, adapter)
         seconds = time.perf_counter() - start
         assign_batch(batch, adv)
         self.adversarial_steps += 1
         if logging_step:
-            self._log_step(pl_module, adv, attack, factor, seconds)
+            self._log_step(pl_module, adv, adapter, factor, seconds)
 
-    def _log_step(self, pl_module: "pl.LightningModule", adv: Any, attack: Attack, factor: float,
+    def _log_step(self, pl_module: "pl.LightningModule", adv: Any, adapter: BatchAdapter, factor: float,
                   seconds: float) -> None:
         """``train/at/adv_acc``, ``train/at/budget``, ``train/at/attack_time_s`` (see ``log_metrics``)."""
         with attack_mode(pl_module), torch.no_grad():
-            victim = victim_for(pl_module, adv, attack.adapter)
+            victim = victim_for(pl_module, adv, adapter)
             acc = (victim.forward(victim.inputs).argmax(-1) == victim.target).float().mean()
         size = victim.num_outputs
         for key, value in (("adv_acc", acc), ("budget", float(factor)), ("attack_time_s", float(seconds))):
             pl_module.log(f"train/at/{key}", value, on_step=True, on_epoch=False, batch_size=size)
 
-    def adversarial_batch(self, model: torch.nn.Module, batch: Any, attack: Attack) -> Any:
-        """``batch`` with (a ``ratio`` fraction of) its units replaced by adversarial versions."""
+    def adversarial_batch(self, model: torch.nn.Module, batch: Any, attack: Attack,
+                          adapter: Optional[BatchAdapter] = None) -> Any:
+        """``batch`` with (a ``ratio`` fraction of) its units replaced by adversarial versions, read with
+        ``adapter`` (default: the attack's or the callback's, else inferred for the training stage)."""
         if isinstance(batch, tuple):
             assign_batch(batch, batch)  # fail before spending an attack on an immutable batch
-        if self.ratio >= 1.0:
-            return attack.generate(model, batch)
+        if adapter is None:
+            adapter = stage_adapter(batch, "train", attack.adapter or self.adapter)
         with attack_mode(model):
-            victim = victim_for(model, batch, attack.adapter)
+            victim = victim_for(model, batch, adapter)
+            if self.ratio >= 1.0:
+                return victim.rebuild(attack.run_training(victim))  # as Attack.generate does
             n = victim.num_units
             k = max(1, int(round(self.ratio * n)))
             device = next(iter(victim.inputs.values())).device
