@@ -77,7 +77,7 @@ def test_attacks_under_fp16_autocast_on_cuda_work_and_keep_the_budget(name, digi
 def test_half_precision_inputs_are_refused_with_what_to_do_instead(name, dtype, digits_cnn, digits):
     model = copy.deepcopy(digits_cnn).to(dtype)
     x, y = digits[2][:8].to(dtype), digits[3][:8]
-    with pytest.raises(TypeError, match=r"image has dtype torch\.(bfloat16|float16); attacks need float32 or float64 "
+    with pytest.raises(TypeError, match=r"the input batch\[0\] has dtype torch\.(bfloat16|float16); attacks need float32 or float64 "
                                         r"inputs.*precision='bf16-mixed' or '16-mixed'"):
         ATTACKS[name]()(model, (x, y))
 
