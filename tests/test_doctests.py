@@ -24,7 +24,7 @@ NO_EXAMPLE_YET = {
     "PeakDBBall", "EdgeFlips", "PRBCD", "GRBCD", "BudgetSweep", "SmoothedClassifier", "CTCTargetedAttack",
     "MaskingPenalty", "MaskingPenaltyAttack", "UniversalPerturbation", "AmortizedAttack", "ConvPerturbationGenerator",
     "MLPPerturbationGenerator", "GraphAttack", "DICE", "RandomFlips", "MetaPRBCD", "PoisonResult", "LocalGreedy",
-    "LocalResult", "EOT", "MinimalNormSearch", "FGSMRS", "NFGSM", "SparseCertifiedAccuracy", "BoundaryDistance",
+    "LocalResult", "SparseCertifiedAccuracy", "BoundaryDistance",
     "GeometryStatistic", "BitErrorAccuracy", "WeightFlatness", "BatchAdapter", "BinaryFeatureFlips",
     "GraphAdapter", "GraphStructure", "LatentAdapter", "LatentBall", "MultimodalAdapter", "PerUnitRadius",
     "PredictedLabelAdapter", "PsychoacousticBall", "WaveformAdapter", "WeightBall",

@@ -93,6 +93,18 @@ class EOT(Attack):
         samples: transforms averaged per forward pass during the attack (20, AutoAttack's ``version='rand'``).
         eval_samples: fresh transforms for the final evaluation (0 disables it).
         seed: seed of the transform generator (``None``: the global RNG).
+
+    Example:
+        >>> from mmrobust.attacks import EOT, PGD
+        >>> from mmrobust.audio.transforms import AddNoise
+        >>> from mmrobust.threats import LinfBall
+        >>> from mmrobust.utils import toy_problem
+        >>> model, x, y = toy_problem()
+        >>> attack = EOT(PGD(LinfBall(0.1, lower=0, upper=1), steps=3, seed=0), AddNoise(snr_db=30), samples=2,
+        ...              eval_samples=4, seed=0)
+        >>> result = attack(model, [x, y])
+        >>> sorted(result.extras), result.extras["eot/transformed_accuracy"].shape
+        (['eot/clean_transformed_accuracy', 'eot/transformed_accuracy', 'eot/transformed_success'], torch.Size([8]))
     """
 
     name = "eot"

@@ -28,6 +28,17 @@ class MinimalNormSearch(Attack):
         attack: the fixed-budget attack (e.g. ``PGD(L2Ball(3.0), steps=20)``); its threat's radius (per unit,
             e.g. of an ``SNRBall``) is :math:`\\epsilon_{max}` unless ``eps_max`` is given.
         search_steps: bisection steps; the bracket shrinks by :math:`2^{-\\text{steps}}`.
+
+    Example:
+        >>> from mmrobust.attacks import PGD, MinimalNormSearch
+        >>> from mmrobust.threats import L2Ball
+        >>> from mmrobust.utils import toy_problem
+        >>> model, x, y = toy_problem()
+        >>> attack = MinimalNormSearch(PGD(L2Ball(2.0, lower=0, upper=1), steps=5, seed=0), search_steps=4)
+        >>> result = attack(model, [x, y])
+        >>> size = result.size["image"]  # per example: the smallest successful L2 norm found, inf where none
+        >>> size.shape, bool((size[result.success] <= 2.0 + 1e-6).all()), bool(size[~result.success].isinf().all())
+        (torch.Size([8]), True, True)
     """
 
     name = "minimal_norm_search"

@@ -63,6 +63,15 @@ class FGSMRS(Attack):
         threat: the budget, e.g. ``LinfBall(0.3, lower=0, upper=1)``.
         step_size: :math:`\\alpha` as a fraction of the radius (1.25 in the paper).
         Other keyword arguments (``loss``, ``adapter``, ``seed``) go to :class:`Attack`.
+
+    Example:
+        >>> from mmrobust.attacks import FGSMRS
+        >>> from mmrobust.threats import LinfBall
+        >>> from mmrobust.utils import toy_problem
+        >>> model, x, y = toy_problem()
+        >>> result = FGSMRS(LinfBall(0.1, lower=0, upper=1), seed=0)(model, [x, y])
+        >>> bool(((result.inputs["image"] - x).abs() <= 0.1 + 1e-6).all()), result.robust.shape
+        (True, torch.Size([8]))
     """
 
     name = "fgsm_rs"
@@ -112,6 +121,16 @@ class NFGSM(FGSMRS):
         noise: :math:`k`, the noise magnitude as a multiple of the radius (2 in the paper; 0: no noise).
         step_size: :math:`\\alpha` as a fraction of the radius (1 in the paper).
         clip_noise: clip the noise to the value box before the gradient (the reference code) or not.
+
+    Example:
+        >>> from mmrobust.attacks import NFGSM
+        >>> from mmrobust.threats import LinfBall
+        >>> from mmrobust.utils import toy_problem
+        >>> model, x, y = toy_problem()
+        >>> adv, _ = NFGSM(LinfBall(0.1, lower=0, upper=1), seed=0).generate(model, [x, y])  # a training batch
+        >>> shift = (adv - x).abs().amax()
+        >>> bool(shift > 0.1), bool(shift <= 3 * 0.1 + 1e-6), bool(((adv >= 0) & (adv <= 1)).all())
+        (True, True, True)
     """
 
     name = "n_fgsm"
