@@ -173,6 +173,14 @@ class PeakDBBall(_DecibelBall, LinfBall):
 
     ``db`` is usually negative (C&W report -31 dB on average). The value box is ``[-1, 1]`` by default.
     :meth:`with_level` gives another level, :meth:`scaled` ``f`` times the radius (``db + 20 log10 f``).
+
+    Example:
+        >>> import torch
+        >>> from mmrobust.threats import PeakDBBall
+        >>> threat = PeakDBBall(-20)                                   # 20 dB below the peak: 0.1 x max|x|
+        >>> x = torch.tensor([[0.5, -0.2, 0.1, 0.0]])
+        >>> threat.radius(x), threat.project(torch.full((1, 4), 0.3), x)
+        (tensor([0.0500]), tensor([[0.0500, 0.0500, 0.0500, 0.0500]]))
     """
 
     db_name = "db"

@@ -87,6 +87,15 @@ class EdgeFlips(ThreatModel):
     The relaxed operations (``random_init``/``step``/``project``/``size``) act on a dense
     ``(units, candidates)`` flip-probability tensor; attacks use the segmented
     :func:`project_capped_simplex` on the sparse block of candidate pairs.
+
+    Example:
+        >>> import torch
+        >>> from mmrobust.threats import EdgeFlips
+        >>> threat = EdgeFlips(0.1)                       # 10 % of each graph's undirected edges
+        >>> threat, threat.flips_allowed(torch.tensor([25, 9]))
+        (EdgeFlips(10% of edges), tensor([2, 0]))
+        >>> EdgeFlips(3, local=True).scaled(0.5)          # floor(0.5 * 3) flips next to the targets
+        EdgeFlips(3, scale=0.5, local)
     """
 
     norm = "edge_flips"
@@ -209,6 +218,15 @@ class BinaryFeatureFlips(L1Ball):
     :class:`~mmrobust.threats.L1Ball` is the exact projection of the relaxed problem.  Gradient attacks
     optimise the relaxation; :meth:`discretize` rounds it to at most :math:`k` real bit flips (the
     largest relaxed flips above 1/2).
+
+    Example:
+        >>> import torch
+        >>> from mmrobust.threats import BinaryFeatureFlips
+        >>> threat = BinaryFeatureFlips(2)                # at most two bit flips per unit
+        >>> x = torch.tensor([[0., 1., 0., 1., 1.]])
+        >>> relaxed = torch.tensor([[0.9, -0.6, 0.3, 0.0, -0.2]])
+        >>> x + threat.discretize(relaxed, x)             # the two largest relaxed flips (>= 1/2) become real ones
+        tensor([[1., 0., 0., 1., 1.]])
     """
 
     norm = "bit_flips"

@@ -57,6 +57,18 @@ class LatentBall(ThreatModel):
         norm: ``"l2"`` (default), ``"linf"`` or ``"l1"`` in latent space.
     The four operations are those of the latent norm ball (no value box: latent codes are unbounded).
     Attacks need the matching adapter: ``attack = PGD(threat, adapter=threat.adapter())``.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from mmrobust.threats import LatentBall
+        >>> _ = torch.manual_seed(0)
+        >>> encoder, decoder = nn.Linear(4, 2), nn.Linear(2, 4)      # stand-ins for vae.encode_mean / vae.decode
+        >>> threat = LatentBall(0.5, encoder, decoder)
+        >>> x = torch.rand(3, 4)
+        >>> z = threat.encode(x)
+        >>> z.shape, threat.decode(z + threat.random_init(z)).shape
+        (torch.Size([3, 2]), torch.Size([3, 4]))
     """
 
     def __init__(self, eps: float, encoder: Callable[[Tensor], Tensor], decoder: Callable[[Tensor], Tensor], *,
@@ -109,7 +121,19 @@ class LatentBall(ThreatModel):
 
 class LatentAdapter(BatchAdapter):
     """Wraps a batch adapter: the attackable input becomes :math:`z = \\mathrm{enc}(x)`, forward and rebuild
-    decode :math:`x = \\mathrm{dec}(z)` first. ``BatchView.meta["latent_of"]`` names the wrapped input."""
+    decode :math:`x = \\mathrm{dec}(z)` first. ``BatchView.meta["latent_of"]`` names the wrapped input.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from mmrobust.threats import LatentBall
+        >>> _ = torch.manual_seed(0)
+        >>> threat = LatentBall(0.5, nn.Linear(4, 2), nn.Linear(2, 4))
+        >>> x, y = torch.rand(3, 4), torch.tensor([0, 1, 2])
+        >>> view = threat.adapter().victim(nn.Linear(4, 3), (x, y))
+        >>> view.inputs["image"].shape, view.forward(view.inputs).shape, view.meta["latent_of"]
+        (torch.Size([3, 2]), torch.Size([3, 3]), 'image')
+    """
 
     def __init__(self, threat: LatentBall, base: Optional[BatchAdapter] = None, input_name: Optional[str] = None):
         if not isinstance(threat, LatentBall):

@@ -10,7 +10,17 @@ from .base import ThreatModel
 
 
 class PerUnitRadius(ThreatModel):
-    """``base`` with a separate radius per unit (used by budget searches); everything else is ``base``'s."""
+    """``base`` with a separate radius per unit (used by budget searches); everything else is ``base``'s.
+
+    Example:
+        >>> import torch
+        >>> from mmrobust.threats import L2Ball, PerUnitRadius
+        >>> threat = PerUnitRadius(L2Ball(1.0), torch.tensor([0.5, 2.0]))
+        >>> x = torch.zeros(2, 3)
+        >>> delta = threat.project(torch.ones(2, 3), x)   # unit 0 is cut to 0.5, unit 1 (norm 1.73) fits
+        >>> threat.size(delta, x)
+        tensor([0.5000, 1.7321])
+    """
 
     def __init__(self, base: ThreatModel, radii: Tensor):
         if not isinstance(base, ThreatModel):
