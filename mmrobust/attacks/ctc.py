@@ -100,7 +100,7 @@ class CTCTargetedAttack:
     :class:`~mmrobust.audio.transforms.RandomReverb` for playback in a room) it is Expectation over
     Transformation (Athalye et al. 2018, https://arxiv.org/abs/1707.07397, Eq. 1; over the air as in Qin et
     al. 2019, Sec. 5): every step minimises the mean CTC loss over ``samples`` fresh draws of the transform
-    applied to :math:`x + \delta` (a generator seeded with ``seed`` at every call, so calls repeat and the
+    applied to :math:`x + \\delta` (a generator seeded with ``seed`` at every call, so calls repeat and the
     attack object is unchanged). The attack runs all ``steps`` (no early stop) and returns, per example,
     the latest iterate whose share of the step's draws decoded to the target was highest; ``extras``
     hold that share (``eot/success_share``). ``success`` stays C&W's criterion on the untransformed input;
