@@ -85,6 +85,20 @@ class GraphAttack(Attack):
     ``inputs`` hold the perturbed ``"x"`` (unit layout), ``"edge_index"``/``"edge_weight"`` and the
     ``"flipped_edges"`` ``(2, K)`` (row < col); ``size["edges"]`` counts flips per graph.  ``result.batch``
     is a whole graph: every per-edge attribute follows its edge (:mod:`mmrobust.adapters.graph_edges`).
+
+    Example:
+        >>> from mmrobust.attacks import GraphAttack, RandomFlips
+        >>> import torch
+        >>> from mmrobust.graph.data import sbm_graph
+        >>> from mmrobust.graph.models import GCN
+        >>> from mmrobust.threats import EdgeFlips
+        >>> data = sbm_graph(num_nodes=20, num_classes=2, seed=0)  # 20 nodes, 14 undirected edges
+        >>> _ = torch.manual_seed(0)
+        >>> model = GCN(data.num_features, 2, layers=1).eval()
+        >>> attack = RandomFlips(EdgeFlips(2), seed=0)
+        >>> result = attack(model, data)
+        >>> isinstance(attack, GraphAttack), sorted(result.inputs), result.size["edges"]
+        (True, ['edge_index', 'flipped_edges', 'x'], tensor([2.]))
     """
 
     def __init__(self, threat, **kwargs):

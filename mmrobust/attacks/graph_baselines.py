@@ -22,6 +22,19 @@ class RandomFlips(GraphAttack):
     (all pairs, or pairs incident to the targets for ``EdgeFlips(local=True)``):
 
     .. math:: \\mathcal{F} \\sim \\mathrm{Uniform}\\{F \\subseteq \\mathcal{C} : |F| = \\Delta\\}
+
+    Example:
+        >>> from mmrobust.attacks import RandomFlips
+        >>> import torch
+        >>> from mmrobust.graph.data import sbm_graph
+        >>> from mmrobust.graph.models import GCN
+        >>> from mmrobust.threats import EdgeFlips
+        >>> data = sbm_graph(num_nodes=20, num_classes=2, seed=0)  # 20 nodes, 14 undirected edges
+        >>> _ = torch.manual_seed(0)
+        >>> model = GCN(data.num_features, 2, layers=1).eval()
+        >>> result = RandomFlips(EdgeFlips(0.3), seed=0)(model, data)  # int(0.3 * 14) = 4 flips
+        >>> result.size["edges"], result.batch.edge_index.shape
+        (tensor([4.]), torch.Size([2, ...]))
     """
 
     name = "random_flips"
@@ -77,6 +90,22 @@ class DICE(RandomFlips):
 
     half of the budget deleting random internal edges and the other half inserting random external
     ones (the split of the common reference implementation, e.g. DeepRobust).  Node classification only.
+
+    Example:
+        >>> from mmrobust.attacks import DICE
+        >>> import torch
+        >>> from mmrobust.graph.data import sbm_graph
+        >>> from mmrobust.graph.models import GCN
+        >>> from mmrobust.threats import EdgeFlips
+        >>> data = sbm_graph(num_nodes=20, num_classes=2, seed=0)  # 20 nodes, 14 undirected edges
+        >>> _ = torch.manual_seed(0)
+        >>> model = GCN(data.num_features, 2, layers=1).eval()
+        >>> result = DICE(EdgeFlips(4), seed=0)(model, data)
+        >>> (row, col), y = result.inputs["flipped_edges"], data.y
+        >>> clean = {(int(a), int(b)) for a, b in data.edge_index.t()}
+        >>> existed = torch.tensor([(int(a), int(b)) in clean for a, b in zip(row, col)])
+        >>> bool((existed == (y[row] == y[col])).all())  # deleted edges were internal, inserted ones external
+        True
     """
 
     name = "dice"

@@ -22,6 +22,19 @@ class GRBCD(GraphAttack):
               \\mathcal{L}(f(X, A_{t-1} \\oplus p))|_{p=0},\\quad A_t = A_{t-1} \\oplus \\mathcal{F}_t
 
     Pairs flipped once are never flipped back.  Default loss: masked cross-entropy (the paper's choice).
+
+    Example:
+        >>> from mmrobust.attacks import GRBCD
+        >>> import torch
+        >>> from mmrobust.graph.data import sbm_graph
+        >>> from mmrobust.graph.models import GCN
+        >>> from mmrobust.threats import EdgeFlips
+        >>> data = sbm_graph(num_nodes=20, num_classes=2, seed=0)  # 20 nodes, 14 undirected edges
+        >>> _ = torch.manual_seed(0)
+        >>> model = GCN(data.num_features, 2, layers=1).eval()
+        >>> result = GRBCD(EdgeFlips(4), block_size=100, epochs=4, seed=0)(model, data)
+        >>> result.size["edges"], result.inputs["flipped_edges"].shape
+        (tensor([4.]), torch.Size([2, 4]))
     """
 
     name = "grbcd"

@@ -88,6 +88,20 @@ class PRBCD(GraphAttack):
     transfer poisoning Xu et al. 2019, https://arxiv.org/abs/1906.04214, evaluate).  Subclasses change
     what is maximised by overriding :meth:`relaxed_objective`; :meth:`optimise` (the relaxed problem),
     :meth:`resample` and :meth:`discretise` are the pieces of the algorithm.
+
+    Example:
+        >>> from mmrobust.attacks import PRBCD
+        >>> import torch
+        >>> from mmrobust.graph.data import sbm_graph
+        >>> from mmrobust.graph.models import GCN
+        >>> from mmrobust.threats import EdgeFlips
+        >>> data = sbm_graph(num_nodes=20, num_classes=2, seed=0)  # 20 nodes, 14 undirected edges
+        >>> _ = torch.manual_seed(0)
+        >>> model = GCN(data.num_features, 2, layers=1).eval()
+        >>> result = PRBCD(EdgeFlips(4), block_size=100, epochs=10, progress=False, seed=0)(model, data)
+        >>> result.size["edges"], result.inputs["flipped_edges"].shape  # 4 pairs, as (row, col), row < col
+        (tensor([4.]), torch.Size([2, 4]))
+        >>> adversarial_graph = result.batch  # a Data like ``data``, with the perturbed edge_index
     """
 
     name = "prbcd"
