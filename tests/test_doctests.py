@@ -25,9 +25,8 @@ NO_EXAMPLE_YET = {
     "MaskingPenalty", "MaskingPenaltyAttack", "UniversalPerturbation", "AmortizedAttack", "ConvPerturbationGenerator",
     "MLPPerturbationGenerator", "MetaPRBCD", "PoisonResult", "LocalGreedy",
     "LocalResult", "SparseCertifiedAccuracy", "BoundaryDistance",
-    "GeometryStatistic", "BitErrorAccuracy", "WeightFlatness", "BatchAdapter",
-    "GraphAdapter", "GraphStructure", "MultimodalAdapter",
-    "PredictedLabelAdapter", "PsychoacousticBall", "WaveformAdapter", "WeightBall",
+    "GeometryStatistic", "BitErrorAccuracy", "WeightFlatness",
+    "PsychoacousticBall", "WeightBall",
 }
 
 

@@ -69,6 +69,16 @@ class WaveformAdapter(BatchAdapter):
             (default: a third tuple entry of that shape / ``mask, padding_mask, attention_mask``).
         sample_rate: recorded in ``BatchView.meta`` for reports.
         forward: optional ``forward(model, wave, batch) -> logits`` (e.g. to pass lengths to the model).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from mmrobust.adapters import WaveformAdapter
+        >>> wave, y, lengths = torch.zeros(2, 6), torch.tensor([0, 2]), torch.tensor([6, 4])
+        >>> view = WaveformAdapter().victim(nn.Linear(6, 3), (wave, y, lengths))
+        >>> view.masks["audio"]                            # the padding after each length is never perturbed
+        tensor([[1., 1., 1., 1., 1., 1.],
+                [1., 1., 1., 1., 0., 0.]])
     """
 
     modality = "audio"

@@ -113,7 +113,24 @@ Victim = BatchView
 
 
 class BatchAdapter(ABC):
-    """Reads a user's batch for attacks. Subclass and register one per batch convention."""
+    """Reads a user's batch for attacks. Subclass and register one per batch convention.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from mmrobust.adapters import BatchAdapter, BatchView
+        >>> class FeatureDictAdapter(BatchAdapter):             # batches {"feats": x, "label": y}
+        ...     def victim(self, model, batch):
+        ...         return BatchView(inputs={"feats": batch["feats"]}, target=batch["label"],
+        ...                          forward=lambda inputs: model(inputs["feats"]),
+        ...                          rebuild=lambda inputs: dict(batch, feats=inputs["feats"]))
+        ...     def batch_size(self, batch):
+        ...         return batch["label"].shape[0]
+        >>> batch = {"feats": torch.rand(5, 4), "label": torch.zeros(5, dtype=torch.long)}
+        >>> view = FeatureDictAdapter().victim(nn.Linear(4, 3), batch)
+        >>> view.num_units, view.forward(view.inputs).shape
+        (5, torch.Size([5, 3]))
+    """
 
     #: modality name used in results and reports
     modality: str = "generic"

@@ -72,6 +72,18 @@ class GraphStructure:
         nodes_from_inputs: maps ``inputs["x"]`` (unit layout) to ``(N, F)`` node features.
         node_labels: ``(N,)`` labels of all nodes for node classification (label-aware baselines such as
             DICE), else ``None``.
+
+    Example:
+        >>> import torch
+        >>> from torch_geometric.data import Data
+        >>> from torch_geometric.nn import GCNConv
+        >>> from mmrobust.adapters import GraphAdapter
+        >>> ring = torch.arange(10)
+        >>> edge_index = torch.cat([torch.stack([ring, (ring + 1) % 10]), torch.stack([(ring + 1) % 10, ring])], 1)
+        >>> data = Data(x=torch.rand(10, 3), edge_index=edge_index, y=torch.zeros(10, dtype=torch.long))
+        >>> structure = GraphAdapter(mask=None).victim(GCNConv(3, 2), data).meta["graph"]   # a 10-node ring
+        >>> structure.num_nodes, structure.num_units, structure.undirected_edges, structure.target_degree()
+        (10, 1, tensor([10]), tensor([20]))
     """
 
     edge_index: Tensor
@@ -126,6 +138,20 @@ class GraphAdapter(BatchAdapter):
 
     For a ``Batch`` the victim can select graphs (``BatchView.select``), so early stopping and
     ``AdversarialTraining(ratio < 1)`` work on graph batches as they do on images.
+
+    Example:
+        >>> import torch
+        >>> from torch_geometric.data import Data
+        >>> from torch_geometric.nn import GCNConv
+        >>> from mmrobust.adapters import GraphAdapter
+        >>> _ = torch.manual_seed(0)
+        >>> ring = torch.arange(10)
+        >>> edge_index = torch.cat([torch.stack([ring, (ring + 1) % 10]), torch.stack([(ring + 1) % 10, ring])], 1)
+        >>> data = Data(x=torch.rand(10, 3), edge_index=edge_index, y=torch.zeros(10, dtype=torch.long),
+        ...             test_mask=ring >= 6)
+        >>> view = GraphAdapter(mask="test").victim(GCNConv(3, 2), data)   # the 4 test nodes are scored
+        >>> view.inputs["x"].shape, view.forward(view.inputs).shape, view.meta["task"]
+        (torch.Size([1, 10, 3]), torch.Size([4, 2]), 'node')
     """
 
     modality = "graph"

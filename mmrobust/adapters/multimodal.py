@@ -38,6 +38,21 @@ class MultimodalAdapter(BatchAdapter):
             ``"kwargs"`` calls ``model(**inputs)`` (``forward(image=..., audio=...)``); ``"dict"`` calls
             ``model(batch)`` with the perturbed entries replaced (``forward(batch)``).
         forward: optional ``forward(model, inputs, batch) -> logits`` overriding ``call``.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from mmrobust.adapters import MultimodalAdapter
+        >>> class Fusion(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.image_head, self.audio_head = nn.Linear(4, 3), nn.Linear(8, 3)
+        ...     def forward(self, image, audio):                # keywords named like the inputs: call="kwargs"
+        ...         return self.image_head(image.flatten(1)) + self.audio_head(audio)
+        >>> batch = {"image": torch.rand(2, 1, 2, 2), "audio": torch.rand(2, 8) - 0.5, "y": torch.tensor([0, 1])}
+        >>> view = MultimodalAdapter().victim(Fusion(), batch)
+        >>> sorted(view.inputs), view.forward(view.inputs).shape
+        (['audio', 'image'], torch.Size([2, 3]))
     """
 
     modality = "multimodal"

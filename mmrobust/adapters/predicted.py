@@ -17,6 +17,16 @@ class PredictedLabelAdapter(BatchAdapter):
     A minimal-norm attack then measures the distance to the nearest point where the *prediction changes*,
     which is defined for misclassified inputs too (their distance to the region of the predicted class);
     the true labels travel in ``BatchView.meta["true_target"]`` (and ``AttackResult.extras``).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from mmrobust.adapters import PredictedLabelAdapter
+        >>> _ = torch.manual_seed(0)
+        >>> model, x, y = nn.Linear(4, 3), torch.rand(5, 4), torch.zeros(5, dtype=torch.long)
+        >>> view = PredictedLabelAdapter().victim(model, (x, y))
+        >>> torch.equal(view.target, model(x).argmax(1)), view.meta["true_target"]
+        (True, tensor([0, 0, 0, 0, 0]))
     """
 
     def __init__(self, adapter: Optional[BatchAdapter] = None):
