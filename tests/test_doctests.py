@@ -24,8 +24,7 @@ NO_EXAMPLE_YET = {
     "BudgetSweep", "SmoothedClassifier", "CTCTargetedAttack",
     "MaskingPenalty", "MaskingPenaltyAttack", "UniversalPerturbation", "AmortizedAttack", "ConvPerturbationGenerator",
     "MLPPerturbationGenerator", "MetaPRBCD", "PoisonResult", "LocalGreedy",
-    "LocalResult", "SparseCertifiedAccuracy", "BoundaryDistance",
-    "GeometryStatistic", "BitErrorAccuracy", "WeightFlatness",
+    "LocalResult",
     "PsychoacousticBall", "WeightBall",
 }
 

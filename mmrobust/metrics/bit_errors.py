@@ -40,6 +40,17 @@ class BitErrorAccuracy(Metric):
         patterns: number of random patterns ``K`` per rate.
         seed: base seed of the patterns.
         quantizer: used to quantise models without quantised weights for the duration of ``update``.
+
+    Example:
+        >>> from mmrobust.compression import QuantizerConfig
+        >>> from mmrobust.metrics import BitErrorAccuracy
+        >>> from mmrobust.utils import toy_problem
+        >>> model, x, y = toy_problem()
+        >>> metric = BitErrorAccuracy(rates=(0.0, 0.01), patterns=3, quantizer=QuantizerConfig(bits=8))
+        >>> metric.update(model, (x, y))              # quantised for the update only; the weights come back unchanged
+        >>> out = metric.compute()
+        >>> float(out["clean"]), float(out["mean"][0]), out["min"].shape
+        (0.5, 0.5, torch.Size([2]))
     """
 
     is_differentiable = False

@@ -21,6 +21,18 @@ class SparseCertifiedAccuracy(Metric):
     ``update(certificate, target, mask=None)`` takes a :class:`~mmrobust.graph.certify.SparseCertificate` and node
     labels (``mask`` selects the evaluated nodes, e.g. ``data.test_mask``); ``compute()`` returns a
     ``(len(radii),)`` tensor.  Abstentions count as wrong.
+
+    Example:
+        >>> import torch
+        >>> from mmrobust.graph.certify import SparseCertificate
+        >>> from mmrobust.metrics import SparseCertifiedAccuracy
+        >>> certificate = SparseCertificate(          # normally SparseSmoothing(model, ...).certify(data)
+        ...     prediction=torch.tensor([0, 1, 1, -1]), p_lower=torch.tensor([0.99, 0.9, 0.6, 0.4]),
+        ...     counts=torch.zeros(4, 2), p_plus=0.01, p_minus=0.4)
+        >>> metric = SparseCertifiedAccuracy(radii=[(0, 0), (0, 1), (0, 2)])
+        >>> metric.update(certificate, torch.tensor([0, 1, 0, 1]))     # node 2 is wrong, node 3 abstains
+        >>> metric.compute()
+        tensor([0.5000, 0.5000, 0.2500], dtype=torch.float64)
     """
 
     full_state_update = False

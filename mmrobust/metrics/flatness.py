@@ -57,6 +57,16 @@ class WeightFlatness(Metric):
         adapter: batch adapter; inferred from the batch when ``None``.
 
     ``compute()`` returns ``{"average_case", "worst_case", "clean_loss"}`` (losses averaged over outputs).
+
+    Example:
+        >>> from mmrobust.metrics import WeightFlatness
+        >>> from mmrobust.utils import toy_problem
+        >>> model, x, y = toy_problem()
+        >>> metric = WeightFlatness(samples=4, steps=3)
+        >>> metric.update(model, (x, y))              # pass attack=... to measure the robust loss's flatness
+        >>> out = metric.compute()
+        >>> sorted(out), bool(out["worst_case"] >= 0), round(float(out["clean_loss"]), 3)
+        (['average_case', 'clean_loss', 'worst_case'], True, 0.968)
     """
 
     full_state_update = False

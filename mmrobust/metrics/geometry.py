@@ -60,6 +60,17 @@ class BoundaryDistance(Metric):
     where the prediction changes; correctness is read from ``result.extras["true_target"]``), or of a plain
     minimal-norm attack (misclassified inputs then count as distance 0), or ``update(distances=...,
     confidence=..., correct=...)`` directly.
+
+    Example:
+        >>> import torch
+        >>> from mmrobust.metrics import BoundaryDistance
+        >>> metric = BoundaryDistance()
+        >>> metric.update(distances=torch.tensor([0.1, 0.5, 0.2, float("inf"), 0.05]),   # or update(attack_result)
+        ...               confidence=torch.tensor([0.6, 0.9, 0.7, 0.99, 0.5]),
+        ...               correct=torch.tensor([True, True, True, True, False]))
+        >>> out = metric.compute()
+        >>> [round(float(out[k]), 3) for k in ("median", "fraction_unbroken", "median_correct", "spearman_correct")]
+        [0.2, 0.2, 0.35, 1.0]
     """
 
     is_differentiable = False
@@ -97,6 +108,15 @@ class GeometryStatistic(Metric):
     :math:`\\bar v = \\frac1N\\sum_n v_n`, :math:`\\max_n v_n`.
 
     ``update(values)`` takes a ``(units,)`` tensor of finite values.
+
+    Example:
+        >>> import torch
+        >>> from mmrobust.metrics import GeometryStatistic
+        >>> metric = GeometryStatistic()
+        >>> metric.update(torch.tensor([1.0, 2.0, 4.0]))        # e.g. local Lipschitz estimates of one batch
+        >>> metric.update(torch.tensor([3.0]))
+        >>> {k: round(float(v), 3) for k, v in metric.compute().items()}
+        {'mean': 2.5, 'max': 4.0, 'median': 2.5, 'q90': 3.7}
     """
 
     is_differentiable = False
