@@ -22,9 +22,9 @@ PUBLIC = ["mmrobust", "mmrobust.attacks", "mmrobust.metrics", "mmrobust.threats"
 #: public classes still without an example (this list only shrinks)
 NO_EXAMPLE_YET = {
     "BudgetSweep", "SmoothedClassifier", "CTCTargetedAttack",
-    "MaskingPenalty", "MaskingPenaltyAttack", "UniversalPerturbation", "AmortizedAttack", "ConvPerturbationGenerator",
-    "MLPPerturbationGenerator", "MetaPRBCD", "PoisonResult", "LocalGreedy",
-    "LocalResult",
+    "MaskingPenalty", "MaskingPenaltyAttack",
+    "MetaPRBCD", "PoisonResult",
+   
     "PsychoacousticBall", "WeightBall",
 }
 

@@ -33,7 +33,15 @@ from .base import Attack, apply_masks, attack_mode, prepared, victim_for
 class ConvPerturbationGenerator(nn.Module):
     """A small fully convolutional generator for ``(N, C, H, W)`` inputs (encoder-residual-decoder as in
     AdvGAN's generator, scaled down): output has the input's shape, unbounded (the attack maps it into the
-    threat model)."""
+    threat model).
+
+    Example:
+        >>> import torch
+        >>> from mmrobust.attacks import ConvPerturbationGenerator
+        >>> generator = ConvPerturbationGenerator(channels=3, width=8, blocks=1)
+        >>> generator(torch.zeros(2, 3, 16, 16)).shape
+        torch.Size([2, 3, 16, 16])
+    """
 
     def __init__(self, channels: int = 1, width: int = 32, blocks: int = 2):
         super().__init__()
@@ -52,7 +60,15 @@ class ConvPerturbationGenerator(nn.Module):
 
 
 class MLPPerturbationGenerator(nn.Module):
-    """A generator for inputs of any fixed shape (waveforms, features): flatten, MLP, reshape."""
+    """A generator for inputs of any fixed shape (waveforms, features): flatten, MLP, reshape.
+
+    Example:
+        >>> import torch
+        >>> from mmrobust.attacks import MLPPerturbationGenerator
+        >>> generator = MLPPerturbationGenerator((1, 16000), hidden=8)  # one second of 16 kHz audio
+        >>> generator(torch.zeros(2, 1, 16000)).shape
+        torch.Size([2, 1, 16000])
+    """
 
     def __init__(self, input_shape: Sequence[int], hidden: int = 256):
         super().__init__()
@@ -83,6 +99,19 @@ class AmortizedAttack(Attack):
             (AdvGAN's :math:`\\max(Z_y - \\max_{i\\ne y} Z_i, -\\kappa)`, Eq. 4). ``None``: no cap.
     ``fit(model, data)`` trains the generator against a fixed model; ``update(model, batch)`` is one step.
     The generator and its optimiser state are part of :meth:`state_dict`.
+
+    Example:
+        >>> import torch
+        >>> from mmrobust.attacks import AmortizedAttack, ConvPerturbationGenerator
+        >>> from mmrobust.threats import LinfBall
+        >>> from mmrobust.utils import toy_problem
+        >>> model, x, y = toy_problem()
+        >>> _ = torch.manual_seed(0)
+        >>> attack = AmortizedAttack(LinfBall(0.1, lower=0, upper=1), ConvPerturbationGenerator(channels=1, width=4))
+        >>> losses = attack.fit(model, [[x, y]], epochs=3)  # mean attack loss per epoch; any iterable of batches
+        >>> result = attack(model, [x, y])                   # one forward pass of the generator
+        >>> len(losses), bool(((result.inputs["image"] - x).abs() <= 0.1 + 1e-6).all())
+        (3, True)
     """
 
     name = "amortized"

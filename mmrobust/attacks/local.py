@@ -92,7 +92,23 @@ class LocalResult:
     ``margins``: the target's classification margin before and after each flip (negative = misclassified);
     ``rejected``: candidates refused by the unnoticeability tests; with ``features=True``: ``x`` the perturbed
     features (else ``None``: unchanged), ``feature_flips`` the flipped ``(target, feature)`` in order and
-    ``kinds`` the order of all flips (``"e"`` edge, ``"f"`` feature)."""
+    ``kinds`` the order of all flips (``"e"`` edge, ``"f"`` feature).
+
+    Example:
+        >>> from mmrobust.attacks import LocalGreedy
+        >>> import torch
+        >>> from mmrobust.graph.data import sbm_graph
+        >>> from mmrobust.graph.models import GCN
+        >>> data = sbm_graph(num_nodes=20, num_classes=2, seed=0)
+        >>> _ = torch.manual_seed(0)
+        >>> model = GCN(data.num_features, 2, layers=1).eval()
+        >>> result = LocalGreedy(unnoticeable=False)(model, data, target=0, budget=3)
+        >>> min(k for k in range(4) if result.misclassified_after(k))  # flips needed to misclassify node 0
+        2
+        >>> edges, features = result.prefix(2)
+        >>> len(edges), features, result.kinds, result.edge_index.shape
+        (2, [], 'eee', torch.Size([2, 34]))
+    """
 
     edge_index: Tensor
     flips: List[tuple]
@@ -123,6 +139,19 @@ class LocalGreedy:
             ``features``, its feature co-occurrence test.
         candidates: how many top-gradient candidates to try per step before giving up on the tests.
         features: also flip the target's (binary) features, within the same budget.
+
+    Example:
+        >>> from mmrobust.attacks import LocalGreedy
+        >>> import torch
+        >>> from mmrobust.graph.data import sbm_graph
+        >>> from mmrobust.graph.models import GCN
+        >>> data = sbm_graph(num_nodes=20, num_classes=2, seed=0)
+        >>> _ = torch.manual_seed(0)
+        >>> model = GCN(data.num_features, 2, layers=1).eval()
+        >>> attack = LocalGreedy(unnoticeable=False)  # True: only flips passing Nettack's degree test
+        >>> result = attack(model, data, target=0, budget=3)
+        >>> result.flips, result.misclassified_after(0), result.misclassified_after(3)
+        ([(0, 6), (0, 11), (0, 15)], False, True)
     """
 
     def __init__(self, budget_per_degree: float = 1.0, *, unnoticeable: bool = True, threshold: float = 0.004,

@@ -56,6 +56,17 @@ class UniversalPerturbation(Attack):
         step_size: step length per update as a fraction of the budget radius.
         adapter, loss, targeted, seed: as for every :class:`Attack` (``targeted`` needs one target class
             for all inputs, ``target_class``).
+
+    Example:
+        >>> from mmrobust.attacks import UniversalPerturbation
+        >>> from mmrobust.threats import LinfBall
+        >>> from mmrobust.utils import toy_problem
+        >>> model, x, y = toy_problem()
+        >>> attack = UniversalPerturbation(LinfBall(0.1, lower=0, upper=1), seed=0)
+        >>> delta = attack.fit(model, [[x, y]], epochs=3)  # any iterable of batches, e.g. a DataLoader
+        >>> result = attack(model, [x, y])                   # the same delta added to every input
+        >>> delta.shape, bool(((result.inputs["image"] - x).abs() <= 0.1 + 1e-6).all())
+        (torch.Size([1, 2, 2]), True)
     """
 
     name = "universal"
