@@ -24,8 +24,6 @@ NO_EXAMPLE_YET = {
     "BudgetSweep", "SmoothedClassifier", "CTCTargetedAttack",
     "MaskingPenalty", "MaskingPenaltyAttack",
     "MetaPRBCD", "PoisonResult",
-   
-    "PsychoacousticBall", "WeightBall",
 }
 
 

@@ -237,6 +237,16 @@ class PsychoacousticBall(_DecibelBall, ThreatModel):
         sample_rate: of the waveforms (Hz).
         n_fft, hop_length: analysis window (default: 128 ms as in Qin et al., a power of two; hop a quarter).
         iterations: clip-and-resynthesise rounds in :meth:`project`.
+
+    Example:
+        >>> import math, torch
+        >>> from mmrobust.threats import PsychoacousticBall
+        >>> wave = 0.5 * torch.sin(2 * math.pi * 440 * torch.arange(4000) / 8000)[None]   # 0.5 s of a 440 Hz tone
+        >>> threat = PsychoacousticBall(0.0, sample_rate=8000)          # at the masking threshold itself
+        >>> noise = 0.01 * torch.randn(1, 4000, generator=torch.Generator().manual_seed(0))
+        >>> delta = threat.project(noise, wave)
+        >>> bool(threat.contains(delta, wave)), threat.extra_sizes(delta, wave)["frames_above"]
+        (True, tensor([0]))
     """
 
     db_name = "margin_db"

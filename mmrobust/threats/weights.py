@@ -95,6 +95,22 @@ class WeightBall:
         include_biases: perturb 1-d parameters (biases) too. AWP's reference code skips them (default);
             Stutz et al. perturb biases, so pass ``True`` to follow them.
         trainable_only: only parameters with ``requires_grad`` (frozen layers stay fixed).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from mmrobust.threats import WeightBall, perturbed_weights
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 3))
+        >>> ball = WeightBall(0.1)                     # ||v_l|| <= 0.1 ||w_l||, BatchNorm and biases left alone
+        >>> sorted(ball.parameters(model))
+        ['0.weight', '2.weight']
+        >>> v = ball.random(model, torch.Generator().manual_seed(0))
+        >>> w = model[0].weight.clone()
+        >>> with perturbed_weights(model, v):
+        ...     inside = ball.contains(v, model) and not torch.equal(model[0].weight, w)
+        >>> inside, torch.equal(model[0].weight, w)    # perturbed inside the block, restored exactly after it
+        (True, True)
     """
 
     def __init__(self, gamma: float, *, relative: bool = True, norm: str = "l2",
