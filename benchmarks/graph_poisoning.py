@@ -111,7 +111,7 @@ def main():
     ap.add_argument("--inner-steps", type=int, default=None, help="MetaPRBCD unrolled steps (default: library's)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from mmrobust.attacks.poisoning import poison
+    from mmrobust.graph.poisoning import poison
     from mmrobust.threats.graph import EdgeFlips
 
     if args.data == "csbm":   # generated in code: contextual SBM, 600 nodes, 3 classes, 32 binary features, 10% train

@@ -79,7 +79,7 @@ def rss_mib() -> float:
 
 
 def child(n: int, epochs: int, budget: float) -> dict:
-    from mmrobust.attacks.poisoning import MetaPRBCD
+    from mmrobust.graph.poisoning import MetaPRBCD
     from mmrobust.threats.graph import EdgeFlips
 
     torch.set_num_threads(1)
@@ -94,7 +94,7 @@ def child(n: int, epochs: int, budget: float) -> dict:
     result = attack(data)
     total = time.perf_counter() - t
     # the epochs' share: the clean surrogate's training is timed again on its own and subtracted
-    from mmrobust.attacks.poisoning import _train_clean
+    from mmrobust.graph.poisoning import _train_clean
 
     t = time.perf_counter()
     _train_clean(attack.surrogate, data, attack.clean_epochs, 0)

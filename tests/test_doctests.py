@@ -23,7 +23,6 @@ PUBLIC = ["mmrobust", "mmrobust.attacks", "mmrobust.metrics", "mmrobust.threats"
 NO_EXAMPLE_YET = {
     "BudgetSweep", "SmoothedClassifier", "CTCTargetedAttack",
     "MaskingPenalty", "MaskingPenaltyAttack",
-    "MetaPRBCD", "PoisonResult",
 }
 
 

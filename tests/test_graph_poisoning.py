@@ -9,7 +9,7 @@ pytest.importorskip("torch_geometric")
 
 from torch_geometric.utils import is_undirected  # noqa: E402
 
-from mmrobust.attacks.poisoning import MetaPRBCD, poison, transfer_poison  # noqa: E402
+from mmrobust.graph.poisoning import MetaPRBCD, poison, transfer_poison  # noqa: E402
 from mmrobust.attacks.edge_candidates import CandidatePairs, EdgeBlock, EdgeLookup  # noqa: E402
 from mmrobust.adapters.graph import GraphAdapter  # noqa: E402
 from mmrobust.graph.data import sbm_graph  # noqa: E402

@@ -19,7 +19,6 @@ from .pgd import FGSM, PGD
 from .single_step import FGSMRS, NFGSM
 from .prbcd import PRBCD
 from .local import LocalGreedy, LocalResult
-from .poisoning import MetaPRBCD, PoisonResult, poison, transfer_poison
 from .square import Square
 from .universal import UniversalPerturbation
 
@@ -37,8 +36,6 @@ __all__ = [
     "Ensemble", "AmortizedAttack", "ConvPerturbationGenerator", "MLPPerturbationGenerator",
     # graph structure
     "PRBCD", "GRBCD", "GraphAttack", "masked_cross_entropy", "DICE", "RandomFlips",
-    # graph poisoning (training-time)
-    "MetaPRBCD", "PoisonResult", "poison", "transfer_poison",
     # local (targeted) structure attacks
     "LocalGreedy", "LocalResult",
 ]

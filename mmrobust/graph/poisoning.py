@@ -25,12 +25,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..adapters.graph import GraphAdapter
+from ..attacks.edge_candidates import EPS as _EPS
+from ..attacks.edge_candidates import CandidatePairs, EdgeBlock, EdgeLookup, rank_within_unit
+from ..attacks.losses import get_loss
+from ..attacks.prbcd import PRBCD, resample_block
 from ..errors import NonFiniteError, check_choice, check_fraction, check_int, check_positive
 from ..threats.graph import EdgeFlips, project_capped_simplex, undirected_pairs
-from .edge_candidates import EPS as _EPS
-from .edge_candidates import CandidatePairs, EdgeBlock, EdgeLookup, rank_within_unit
-from .losses import get_loss
-from .prbcd import PRBCD, resample_block
+from .models import GCN
+from .training import train_node_classifier
 
 
 @dataclass
@@ -46,7 +48,6 @@ class PoisonResult:
 
 
 def _default_surrogate(num_features: int, num_classes: int) -> nn.Module:
-    from ..graph.models import GCN
     return GCN(num_features, num_classes, hidden=16, dropout=0.0)
 
 
@@ -67,8 +68,6 @@ def _check_data(data) -> None:
 
 
 def _train_clean(make: Callable[[int, int], nn.Module], data, epochs: int, seed: int) -> nn.Module:
-    from ..graph.training import train_node_classifier
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = make(data.num_features, int(data.y.max()) + 1).to(data.x.device, data.x.dtype)
