@@ -70,6 +70,19 @@ class BudgetSweep:
         larger_budget_is_stronger: ``False`` where a larger budget value is a smaller perturbation (SNR in dB).
         checks: the attack-failure checks (:func:`mmrobust.checks.sweep_checks`: each check merged over the
             budgets, and ``sweep_monotone`` on the worst-case curve); ``None`` with ``checks=False``.
+
+    Example:
+        >>> from mmrobust import sweep
+        >>> from mmrobust.attacks import PGD
+        >>> from mmrobust.threats import LinfBall
+        >>> from mmrobust.utils import toy_problem
+        >>> model, x, y = toy_problem()
+        >>> result = sweep(model, [(x, y)], {"pgd": PGD(LinfBall(0.1, lower=0, upper=1), steps=5, seed=0)},
+        ...                budgets=[0.0, 0.05, 0.3], progress=False, checks=False)
+        >>> result.budget_name, result.clean_accuracy, result.robust_accuracy[0]
+        ('eps (linf)', 0.5, 0.5)
+        >>> sorted(result.rows()[-1]), result.robust_accuracy[-1] <= result.robust_accuracy[0]
+        (['budget', 'clean', 'pgd', 'worst case'], True)
     """
 
     budgets: List[Budget]

@@ -76,6 +76,18 @@ class SmoothedClassifier(nn.Module):
         alpha: failure probability, in (0, 1).
         batch_size: noisy copies per forward pass.
         generator: a ``torch.Generator`` or an integer seed for the noise (``None``: global RNG).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from mmrobust import SmoothedClassifier
+        >>> base = nn.Linear(2, 2)                      # class 0 for x[0] > 0, class 1 for x[0] < 0
+        >>> with torch.no_grad():
+        ...     _ = base.weight.copy_(torch.tensor([[1.0, 0.0], [-1.0, 0.0]])), base.bias.zero_()
+        >>> smoothed = SmoothedClassifier(base, 0.5, num_classes=2, n0=10, n=200, generator=0)
+        >>> certificate = smoothed.certify(torch.tensor([[3.0, 0.0], [-3.0, 0.0], [0.0, 0.0]]))
+        >>> certificate.prediction, certificate.radius.round(decimals=3)   # the point on the boundary abstains (-1)
+        (tensor([ 0,  1, -1]), tensor([0.9130, 0.9130, 0.0000], dtype=torch.float64))
     """
 
     def __init__(self, base_model: nn.Module, sigma: float, *, num_classes: int, n0: int = 100, n: int = 10000,
