@@ -105,6 +105,19 @@ class CTCTargetedAttack:
     the latest iterate whose share of the step's draws decoded to the target was highest; ``extras``
     hold that share (``eot/success_share``). ``success`` stays C&W's criterion on the untransformed input;
     measure success over the air under fresh transforms that the attack did not see.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from mmrobust.attacks import CTCTargetedAttack
+        >>> from mmrobust.threats import LinfBall
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Sequential(nn.Unflatten(1, (10, 40)), nn.Linear(40, 5)).eval()  # 10 frames, 5 classes
+        >>> wave = 0.1 * torch.randn(2, 400)
+        >>> attack = CTCTargetedAttack(LinfBall(0.5, lower=-1, upper=1), steps=100, step_size=0.05)
+        >>> result = attack(model, wave, [[3, 1], [3]])  # one target label sequence per example
+        >>> result.success, result.decoded, bool((result.size <= 0.5 + 1e-6).all())
+        (tensor([True, True]), [[3, 1], [3]], True)
     """
 
     def __init__(self, threat: ThreatModel, *, steps: int = 300, step_size: float = 0.02, blank: int = 0,

@@ -44,6 +44,18 @@ class MaskingPenalty:
             or CTC on float waveforms, where the penalty's gradient is some 1e4 times the loss's.
         up, up_every: factor applied to the weight of adversarial examples every ``up_every`` steps.
         down, down_every: factor applied to the weight of not-yet-adversarial examples every ``down_every`` steps.
+
+    Example:
+        >>> import torch
+        >>> from mmrobust.attacks.imperceptible import MaskingPenalty
+        >>> _ = torch.manual_seed(0)
+        >>> masking = MaskingPenalty(16000, n_fft=256)
+        >>> x, delta = 0.1 * torch.randn(2, 1600), 0.01 * torch.randn(2, 1600)  # 0.1 s of 16 kHz audio
+        >>> penalty, grad = masking.value_and_grad(delta, masking.threshold(x))
+        >>> penalty.shape, grad.shape
+        (torch.Size([2]), torch.Size([2, 1600]))
+        >>> masking.update(masking.initial_weights(x), 20, torch.tensor([True, False])) / masking.alpha
+        tensor([1.2000, 1.0000], dtype=torch.float64)
     """
 
     def __init__(self, sample_rate: int, *, alpha: float = 1e-4, up: float = 1.2, up_every: int = 20,
@@ -103,6 +115,20 @@ class MaskingPenaltyAttack(Attack):
         steps: Adam steps. step_size: step length as a fraction of the outer radius.
         start: the first stage, an attack whose result (projected onto ``threat``) is the starting point,
             e.g. ``PGD(SNRBall(20))`` (Qin et al. start from Carlini & Wagner's attack); ``None``: zero.
+
+    Example:
+        >>> import torch
+        >>> from mmrobust.attacks import MaskingPenaltyAttack
+        >>> from mmrobust.attacks.imperceptible import MaskingPenalty
+        >>> from mmrobust.threats import SNRBall
+        >>> _ = torch.manual_seed(0)
+        >>> x = 0.1 * torch.randn(2, 1600)  # two waveforms, 0.1 s at 16 kHz
+        >>> model = torch.nn.Linear(1600, 3).eval()
+        >>> y = model(x).argmax(1)
+        >>> attack = MaskingPenaltyAttack(SNRBall(20), MaskingPenalty(16000, n_fft=256), steps=50)
+        >>> result = attack(model, [x, y])
+        >>> bool((result.extras["image/snr_db"] >= 20 - 1e-3).all()), sorted(result.extras)
+        (True, ['image/db_x', 'image/excess_db', 'image/frames_above', 'image/snr_db'])
     """
 
     name = "masking_penalty"
