@@ -26,12 +26,9 @@ class RandomFlips(GraphAttack):
     Example:
         >>> from mmrobust.attacks import RandomFlips
         >>> import torch
-        >>> from mmrobust.graph.data import sbm_graph
-        >>> from mmrobust.graph.models import GCN
+        >>> from mmrobust.graph.data import toy_graph
         >>> from mmrobust.threats import EdgeFlips
-        >>> data = sbm_graph(num_nodes=20, num_classes=2, seed=0)  # 20 nodes, 14 undirected edges
-        >>> _ = torch.manual_seed(0)
-        >>> model = GCN(data.num_features, 2, layers=1).eval()
+        >>> model, data = toy_graph()  # a one-layer GCN on 20 nodes with 14 undirected edges
         >>> result = RandomFlips(EdgeFlips(0.3), seed=0)(model, data)  # int(0.3 * 14) = 4 flips
         >>> result.size["edges"], result.batch.edge_index.shape
         (tensor([4.]), torch.Size([2, ...]))
@@ -94,12 +91,9 @@ class DICE(RandomFlips):
     Example:
         >>> from mmrobust.attacks import DICE
         >>> import torch
-        >>> from mmrobust.graph.data import sbm_graph
-        >>> from mmrobust.graph.models import GCN
+        >>> from mmrobust.graph.data import toy_graph
         >>> from mmrobust.threats import EdgeFlips
-        >>> data = sbm_graph(num_nodes=20, num_classes=2, seed=0)  # 20 nodes, 14 undirected edges
-        >>> _ = torch.manual_seed(0)
-        >>> model = GCN(data.num_features, 2, layers=1).eval()
+        >>> model, data = toy_graph()  # a one-layer GCN on 20 nodes with 14 undirected edges
         >>> result = DICE(EdgeFlips(4), seed=0)(model, data)
         >>> (row, col), y = result.inputs["flipped_edges"], data.y
         >>> clean = {(int(a), int(b)) for a, b in data.edge_index.t()}

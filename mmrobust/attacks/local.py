@@ -97,11 +97,8 @@ class LocalResult:
     Example:
         >>> from mmrobust.attacks import LocalGreedy
         >>> import torch
-        >>> from mmrobust.graph.data import sbm_graph
-        >>> from mmrobust.graph.models import GCN
-        >>> data = sbm_graph(num_nodes=20, num_classes=2, seed=0)
-        >>> _ = torch.manual_seed(0)
-        >>> model = GCN(data.num_features, 2, layers=1).eval()
+        >>> from mmrobust.graph.data import toy_graph
+        >>> model, data = toy_graph()  # a one-layer GCN on 20 nodes with 14 undirected edges
         >>> result = LocalGreedy(unnoticeable=False)(model, data, target=0, budget=3)
         >>> min(k for k in range(4) if result.misclassified_after(k))  # flips needed to misclassify node 0
         2
@@ -143,11 +140,8 @@ class LocalGreedy:
     Example:
         >>> from mmrobust.attacks import LocalGreedy
         >>> import torch
-        >>> from mmrobust.graph.data import sbm_graph
-        >>> from mmrobust.graph.models import GCN
-        >>> data = sbm_graph(num_nodes=20, num_classes=2, seed=0)
-        >>> _ = torch.manual_seed(0)
-        >>> model = GCN(data.num_features, 2, layers=1).eval()
+        >>> from mmrobust.graph.data import toy_graph
+        >>> model, data = toy_graph()  # a one-layer GCN on 20 nodes with 14 undirected edges
         >>> attack = LocalGreedy(unnoticeable=False)  # True: only flips passing Nettack's degree test
         >>> result = attack(model, data, target=0, budget=3)
         >>> result.flips, result.misclassified_after(0), result.misclassified_after(3)

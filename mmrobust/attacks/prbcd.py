@@ -92,12 +92,9 @@ class PRBCD(GraphAttack):
     Example:
         >>> from mmrobust.attacks import PRBCD
         >>> import torch
-        >>> from mmrobust.graph.data import sbm_graph
-        >>> from mmrobust.graph.models import GCN
+        >>> from mmrobust.graph.data import toy_graph
         >>> from mmrobust.threats import EdgeFlips
-        >>> data = sbm_graph(num_nodes=20, num_classes=2, seed=0)  # 20 nodes, 14 undirected edges
-        >>> _ = torch.manual_seed(0)
-        >>> model = GCN(data.num_features, 2, layers=1).eval()
+        >>> model, data = toy_graph()  # a one-layer GCN on 20 nodes with 14 undirected edges
         >>> result = PRBCD(EdgeFlips(4), block_size=100, epochs=10, progress=False, seed=0)(model, data)
         >>> result.size["edges"], result.inputs["flipped_edges"].shape  # 4 pairs, as (row, col), row < col
         (tensor([4.]), torch.Size([2, 4]))

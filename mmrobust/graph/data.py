@@ -129,6 +129,20 @@ def inductive_split(data, test_mask: Optional[Tensor] = None):
     return train, data
 
 
+def toy_graph(seed: int = 0, num_nodes: int = 20):
+    """``(model, data)``: a one-layer GCN (eval mode, weights drawn with ``seed``) on a two-class contextual SBM
+    (:func:`sbm_graph`, 20 nodes and 14 undirected edges by default), built without touching the global random
+    state; the setting of the graph attacks' docstring examples (the graph twin of
+    :func:`mmrobust.utils.toy_problem`)."""
+    from .models import GCN
+
+    data = sbm_graph(num_nodes=num_nodes, num_classes=2, seed=seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = GCN(data.num_features, 2, layers=1).eval()
+    return model, data
+
+
 class _SingleGraphModule(pl.LightningDataModule):
     """Full-batch node classification: every dataloader yields the one graph (PyG's DataLoader)."""
 
