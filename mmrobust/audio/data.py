@@ -20,7 +20,7 @@ import os
 import re
 import zipfile
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import pytorch_lightning as pl
 import torch
@@ -97,7 +97,26 @@ def augment_batch(wave: Tensor, lengths: Tensor, *, gain_db: float = 6.0, max_sh
     return ((shifted * gain[:, None] + noise) * mask).clamp(-1, 1)
 
 
-class _SpeechDataModule(pl.LightningDataModule):
+class SplitLoaders:
+    """``val_dataloader``/``test_dataloader`` of a datamodule whose ``setup`` builds ``train_set``/``val_set``/
+    ``test_set``, batched with ``batch_size``, ``num_workers`` and the class's ``collate`` (``None``: PyTorch's)."""
+
+    collate: Optional[Callable] = None
+
+    def _loader(self, ds, shuffle: bool) -> DataLoader:
+        if ds is None:
+            raise RuntimeError(f"{type(self).__name__}.setup() has not built this split yet")
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          collate_fn=self.collate)
+
+    def val_dataloader(self):
+        return self._loader(self.val_set, False)
+
+    def test_dataloader(self):
+        return self._loader(self.test_set, False)
+
+
+class _SpeechDataModule(SplitLoaders, pl.LightningDataModule):
     """Shared loaders and on-device train augmentation for the speech datamodules."""
 
     num_classes: int = 10
@@ -117,19 +136,8 @@ class _SpeechDataModule(pl.LightningDataModule):
         self.val_set: Optional[WaveformDataset] = None
         self.test_set: Optional[WaveformDataset] = None
 
-    def _loader(self, ds, shuffle: bool) -> DataLoader:
-        if ds is None:
-            raise RuntimeError(f"{type(self).__name__}.setup() has not built this split yet")
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers)
-
     def train_dataloader(self):
         return self._loader(self.train_set, True)
-
-    def val_dataloader(self):
-        return self._loader(self.val_set, False)
-
-    def test_dataloader(self):
-        return self._loader(self.test_set, False)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         trainer = getattr(self, "trainer", None)

@@ -24,6 +24,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import check_fraction, check_int, check_positive
+from .data import SplitLoaders
 from .transforms import _range
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -151,7 +152,7 @@ def target_lists(targets: Tensor, target_lengths: Tensor) -> List[List[int]]:
     return [targets[i, :int(n)].tolist() for i, n in enumerate(target_lengths)]
 
 
-class FSDDSequenceDataModule(pl.LightningDataModule):
+class FSDDSequenceDataModule(SplitLoaders, pl.LightningDataModule):
     """Digit sequences (3-7 digits by default) made of Free Spoken Digit Dataset clips, speakers held out.
 
     The clips of ``test_speakers`` make the test utterances; of the other speakers' clips, a
@@ -168,6 +169,8 @@ class FSDDSequenceDataModule(pl.LightningDataModule):
         augment: ``False`` or a callable ``(wave, lengths) -> (wave, lengths)`` applied to train batches on
             the device (e.g. :class:`~mmrobust.audio.augment.SpeechAugmentation`).
     """
+
+    collate = staticmethod(collate_sequences)
 
     def __init__(self, root="data/fsdd", test_speakers: Sequence[str] = ("george", "theo"), *,
                  num_train: int = 4000, num_val: int = 200, num_test: int = 400, min_digits: int = 3,
@@ -233,12 +236,6 @@ class FSDDSequenceDataModule(pl.LightningDataModule):
             setattr(self, f"{k}_set", ds)
         self.speakers = speakers
 
-    def _loader(self, ds, shuffle: bool) -> DataLoader:
-        if ds is None:
-            raise RuntimeError(f"{type(self).__name__}.setup() has not built this split yet")
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          collate_fn=collate_sequences)
-
     def train_dataloader(self):
         if self.train_set is None:
             return self._loader(None, True)
@@ -246,12 +243,6 @@ class FSDDSequenceDataModule(pl.LightningDataModule):
         sampler = LengthBucketSampler(lengths, self.batch_size, seed=self.seed)
         return DataLoader(self.train_set, batch_sampler=sampler, num_workers=self.num_workers,
                           collate_fn=collate_sequences)
-
-    def val_dataloader(self):
-        return self._loader(self.val_set, False)
-
-    def test_dataloader(self):
-        return self._loader(self.test_set, False)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         trainer = getattr(self, "trainer", None)
