@@ -58,18 +58,21 @@ def trainer(tmp_path, callbacks, **kwargs):
                       **kwargs)
 
 
+def evaluate_counting_inputs(model, data, attack, **kwargs):
+    """``(mmrobust.evaluate's result, number of inputs the model's forward saw)``."""
+    seen = []
+    hook = model.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+    try:
+        return mmrobust.evaluate(model, data, attack, progress=False, **kwargs), sum(seen)
+    finally:
+        hook.remove()
+
+
 def test_evaluate_stops_early_for_the_same_accuracy_at_less_cost(digits, digits_cnn):
     """Only whether an output broke is read, so early stopping keeps the numbers and saves model passes."""
     attack = PGD(LinfBall(0.2, lower=0.0, upper=1.0), steps=10, seed=0)
-    seen = []
-    hook = digits_cnn.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
-    try:
-        fast = mmrobust.evaluate(digits_cnn, loader(digits), attack, progress=False)
-        work_fast, seen[:] = sum(seen), []
-        full = mmrobust.evaluate(digits_cnn, loader(digits), attack, progress=False, early_stop=False)
-        work_full = sum(seen)
-    finally:
-        hook.remove()
+    fast, work_fast = evaluate_counting_inputs(digits_cnn, loader(digits), attack)
+    full, work_full = evaluate_counting_inputs(digits_cnn, loader(digits), attack, early_stop=False)
     assert abs(fast["robust_accuracy"] - full["robust_accuracy"]) <= 1 / fast["num_examples"]
     assert fast["clean_accuracy"] == full["clean_accuracy"] and full["robust_accuracy"] < 0.3
     assert work_fast < 0.6 * work_full  # most digits break within a few of the 10 steps at eps 0.2
@@ -85,15 +88,8 @@ def test_evaluate_stops_early_inside_a_user_built_ensemble(digits, digits_cnn):
     members = [PGD(LinfBall(0.2, lower=0.0, upper=1.0), steps=10, seed=0),
                PGD(LinfBall(0.2, lower=0.0, upper=1.0), steps=10, seed=1)]
     ensemble = Ensemble(members)
-    seen = []
-    hook = digits_cnn.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
-    try:
-        fast = mmrobust.evaluate(digits_cnn, loader(digits), ensemble, progress=False)
-        work_fast, seen[:] = sum(seen), []
-        full = mmrobust.evaluate(digits_cnn, loader(digits), ensemble, progress=False, early_stop=False)
-        work_full = sum(seen)
-    finally:
-        hook.remove()
+    fast, work_fast = evaluate_counting_inputs(digits_cnn, loader(digits), ensemble)
+    full, work_full = evaluate_counting_inputs(digits_cnn, loader(digits), ensemble, early_stop=False)
     assert abs(fast["robust_accuracy"] - full["robust_accuracy"]) <= 1 / fast["num_examples"]
     assert work_fast < 0.8 * work_full
     assert all(m.early_stop is False for m in ensemble.attacks)  # the user's members are untouched
