@@ -36,6 +36,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from ..adapters.calls import graph_call
 from ..errors import check_finite_nonneg, check_int, check_positive
 from .base import attack_mode
 
@@ -92,7 +93,8 @@ class LocalResult:
     ``margins``: the target's classification margin before and after each flip (negative = misclassified);
     ``rejected``: candidates refused by the unnoticeability tests; with ``features=True``: ``x`` the perturbed
     features (else ``None``: unchanged), ``feature_flips`` the flipped ``(target, feature)`` in order and
-    ``kinds`` the order of all flips (``"e"`` edge, ``"f"`` feature).
+    ``kinds`` the order of all flips (``"e"`` edge, ``"f"`` feature); ``edge_weight``: the weights of
+    ``edge_index`` when the graph has ``data.edge_weight`` (kept edges keep theirs, added edges weigh 1).
 
     Example:
         >>> from mmrobust.attacks import LocalGreedy
@@ -115,6 +117,7 @@ class LocalResult:
     x: Optional[Tensor] = None
     feature_flips: List[tuple] = field(default_factory=list)
     kinds: str = ""
+    edge_weight: Optional[Tensor] = None
 
     def misclassified_after(self, k: int) -> bool:
         """Whether the target was misclassified after the first ``k`` flips."""
@@ -170,6 +173,9 @@ class LocalGreedy:
         t = int(target)
         ei = data.edge_index
         x = data.x
+        call = graph_call(model)  # the model's own signature; data.edge_weight weighs the clean edges
+        clean_w = getattr(data, "edge_weight", None)
+        ew = torch.ones(ei.shape[1], dtype=x.dtype, device=x.device) if clean_w is None else clean_w.to(x.dtype)
         if self.features and not bool(((x == 0) | (x == 1)).all()):
             raise ValueError("features=True flips binary features, but data.x has values other than 0 and 1; "
                              "use features=False (structure only) for continuous features")
@@ -190,19 +196,19 @@ class LocalGreedy:
         flips, feature_flips, kinds, margins, rejected = [], [], "", [], 0
         with attack_mode(model):
             for step in range(budget + 1):
-                w_edges = torch.ones(ei.shape[1], dtype=x.dtype, device=x.device)
                 p = torch.zeros(others.numel() + num_f, dtype=x.dtype, device=x.device, requires_grad=True)
                 exists = adj[others]
                 # relaxed flip of every pair (t, v): existing edges lose weight p, missing ones gain weight p
                 sign = torch.where(exists, -1.0, 1.0).to(x.dtype)
+                w_out, w_in = _pair_weights(ei, ew, t, n, others)  # removing (t, v) takes its own weight away
                 row = torch.cat([ei[0], torch.full_like(others, t), others])
                 col = torch.cat([ei[1], others, torch.full_like(others, t)])
                 pe = p[: others.numel()]
-                w = torch.cat([w_edges, sign * pe, sign * pe])
+                w = torch.cat([ew, sign * pe * w_out, sign * pe * w_in])
                 x_in = x
                 if self.features:                                        # relaxed flip of each target feature
                     x_in = x.index_copy(0, torch.tensor([t], device=x.device), (x_t + (1 - 2 * x_t) * p[-num_f:])[None])
-                m = self.margin(model(x_in, torch.stack([row, col]), w)[t], label)
+                m = self.margin(call(data, x_in, torch.stack([row, col]), w, None)[t], label)
                 margins.append(float(m.detach()))
                 if step == budget:
                     break
@@ -241,20 +247,31 @@ class LocalGreedy:
                 deg[t] += d
                 deg[v] += d
                 adj[v] = not bool(exists[k])
-                ei = _flip(ei, t, v, add=d > 0)
+                ei, ew = _flip(ei, ew, t, v, add=d > 0)
                 flips.append((min(t, v), max(t, v)))
                 kinds += "e"
         x_out = x.index_copy(0, torch.tensor([t], device=x.device), x_t[None]) if self.features else None
-        return LocalResult(ei, flips, budget, margins, rejected, x_out, feature_flips, kinds)
+        return LocalResult(ei, flips, budget, margins, rejected, x_out, feature_flips, kinds,
+                           None if clean_w is None else ew.to(clean_w.dtype))
 
 
-def _flip(edge_index: Tensor, a: int, b: int, add: bool) -> Tensor:
+def _pair_weights(edge_index: Tensor, weight: Tensor, t: int, n: int, others: Tensor) -> Tuple[Tensor, Tensor]:
+    """Weights of the edges ``(t, v)`` and ``(v, t)`` for every ``v`` in ``others`` (1 where there is none)."""
+    r, c = edge_index
+    w_out = torch.ones(n, dtype=weight.dtype, device=weight.device)
+    w_in = torch.ones(n, dtype=weight.dtype, device=weight.device)
+    w_out[c[r == t]] = weight[r == t]
+    w_in[r[c == t]] = weight[c == t]
+    return w_out[others], w_in[others]
+
+
+def _flip(edge_index: Tensor, weight: Tensor, a: int, b: int, add: bool) -> Tuple[Tensor, Tensor]:
     if add:
         extra = torch.tensor([[a, b], [b, a]], dtype=edge_index.dtype, device=edge_index.device)
-        return torch.cat([edge_index, extra], 1)
+        return torch.cat([edge_index, extra], 1), torch.cat([weight, weight.new_ones(2)])
     r, c = edge_index
     drop = ((r == a) & (c == b)) | ((r == b) & (c == a))
-    return edge_index[:, ~drop]
+    return edge_index[:, ~drop], weight[~drop]
 
 
 __all__ = ["LocalGreedy", "LocalResult", "cooccurrence_allowed", "degree_test_statistic"]
