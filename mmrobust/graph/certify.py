@@ -62,6 +62,20 @@ def max_certified_radius(p_lower: float, p_plus: float, p_minus: float, max_radi
     return r if p_lower > 0.5 else -1
 
 
+def _distinct_pairs(num_nodes: int, k: int, gen: torch.Generator) -> Tensor:
+    """``k`` distinct pairs ``i < j`` drawn uniformly (as keys ``i * num_nodes + j``): with ``k ~ Binomial(pairs,
+    p_plus)`` every pair is then present independently with probability exactly ``p_plus``, the distribution the
+    certificate assumes (drawing ``k`` pairs with replacement and dropping ``i == j`` adds fewer)."""
+    keys = torch.empty(0, dtype=torch.long)
+    while keys.numel() < k:
+        m = k - keys.numel()
+        a = torch.randint(num_nodes, (m,), generator=gen)
+        b = torch.randint(num_nodes - 1, (m,), generator=gen)
+        b = b + (b >= a).long()                                   # uniform over b != a
+        keys = torch.unique(torch.cat([keys, torch.minimum(a, b) * num_nodes + torch.maximum(a, b)]))
+    return keys
+
+
 @dataclass
 class SparseCertificate:
     """Per node: ``prediction`` (``ABSTAIN`` = -1 where the top class's bound is at most 1/2), ``p_lower`` and the
@@ -126,9 +140,8 @@ class SparseSmoothing:
         if self.p_plus > 0:
             pairs = num_nodes * (num_nodes - 1) // 2
             k = int(torch.binomial(torch.tensor(float(pairs)), torch.tensor(self.p_plus), generator=gen))
-            a = torch.randint(num_nodes, (2, k), generator=gen).to(device)
-            a = torch.stack([a.min(0).values, a.max(0).values])
-            a = a[:, a[0] != a[1]]
+            keys = _distinct_pairs(num_nodes, k, gen).to(device)
+            a = torch.stack([keys // num_nodes, keys % num_nodes])
             # pairs that already exist were "added" to an edge: leave them to the deletion draw
             exists = torch.isin(a[0] * num_nodes + a[1], upper[0] * num_nodes + upper[1])
             parts.append(a[:, ~exists])
