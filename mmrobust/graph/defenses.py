@@ -5,8 +5,8 @@ Every model follows the attackable convention ``model(x, edge_index, edge_weight
 defence from the given (possibly relaxed) edge weights on every call, so any graph attack -- PRBCD, GRBCD,
 DICE, poisoning -- runs *through* the defence (the adaptive setting of Mujkanovic et al. 2022,
 https://arxiv.org/abs/2301.00117); a transfer attack is an attack on a plain GCN whose graph is then fed to
-the defence.  All of them work on the edge list (memory ~ ``edges x channels``; GCN-SVD ~ ``nodes x rank``),
-never on a dense ``nodes x nodes`` matrix.
+the defence.  All of them work on the edge list (memory ~ ``edges x channels``; GCN-SVD ~ ``nodes x rank``;
+GNNGuard's similarities in chunks, :mod:`mmrobust.graph.similarity`), never on a dense ``nodes x nodes`` matrix.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import check_finite_nonneg, check_fraction, check_int
+from .similarity import edge_cosine
 
 
 def _ones(edge_index: Tensor, x: Tensor) -> Tensor:
@@ -61,7 +62,7 @@ class GNNGuard(nn.Module):
         loops); ``alive`` (bool) restricts it to edges an earlier layer kept."""
         src, dst = edge_index
         n = h.shape[0]
-        sim = F.cosine_similarity(h[src], h[dst], dim=1, eps=1e-8)
+        sim = edge_cosine(h, edge_index, eps=1e-8)   # chunked / sparse: never edges x channels at once
         keep = (sim >= self.threshold) & (src != dst)
         if alive is not None:
             keep &= alive

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import check_fraction, check_int
+from .similarity import edge_jaccard
 
 
 class GCN(nn.Module):
@@ -107,7 +108,9 @@ class JaccardGCN(GCN):
     .. math:: J_{ij} = |x_i \\cap x_j| / |x_i \\cup x_j|,\\quad A'_{ij} = A_{ij} \\mathbb{1}[J_{ij} \\ge \\tau]
 
     Edges are dropped by zeroing their weight, so relaxed edge weights still pass gradients to attacks
-    for the edges that survive (the adaptive-attack setting of Mujkanovic et al. 2022).
+    for the edges that survive (the adaptive-attack setting of Mujkanovic et al. 2022).  The similarities are
+    counted per edge from the non-zeros of the two rows (:func:`~mmrobust.graph.similarity.edge_jaccard`), never
+    as an ``edges x features`` tensor.
     """
 
     def __init__(self, in_channels: int, out_channels: int, threshold: float = 0.01, **kwargs):
@@ -117,9 +120,5 @@ class JaccardGCN(GCN):
     def forward(self, x, edge_index, edge_weight=None, batch=None):
         if edge_weight is None:
             edge_weight = torch.ones(edge_index.shape[1], dtype=x.dtype, device=x.device)
-        xb = (x > 0).to(x.dtype)
-        row, col = edge_index
-        inter = (xb[row] * xb[col]).sum(1)
-        union = xb[row].sum(1) + xb[col].sum(1) - inter
-        jac = inter / union.clamp_min(1)
+        jac = edge_jaccard(x, edge_index)   # sparse per-edge counts, never an edges x features tensor
         return super().forward(x, edge_index, edge_weight * (jac >= self.threshold).to(x.dtype), batch)
