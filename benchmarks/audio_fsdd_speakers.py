@@ -76,6 +76,10 @@ def main():
     p.add_argument("--train-steps", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-deltas", action="store_true")
+    p.add_argument("--width", type=int, default=32, help="KeywordCNN width")
+    p.add_argument("--speed", type=float, nargs=2, default=None, help="SpeechAugmentation speed range")
+    p.add_argument("--reverb-probability", type=float, default=None)
+    p.add_argument("--noise-snr", type=float, nargs=2, default=None, help="SpeechAugmentation noise SNR range, dB")
     p.add_argument("--save-dir", default=None, help="save each fold's weights as <speaker>_<kind>.pt here")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "audio_fsdd_speakers.json"))
     args = p.parse_args()
@@ -86,15 +90,17 @@ def main():
     kinds = ["normal"] + (["adversarial"] if args.adversarial else [])
     if args.adversarial_only:
         kinds = ["adversarial"]
+    aug = {k: v for k, v in (("speed", args.speed), ("reverb_probability", args.reverb_probability),
+                              ("noise_snr_db", args.noise_snr)) if v is not None}
     for speaker in args.speakers:
         dm = FSDDDataModule(root=args.root, split="speaker", test_speakers=(speaker,), val_fraction=0.0,
-                            batch_size=64, augment=SpeechAugmentation())
+                            batch_size=64, augment=SpeechAugmentation(**aug))
         dm.setup()
         for kind in kinds:
             start = time.time()
             attack = PGD(SNRBall(args.train_snr), steps=args.train_steps, seed=0, adapter=ADAPTER) \
                 if kind == "adversarial" else None
-            model = train(KeywordCNN(10, deltas=not args.no_deltas), dm, args.epochs, args.lr, attack=attack)
+            model = train(KeywordCNN(10, width=args.width, deltas=not args.no_deltas), dm, args.epochs, args.lr, attack=attack)
             row = {"clean": clean_accuracy(model, dm.test_dataloader()), "train_s": round(time.time() - start)}
             for s in args.snrs:
                 row[f"snr{s:g}"] = robust_accuracy(model, dm.test_dataloader(), s, args.steps)

@@ -63,3 +63,14 @@ def test_bad_arguments():
         CepstralFeatures(n_mfcc=41)
     with pytest.raises(ValueError, match="dropout"):
         KeywordCNN(dropout=1.0)
+
+
+def test_frames_are_25_ms_with_a_10_ms_hop_at_any_sample_rate():
+    eight, sixteen = CepstralFeatures(8000).melspec, CepstralFeatures(16000).melspec
+    assert (eight.win_length, eight.hop_length, eight.n_fft) == (200, 80, 256)  # the FSDD setting, unchanged
+    assert (sixteen.win_length, sixteen.hop_length, sixteen.n_fft) == (400, 160, 512)
+    # one second gives 101 frames at either rate, so SpecAugment's masks and the CNN see the same time scale
+    assert KeywordCNN(12, sample_rate=16000).eval()(torch.randn(2, 16000) * 0.1).shape == (2, 12)
+    assert CepstralFeatures(16000)(torch.randn(1, 16000)).shape[-1] == CepstralFeatures(8000)(torch.randn(1, 8000)).shape[-1]
+    with pytest.raises(ValueError, match="n_fft must be an integer >= 400"):
+        CepstralFeatures(16000, n_fft=256)

@@ -106,15 +106,23 @@ class CepstralFeatures(nn.Module):
     leading silence invisible. All of it is differentiable almost everywhere, so attacks see the true
     gradient (the normalisation statistics included).
 
+    Frames default to the usual 25 ms window and 10 ms hop at any ``sample_rate`` (200 / 80 samples at
+    8 kHz, 400 / 160 at 16 kHz) and ``n_fft`` to the next power of two of the window.
+
     Output: ``(B, n_mfcc or n_mels, frames)``.
     """
 
-    def __init__(self, sample_rate: int = 8000, n_fft: int = 256, win_length: int = 200, hop_length: int = 80,
-                 n_mels: int = 40, n_mfcc: Optional[int] = 20, top_db: float = 80.0, active_db: float = 50.0):
+    def __init__(self, sample_rate: int = 8000, n_fft: Optional[int] = None, win_length: Optional[int] = None,
+                 hop_length: Optional[int] = None, n_mels: int = 40, n_mfcc: Optional[int] = 20,
+                 top_db: float = 80.0, active_db: float = 50.0):
         super().__init__()
         import torchaudio
         import torchaudio.functional as AF
 
+        check_int("sample_rate", sample_rate, 1)
+        win_length = check_int("win_length", win_length, 1) if win_length is not None else round(0.025 * sample_rate)
+        hop_length = check_int("hop_length", hop_length, 1) if hop_length is not None else round(0.010 * sample_rate)
+        n_fft = check_int("n_fft", n_fft, win_length) if n_fft is not None else 1 << (win_length - 1).bit_length()
         self.melspec = torchaudio.transforms.MelSpectrogram(sample_rate=sample_rate, n_fft=n_fft,
                                                             win_length=win_length, hop_length=hop_length,
                                                             n_mels=n_mels, f_min=20.0, f_max=sample_rate / 2)
