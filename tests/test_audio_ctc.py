@@ -187,3 +187,38 @@ def test_ctc_eot_attack_survives_fresh_room_responses_better_than_the_plain_one(
                        for _ in range(8)) / (8 * len(targets))
 
     assert over_the_air(eot.wave) > over_the_air(plain.wave)
+
+
+class PaddingEmitter(nn.Module):
+    """10 frames of 40 samples, 5 classes; an all-zero frame (padding) emits class 3. With ``frame_lengths``
+    (as DigitCTC has) the model says which frames are valid."""
+
+    def __init__(self, with_frame_lengths: bool):
+        super().__init__()
+        torch.manual_seed(0)
+        self.frames = nn.Sequential(nn.Unflatten(1, (10, 40)), nn.Linear(40, 5))
+        with torch.no_grad():
+            self.frames[1].bias.copy_(torch.tensor([0.0, 0.0, 0.0, 1.0, 0.0]))
+        if with_frame_lengths:
+            self.frame_lengths = lambda lengths: torch.div(lengths, 40, rounding_mode="floor")
+
+    def forward(self, wave):
+        return self.frames(wave)
+
+
+@pytest.mark.parametrize("with_frame_lengths", [True, False])
+def test_padding_frames_are_not_decoded_or_scored(with_frame_lengths):
+    model = PaddingEmitter(with_frame_lengths).eval()
+    wave = torch.zeros(2, 400)
+    wave[:, :200] = 0.3 * torch.randn(2, 200, generator=torch.Generator().manual_seed(1))
+    lengths = torch.tensor([200, 200])  # 5 valid frames, 5 padding frames that emit 3 and cannot be changed
+    attack = CTCTargetedAttack(PeakDBBall(0.0), steps=200, step_size=0.05)
+    res = attack(model, wave, [[1], [2, 4]], lengths=lengths)
+    valid = greedy_decode(model(res.wave).detach()[:, :5])
+    assert res.decoded == valid and res.success.tolist() == [True, True] and valid == [[1], [2, 4]]
+    assert res.clean_decoded == greedy_decode(model(wave)[:, :5].detach())
+    assert torch.equal(res.wave[:, 200:], wave[:, 200:])
+    assert greedy_decode(model(res.wave).detach())[0][-1] == 3  # what decoding every frame would have heard
+    # without lengths every frame counts: the padding's 3 is part of the transcript
+    plain = attack(model, wave, [[1, 3], [2, 4, 3]])
+    assert plain.decoded == greedy_decode(model(plain.wave).detach())

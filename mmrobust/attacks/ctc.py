@@ -89,6 +89,12 @@ class CTCTargetedAttack:
     ``torch.nn.CTCLoss`` convention), optionally as a tuple ``(log_probs, frame_lengths)``. Raw scores are
     log-softmaxed. ``blank`` is the blank index.
 
+    Only valid frames are decoded and scored: with ``lengths`` (valid samples per example of a padded
+    batch) and a model that returns no frame lengths, the valid frames are ``model.frame_lengths(lengths)``
+    when the model has that method (as :class:`~mmrobust.audio.recogniser.DigitCTC` has), otherwise
+    ``ceil(frames * lengths / T)``. Frames over the padding never count towards the target (a recogniser
+    that transcribes only an utterance's own frames would not hear them), and the CTC loss ignores them.
+
     With ``masking`` (a :class:`~mmrobust.attacks.imperceptible.MaskingPenalty`) it is Qin et al.'s second
     stage (https://arxiv.org/abs/1903.10346, Sec. 4): the loss is :math:`\\ell_{CTC} + \\alpha\\,\\ell_\\theta`
     with the masking-threshold penalty and its adaptive per-example weight, and among the successful
@@ -155,19 +161,20 @@ class CTCTargetedAttack:
         return f"CTCTargetedAttack({self.threat!r}, steps={self.steps}, step_size={self.step_size:g}{eot})"
 
     def _eot_step(self, model: nn.Module, x: Tensor, leaf: Tensor, flat: Tensor, tlen: Tensor, seqs,
-                  generator: torch.Generator) -> Tuple[Tensor, Tensor]:
+                  generator: torch.Generator, lengths: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         """Mean CTC loss over ``samples`` fresh transforms of ``x + leaf`` (per example) and, per example, the
         share of those transforms under which the greedy decoding is the target."""
         total, hits = 0.0, torch.zeros(x.shape[0], device=x.device)
         for _ in range(self.samples):
-            lp, frames = self.log_probs(model, self.transform(x + leaf, generator))
+            lp, frames = self.log_probs(model, self.transform(x + leaf, generator), lengths)
             total = total + self.ctc_loss(lp, frames, flat, tlen)
             hits += torch.tensor([d == s for d, s in zip(greedy_decode(lp.detach(), self.blank, frames), seqs)],
                                  dtype=hits.dtype, device=x.device)
         return total / self.samples, hits / self.samples
 
-    def log_probs(self, model: nn.Module, wave: Tensor) -> Tuple[Tensor, Tensor]:
-        """``(B, frames, C)`` log-probabilities and frame lengths."""
+    def log_probs(self, model: nn.Module, wave: Tensor, lengths: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """``(B, frames, C)`` log-probabilities and valid frames per example (all frames, unless the model
+        returns frame lengths or ``lengths`` valid samples are given; see the class docstring)."""
         out = model(wave)
         frames = None
         if isinstance(out, (tuple, list)):
@@ -180,8 +187,16 @@ class CTCTargetedAttack:
         if out.shape[0] != wave.shape[0]:
             raise ValueError(f"model output has batch size {out.shape[0]} but the input {wave.shape[0]}; "
                              f"check layout={self.layout!r}")
+        n_frames = out.shape[1]
+        if frames is None and lengths is not None:
+            lengths = lengths.to(out.device).long()
+            if callable(getattr(model, "frame_lengths", None)):
+                frames = model.frame_lengths(lengths)
+            else:
+                frames = torch.div(lengths * n_frames + wave.shape[-1] - 1, wave.shape[-1], rounding_mode="floor")
+            frames = frames.clamp(1, n_frames)
         if frames is None:
-            frames = torch.full((out.shape[0],), out.shape[1], dtype=torch.long, device=out.device)
+            frames = torch.full((out.shape[0],), n_frames, dtype=torch.long, device=out.device)
         return out.log_softmax(-1), frames.long()
 
     def ctc_loss(self, log_probs: Tensor, frames: Tensor, flat: Tensor, target_lengths: Tensor) -> Tensor:
@@ -199,10 +214,11 @@ class CTCTargetedAttack:
             x = normal_tensor(wave).detach()
             self.threat.check_input(x, name="wave")
             flat, tlen, seqs = _pack_targets(targets, x.shape[0], x.device)
-            mask = None if lengths is None else length_mask(normal_tensor(lengths), x)
+            lengths = None if lengths is None else normal_tensor(lengths)
+            mask = None if lengths is None else length_mask(lengths, x)
             radius = self.threat.radius(x)
             with torch.no_grad():
-                lp, frames = self.log_probs(model, x)
+                lp, frames = self.log_probs(model, x, lengths)
             if bool((frames < tlen).any()):
                 raise ValueError("a target phrase is longer than the model's output frames; CTC cannot emit it")
             clean_decoded = greedy_decode(lp, self.blank, frames)
@@ -226,10 +242,10 @@ class CTCTargetedAttack:
             for step in range(1, self.steps + 1):
                 leaf = delta.detach().requires_grad_(True)
                 if gen is None:
-                    lp, frames = self.log_probs(model, x + leaf)
+                    lp, frames = self.log_probs(model, x + leaf, lengths)
                     loss = self.ctc_loss(lp, frames, flat, tlen)
                 else:
-                    loss, share = self._eot_step(model, x, leaf, flat, tlen, seqs, gen)
+                    loss, share = self._eot_step(model, x, leaf, flat, tlen, seqs, gen, lengths)
                 grad, = torch.autograd.grad(loss.sum(), leaf)
                 if not bool(torch.isfinite(grad).all()):
                     raise NonFiniteError("NaN/Inf in the CTC input gradient")
@@ -270,7 +286,7 @@ class CTCTargetedAttack:
             final = torch.where(found.reshape(-1, *([1] * (x.dim() - 1))), best, delta)
             adv = (x + final).detach()
             with torch.no_grad():
-                lp, frames = self.log_probs(model, adv)
+                lp, frames = self.log_probs(model, adv, lengths)
                 loss = self.ctc_loss(lp, frames, flat, tlen)
                 decoded = greedy_decode(lp, self.blank, frames)
             success = torch.tensor([d == s for d, s in zip(decoded, seqs)], device=x.device)
