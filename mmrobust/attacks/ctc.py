@@ -46,6 +46,23 @@ def _pack_targets(targets: Targets, batch: int, device) -> Tuple[Tensor, Tensor,
     return flat, lengths, seqs
 
 
+def _check_targets(seqs: List[List[int]], frames: Tensor, classes: int, blank: int) -> None:
+    """Labels the model can emit (``F.ctc_loss`` reads out of range, and a negative label corrupts memory), and
+    phrases that fit the frames: CTC needs a frame per label plus a blank between repeated labels."""
+    if not 0 <= blank < classes:
+        raise ValueError(f"blank must be a class index in [0, {classes - 1}] (the model scores {classes} classes), "
+                         f"got {blank}")
+    for i, s in enumerate(seqs):
+        bad = [c for c in s if not 0 <= c < classes or c == blank]
+        if bad:
+            raise ValueError(f"targets[{i}] holds label {bad[0]}: target labels must lie in [0, {classes - 1}] and "
+                             f"differ from the blank ({blank}); the model scores {classes} classes")
+        need = len(s) + sum(a == b for a, b in zip(s, s[1:]))
+        if need > int(frames[i]):
+            raise ValueError(f"targets[{i}] needs {need} output frames (one per label and a blank between repeats), "
+                             f"the model gives {int(frames[i])}; CTC cannot emit it (shorten the phrase)")
+
+
 @dataclass
 class CTCAttackResult:
     """Result of a targeted CTC attack.
@@ -219,8 +236,7 @@ class CTCTargetedAttack:
             radius = self.threat.radius(x)
             with torch.no_grad():
                 lp, frames = self.log_probs(model, x, lengths)
-            if bool((frames < tlen).any()):
-                raise ValueError("a target phrase is longer than the model's output frames; CTC cannot emit it")
+            _check_targets(seqs, frames, lp.shape[-1], self.blank)
             clean_decoded = greedy_decode(lp, self.blank, frames)
             delta = torch.zeros_like(x)
             if init is not None:
