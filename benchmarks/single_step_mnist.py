@@ -15,8 +15,9 @@ test images: PGD-50 x 10 restarts (step 0.01, the paper's evaluation) and, besid
 Methods: ``fgsm_rs`` (the paper), ``fgsm_clipped`` (random start clipped to the box before the gradient:
 ``method="fgsm"``, the library's earlier behaviour), ``n_fgsm`` (de Jorge et al. 2022, k=2, step eps),
 ``grad_align`` (Andriushchenko & Flammarion 2020 as their code ``tml-epfl/understanding-fast-adv-training``
-runs it: FGSM from a zero start, step eps (their ``fgsm_alpha`` 1.25 clipped to the ball), plus GradAlign with
-weight ``--grad-align-weight``; their code gives no MNIST setting), ``grad_align_rs`` (FGSM-RS, as
+runs it, ``FastAdversarialTraining(method="grad_align")``: FGSM from a zero start, step eps (their
+``fgsm_alpha`` 1.25 clipped to the ball), plus GradAlign with weight ``--grad-align-weight`` reusing the
+FGSM step's gradient as the first gradient; their code gives no MNIST setting), ``grad_align_rs`` (FGSM-RS, as
 ``fgsm_rs``, plus GradAlign), ``pgd_at`` (PGD-10, step eps/4).
 Each run logs the catastrophic-overfitting probe (every 50 steps, PGD-10 vs FGSM-RS on the training batch).
 Runs store ``lr_indexing``: ``"wong"`` since the cyclic schedule is indexed as Wong et al.'s code (step s
@@ -45,8 +46,8 @@ import pytorch_lightning as pl  # noqa: E402
 
 from benchmarks.common import accuracy, markdown_table, mnist_tensors  # noqa: E402
 from mmrobust import evaluate  # noqa: E402
-from mmrobust.attacks import APGD, APGDT, FGSM, PGD  # noqa: E402
-from mmrobust.callbacks import (AdversarialTraining, CatastrophicOverfittingMonitor, CollapseRule,  # noqa: E402
+from mmrobust.attacks import APGD, APGDT, PGD  # noqa: E402
+from mmrobust.callbacks import (AdversarialTraining, CollapseRule,  # noqa: E402
                                 FastAdversarialTraining, GeometricRegularization)
 from mmrobust.geometry import GradientAlignment  # noqa: E402
 from mmrobust.image import StridedCNN  # noqa: E402
@@ -80,14 +81,11 @@ def callbacks_for(method: str, threat, args):
         return [AdversarialTraining(PGD(threat, steps=10, seed=args.seed))], None
     reg = GeometricRegularization(GradientAlignment(threat, seed=args.seed), weight=args.grad_align_weight,
                                   module_attr="model")
-    if method == "grad_align":
-        # the reference's FGSM: zero start, step eps; the monitor stands beside it with the same defaults
-        # as FastAdversarialTraining's; both callbacks listed before the training one (clean batch)
-        monitor = CatastrophicOverfittingMonitor(threat, seed=args.seed, on_overfit=args.on_overfit)
-        train = AdversarialTraining(FGSM(threat, step_size=1.0, random_start=False, seed=args.seed), seed=args.seed)
-        return [reg, monitor, train, ProbeLog(monitor)], monitor
-    fast_method = {"fgsm_rs": "fgsm_rs", "grad_align_rs": "fgsm_rs", "fgsm_clipped": "fgsm", "n_fgsm": "n_fgsm"}[method]
+    fast_method = {"fgsm_rs": "fgsm_rs", "grad_align_rs": "fgsm_rs", "fgsm_clipped": "fgsm", "n_fgsm": "n_fgsm",
+                   "grad_align": "grad_align"}[method]
     extra = {"clip_noise": not args.unclipped_noise} if method == "n_fgsm" else {}
+    if method == "grad_align":  # the reference's step: zero-start FGSM (step eps) + GradAlign reusing its gradient
+        extra = {"grad_align_weight": args.grad_align_weight}
     fast = FastAdversarialTraining(threat, method=fast_method, seed=args.seed, on_overfit=args.on_overfit, **extra)
     # the regulariser listed first: it reads the clean batch, before fast AT replaces it
     return ([reg] if method == "grad_align_rs" else []) + [fast, ProbeLog(fast)], fast

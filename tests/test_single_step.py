@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from mmrobust.attacks import FGSMRS, NFGSM
-from mmrobust.callbacks import FastAdversarialTraining, GeometricRegularization
+from mmrobust.callbacks import AdversarialTraining, FastAdversarialTraining, GeometricRegularization
 from mmrobust.geometry import GradientAlignment, gradient_cosines
 from mmrobust.threats import L2Ball, LinfBall
 from _plain_module import Plain  # noqa: E402
@@ -125,6 +125,8 @@ def test_fast_at_method_and_step_size_arguments():
         FastAdversarialTraining(LinfBall(EPS), method="pgd")
     assert FastAdversarialTraining(LinfBall(EPS)).attack.step_size == 1.25
     assert FastAdversarialTraining(LinfBall(EPS), method="n_fgsm", step_size=1.25).attack.step_size == 1.25
+    with pytest.raises(ValueError, match="grad_align_weight"):
+        FastAdversarialTraining(LinfBall(EPS), method="grad_align", grad_align_weight=-1)
 
 
 def fit(callbacks, digits, n=160):
@@ -208,6 +210,37 @@ def test_grad_align_through_the_regularisation_callback_sees_the_clean_batch(dig
     fit([GeometricRegularization(Spy(threat, seed=0), weight=0.5),
          FastAdversarialTraining(threat, probe_every_n_steps=0, seed=0)], digits, n=64)
     assert len(seen) == 2 and torch.equal(seen[0], digits[0][:32])
+
+
+def test_fast_at_grad_align_reuses_the_fgsm_gradient_as_the_reference_code(digits):
+    """method="grad_align" is the reference's step (tml-epfl/understanding-fast-adv-training, train.py): FGSM from
+    a zero start, step eps, plus lambda * GradAlign whose first gradient is the FGSM step's own. It trains the
+    same weights as the regulariser computing that gradient again, with one forward pass fewer per step."""
+    threat = LinfBall(EPS, lower=0, upper=1)
+    fast = FastAdversarialTraining(threat, method="grad_align", grad_align_weight=0.5, probe_every_n_steps=0, seed=0,
+                                   log_metrics=False)
+    assert fast.attack.step_size == 1.0 and not fast.attack.random_start
+    separate = [GeometricRegularization(GradientAlignment(threat, seed=3), weight=0.5),
+                AdversarialTraining(FGSMRS(threat, step_size=1.0, random_start=False, seed=0), log_metrics=False)]
+    passes = []
+
+    def counting(callbacks):
+        class Counted(Plain):
+            def forward(self, x):
+                passes[-1] += 1
+                return super().forward(x)
+        passes.append(0)
+        t = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+                       enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks)
+        module = Counted()
+        t.fit(module, DataLoader(TensorDataset(digits[0][:96], digits[1][:96]), batch_size=32))
+        return module
+
+    a, b = counting([fast]), counting(separate)
+    assert passes == [3 * 3, 4 * 3]  # per step: FGSM, training, noisy gradient (+ the clean gradient again)
+    assert fast.alignment.last_penalty > 0 and fast.alignment.first_gradient is None  # dropped after the step
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5)
 
 
 def mnist_subset(shared_data, tmp_path_factory, n_train=10000, n_test=500):

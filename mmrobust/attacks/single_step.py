@@ -18,7 +18,7 @@ taken*, which is what decides whether single-step training collapses (catastroph
 from __future__ import annotations
 
 import copy
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 from torch import Tensor
@@ -39,10 +39,12 @@ def unboxed(threat: ThreatModel) -> ThreatModel:
 def single_step(attack: Attack, victim, threats: Dict[str, ThreatModel], start: Dict[str, Tensor],
                 step_size: float, target_labels: Optional[Tensor]) -> Dict[str, Tensor]:
     """``start + step_size * radius * s(grad)`` with the gradient of the attack's loss taken at ``start``
-    (unprojected: the caller projects)."""
+    (unprojected: the caller projects). The gradients go to ``attack.on_gradient`` when it is set."""
     x = victim.inputs
     start = apply_masks(start, victim)
     _, _, grads = input_gradients(attack, victim, x, start, target_labels)
+    if getattr(attack, "on_gradient", None) is not None:
+        attack.on_gradient(grads)
     with torch.no_grad():
         return {k: t.step(start[k], grads[k], t.radius(x[k]) * step_size) for k, t in threats.items()}
 
@@ -59,10 +61,18 @@ class FGSMRS(Attack):
     projected onto ball and box, so it always lies in the threat model. :math:`s` is the threat model's
     steepest-ascent direction (sign for L-inf).
 
+    With ``random_start=False`` the start is zero: FGSM at the clean point, as the GradAlign reference code
+    runs it (``--attack_init=zero``, ``fgsm_alpha`` 1.25 clipped to the ball, i.e. a step of eps).
+
     Args:
         threat: the budget, e.g. ``LinfBall(0.3, lower=0, upper=1)``.
         step_size: :math:`\\alpha` as a fraction of the radius (1.25 in the paper).
+        random_start: uniform start in the ball (the paper) or zero start.
         Other keyword arguments (``loss``, ``adapter``, ``seed``) go to :class:`Attack`.
+
+    ``on_gradient`` (``None`` by default), when set to a callable, receives the input gradients of every
+    step (a dict per input, detached): :class:`~mmrobust.callbacks.FastAdversarialTraining` hands the
+    zero-start gradient, :math:`\\nabla_x \\mathcal L(x)`, to GradAlign instead of computing it again.
 
     Example:
         >>> from mmrobust.attacks import FGSMRS
@@ -75,15 +85,19 @@ class FGSMRS(Attack):
     """
 
     name = "fgsm_rs"
+    on_gradient: Optional[Callable[[Dict[str, Tensor]], None]] = None
 
-    def __init__(self, threat: Threat, *, step_size: float = 1.25, **kwargs):
+    def __init__(self, threat: Threat, *, step_size: float = 1.25, random_start: bool = True, **kwargs):
         super().__init__(threat, **kwargs)
         self.step_size = check_positive("step_size", step_size)
+        self.random_start = bool(random_start)
 
     def settings(self) -> List[str]:
-        return super().settings() + [f"step_size={self.step_size:g}"]
+        return super().settings() + [f"step_size={self.step_size:g}"] + ([] if self.random_start else ["zero_start"])
 
     def start(self, victim, threats: Dict[str, ThreatModel]) -> Dict[str, Tensor]:
+        if not self.random_start:
+            return {k: torch.zeros_like(victim.inputs[k]) for k in threats}
         gen = self.generator()
         return {k: unboxed(t).random_init(victim.inputs[k], gen) for k, t in threats.items()}
 

@@ -67,9 +67,14 @@ class GradientAlignment(Regularizer):
             self._generator = make_generator(self.seed, "cpu")
         return unboxed(self.threat).random_init(x, self._generator)
 
-    def __call__(self, model, batch):
+    def __call__(self, model, batch, first_gradient: Optional[Tensor] = None):
+        """The penalty on ``batch``. ``first_gradient``: :math:`\\nabla_x \\ell(x, y)` when the caller already
+        has it (the reference code reuses the zero-start FGSM step's gradient); computed here when ``None``
+        or of another shape than the input."""
         victim, name, x = self._victim(model, batch)
-        _, g_clean = loss_input_gradient(victim, name, x, self.loss_fn)
+        g_clean = first_gradient
+        if g_clean is None or g_clean.shape != x.shape:
+            _, g_clean = loss_input_gradient(victim, name, x, self.loss_fn)
         _, g_noisy = loss_input_gradient(victim, name, x.detach() + self.noise(x), self.loss_fn, create_graph=True)
         cos = gradient_cosines(g_clean.detach(), g_noisy)
         if cos.numel() == 0:
