@@ -71,3 +71,21 @@ def test_local_attack_calls_the_model_as_its_forward_is_written():
     a = LocalGreedy(unnoticeable=False)(DataModel().eval(), data, target=0, budget=3)
     b = LocalGreedy(unnoticeable=False)(model, data, target=0, budget=3)
     assert a.flips == b.flips and a.margins == pytest.approx(b.margins, abs=1e-5)
+
+
+def test_local_attack_on_a_batch_flips_only_pairs_inside_the_targets_graph():
+    from torch_geometric.data import Batch
+
+    model, data = toy_graph()
+    batch = Batch.from_data_list([data, data])  # node classification on two graphs at once
+    n0 = data.num_nodes
+    for target in (0, n0 + 3):
+        res = LocalGreedy(unnoticeable=False)(model, batch, target=target, budget=5)
+        assert res.flips and all((a < n0) == (b < n0) == (target < n0) for a, b in res.flips)
+    single = LocalGreedy(unnoticeable=False)(model, data, target=3, budget=5)
+    shifted = LocalGreedy(unnoticeable=False)(model, batch, target=n0 + 3, budget=5)
+    assert [(a + n0, b + n0) for a, b in single.flips] == shifted.flips   # the same attack as on the graph alone
+    graph_level = batch.clone()
+    graph_level.y = torch.tensor([0, 1])  # graph classification labels: not a node attack
+    with pytest.raises(ValueError, match="one label per node"):
+        LocalGreedy(unnoticeable=False)(model, graph_level, target=0, budget=2)

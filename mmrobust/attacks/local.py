@@ -179,13 +179,20 @@ class LocalGreedy:
         if self.features and not bool(((x == 0) | (x == 1)).all()):
             raise ValueError("features=True flips binary features, but data.x has values other than 0 and 1; "
                              "use features=False (structure only) for continuous features")
+        if data.y is None or data.y.shape[0] != n:
+            raise ValueError(f"LocalGreedy attacks node classification: data.y needs one label per node ({n}), got "
+                             f"{None if data.y is None else tuple(data.y.shape)}")
         label = int(data.y[t])
         clean_deg = torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(
             0, ei[0], (ei[0] != ei[1]).to(x.dtype))
         if budget is None:
             budget = max(1, int(float(clean_deg[t]) * self.budget_per_degree))
         budget = check_int("budget", budget, 0)
-        others = torch.cat([torch.arange(t, device=ei.device), torch.arange(t + 1, n, device=ei.device)])
+        # candidates: every other node of the target's graph (a Batch holds several; no pair across graphs)
+        batch = getattr(data, "batch", None)
+        same = torch.ones(n, dtype=torch.bool, device=ei.device) if batch is None else batch.to(ei.device) == batch[t]
+        same[t] = False
+        others = same.nonzero().squeeze(1)
         adj = torch.zeros(n, dtype=torch.bool, device=ei.device)       # the target's current neighbours
         adj[ei[1][ei[0] == t]] = True
         deg = clean_deg.clone()
