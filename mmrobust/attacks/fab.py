@@ -12,6 +12,7 @@ from ..threats.base import ThreatModel, per_unit
 from ..utils import rand, randn
 from .base import Attack, Threat
 from .hyperplane import NORMS, hyperplane_step
+from .losses import fixed_loss
 from .kernel import BestPoint, TargetClassRuns, kept, may_drop_units, require_input_graph, restrict
 
 #: FAB picks the hyperplane closest in the dual norm: |f| / ||grad f||_q with 1/p + 1/q = 1
@@ -78,8 +79,7 @@ class FAB(Attack):
 
     def __init__(self, threat: Threat, *, steps: int = 100, restarts: int = 1, alpha_max: float = 0.1,
                  eta: float = 1.05, beta: float = 0.9, cap: bool = False, early_stop: bool = False, **kwargs):
-        kwargs.pop("loss", None)
-        super().__init__(threat, loss="margin", **kwargs)
+        super().__init__(threat, loss=fixed_loss(type(self).__name__, kwargs), **kwargs)
         for t in ([threat] if isinstance(threat, ThreatModel) else threat.values()):
             if t.norm not in NORMS:
                 raise ValueError(f"{type(self).__name__} supports threat models with norm 'linf', 'l2' or 'l1', "

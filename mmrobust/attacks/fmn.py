@@ -12,6 +12,7 @@ from ..errors import check_fraction, check_int, check_positive
 from ..threats.base import ThreatModel, per_unit
 from .base import Attack, Threat, apply_masks
 from .kernel import input_gradients
+from .losses import fixed_loss
 
 #: the dual norm measures the distance to the linearised boundary, |loss| / ||grad||_dual
 _DUAL = {"linf": 1.0, "l2": 2.0, "l1": float("inf")}
@@ -65,8 +66,7 @@ class FMN(Attack):
 
     def __init__(self, threat: Threat, *, steps: int = 100, gamma: float = 0.05, gamma_final: float = 0.001,
                  alpha: float = 1.0, alpha_final: Optional[float] = None, cap: bool = False, **kwargs):
-        kwargs.pop("loss", None)
-        super().__init__(threat, loss="margin", **kwargs)
+        super().__init__(threat, loss=fixed_loss(type(self).__name__, kwargs), **kwargs)
         for t in ([threat] if isinstance(threat, ThreatModel) else threat.values()):
             if t.norm not in _DUAL:
                 raise ValueError(f"FMN supports threat models with norm 'linf', 'l2' or 'l1', got "

@@ -95,3 +95,14 @@ def get_loss(loss) -> LossFn:
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {sorted(LOSSES)} or a callable, got {loss!r}")
     return LOSSES[loss]
+
+
+def fixed_loss(attack: str, kwargs: dict, loss: str = "margin") -> str:
+    """Take ``loss`` out of the keyword arguments of an attack whose objective is fixed by its method (FAB, FMN,
+    Square: the margin): another loss given there is an error, not silently replaced."""
+    given = kwargs.pop("loss", loss)
+    if given != loss and get_loss(given) is not get_loss(loss):
+        raise ValueError(f"{attack} optimises the {loss} loss by construction; loss={given!r} is not an option "
+                         f"(leave it out, or use PGD/APGD to attack another loss)")
+    return loss
+

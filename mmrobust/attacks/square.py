@@ -12,6 +12,7 @@ from ..errors import check_fraction, check_int
 from ..threats.base import ThreatModel, per_unit
 from ..utils import rand
 from .base import Attack, Threat, check_logits
+from .losses import fixed_loss
 
 #: Iterations (on a 10 000-query scale) at which the window fraction ``p`` is halved (Sec. 3.1 and the
 #: authors' schedule): ``p = p_init / 2^j`` after the j-th entry.
@@ -96,8 +97,7 @@ class Square(Attack):
     name = "square"
 
     def __init__(self, threat: Threat, *, n_queries: int = 5000, p_init: float = 0.8, restarts: int = 1, **kwargs):
-        kwargs.pop("loss", None)
-        super().__init__(threat, loss="margin", **kwargs)
+        super().__init__(threat, loss=fixed_loss(type(self).__name__, kwargs), **kwargs)
         self.n_queries = check_int("n_queries", n_queries, 1)
         self.p_init = check_fraction("p_init", p_init, open_low=True)
         self.restarts = check_int("restarts", restarts, 1)
