@@ -30,3 +30,24 @@ def test_every_missing_pair_is_added_with_probability_p_plus():
     missing[0, 1] = missing[1, 0] = False
     assert float(rate[missing].mean()) == pytest.approx(0.3, abs=0.01)
     assert float(rate[0, 1]) == pytest.approx(0.6, abs=0.05)            # the edge survives w.p. 1 - p_minus
+
+
+def test_smoothing_calls_the_model_as_written_and_refuses_attribute_flips_of_continuous_features():
+    from mmrobust.graph.data import toy_graph
+
+    model, data = toy_graph()   # continuous CSBM features
+
+    class DataModel(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, d):
+            return self.inner(d.x, d.edge_index)
+
+    kwargs = dict(p_plus=0.01, p_minus=0.3, n0=5, n=30, seed=0)
+    a = SparseSmoothing(DataModel().eval(), **kwargs).certify(data)   # forward(data): was a bare TypeError
+    b = SparseSmoothing(model, **kwargs).certify(data)
+    assert torch.equal(a.counts, b.counts)
+    with pytest.raises(ValueError, match="binary node attributes"):   # x was silently binarised
+        SparseSmoothing(model, p_plus=0, p_minus=0, attr_p_plus=0.1, attr_p_minus=0.1, n0=5, n=5).certify(data)

@@ -26,6 +26,7 @@ import torch
 from scipy.stats import binom
 from torch import Tensor, nn
 
+from ..adapters.calls import graph_call
 from ..attacks.base import attack_mode
 from ..certify import ABSTAIN, clopper_pearson_lower
 from ..errors import check_fraction, check_int
@@ -106,7 +107,7 @@ class SparseSmoothing:
     """Randomized smoothing of a node classifier over the graph structure (and optionally binary attributes).
 
     Args:
-        model: ``model(x, edge_index, edge_weight=None) -> (N, C)`` logits.
+        model: ``(N, C)`` logits from ``model(x, edge_index)`` (``edge_weight=None``) or ``model(data)``.
         p_plus / p_minus: probability to add a missing pair / delete an edge (Bojchevski et al. use e.g.
             ``p_plus=0.001, p_minus=0.4`` on Cora; tiny ``p_plus`` keeps samples sparse).
         attr_p_plus / attr_p_minus: the same for binary node attributes (0 leaves ``x`` unchanged); the
@@ -147,6 +148,10 @@ class SparseSmoothing:
             parts.append(a[:, ~exists])
         e = torch.unique(torch.cat(parts, 1), dim=1)
         if self.attr_p_plus > 0 or self.attr_p_minus > 0:
+            if not bool(((x == 0) | (x == 1)).all()):
+                raise ValueError("attr_p_plus/attr_p_minus flip binary node attributes, but data.x has values other "
+                                 "than 0 and 1 (they would be replaced by 0/1); use attr_p_plus=attr_p_minus=0 for "
+                                 "continuous features")
             u = torch.rand(x.shape, generator=gen).to(x.device)
             on = x > 0
             x = torch.where(on, (u >= self.attr_p_minus).to(x.dtype), (u < self.attr_p_plus).to(x.dtype))
@@ -170,10 +175,11 @@ class SparseSmoothing:
     def sample_counts(self, data, num: int, gen: torch.Generator) -> Tensor:
         """``(N, C)`` votes of the model on ``num`` smoothed graphs (eval mode, restored afterwards)."""
         counts = None
+        call = graph_call(self.model)
         with attack_mode(self.model), torch.no_grad():
             for _ in range(num):
                 x, ei = self.sample_graph(data.x, data.edge_index, data.num_nodes, gen)
-                logits = self.model(x, ei)
+                logits = call(data, x, ei, None, None)  # the model's own signature (x, edge_index[, ...]) or (data)
                 pred = logits.argmax(1)
                 if counts is None:
                     counts = torch.zeros(data.num_nodes, logits.shape[1], dtype=torch.long, device=pred.device)
