@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -10,6 +12,7 @@ pytest.importorskip("torch_geometric")
 from torch_geometric.utils import is_undirected  # noqa: E402
 
 from mmrobust.graph.poisoning import MetaPRBCD, poison, transfer_poison  # noqa: E402
+from mmrobust.attacks.prbcd import PRBCD  # noqa: E402
 from mmrobust.attacks.edge_candidates import CandidatePairs, EdgeBlock, EdgeLookup  # noqa: E402
 from mmrobust.adapters.graph import GraphAdapter  # noqa: E402
 from mmrobust.graph.data import sbm_graph  # noqa: E402
@@ -96,12 +99,51 @@ def test_meta_poisoning_spends_the_whole_budget(graph):
 
 
 def test_transfer_poisoning_stays_in_budget_and_keeps_labels(graph):
-    result = transfer_poison(graph, EdgeFlips(10), clean_epochs=60, attack=lambda threat, adapter: __import__(
-        "mmrobust.attacks.prbcd", fromlist=["PRBCD"]).PRBCD(threat, adapter=adapter, block_size=2000, epochs=20,
-                                                              epochs_resampling=15, seed=0))
+    result = transfer_poison(graph, EdgeFlips(10), clean_epochs=60, attack=lambda threat, adapter: PRBCD(
+        threat, adapter=adapter, block_size=2000, epochs=20, epochs_resampling=15, seed=0))
     flipped = pairs_of(graph.edge_index) ^ pairs_of(result.data.edge_index)
-    assert 0 < len(flipped) <= 10 and result.budget == 10
+    assert len(flipped) == 10 == result.budget and result.unspent == ""
     assert torch.equal(result.data.y, graph.y)
+
+
+def test_transfer_poisoning_spends_the_whole_budget():
+    """Evasion PRBCD leaves a flip unused here (filling it lowers the surrogate's evasion score); transfer
+    poisoning, judged by a retrained model, spends it (``spend_budget="always"``, its default), and says why when
+    an attack it is given does not."""
+    data = sbm_graph(num_nodes=80, num_classes=3, p_in=0.15, p_out=0.02, feature_noise=1.0, train_fraction=0.2,
+                     seed=2)
+    e0 = data.edge_index.clone()
+    out = {}
+    for spend in ("if_not_worse", "always"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out[spend] = transfer_poison(data, EdgeFlips(0.25), seed=1, clean_epochs=100, attack=lambda t, a: PRBCD(
+                t, adapter=a, epochs=40, seed=1, spend_budget=spend))
+        out[spend].warned = [str(w.message) for w in caught if "transfer_poison" in str(w.message)]
+    short, full = out["if_not_worse"], out["always"]
+    assert short.budget == full.budget == 46
+    assert len(pairs_of(e0) ^ pairs_of(short.data.edge_index)) == 45
+    assert "1 of 46 flips unused" in short.unspent and "spend_budget='always'" in short.unspent and short.warned
+    flipped = pairs_of(e0) ^ pairs_of(full.data.edge_index)
+    assert len(flipped) == 46 and flipped == {tuple(p) for p in full.flipped_edges.t().tolist()}
+    assert full.unspent == "" and not full.warned
+    assert is_undirected(full.data.edge_index) and not bool((full.data.edge_index[0] == full.data.edge_index[1]).any())
+    assert torch.equal(data.edge_index, e0)
+
+
+def test_transfer_poisoning_default_attack_spends_the_budget_and_explains_a_node_limit():
+    data = sbm_graph(num_nodes=30, num_classes=2, seed=0)
+    result = transfer_poison(data, EdgeFlips(6), clean_epochs=30)
+    assert "spend_budget=always" in result.attack and result.budget == 6
+    assert len(pairs_of(data.edge_index) ^ pairs_of(result.data.edge_index)) == 6
+    # one flip per node: a 15-pair block cannot hold 14 node-disjoint pairs of large gradient -> said, not hidden
+    with pytest.warns(UserWarning, match="max_flips_per_node"):
+        limited = transfer_poison(data, EdgeFlips(14, max_flips_per_node=1), clean_epochs=30,
+                                  attack=lambda t, a: PRBCD(t, adapter=a, block_size=15, epochs=5, seed=0,
+                                                            spend_budget="always"))
+    used = limited.flipped_edges.shape[1]
+    assert used < 14 and f"{14 - used} of 14 flips unused" in limited.unspent
+    assert limited.flipped_edges.flatten().unique().numel() == 2 * used      # each node flipped at most once
 
 
 def test_poisoning_keeps_edge_weights_and_float64(graph):
@@ -121,6 +163,8 @@ def test_bad_arguments():
         poison(None, EdgeFlips(1), method="greedy")
     with pytest.raises(TypeError, match="global EdgeFlips"):
         MetaPRBCD(EdgeFlips(1, local=True))
+    with pytest.raises(ValueError, match="max_flips_per_node"):   # not enforced by the meta attack: refused
+        MetaPRBCD(EdgeFlips(5, max_flips_per_node=1))
     with pytest.raises(ValueError, match="inner_steps"):
         MetaPRBCD(EdgeFlips(1), inner_steps=0)
     with pytest.raises(ValueError, match="loss must be one of"):

@@ -19,7 +19,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from ..errors import NonFiniteError, check_int, check_positive
+from ..errors import NonFiniteError, check_choice, check_int, check_positive
 from ..threats.base import ThreatModel
 from ..threats.graph import project_capped_simplex
 from ..utils import progress_bar
@@ -61,7 +61,9 @@ class PRBCD(GraphAttack):
     per graph the sample with the most successes (then highest loss) wins.  A graph whose winning sample
     flips fewer than :math:`\\Delta` pairs (few weights left above zero, or the per-node limit) then gets
     the rest of its budget from the block pairs with the largest loss gradient at that discrete graph, kept
-    only if the graph's score does not drop -- the attack spends its whole budget whenever that helps.
+    only if the graph's score does not drop -- the attack spends its whole budget whenever that helps
+    (``spend_budget="always"`` keeps them regardless, for callers whose real objective is not the evasion
+    score, e.g. :func:`~mmrobust.graph.poisoning.transfer_poison`).
 
     With a feature threat (``{"edges": EdgeFlips(...), "x": feature_ball(...)}``) the node features take
     a projected steepest-ascent step on the same objective each epoch (joint attack); binary features
@@ -82,6 +84,9 @@ class PRBCD(GraphAttack):
             budget on Cora, see ``benchmarks/results/graph_prbcd.md``), ``"tanh_margin"`` (the paper's
             recommendation for global attacks), ``"margin"``, ``"ce"``, ``"masked_ce"`` or a callable.
         progress: a progress bar over the epochs, shown only when stderr is a terminal (``False``: never).
+        spend_budget: ``"if_not_worse"`` (default) keeps the flips that fill a graph up to its budget only when its
+            score (successes, then loss) does not drop; ``"always"`` keeps them anyway, so every graph flips its
+            whole budget unless the block (or ``max_flips_per_node``) has too few candidates left.
 
     Evasion by default.  Poisoning without meta-gradients: attack the *training* nodes of a model trained
     on the clean graph (``GraphAdapter(mask="train")``), take ``result.batch`` and retrain on it (the
@@ -106,7 +111,7 @@ class PRBCD(GraphAttack):
     def __init__(self, threat, *, block_size: int = 100_000, epochs: int = 125,
                  epochs_resampling: Optional[int] = None, lr: float = 1000.0, final_samples: int = 20,
                  eval_every: int = 5, feature_step_size: float = 0.1, loss="prob_margin", progress: bool = True,
-                 **kwargs):
+                 spend_budget: str = "if_not_worse", **kwargs):
         super().__init__(threat, loss=loss, **kwargs)
         #: a progress bar over the epochs, shown on a terminal only (``False``: never)
         self.progress = bool(progress)
@@ -124,10 +129,12 @@ class PRBCD(GraphAttack):
         self.final_samples = check_int("final_samples", final_samples, 1)
         self.eval_every = check_int("eval_every", eval_every, 0)
         self.feature_step_size = check_positive("feature_step_size", feature_step_size)
+        self.spend_budget = check_choice("spend_budget", spend_budget, ("if_not_worse", "always"))
 
     def settings(self) -> List[str]:
         return super().settings() + [f"block_size={self.block_size}", f"epochs={self.epochs}",
-                                    f"epochs_resampling={self.epochs_resampling}"]
+                                    f"epochs_resampling={self.epochs_resampling}"] + \
+            ([f"spend_budget={self.spend_budget}"] if self.spend_budget != "if_not_worse" else [])
 
     def perturb(self, victim, threats, target_labels, clean_logits):
         problem = self.edge_problem(victim, target_labels)
@@ -242,7 +249,7 @@ class PRBCD(GraphAttack):
                     delta: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
         """Add to every graph that flips fewer than its budget the block pairs with the largest first-order
         gain at its discrete graph (the greedy step of Geisler et al.'s GRBCD), within the per-node limit;
-        per graph the filled flips are kept when its score does not drop.  Returns the flips and their
+        per graph the filled flips are kept when its score does not drop (always with ``spend_budget="always"``).  Returns the flips and their
         logits (``None`` when graphs took different choices)."""
         short = problem.budget - torch.bincount(block.unit[chosen], minlength=problem.num_units)
         if not bool((short > 0).any()):
@@ -266,6 +273,8 @@ class PRBCD(GraphAttack):
                 return chosen, logits
             filled = chosen | extra
             f_logits = problem.flipped_logits(block, filled, delta)
+            if getattr(self, "spend_budget", "if_not_worse") == "always":
+                return filled, f_logits
             win = better(self.unit_score(f_logits, problem.victim, problem.target_labels), score, or_equal=True)
         if bool(win.all()):
             return filled, f_logits

@@ -38,13 +38,15 @@ from .training import train_node_classifier
 @dataclass
 class PoisonResult:
     """``data``: the poisoned graph (a copy; the user's is unchanged); ``flipped_edges``: ``(2, K)`` flipped pairs
-    (row < col); ``budget``: the allowed flips; ``loss``: the attack objective of the returned graph."""
+    (row < col); ``budget``: the allowed flips; ``loss``: the attack objective of the returned graph;
+    ``unspent``: empty when ``K == budget``, else why the attack left ``budget - K`` flips unused."""
 
     data: object
     flipped_edges: Tensor
     budget: int
     loss: float
     attack: str
+    unspent: str = ""
 
 
 def _default_surrogate(num_features: int, num_classes: int) -> nn.Module:
@@ -121,6 +123,9 @@ class MetaPRBCD:
                  clean_epochs: int = 200, self_training: bool = True, loss="prob_margin", seed: int = 0):
         if not isinstance(threat, EdgeFlips) or threat.local:
             raise TypeError("MetaPRBCD takes a global EdgeFlips threat, e.g. EdgeFlips(0.05)")
+        if threat.max_flips_per_node is not None:
+            raise ValueError(f"MetaPRBCD does not enforce max_flips_per_node (got {threat.max_flips_per_node}); use "
+                             f"EdgeFlips(budget) without it, or transfer_poison, whose PRBCD enforces it")
         self.threat = threat
         self.surrogate = surrogate or _default_surrogate
         self.inner_steps = check_int("inner_steps", inner_steps, 1)
@@ -268,7 +273,12 @@ def transfer_poison(data, threat: EdgeFlips, *, surrogate: Optional[Callable[[in
     nodes against the self-training labels (training labels where known, predictions elsewhere), and return
     the perturbed graph for training (the baseline of Geisler et al. 2021, Sec. 5, and Xu et al. 2019).
 
-    ``attack(threat, adapter)`` builds the evasion attack (default: :class:`PRBCD` with its defaults).
+    ``attack(threat, adapter)`` builds the evasion attack (default: :class:`PRBCD` with its defaults except
+    ``spend_budget="always"``).  Evasion PRBCD keeps the flips that top a sample up to the budget only if the
+    *surrogate's* evasion score does not drop; a poisoning attack is judged by a model retrained on the graph,
+    where that score says little, and every flip the threat model allows is spent (as Metattack does).  If the
+    returned graph still flips fewer than the budget (a user ``attack`` that refuses them, or
+    ``max_flips_per_node`` leaving too few candidates), ``result.unspent`` says why and a warning is issued.
     """
     _check_data(data)
     if not isinstance(threat, EdgeFlips) or threat.local:
@@ -277,14 +287,26 @@ def transfer_poison(data, threat: EdgeFlips, *, surrogate: Optional[Callable[[in
     pseudo = data.clone()
     pseudo.y = self_training_labels(model, data)
     adapter = GraphAdapter(mask=None)
-    evasion = attack(threat, adapter) if attack is not None else PRBCD(threat, adapter=adapter, seed=seed)
+    evasion = attack(threat, adapter) if attack is not None else PRBCD(threat, adapter=adapter, seed=seed,
+                                                                        spend_budget="always")
     result = evasion(model, pseudo)
     out = result.batch
     out.y = data.y
     flipped = result.inputs["flipped_edges"]
     allowed = int(threat.flips_allowed(undirected_pairs(data.edge_index).shape[1]))  # distinct edges, scale included
-    return PoisonResult(out, flipped, allowed, float(result.loss.mean()),
-                        f"transfer({evasion.describe()})")
+    unspent = ""
+    if flipped.shape[1] < allowed:
+        if getattr(evasion, "spend_budget", None) == "if_not_worse":
+            why = ("the evasion attack kept a sample below the budget because the filling flips lowered the "
+                   "surrogate's evasion score; build it with spend_budget='always' to spend the whole budget")
+        elif threat.max_flips_per_node is not None:
+            why = f"max_flips_per_node={threat.max_flips_per_node} left too few candidate pairs in the block"
+        else:
+            why = f"{type(evasion).__name__} returned fewer flips"
+        unspent = f"{allowed - flipped.shape[1]} of {allowed} flips unused: {why}"
+        warnings.warn(f"transfer_poison: {unspent}", stacklevel=2)
+    return PoisonResult(out, flipped, allowed, float(result.loss.mean()), f"transfer({evasion.describe()})",
+                        unspent)
 
 
 def poison(data, threat: EdgeFlips, method: str = "meta", **kwargs) -> PoisonResult:
