@@ -85,6 +85,24 @@ def setup(name: str, data_dir: Path, seed: int):
     return node_accuracy(model, data, "test")
 
 
+def checked_flips(edge_index, budget: int) -> int:
+    """Independent check of a returned graph against the clean one: symmetric, no self loops, no duplicate
+    edges, and the number of flipped undirected pairs (symmetric difference) within ``budget``; returns it."""
+    clean, n = STATE["data"].edge_index, STATE["data"].num_nodes
+
+    def pairs(ei):
+        keys = ei[0] * n + ei[1]
+        assert keys.unique().numel() == keys.numel(), "duplicate edges"
+        return set(keys.tolist())
+
+    assert not bool((edge_index[0] == edge_index[1]).any()), "self loop"
+    new = pairs(edge_index)
+    assert new == set((edge_index[1] * n + edge_index[0]).tolist()), "not symmetric"
+    flips = len(new ^ pairs(clean)) // 2
+    assert flips <= budget, f"{flips} flips > budget {budget}"
+    return flips
+
+
 def test_accuracy(edge_index) -> float:
     data, model = STATE["data"], STATE["model"]
     with torch.no_grad():
@@ -101,7 +119,9 @@ def run_pyg(budget: int, block_size: int, seed: int):
     attack = PRBCDAttack(model, block_size=block_size, log=False)
     idx = data.test_mask.nonzero().squeeze(1)
     edge_index, flipped = attack.attack(data.x, data.edge_index, data.y, budget=budget, idx_attack=idx)
-    return test_accuracy(edge_index), int(flipped.shape[1])
+    flips = checked_flips(edge_index, budget)
+    assert flips == int(flipped.shape[1]), (flips, flipped.shape)
+    return test_accuracy(edge_index), flips
 
 
 def run_ours(fraction: float, block_size, seed: int):
@@ -114,7 +134,9 @@ def run_ours(fraction: float, block_size, seed: int):
     extra = {} if block_size is None else {"block_size": block_size}
     attack = PRBCD(EdgeFlips(fraction), adapter=GraphAdapter(mask="test"), seed=seed, **extra)
     result = attack(model, data)
-    return test_accuracy(result.batch.edge_index), int(result.size["edges"].sum())
+    flips = checked_flips(result.batch.edge_index, int(fraction * data.edge_index.shape[1] / 2))
+    assert flips == int(result.size["edges"].sum()), (flips, result.size)
+    return test_accuracy(result.batch.edge_index), flips
 
 
 def _median(values):
