@@ -175,6 +175,15 @@ class MetaPRBCD:
 
     def __call__(self, data) -> PoisonResult:
         _check_data(data)
+        if getattr(data, "edge_attr", None) is not None:  # refused before minutes of training, not after
+            raise ValueError("MetaPRBCD flips edges of graphs without edge_attr; drop data.edge_attr first "
+                             "(transfer_poison keeps it: added edges get zero rows)")
+        try:
+            return self._attack(data)
+        finally:
+            self._x = None                   # the attack keeps nothing of the call (nor the graph's features)
+
+    def _attack(self, data) -> PoisonResult:
         gen = torch.Generator(device=data.x.device).manual_seed(self.seed)
         clean = _train_clean(self.surrogate, data, self.clean_epochs, self.seed)
         labels = self_training_labels(clean, data) if self.self_training else data.y
@@ -259,9 +268,6 @@ def _result(data, graph, block, base_w, chosen, budget, loss, attack) -> PoisonR
     out.edge_index = ei
     if getattr(data, "edge_weight", None) is not None:
         out.edge_weight = ew
-    for key in ("edge_attr",):
-        if getattr(data, key, None) is not None:
-            raise ValueError("poisoning flips edges of graphs without edge_attr; drop data.edge_attr first")
     flipped = torch.stack([block.row[chosen], block.col[chosen]])
     return PoisonResult(out, flipped, budget, loss, attack)
 
