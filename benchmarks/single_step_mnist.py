@@ -11,6 +11,7 @@ test images: PGD-50 x 10 restarts (step 0.01, the paper's evaluation) and, besid
     python benchmarks/single_step_mnist.py --method fgsm_rs --seed 0      # one run -> results/single_step/*.json
     python benchmarks/single_step_mnist.py --report                       # the table of all runs so far
     python benchmarks/single_step_mnist.py --cost                         # time per step, interleaved rounds
+    python benchmarks/single_step_mnist.py --passes                       # time of each pass a step is made of
 
 Methods: ``fgsm_rs`` (the paper), ``fgsm_clipped`` (random start clipped to the box before the gradient:
 ``method="fgsm"``, the library's earlier behaviour), ``n_fgsm`` (de Jorge et al. 2022, k=2, step eps),
@@ -146,6 +147,55 @@ def costs(args) -> dict:
     return {m: statistics.median(t) for m, t in times.items()}
 
 
+def pass_costs(args) -> dict:
+    """Median seconds of the passes a training step is made of, on one batch of 100 (plain PyTorch, no
+    Lightning), in interleaved rounds: ``attack`` = forward + input gradient with the parameters frozen (one
+    PGD/FGSM iteration), ``train`` = forward + parameter gradients, ``grad_align`` = GradAlign's own work
+    (forward at x + eta, input gradient with ``create_graph``, cosine with a given first gradient,
+    parameter gradients through both: the double back-propagation). Predicted steps: PGD-10 AT = 10 attack
+    + train; FGSM-RS = attack + train; GradAlign = attack + train + grad_align (one attack more when its
+    first gradient is computed again)."""
+    torch.set_num_threads(args.threads)
+    x, y = mnist_tensors(True, 100)
+    pl.seed_everything(0, verbose=False)
+    model = StridedCNN()
+    params = list(model.parameters())
+    eta = torch.empty_like(x).uniform_(-EPS, EPS)
+
+    def attack():
+        for p in params:
+            p.requires_grad_(False)
+        xg = x.clone().requires_grad_(True)
+        torch.autograd.grad(nn.functional.cross_entropy(model(xg), y), xg)
+        for p in params:
+            p.requires_grad_(True)
+
+    def train():
+        torch.autograd.grad(nn.functional.cross_entropy(model(x), y), params)
+
+    g1 = torch.randn_like(x)
+
+    def grad_align():
+        xn = (x + eta).requires_grad_(True)
+        (g2,) = torch.autograd.grad(nn.functional.cross_entropy(model(xn), y), xn, create_graph=True)
+        cos = nn.functional.cosine_similarity(g1.flatten(1), g2.flatten(1))
+        torch.autograd.grad(1.0 - cos.mean(), params)
+
+    parts = {"attack": attack, "train": train, "grad_align": grad_align}
+    times = {k: [] for k in parts}
+    for _ in range(args.rounds * 20):
+        for k, f in parts.items():
+            start = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - start)
+    t = {k: statistics.median(v) for k, v in times.items()}
+    pgd = 10 * t["attack"] + t["train"]
+    return {"s": t, "predicted_x_pgd10": {
+        "fgsm_rs": (t["attack"] + t["train"]) / pgd,
+        "grad_align (first gradient reused)": (t["attack"] + t["train"] + t["grad_align"]) / pgd,
+        "grad_align (first gradient computed again)": (2 * t["attack"] + t["train"] + t["grad_align"]) / pgd}}
+
+
 def wong_loop(x, y, args, probe_every: int = 50):
     """Wong et al.'s ``MNIST/train_mnist.py`` FGSM loop written out (the library's baseline): the same model
     initialisation and data order as the library runs of this seed; noise from the global generator;
@@ -243,12 +293,12 @@ def run(args) -> dict:
 
 
 def replayed_probe(r: dict) -> str:
-    """The stored probes replayed through the current rule (the monitor's defaults: patience 0.35 of the
+    """The stored probes replayed through the current rule (the monitor's defaults: patience 0.4 of the
     planned run)."""
     if not r.get("probes"):
         return "-"
     planned_steps = r["train"] // 100 * r.get("planned_epochs", 10)
-    rule = CollapseRule(patience_steps=math.ceil(0.35 * planned_steps))
+    rule = CollapseRule(patience_steps=math.ceil(0.4 * planned_steps))
     for step, pgd, fgsm in r["probes"]:
         if rule.update(step, pgd, fgsm)[0] is not None:
             return f"flagged at step {step}"
@@ -257,7 +307,7 @@ def replayed_probe(r: dict) -> str:
 
 def report() -> str:
     rows = []
-    for path in sorted(p for p in OUT.glob("*.json") if p.name != "costs.json"):
+    for path in sorted(p for p in OUT.glob("*.json") if p.name not in ("costs.json", "passes.json")):
         r = json.loads(path.read_text())
         name = r["method"] + (f" (lambda {r['grad_align_weight']:g})" if r.get("grad_align_weight") else "")
         name += " (noise not clipped)" if r.get("clip_noise") is False else ""
@@ -289,12 +339,19 @@ def main():
                         help="N-FGSM: gradient at the noise not clipped to the box (the reference code clips it)")
     parser.add_argument("--report", action="store_true", help="print the table of all stored runs and exit")
     parser.add_argument("--cost", action="store_true", help="only time the training steps of every method")
+    parser.add_argument("--passes", action="store_true", help="only time the passes a step is made of (no Lightning)")
     parser.add_argument("--cost-steps", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     if args.report:
         print(report())
+        return
+    if args.passes:
+        result = pass_costs(args)
+        OUT.mkdir(parents=True, exist_ok=True)
+        (OUT / "passes.json").write_text(json.dumps(result, indent=1))
+        print(json.dumps(result, indent=1))
         return
     if args.cost:
         per_step = costs(args)

@@ -57,11 +57,11 @@ def replay(series: str, patience_steps: int, every: int = 50):
 
 
 def test_the_trend_rule_is_silent_on_the_healthy_recipe_and_flags_the_collapse():
-    """patience 0.35 of 6000 steps (the default): the healthy runs' early signatures do not last; the
+    """patience 0.4 of 6000 steps (the default): the healthy runs' early signatures do not last; the
     collapse does. Shorter patience warns earlier, and falsely on seed 2's slow start."""
-    assert replay(HEALTHY, 2100) is None and replay(SLOW_START, 2100) is None
-    step, reason = replay(COLLAPSED, 2100)
-    assert step == 2600 and "below 0.5 x the FGSM" in reason and "means of the last 3 probes" in reason
+    assert replay(HEALTHY, 2400) is None and replay(SLOW_START, 2400) is None
+    step, reason = replay(COLLAPSED, 2400)
+    assert step == 2900 and "below 0.5 x the FGSM" in reason and "means of the last 3 probes" in reason
     assert replay(COLLAPSED, 600)[0] == 1100 and replay(HEALTHY, 600) is None
     assert replay(SLOW_START, 600)[0] == 1200  # patience 0.1: a false alarm on the slow healthy start
     # without patience (the earlier rule) the healthy run raised a false alarm at step 550
@@ -75,7 +75,8 @@ RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "sing
 def test_the_default_rule_flags_exactly_the_collapsed_runs_among_all_stored_full_length_runs():
     """Every run of benchmarks/single_step_mnist.py stored with its probes (FGSM-RS seeds 0-2 before and
     after the learning-rate fix, Wong et al.'s loop, N-FGSM, early stopping), replayed through the rule
-    with the default patience (0.35 of the planned run): flagged exactly when the test set shows a
+    with the default patience (0.4 of the planned run; 0.35, the earlier default, flags the healthy run of
+    Wong et al.'s own loop on seed 2 at step 2700): flagged exactly when the test set shows a
     collapse (clean > 0.5 and PGD-50 x 10 < 0.1). Over all these trajectories, not one tuned run."""
     runs = {p.name: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json")) if p.name != "costs.json"}
     runs = {name: r for name, r in runs.items() if r.get("probes")}
@@ -83,7 +84,7 @@ def test_the_default_rule_flags_exactly_the_collapsed_runs_among_all_stored_full
         pytest.skip("the stored single-step results are not there")
     verdicts = {}
     for name, r in runs.items():
-        rule = CollapseRule(patience_steps=math.ceil(0.35 * r["train"] // 100 * r.get("planned_epochs", 10)))
+        rule = CollapseRule(patience_steps=math.ceil(0.4 * r["train"] // 100 * r.get("planned_epochs", 10)))
         flagged = any(rule.update(step, pgd, fgsm)[0] is not None for step, pgd, fgsm in r["probes"])
         collapsed = r["clean"] > 0.5 and r["pgd50x10"] < 0.1
         verdicts[name] = (flagged, collapsed)
@@ -132,7 +133,7 @@ def test_the_monitor_watches_any_adversarial_training_and_leaves_it_alone(digits
     b, _ = fit([AdversarialTraining(FGSM(threat, random_start=True, seed=0))], digits)
     assert len(seen) == 3 and torch.equal(seen[0], digits[0][:32])  # steps 0, 2, 4 on the clean batches
     assert monitor.last_probe is not None and "train/pgd_probe_acc" in t.callback_metrics
-    assert monitor.rule.patience_steps == 2  # 0.35 x 5 steps, rounded up
+    assert monitor.rule.patience_steps == 2  # 0.4 x 5 steps, rounded up
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q, atol=0, rtol=0)
 

@@ -274,7 +274,7 @@ SHORT_RUNS = {"collapses": ("fgsm_zero_start", 0.3, 6), "healthy": ("fgsm_rs", 0
 def test_probe_flags_a_collapsed_run_and_stays_silent_on_a_healthy_one_over_seeds(
         shared_data, tmp_path_factory, recwarn, case, seed):
     """Short MNIST runs with Wong et al.'s recipe (StridedCNN, Adam, cyclic lr 0 -> 5e-3 -> 0, batch 100),
-    the monitor's defaults (patience 0.35 of the run) with a probe every 20 steps, over three seeds (model
+    the monitor's defaults (patience 0.4 of the run) with a probe every 20 steps, over three seeds (model
     initialisation, data order and noise all change with the seed).
 
     Seed 2 of the collapse case is left out: from a zero start at eps 0.3 without warm-up that run never
@@ -325,7 +325,7 @@ def test_probe_flags_a_collapsed_run_and_stays_silent_on_a_healthy_one_over_seed
         torch.set_num_threads(threads)
     clean, robust = result.clean_correct.float().mean().item(), result.robust.float().mean().item()
     warned = [w for w in recwarn if "catastrophic overfitting" in str(w.message)]
-    assert monitor.rule.patience_steps == math.ceil(0.35 * 100 * epochs)
+    assert monitor.rule.patience_steps == math.ceil(0.4 * 100 * epochs)
     if case == "collapses":  # accurate and not robust at all on the test set, and flagged
         assert clean > 0.7 and robust < 0.05, (clean, robust)
         assert monitor.overfitting_detected and len(warned) == 1

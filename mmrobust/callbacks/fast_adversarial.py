@@ -96,7 +96,7 @@ class FastAdversarialTraining(AdversarialTraining):
     def __init__(self, threat, *, method: str = "fgsm_rs", step_size: Optional[float] = None, noise: float = 2.0,
                  clip_noise: bool = True, grad_align_weight: float = 0.2, probe_every_n_steps: int = 50, probe_steps: int = 10,
                  co_threshold: float = 0.5, max_drop: float = 0.2, min_fgsm_acc: float = 0.5, probe_window: int = 3,
-                 patience: float = 0.35, on_overfit: str = "warn", seed: int = 0, **kwargs):
+                 patience: float = 0.4, on_overfit: str = "warn", seed: int = 0, **kwargs):
         self.method = check_choice("method", method, METHODS)
         if step_size is None:
             step_size = {"n_fgsm": 1.0, "grad_align": 1.0}.get(method, 1.25)
