@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 import pytorch_lightning as pl
 import torch
@@ -32,6 +32,63 @@ def _random_split(n: int, train: float, val: float, generator: torch.Generator):
     return masks
 
 
+#: up to this many nodes :func:`sbm_graph` draws one Bernoulli per node pair (the seeded graphs of earlier versions)
+SBM_DENSE_MAX_NODES = 2000
+
+
+def _distinct_indices(m: int, k: int, generator: torch.Generator) -> Tensor:
+    """``k`` distinct integers drawn uniformly from ``range(m)`` (a uniform random ``k``-subset), in memory
+    ~ ``k`` when ``k`` is small against ``m`` (rejection: the distinct values of i.i.d. uniform draws form a uniform
+    random subset of their size, and a uniform ``k``-subset of that is uniform) and ~ ``m <= 4k`` otherwise."""
+    if k == 0:
+        return torch.zeros(0, dtype=torch.long)
+    if m <= 4 * k:
+        return torch.randperm(m, generator=generator)[:k]
+    keys = torch.zeros(0, dtype=torch.long)
+    while keys.numel() < k:
+        draw = torch.randint(m, (int(1.2 * (k - keys.numel())) + 16,), generator=generator)
+        keys = torch.cat([keys, draw]).unique()
+    return keys[torch.randperm(keys.numel(), generator=generator)[:k]]
+
+
+def _pairs_below_diagonal(t: Tensor) -> Tuple[Tensor, Tensor]:
+    """The ``t``-th pair ``(i, j)``, ``i < j``, in the order ``t = j (j - 1) / 2 + i`` (inverse of that formula)."""
+    j = ((1 + torch.sqrt(1 + 8 * t.double())) / 2).floor().long()
+    j = j - (j * (j - 1) // 2 > t).long()                  # float rounding, at most one step either way
+    j = j + ((j + 1) * j // 2 <= t).long()
+    return t - j * (j - 1) // 2, j
+
+
+def sbm_edges(sizes, p_in: float, p_out: float, generator: torch.Generator) -> Tensor:
+    """Undirected edges (both directions, coalesced) of a stochastic block model with blocks of ``sizes``: each
+    node pair is an edge independently with probability ``p_in`` inside a block and ``p_out`` across blocks.
+    Sampled per block pair -- ``Binomial(pairs, p)`` edges, then that many distinct pairs uniformly -- which is
+    the same distribution as one Bernoulli per pair, in time and memory ~ ``edges + blocks^2``, never
+    ``nodes^2`` (PyG's ``stochastic_blockmodel_graph`` materialises every pair)."""
+    from torch_geometric.utils import to_undirected
+
+    starts = [0]
+    for n in sizes:
+        starts.append(starts[-1] + int(n))
+    rows, cols = [], []
+    for a, na in enumerate(sizes):
+        for b in range(a, len(sizes)):
+            nb, p = int(sizes[b]), float(p_in if a == b else p_out)
+            m = na * (na - 1) // 2 if a == b else na * nb
+            if m == 0 or p == 0.0:
+                continue
+            k = int(torch.binomial(torch.tensor(float(m), dtype=torch.float64),
+                                   torch.tensor(p, dtype=torch.float64), generator=generator))
+            t = _distinct_indices(m, k, generator)
+            i, j = _pairs_below_diagonal(t) if a == b else (t // nb, t % nb)
+            rows.append(starts[a] + i)
+            cols.append(starts[b] + j)
+    num_nodes = starts[-1]
+    if not rows:
+        return torch.zeros(2, 0, dtype=torch.long)
+    return to_undirected(torch.stack([torch.cat(rows), torch.cat(cols)]), num_nodes=num_nodes)
+
+
 def sbm_graph(num_nodes: int = 120, num_classes: int = 3, p_in: float = 0.1, p_out: float = 0.01,
               feature_noise: float = 1.0, binary_features: Optional[int] = None, train_fraction: float = 0.3,
               val_fraction: float = 0.1, seed: int = 0, test_fraction: Optional[float] = None):
@@ -40,10 +97,15 @@ def sbm_graph(num_nodes: int = 120, num_classes: int = 3, p_in: float = 0.1, p_o
     features ``onehot(y) + noise * N(0, I)`` (or, with ``binary_features=d``, ``d`` Bernoulli bits whose
     rates depend on the class).  Random train/val/test masks; ``test_fraction=None`` makes every other node a
     test node, a fraction leaves the remaining nodes unlabelled (in no mask, as Planetoid's public split does).
-    Deterministic given ``seed``.
+    Deterministic given ``seed``, without touching the global random state.
+
+    Graphs above :data:`SBM_DENSE_MAX_NODES` nodes are sampled per block pair (:func:`sbm_edges`: memory and time ~
+    edges, so millions of nodes fit); smaller ones with PyG's ``stochastic_blockmodel_graph`` (one Bernoulli per
+    node pair, ~ nodes^2 / 2 of memory, at most ~60 MB there), which keeps the exact seeded graphs of earlier
+    versions that tests, docstring examples and recorded benchmark results use.  Both draw every pair
+    independently with the same probabilities: the same distribution, different samples for the same seed.
     """
     from torch_geometric.data import Data
-    from torch_geometric.utils import stochastic_blockmodel_graph
 
     check_int("num_nodes", num_nodes, 2)
     check_int("num_classes", num_classes, 2)
@@ -51,11 +113,16 @@ def sbm_graph(num_nodes: int = 120, num_classes: int = 3, p_in: float = 0.1, p_o
     check_fraction("p_out", p_out)
     g = torch.Generator().manual_seed(seed)
     sizes = [num_nodes // num_classes + (i < num_nodes % num_classes) for i in range(num_classes)]
-    probs = torch.full((num_classes, num_classes), float(p_out))
-    probs.fill_diagonal_(float(p_in))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        edge_index = stochastic_blockmodel_graph(sizes, probs, directed=False)
+    if num_nodes <= SBM_DENSE_MAX_NODES:
+        from torch_geometric.utils import stochastic_blockmodel_graph
+
+        probs = torch.full((num_classes, num_classes), float(p_out))
+        probs.fill_diagonal_(float(p_in))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            edge_index = stochastic_blockmodel_graph(sizes, probs, directed=False)
+    else:   # the edges' own stream, seeded unlike ``g`` (an equal seed would replay g's draws in the edges)
+        edge_index = sbm_edges(sizes, p_in, p_out, torch.Generator().manual_seed((seed * 2654435761 + 12345) % 2**32))
     y = torch.cat([torch.full((s,), i, dtype=torch.long) for i, s in enumerate(sizes)])
     if binary_features:
         rates = torch.full((num_classes, binary_features), 0.1)
