@@ -55,7 +55,15 @@ def bag_of_words_gcn(data):
 
 def flipped_pairs(clean, poisoned) -> int:
     """Undirected pairs that differ between the two graphs, counted from their edge lists (not the attack's
-    bookkeeping)."""
+    bookkeeping); refuses a poisoned graph that is not symmetric, has self loops or duplicate edges."""
+    from torch_geometric.utils import is_undirected
+
+    ei = poisoned.edge_index
+    keys = ei[0] * clean.num_nodes + ei[1]
+    assert is_undirected(ei, num_nodes=clean.num_nodes), "poisoned graph not symmetric"
+    assert not bool((ei[0] == ei[1]).any()), "self loop in the poisoned graph"
+    assert keys.unique().numel() == keys.numel(), "duplicate edges in the poisoned graph"
+
     def pairs(ei):
         ei = ei[:, ei[0] < ei[1]]
         return set((ei[0] * clean.num_nodes + ei[1]).tolist())
