@@ -128,6 +128,12 @@ class GraphAttack(Attack):
             raise KeyError(f"graph threats name inputs {sorted(unknown)}; use 'edges' and 'x'")
         return features
 
+    def verified_threats(self, victim: BatchView) -> Dict[str, ThreatModel]:
+        """What :mod:`mmrobust.threats.verify` re-measures: the feature threats and the edge budget (``"edges"``,
+        counted on the returned ``edge_index``; :meth:`threats_for` leaves it out, since no input tensor carries it)."""
+        threats = self.threats_for(victim)
+        return threats if self.edge_threat is None else {**threats, "edges": self.edge_threat}
+
     def edge_problem(self, victim: BatchView, target_labels: Optional[Tensor] = None) -> EdgeProblem:
         """What every edge attack starts from: the graph, its features, the candidate pairs, the per-graph
         flip budget and the attack's generator."""
