@@ -40,3 +40,10 @@ def test_the_library_edge_attacks_pass_the_check(attack):
     model, data = toy_graph()
     result = evaluate(model, [data], attack, progress=False, checks=False)
     assert 0 <= result["robust_accuracy"] <= result["clean_accuracy"]
+
+
+def test_an_ensemble_of_edge_attacks_is_refused_with_what_to_write_instead():
+    from mmrobust.attacks import Ensemble
+
+    with pytest.raises(TypeError, match=r"cannot combine edge-flip attacks.*mmrobust.evaluate"):
+        Ensemble([PRBCD(EdgeFlips(0.2), epochs=5, seed=0), GRBCD(EdgeFlips(0.2), seed=0)])  # was a KeyError later

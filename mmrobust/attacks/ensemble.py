@@ -61,6 +61,11 @@ class Ensemble(Attack):
         if not attacks or not all(isinstance(a, Attack) for a in attacks):
             raise TypeError("attacks must be a non-empty sequence of Attack instances, got "
                             f"{[type(a).__name__ for a in attacks]}")
+        edges = [a.describe() for a in attacks if getattr(a, "edge_threat", None) is not None]
+        if edges:  # a unit's returned graph cannot be stitched from several members' edge sets
+            raise TypeError(f"Ensemble combines per-unit perturbations and cannot combine edge-flip attacks ({edges[0]}); "
+                            "pass them as a list to mmrobust.evaluate(model, data, [PRBCD(...), GRBCD(...)]), which "
+                            "takes the worst case per node")
         super().__init__(attacks[0].threat, loss=loss, adapter=adapter, seed=seed)
         self.attacks: List[Attack] = attacks
         #: a progress bar over the members, shown only when stderr is a terminal (``False``: never)
