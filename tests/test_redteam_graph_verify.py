@@ -47,3 +47,13 @@ def test_an_ensemble_of_edge_attacks_is_refused_with_what_to_write_instead():
 
     with pytest.raises(TypeError, match=r"cannot combine edge-flip attacks.*mmrobust.evaluate"):
         Ensemble([PRBCD(EdgeFlips(0.2), epochs=5, seed=0), GRBCD(EdgeFlips(0.2), seed=0)])  # was a KeyError later
+
+
+def test_the_robust_accuracy_curve_checks_every_returned_graph():
+    from mmrobust.graph.training import robust_accuracy_curve
+
+    model, data = toy_graph()
+    rows = robust_accuracy_curve(model, data, lambda b: RandomFlips(EdgeFlips(b), seed=0), [0.1, 0.2])
+    assert [r["flips"] for r in rows] == [1.0, 2.0]
+    with pytest.raises(BudgetViolation):   # read the attack's own result unchecked
+        robust_accuracy_curve(model, data, lambda b: FourTimesTheBudget(EdgeFlips(b), seed=0), [0.1])

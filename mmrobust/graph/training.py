@@ -118,11 +118,12 @@ def robust_accuracy_curve(model: nn.Module, data, attack_for_budget: Callable[[f
     ``lambda b: PRBCD(EdgeFlips(b), adapter=GraphAdapter(mask="test"), seed=0)``); budget 0 is clean.
     """
     from ..metrics.robust_accuracy import RobustAccuracy
+    from ..threats.verify import run_checked
 
     rows = []
     for b in budgets:
         metric = RobustAccuracy()
-        result = attack_for_budget(b)(model, data)
+        result = run_checked(attack_for_budget(b), model, data)  # the returned graph re-counted, as in evaluate
         metric.update(result)
         rows.append({"budget": float(b), "clean_accuracy": metric.clean_accuracy().item(),
                      "robust_accuracy": metric.compute().item(),
