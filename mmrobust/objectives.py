@@ -193,7 +193,9 @@ class TradesAttack(PGD):
 
     def __init__(self, threat: Threat, *, steps: int = 10, step_size: Optional[float] = None, init_std: float = 1e-3,
                  **kwargs):
-        kwargs.pop("loss", None)
+        if "loss" in kwargs:  # given, it would be silently replaced by the KL
+            raise ValueError(f"TradesAttack maximises the KL to the clean prediction by construction; "
+                             f"loss={kwargs['loss']!r} is not an option (leave it out)")
         if kwargs.get("targeted"):
             raise ValueError("TradesAttack is untargeted (it maximises the KL to the clean prediction)")
         # The KL objective does not stop at misclassification, and its reference is per batch.

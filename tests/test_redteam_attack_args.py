@@ -15,3 +15,10 @@ def test_a_loss_the_attack_cannot_use_is_refused(cls):
         cls(threat, loss="ce")   # was accepted and replaced by the margin loss without a word
     assert "loss=margin" in cls(threat, loss="margin").describe()
     assert "loss=margin" in cls(threat).describe()
+
+
+def test_trades_attack_refuses_a_loss():
+    from mmrobust.objectives import TradesAttack
+
+    with pytest.raises(ValueError, match=r"TradesAttack maximises the KL.*loss='ce'"):
+        TradesAttack(LinfBall(0.1, lower=0, upper=1), loss="ce")   # was silently replaced by the KL
