@@ -138,6 +138,9 @@ class MaskingPenaltyAttack(Attack):
         super().__init__(threat, **kwargs)
         if start is not None and not isinstance(start, Attack):
             raise TypeError(f"start must be an Attack (the first stage, e.g. PGD) or None, got {type(start).__name__}")
+        if start is not None and start.targeted != self.targeted:
+            raise ValueError(f"start must pursue the same goal as this attack: start.targeted={start.targeted}, "
+                             f"targeted={self.targeted} (build both targeted or both untargeted)")
         self.start = start
         if not isinstance(masking, MaskingPenalty):
             raise TypeError(f"masking must be a MaskingPenalty(sample_rate, ...), got {type(masking).__name__}")
