@@ -364,6 +364,7 @@ def main():
     result = run(args)
     OUT.mkdir(parents=True, exist_ok=True)
     variant = ("_unclipped" if args.unclipped_noise else "") + ("_restore" if args.on_overfit == "restore" else "")
+    variant += f"_lam{args.grad_align_weight:g}" if args.method.startswith("grad_align") else ""
     name = f"{args.method}{variant}_s{args.seed}" + ("" if args.epochs == 10 and args.train is None else
                                             f"_e{args.epochs}_n{args.train}")
     (OUT / f"{name}.json").write_text(json.dumps(result, indent=1))
