@@ -41,10 +41,15 @@ class SpeechAugmentation(nn.Module):
         sample_rate: of the waveforms (for the impulse responses).
 
     ``forward(wave, lengths, generator=None)`` returns ``(wave, lengths)``; values stay in ``[-1, 1]``.
+
+    The defaults (speed 0.8-1.25, reverberation on half the examples, noise at 5-40 dB SNR), with 40 instead
+    of 20 epochs, raised FSDD leave-one-speaker-out accuracy from 0.844 to 0.853 (mean over six folds; a gain
+    within the ~0.02 batch-order noise of that mean; ``benchmarks/results/audio_fsdd_speakers.md``). The
+    earlier defaults were speed 0.85-1.15, ``reverb_probability=0.3``, noise at 10-40 dB.
     """
 
-    def __init__(self, speed=(0.85, 1.15), max_shift: Optional[int] = None, gain_db=(-6.0, 6.0),
-                 reverb_probability: float = 0.3, rt60=(0.1, 0.5), noise_snr_db=(10.0, 40.0),
+    def __init__(self, speed=(0.8, 1.25), max_shift: Optional[int] = None, gain_db=(-6.0, 6.0),
+                 reverb_probability: float = 0.5, rt60=(0.1, 0.5), noise_snr_db=(5.0, 40.0),
                  sample_rate: int = 8000):
         super().__init__()
         self.speed = None if speed is None else RandomSpeed(speed)
