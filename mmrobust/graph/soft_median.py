@@ -103,7 +103,10 @@ def ppr_topk(edge_index: Tensor, edge_weight: Optional[Tensor], num_nodes: int, 
     :math:`T = \\tilde D^{-1/2}(A + I)\\tilde D^{-1/2}` (GDC, Klicpera et al. 2019,
     https://arxiv.org/abs/1911.05485, Eq. 1 and top-k sparsification), as an edge list ``(source, row)``
     with weights.  ``iterations`` power steps per ``block`` of rows, each block under gradient checkpointing:
-    memory ~ ``edges + block x nodes``, never ``nodes^2``; gradients reach ``edge_weight``.
+    forward memory ~ ``edges + block x nodes``, never ``nodes^2``; gradients reach ``edge_weight``, but the
+    backward of ``torch.sparse.mm`` w.r.t. the edge values forms a dense ``nodes x nodes`` product per power step
+    (transient; on Cora with a PRBCD block: 1.4 CPU s forward, 10 s backward; an edge-wise backward was slower
+    there, see ``benchmarks/results/graph_defenses.md``).
     """
     from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
