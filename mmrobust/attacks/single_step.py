@@ -11,7 +11,7 @@ taken*, which is what decides whether single-step training collapses (catastroph
 * :class:`NFGSM` starts from stronger noise (``k * eps``, clipped to the box as in the reference code
   ``pdejorge/N-FGSM`` unless ``clip_noise=False``), steps ``eps`` and does *not* project back onto the
   eps ball: its training points may lie up to ``(k + 1) * eps`` from the input (inside the value box).
-  At MNIST's eps 0.3 neither variant trains a robust StridedCNN (``benchmarks/results/single_step_mnist.md``). It is a training perturbation;
+  On Wong et al.'s MNIST recipe at eps 0.3 neither variant gave a robust model (``benchmarks/results/single_step_mnist.md``). It is a training perturbation;
   its ``__call__`` refuses to report robust accuracy for points outside the threat model.
 """
 

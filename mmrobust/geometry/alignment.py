@@ -34,14 +34,18 @@ class GradientAlignment(Regularizer):
     fixed and the second is differentiated through (double back-propagation), as the reference code
     (``tml-epfl/understanding-fast-adv-training``, ``train.py``); examples where either gradient is zero
     are left out of the mean, and :math:`\\eta` is uniform in the ball (``threat.random_init`` without the
-    value box, so ``x + eta`` may leave it, as there). Add it with weight :math:`\\lambda` (0.2 at CIFAR-10
-    eps 8/255 in the paper, larger for larger eps) to FGSM training with
-    :class:`~mmrobust.callbacks.GeometricRegularization` (an :class:`~mmrobust.callbacks.ExtraLossCallback`),
-    listed *before* the adversarial-training callback so it sees the clean batch. Leaving out examples
+    value box, so ``x + eta`` may leave it, as there). The reference's training step (zero-start FGSM
+    whose gradient is reused here as the first gradient) is
+    ``FastAdversarialTraining(threat, method="grad_align", grad_align_weight=lambda)`` (0.2 at CIFAR-10 eps
+    8/255 in the paper, larger for larger eps). Beside any other adversarial training
+    add it with :class:`~mmrobust.callbacks.GeometricRegularization` (an
+    :class:`~mmrobust.callbacks.ExtraLossCallback`), listed *before* the adversarial-training callback so it
+    sees the clean batch (the first gradient is then computed again, one pass more). Leaving out examples
     with a zero gradient (as the reference does: the cosine is undefined there) gives the penalty a
-    degenerate minimum: a network whose input gradients vanish (dead ReLUs, constant output) pays nothing.
-    On MNIST at eps 0.3 (StridedCNN, Wong et al.'s schedule) weights 0.2 to 2 drove training there within
-    400 steps, at chance accuracy (``benchmarks/results/single_step_mnist.md``)::
+    degenerate minimum: a network whose input gradients vanish (dead ReLUs, constant output) pays nothing;
+    a batch where all vanish gives 0 here (NaN in the reference). On Wong et al.'s MNIST recipe at eps 0.3,
+    lambda 2 drove training there and lambda 0.2 did not prevent catastrophic overfitting
+    (``benchmarks/results/single_step_mnist.md``)::
 
         callbacks=[GeometricRegularization(GradientAlignment(threat, seed=0), weight=0.2, module_attr="model"),
                    FastAdversarialTraining(threat, seed=0)]
