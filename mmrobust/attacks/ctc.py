@@ -242,7 +242,7 @@ class CTCTargetedAttack:
             if init is not None:
                 if init.shape != x.shape:
                     raise ValueError(f"init must have the shape of wave {tuple(x.shape)}, got {tuple(init.shape)}")
-                delta = normal_tensor(init).detach().to(x.dtype)
+                delta = normal_tensor(init).detach().to(x.device, x.dtype)
                 delta = self.threat.project(delta if mask is None else delta * mask, x, radius)
             m1, m2 = torch.zeros_like(x), torch.zeros_like(x)
             best = torch.zeros_like(x)
