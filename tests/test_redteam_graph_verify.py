@@ -57,3 +57,21 @@ def test_the_robust_accuracy_curve_checks_every_returned_graph():
     assert [r["flips"] for r in rows] == [1.0, 2.0]
     with pytest.raises(BudgetViolation):   # read the attack's own result unchecked
         robust_accuracy_curve(model, data, lambda b: FourTimesTheBudget(EdgeFlips(b), seed=0), [0.1])
+
+
+def test_grbcd_raises_on_non_finite_edge_gradients_instead_of_flipping_nothing():
+    from mmrobust.errors import NonFiniteError
+
+    model, data = toy_graph()
+
+    class SqrtWeights(torch.nn.Module):   # d sqrt(w) / dw is infinite at the candidates' weight 0
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, x, edge_index, edge_weight=None):
+            return self.inner(x, edge_index, None if edge_weight is None else edge_weight.sqrt())
+
+    with pytest.raises(NonFiniteError, match="edge weights"):
+        # returned the clean graph (0 flips) and a robust accuracy equal to the clean one
+        GRBCD(EdgeFlips(0.2), seed=0)(SqrtWeights().eval(), data)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import check_int
+from ..errors import NonFiniteError, check_int
 from ..threats.graph import EdgeFlips
 from .edge_candidates import EdgeBlock, EdgeLookup, limit_node_flips, rank_within_unit
 from .graph_attack import GraphAttack
@@ -65,6 +65,9 @@ class GRBCD(GraphAttack):
             pei, pew = block.perturbed(ei, ew, p)
             obj, _ = self.graph_objective(problem.logits(pei, pew), victim, target_labels)
             (grad,) = torch.autograd.grad(obj, [p])
+            if not bool(torch.isfinite(grad).all()):  # NaN ranks last: the step would flip nothing, silently
+                raise NonFiniteError("NaN/Inf in the gradient of the edge weights; the model or loss overflows (or "
+                                     "its backward is undefined at these weights)")
             with torch.no_grad():
                 if limit is not None:
                     full = (node_flips[block.row] >= limit) | (node_flips[block.col] >= limit)
