@@ -89,3 +89,21 @@ def test_local_attack_on_a_batch_flips_only_pairs_inside_the_targets_graph():
     graph_level.y = torch.tensor([0, 1])  # graph classification labels: not a node attack
     with pytest.raises(ValueError, match="one label per node"):
         LocalGreedy(unnoticeable=False)(model, graph_level, target=0, budget=2)
+
+
+def test_local_attack_raises_on_non_finite_gradients_instead_of_stopping():
+    from mmrobust.errors import NonFiniteError
+
+    model, data = toy_graph()
+
+    class SqrtWeights(torch.nn.Module):   # d sqrt(w) / dw is infinite at the candidates' weight 0
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, x, edge_index, edge_weight=None):
+            return self.inner(x, edge_index, None if edge_weight is None else edge_weight.sqrt())
+
+    with pytest.raises(NonFiniteError, match="relaxed flips"):
+        # stopped after 0 flips and reported the target as not misclassified
+        LocalGreedy(unnoticeable=False)(SqrtWeights().eval(), data, target=0, budget=3)

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from ..adapters.calls import graph_call
-from ..errors import check_finite_nonneg, check_int, check_positive
+from ..errors import NonFiniteError, check_finite_nonneg, check_int, check_positive
 from .base import attack_mode
 
 
@@ -220,6 +220,9 @@ class LocalGreedy:
                 if step == budget:
                     break
                 (score,) = torch.autograd.grad(-m, [p])
+                if not bool(torch.isfinite(score).all()):  # NaN would rank last: no flip, a silent failure
+                    raise NonFiniteError("NaN/Inf in the gradient of the relaxed flips; the model overflows or its "
+                                         "backward is undefined at these edge weights")
                 done = torch.zeros_like(score, dtype=torch.bool)
                 for a, b in flips:
                     done[: others.numel()] |= others == (b if a == t else a)
