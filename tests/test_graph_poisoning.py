@@ -158,6 +158,25 @@ def test_poisoning_keeps_edge_weights_and_float64(graph):
     assert kept and len(pairs_of(data.edge_index) ^ pairs_of(out.edge_index)) <= 4
 
 
+def test_default_unrolls_metattacks_100_training_steps(graph):
+    """Metattack (Zügner & Günnemann 2019) differentiates through 100 training iterations; the default unrolls as
+    many (50 cut the surrogate's training short and left MetaPRBCD weaker than Metattack on Cora at 10/20 %)."""
+    calls = []
+
+    class Counting(GCN):
+        def forward(self, *args, **kwargs):
+            calls.append(1)
+            return super().forward(*args, **kwargs)
+
+    attack = MetaPRBCD(EdgeFlips(5))
+    torch.manual_seed(0)
+    model = Counting(3, 3, hidden=4, dropout=0.0).eval()
+    init = {k: v.detach().clone() for k, v in model.named_parameters()}
+    w = torch.ones(graph.edge_index.shape[1])
+    attack._inner(model, init, graph, graph.y, graph.edge_index, w, False)
+    assert attack.inner_steps == 100 and len(calls) == 100 + 1        # 100 training steps, then the scored pass
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="method"):
         poison(None, EdgeFlips(1), method="greedy")
