@@ -27,6 +27,7 @@ from .attack_objective import AttackObjective
 from .labels import check_labels, label_checked
 from .losses import get_loss
 from .reading import apply_masks, attack_mode, check_logits, prepare_victim, prepared, victim_for  # noqa: F401
+from ..threats.verify import UNVERIFIED
 from .result import AttackResult, mark_not_found
 
 Threat = Union[ThreatModel, Mapping[str, ThreatModel]]
@@ -332,6 +333,9 @@ class Attack(ABC):
         for name in threats:
             extra = threats[name].extra_sizes(adv[name] - victim.inputs[name], victim.inputs[name])
             extras.update({f"{name}/{key}": value for key, value in extra.items()})
+        if not getattr(self, "bounded", True):
+            # minimal-norm points may lie outside the threat model; verify_run removes the mark once checked
+            extras[UNVERIFIED] = True
         return AttackResult(batch=victim.rebuild(adv), inputs=adv, target=victim.target,
                             clean_logits=clean_logits.detach(), logits=logits.detach(), success=success,
                             loss=loss.detach(), size=size, unit=victim.unit, attack=self.describe(),

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from ..adapters.base import BatchView
+from ..threats.verify import UNVERIFIED  # noqa: F401  (re-exported: the extras key documented below)
 
 
 @dataclass
@@ -26,7 +27,12 @@ class AttackResult:
         size: per input name, the per-unit perturbation size in that threat model's own measure.
         unit: maps outputs to units (``None``: output i is unit i).
         attack: a description of the attack that produced the result.
-        extras: attack- or modality-specific extras (e.g. sizes in dB for audio).
+        extras: attack- or modality-specific extras (e.g. sizes in dB for audio). Results of attacks
+            unbounded by design (``FMN(cap=False)``, ``FAB(cap=False)``, a ``MinimalNormSearch`` with a
+            larger ``eps_max``) carry ``extras[UNVERIFIED]`` until
+            :func:`~mmrobust.threats.verify.verify_result` has counted their points outside the threat
+            model as not broken; the accuracy metrics refuse such results (their successes include points
+            of any size).
 
     Example:
         >>> from mmrobust.attacks import PGD

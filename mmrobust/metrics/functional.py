@@ -29,6 +29,7 @@ from torch import Tensor
 
 from ..attacks.result import AttackResult
 from ..errors import check_fraction
+from ..threats.verify import UNVERIFIED
 
 Results = Union[AttackResult, Sequence[AttackResult]]
 
@@ -40,7 +41,7 @@ __all__ = ["robust_accuracy", "clean_accuracy", "attack_success_rate", "worst_ca
 def as_result_list(results: Results, argument: str = "results") -> list:
     """One result or several results for the same batch (several attacks) as a checked list."""
     if isinstance(results, AttackResult):
-        return [results]
+        results = [results]
     if not isinstance(results, (list, tuple)) or not results or not all(isinstance(r, AttackResult) for r in results):
         raise TypeError(f"{argument} must be an AttackResult or a non-empty list of AttackResults for the same batch, "
                         f"got {type(results).__name__}")
@@ -51,6 +52,16 @@ def as_result_list(results: Results, argument: str = "results") -> list:
             raise ValueError(f"all {argument} must come from the same batch (same outputs and labels); "
                              f"got targets of shapes {tuple(first.target.shape)} and {tuple(r.target.shape)} "
                              "or different labels")
+    for i, r in enumerate(results):
+        if r.extras.get(UNVERIFIED):
+            raise ValueError(
+                f"{argument}[{i}] comes from {r.attack or 'an attack'}, which is unbounded by design (a "
+                "minimal-norm attack without cap): its successes include points outside the threat model, so "
+                "this metric would understate robustness. Build the attack with cap=True (FMN, FAB) or "
+                "without eps_max (MinimalNormSearch), or pass the result through "
+                "mmrobust.threats.verify.verify_result(attack, model, batch, result) -- as mmrobust.evaluate "
+                "and Ensemble do -- which counts points outside the budget as not broken; "
+                "MinimalPerturbation takes the unbounded result as it is")
     return list(results)
 
 

@@ -35,6 +35,10 @@ from .base import ThreatModel, per_unit
 from .graph import EdgeFlips, count_undirected_edges, undirected_pairs
 from .norms import l2_norm
 
+#: ``AttackResult.extras`` key marking a result of an attack unbounded by design (``attack.bounded``
+#: false) whose points were not yet checked against the threat model; :func:`verify_run` removes it.
+UNVERIFIED = "unverified_unbounded"
+
 __all__ = ["BudgetViolation", "violations", "verify_result", "run_checked"]
 
 #: norms measured here (not with the threat model's own ``size``); any other norm falls back to ``size``
@@ -189,6 +193,8 @@ def verify_run(attack: Any, victim: BatchView, result: Any) -> Any:
     # an attack whose budget is not the per-input one (a universal delta) says which balls its points must keep
     threats = getattr(attack, "verified_threats", attack.threats_for)(victim)
     found = violations(victim, result.inputs, threats)
+    if UNVERIFIED in result.extras:  # checked now: the metrics may count this result
+        result = dataclasses.replace(result, extras={k: v for k, v in result.extras.items() if k != UNVERIFIED})
     if not found:
         return result
     graph_inputs = [k for k, t in threats.items() if isinstance(t, EdgeFlips) and k in found]

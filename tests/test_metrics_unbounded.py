@@ -1,0 +1,62 @@
+"""Accuracy metrics refuse results of attacks unbounded by design until their points were checked
+against the threat model (a minimal-norm success of any size is no break at the budget)."""
+
+import pytest
+import torch
+
+from mmrobust.attacks import FAB, FMN, PGD
+from mmrobust.metrics import AttackSuccessRate, MinimalPerturbation, RobustAccuracy
+from mmrobust.metrics.functional import robust_accuracy
+from mmrobust.threats import LinfBall
+from mmrobust.threats.verify import UNVERIFIED, verify_result
+from mmrobust.utils import toy_problem
+
+
+@pytest.fixture
+def problem():
+    return toy_problem()
+
+
+def _outside(result, x, eps):
+    return (result.inputs["input"] - x).abs().flatten(1).amax(1) > eps + 1e-6
+
+
+@pytest.mark.parametrize("make", [lambda t: FMN(t, steps=20, seed=0), lambda t: FAB(t, steps=20, seed=0)])
+def test_uncapped_minimal_norm_result_refused_then_counted_after_verification(problem, make):
+    model, x, y = problem
+    threat = LinfBall(0.01, lower=0, upper=1)  # small: the minimal points mostly lie outside
+    attack = make(threat)
+    assert not attack.bounded
+    raw = attack(model, [x, y])
+    key = next(iter(raw.inputs))
+    outside = (raw.inputs[key] - x).abs().flatten(1).amax(1) > 0.01 + 1e-6
+    assert bool((outside & raw.success).any()), "the test needs successes outside the budget"
+    assert raw.extras.get(UNVERIFIED)
+    for metric in (RobustAccuracy(), AttackSuccessRate()):
+        with pytest.raises(ValueError, match="unbounded by design"):
+            metric.update(raw)
+    with pytest.raises(ValueError, match="cap=True"):
+        robust_accuracy(raw)
+    checked = verify_result(attack, model, [x, y], raw)
+    assert UNVERIFIED not in checked.extras
+    # independently: a unit counts as broken only with an in-budget misclassified point
+    delta = (checked.inputs[key] - x).abs().flatten(1).amax(1)
+    adv_pred = model(checked.inputs[key]).argmax(1)
+    robust = (model(x).argmax(1) == y) & ~((adv_pred != y) & (delta <= 0.01 + 1e-6))
+    metric = RobustAccuracy()
+    metric.update(checked)
+    assert float(metric.compute()) == pytest.approx(robust.float().mean().item())
+    # the size distribution takes the raw result as it is
+    sizes = MinimalPerturbation()
+    sizes.update(raw)
+    assert torch.isfinite(sizes.compute())
+
+
+def test_bounded_results_carry_no_mark(problem):
+    model, x, y = problem
+    threat = LinfBall(0.1, lower=0, upper=1)
+    for attack in (PGD(threat, steps=3, seed=0), FMN(threat, steps=10, cap=True, seed=0),
+                   FAB(threat, steps=10, cap=True, seed=0)):
+        result = attack(model, [x, y])
+        assert UNVERIFIED not in result.extras
+        RobustAccuracy().update(result)
