@@ -17,10 +17,6 @@ def problem():
     return toy_problem()
 
 
-def _outside(result, x, eps):
-    return (result.inputs["input"] - x).abs().flatten(1).amax(1) > eps + 1e-6
-
-
 @pytest.mark.parametrize("make", [lambda t: FMN(t, steps=20, seed=0), lambda t: FAB(t, steps=20, seed=0)])
 def test_uncapped_minimal_norm_result_refused_then_counted_after_verification(problem, make):
     model, x, y = problem
@@ -60,3 +56,31 @@ def test_bounded_results_carry_no_mark(problem):
         result = attack(model, [x, y])
         assert UNVERIFIED not in result.extras
         RobustAccuracy().update(result)
+
+
+class _Jitter(torch.nn.Module):
+    """A transform ``forward(x, generator)`` as EOT takes them: tiny additive noise."""
+
+    def forward(self, x, generator=None):
+        return x + 1e-4 * torch.randn(x.shape, generator=generator, dtype=x.dtype)
+
+
+def test_eot_of_an_unbounded_attack_is_unbounded(problem):
+    from mmrobust.attacks import EOT
+
+    model, x, y = problem
+    threat = LinfBall(0.01, lower=0, upper=1)
+    eot = EOT(FMN(threat, steps=10, seed=0), [_Jitter()], samples=2, eval_samples=0)
+    assert not eot.bounded
+    assert EOT(FMN(threat, steps=10, cap=True), [_Jitter()], samples=2).bounded
+    raw = eot(model, [x, y])
+    assert raw.extras.get(UNVERIFIED)
+    checked = verify_result(eot, model, [x, y], raw)  # drops outside points instead of raising BudgetViolation
+    key = next(iter(checked.inputs))
+    delta = (checked.inputs[key] - x).abs().flatten(1).amax(1)
+    assert bool((delta[checked.success] <= 0.01 + 1e-6).all())
+
+
+def test_fab_refuses_an_overshoot_below_one():
+    with pytest.raises(ValueError, match="eta must be >= 1"):
+        FAB(LinfBall(0.1), eta=0.5)

@@ -124,6 +124,11 @@ class EOT(Attack):
     def describe(self) -> str:
         return f"EOT({self.attack.describe()}, samples={self.samples})"
 
+    @property
+    def bounded(self) -> bool:
+        """The inner attack's: ``EOT(FMN(cap=False))`` may return points outside the threat model."""
+        return getattr(self.attack, "bounded", True)
+
     def with_threat(self, threat) -> "EOT":
         clone = super().with_threat(threat)
         clone.attack = self.attack.with_threat(threat)

@@ -88,6 +88,9 @@ class FAB(Attack):
         self.restarts = check_int("restarts", restarts, 1)
         self.alpha_max = check_fraction("alpha_max", alpha_max)
         self.eta = check_positive("eta", eta)
+        if self.eta < 1:
+            raise ValueError(f"eta must be >= 1 (the overshoot past the linearised boundary, Croce & Hein 2020 Eq. 8; "
+                             f"the paper uses 1.05), got {eta!r}: below 1 the step stops short of the boundary")
         self.beta = check_fraction("beta", beta)
         self.cap = bool(cap)
         self.early_stop = bool(early_stop)
