@@ -156,7 +156,7 @@ def strength(args):
     names = ["PyG"] * (not args.skip_pyg) + ["ours"] + [f"ours {b // 1000}k" for b in args.our_block_size or []]
     runs, info = {}, {}
     # rounds outermost: after every round each (dataset, budget) has a measurement, and the table so far is printed
-    for rnd in range(args.repeats):
+    for rnd in range(args.first_round, args.first_round + args.repeats):
         for dataset in args.datasets:
             clean = setup(dataset, Path(args.data), args.seed)
             data = STATE["data"]
@@ -176,7 +176,7 @@ def strength(args):
                 print(f"{dataset} budget {frac:.0%} ({budget} flips) round {rnd + 1}: " + "; ".join(
                     f"{n} acc {r[-1][0][0]:.3f} flips {r[-1][0][1]} {r[-1][3]:.1f} CPU s {r[-1][1]:.1f} wall s "
                     f"{r[-1][2] / 2**20:.0f}MiB" for n, r in runs[(dataset, frac, budget)].items()), flush=True)
-        table(runs, info, rnd + 1)
+        table(runs, info, rnd + 1 - args.first_round)
 
 
 def table(runs, info, rounds):
@@ -242,6 +242,9 @@ def main():
     ap.add_argument("--our-block-size", type=int, nargs="+", default=None,
                     help="extra rows: our PRBCD with these block sizes (the first row always runs the defaults)")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds (PyG, ours) per budget")
+    ap.add_argument("--first-round", type=int, default=0,
+                    help="start at this round (round r seeds both attacks with seed + r; the victim keeps --seed), "
+                         "to add rounds to an earlier run")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-pyg", action="store_true")
