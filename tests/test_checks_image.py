@@ -172,3 +172,14 @@ def test_masked_models_fire_several_checks_through_the_runner(digits_cnn, batch)
                                                       "square": Square(THREAT, n_queries=100, seed=0)})
     fired = {name for name, c in found.items() if c.fired}
     assert {"zero_gradients", "gradient_masking", "black_box_beats_white_box"} <= fired
+
+
+def test_checks_on_no_robust_output_say_not_applicable_not_passed(digits_cnn, batch):
+    """At a budget that breaks everything there is nothing to compare: not 'passed on 0 of 0'."""
+    everything = LinfBall(1.0, lower=0, upper=1)
+    attack = APGD(everything, steps=10, seed=0)
+    robust = robust_under(attack, digits_cnn, batch)
+    assert not bool(robust.any())
+    for check in (transfer_gap(digits_cnn, batch, attack, robust),
+                  unconverged_loss(loss_trace(digits_cnn, batch, attack))):
+        assert not check.ran and not check.fired and check.status == "not applicable", check.evidence

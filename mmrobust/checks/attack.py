@@ -48,6 +48,9 @@ def transfer_gap(model: nn.Module, batch: Any, attack: Attack, robust: Tensor, *
 
     if is_edge_threat(attack.threat):
         return not_applicable("transfer_gap", "edge-flip budgets have no single gradient step")
+    if not bool(robust.any()):
+        return not_applicable("transfer_gap", "no output is robust under the evaluation's attacks: nothing for "
+                                              "a single step to break")
     fgsm = FGSM(attack.threat, adapter=attack.adapter)
     res = run_checked(fgsm, model, batch)
     robust = robust.to(res.robust.device)
@@ -248,6 +251,9 @@ def unconverged_loss(trace: Optional[LossTrace], *, last: float = 0.1, min_share
     robust = m.amax((0, 1)) <= 0
     counted = rising.any(0) & robust
     n_robust, n = int(robust.sum()), int(counted.sum())
+    if n_robust == 0:
+        return not_applicable("unconverged_loss", f"{trace.attack} leaves no traced output robust: no loss "
+                                                  "left to converge")
     fired = n > 0 and n > max_fraction * n_robust
     evidence = (f"{trace.attack}: on {n} of the {n_robust} outputs it leaves robust the margin loss still "
                 f"improved by more than {min_share:.0%} of its run's gain in the last {last:.0%} of "
