@@ -82,3 +82,15 @@ class WithBatchNorm(nn.Module):
 
     def forward(self, x):
         return self.net(self.bn(x))
+
+
+class SqrtWeights(nn.Module):
+    """A graph model ``forward(x, edge_index, edge_weight)`` fed ``sqrt(edge_weight)``: d sqrt(w) / dw is
+    infinite at weight 0, so the relaxed-flip gradients of candidate (absent) edges are not finite."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x, edge_index, edge_weight=None):
+        return self.net(x, edge_index, None if edge_weight is None else edge_weight.sqrt())

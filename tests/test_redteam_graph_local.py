@@ -10,6 +10,7 @@ pytest.importorskip("torch_geometric")
 from torch_geometric.nn import GCNConv  # noqa: E402
 
 from mmrobust.attacks import LocalGreedy  # noqa: E402
+from _checks_models import SqrtWeights  # noqa: E402
 from mmrobust.graph.data import toy_graph  # noqa: E402
 
 
@@ -96,14 +97,6 @@ def test_local_attack_raises_on_non_finite_gradients_instead_of_stopping():
 
     model, data = toy_graph()
 
-    class SqrtWeights(torch.nn.Module):   # d sqrt(w) / dw is infinite at the candidates' weight 0
-        def __init__(self):
-            super().__init__()
-            self.inner = model
-
-        def forward(self, x, edge_index, edge_weight=None):
-            return self.inner(x, edge_index, None if edge_weight is None else edge_weight.sqrt())
-
     with pytest.raises(NonFiniteError, match="relaxed flips"):
         # stopped after 0 flips and reported the target as not misclassified
-        LocalGreedy(unnoticeable=False)(SqrtWeights().eval(), data, target=0, budget=3)
+        LocalGreedy(unnoticeable=False)(SqrtWeights(model).eval(), data, target=0, budget=3)

@@ -10,6 +10,7 @@ pytest.importorskip("torch_geometric")
 from mmrobust import evaluate  # noqa: E402
 from mmrobust.attacks import DICE, GRBCD, PRBCD, RandomFlips  # noqa: E402
 from mmrobust.errors import BudgetViolation  # noqa: E402
+from _checks_models import SqrtWeights  # noqa: E402
 from mmrobust.graph.data import toy_graph  # noqa: E402
 from mmrobust.threats import EdgeFlips, LinfBall  # noqa: E402
 from mmrobust.threats.verify import run_checked  # noqa: E402
@@ -64,14 +65,6 @@ def test_grbcd_raises_on_non_finite_edge_gradients_instead_of_flipping_nothing()
 
     model, data = toy_graph()
 
-    class SqrtWeights(torch.nn.Module):   # d sqrt(w) / dw is infinite at the candidates' weight 0
-        def __init__(self):
-            super().__init__()
-            self.inner = model
-
-        def forward(self, x, edge_index, edge_weight=None):
-            return self.inner(x, edge_index, None if edge_weight is None else edge_weight.sqrt())
-
     with pytest.raises(NonFiniteError, match="edge weights"):
         # returned the clean graph (0 flips) and a robust accuracy equal to the clean one
-        GRBCD(EdgeFlips(0.2), seed=0)(SqrtWeights().eval(), data)
+        GRBCD(EdgeFlips(0.2), seed=0)(SqrtWeights(model).eval(), data)
