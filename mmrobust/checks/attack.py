@@ -241,6 +241,10 @@ def unconverged_loss(trace: Optional[LossTrace], *, last: float = 0.1, min_share
     if trace is None:
         return not_applicable("unconverged_loss", "needs a PGD or APGD attack (keeping its best iterate) to trace")
     m = trace.margins.double()
+    robust = m.amax((0, 1)) <= 0
+    if not bool(robust.any()):
+        return not_applicable("unconverged_loss", f"{trace.attack} leaves no traced output robust: no loss "
+                                                  "left to converge")
     runs, length, outputs = m.shape
     cut = max(1, min(length - 1, math.ceil((1 - last) * (length - 1))))
     best_all = m.amax(1)                      # (runs, outputs)
@@ -248,12 +252,8 @@ def unconverged_loss(trace: Optional[LossTrace], *, last: float = 0.1, min_share
     gained = best_all - m[:, 0]
     late = best_all - best_before
     rising = (late > min_share * gained.clamp_min(0)) & (late > 1e-4 * (1 + best_all.abs()))
-    robust = m.amax((0, 1)) <= 0
     counted = rising.any(0) & robust
     n_robust, n = int(robust.sum()), int(counted.sum())
-    if n_robust == 0:
-        return not_applicable("unconverged_loss", f"{trace.attack} leaves no traced output robust: no loss "
-                                                  "left to converge")
     fired = n > 0 and n > max_fraction * n_robust
     evidence = (f"{trace.attack}: on {n} of the {n_robust} outputs it leaves robust the margin loss still "
                 f"improved by more than {min_share:.0%} of its run's gain in the last {last:.0%} of "
