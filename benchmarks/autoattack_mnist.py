@@ -222,11 +222,16 @@ def main(argv=None):
                 entry.setdefault("all_robust", {}).setdefault(name, []).append(acc)
                 if acc != entry["robust"][name]:  # seeded: every round must give the same number
                     entry.setdefault("round_differences", []).append((name, r, acc))
-                print(f"{kind} round {r}: {name}: {acc:.4f} ({times[name][-1]:.1f} s)", file=sys.stderr, flush=True)
-        entry["seconds"] = {name: statistics.median(t) for name, t in times.items()}
-        entry["all_seconds"] = times
-        entry["cpu_seconds"] = {name: statistics.median(t) for name, t in cpu.items()}
-        entry["all_cpu_seconds"] = cpu
+                print(f"{kind} round {r}: {name}: {acc:.4f} ({times[name][-1]:.1f} s, {cpu[name][-1]:.1f} CPU s)",
+                      file=sys.stderr, flush=True)
+            # medians of the rounds so far, saved after every round: a run stopped early keeps its rounds
+            entry["seconds"] = {name: statistics.median(t) for name, t in times.items()}
+            entry["all_seconds"] = times
+            entry["cpu_seconds"] = {name: statistics.median(t) for name, t in cpu.items()}
+            entry["all_cpu_seconds"] = cpu
+            entry["rounds_done"] = r + 1
+            out["models"][kind] = entry
+            _save(out, args.json)
         if not args.no_members:
             for member in ensemble.attacks:
                 name = f"mmrobust {member.describe()} alone"
@@ -235,19 +240,25 @@ def main(argv=None):
                 entry["seconds"][name] = time.perf_counter() - start
                 entry["cpu_seconds"][name] = time.process_time() - start_cpu
                 entry["robust"][name] = checked_robust(model, x_all, y_all, adv, eps)
-                print(f"{kind}: {name}: {entry['robust'][name]:.4f} ({entry['seconds'][name]:.1f} s)",
-                      file=sys.stderr, flush=True)
+                print(f"{kind}: {name}: {entry['robust'][name]:.4f} ({entry['seconds'][name]:.1f} s, "
+                      f"{entry['cpu_seconds'][name]:.1f} CPU s)", file=sys.stderr, flush=True)
+                _save(out, args.json)
         out["models"][kind] = entry
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=1))
+        _save(out, args.json)
     report(out)
+
+
+def _save(out, path):
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(out, indent=1))
 
 
 def report(out):
     s = out["settings"]
     for kind, e in out["models"].items():
+        rounds = e.get("rounds_done", s["rounds"])
         print(f"\n### {kind} StridedCNN, L-inf eps {e['eps']}, first {s['n']} test images, clean accuracy "
-              f"{e['clean']:.4f}; {s['rounds']} interleaved rounds (medians), members alone once\n")
+              f"{e['clean']:.4f}; {rounds} interleaved rounds (medians), members alone once\n")
         ours_s = e["seconds"].get("mmrobust Ensemble.standard")
         ours_c = e.get("cpu_seconds", {}).get("mmrobust Ensemble.standard")
         rows = []
