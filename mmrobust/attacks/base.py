@@ -232,10 +232,7 @@ class Attack(ABC):
         :meth:`finish` on a per-call copy pursuing ``objective`` (default :meth:`objective_for`; its
         ``targets`` stand for ``target_labels``). Composites (ensembles, partly adversarial batches) call
         it instead of rebuilding and re-reading batches; ``threats`` default to :meth:`checked_threats`."""
-        victim = prepared(victim)
-        threats = self.checked_threats(victim) if threats is None else threats
-        if target_labels is None and objective is not None:
-            target_labels = objective.targets
+        victim, threats, target_labels = self._call_setup(victim, threats, target_labels, objective)
         with torch.no_grad():
             clean_logits = victim.forward(victim.inputs)
         check_logits(clean_logits, victim, "on the clean batch")
@@ -243,7 +240,6 @@ class Attack(ABC):
         y = victim.target
         check_labels(y, n_classes)
         if target_labels is not None:
-            target_labels = normal_tensor(target_labels).to(y.device).long()
             if target_labels.shape != y.shape:
                 raise ValueError(f"target_labels must have shape {tuple(y.shape)}, got {tuple(target_labels.shape)}")
             check_labels(target_labels, n_classes, "target_labels")
@@ -260,19 +256,27 @@ class Attack(ABC):
                      objective: Optional[AttackObjective] = None) -> Dict[str, Tensor]:
         """The perturbed inputs of a batch already read, without evaluation passes (:meth:`generate`'s
         work, for training code that holds a :class:`BatchView`), inside :func:`attack_mode`."""
-        if target_labels is None and objective is not None:
-            target_labels = objective.targets
-        if self.targeted and target_labels is None:
+        if self.targeted and target_labels is None and (objective is None or objective.targets is None):
             raise ValueError("generate() with a targeted attack needs target_labels")
-        victim = prepared(victim)
-        threats = self.checked_threats(victim) if threats is None else threats
-        if target_labels is not None:
-            target_labels = normal_tensor(target_labels).to(victim.target.device).long()
+        victim, threats, target_labels = self._call_setup(victim, threats, target_labels, objective)
         # no clean pass here: the attack's first forward pass learns the class count and checks the labels
         victim = label_checked(victim, target_labels)
         call = self.pursuing(objective or self.objective_for(victim, target_labels, None))
         adv = _unpack(call.perturb(victim, threats, target_labels, None))[0]
         return {k: v.detach() for k, v in adv.items()}
+
+    def _call_setup(self, victim: BatchView, threats: Optional[Dict[str, ThreatModel]],
+                    target_labels: Optional[Tensor], objective: Optional[AttackObjective]) -> tuple:
+        """What :meth:`run` and :meth:`run_training` do first: a prepared copy of ``victim``, its checked
+        threats (unless given), and ``target_labels`` (default: the objective's targets) as long tensors on
+        the labels' device."""
+        victim = prepared(victim)
+        threats = self.checked_threats(victim) if threats is None else threats
+        if target_labels is None and objective is not None:
+            target_labels = objective.targets
+        if target_labels is not None:
+            target_labels = normal_tensor(target_labels).to(victim.target.device).long()
+        return victim, threats, target_labels
 
     # -- the objective of a call ------------------------------------------------------------------
     #: the :class:`AttackObjective` of the call in progress: held only by the per-call copy that :meth:`run`
