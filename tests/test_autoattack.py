@@ -58,6 +58,20 @@ def test_standard_is_at_most_each_member_and_stays_in_the_budget(digits_cnn, dig
     assert [name for name, _ in res.extras["robust_after"]][2].startswith("FABT")
 
 
+
+def test_standard_repeats_its_points_after_reseed(digits_cnn, digits):
+    """A seeded ensemble called twice on the same batch, reseeded in between (as ``evaluate`` and the
+    evaluation callback do), returns the same points and the same robust units: a robust accuracy is
+    reproducible. Without the reseed the second call continues the random stream."""
+    _, _, xt, yt = digits
+    batch = (xt[:24], yt[:24])
+    ens = Ensemble.standard(LinfBall(0.1, **BOX), steps=8, n_target_classes=2, n_queries=40, seed=0,
+                            progress=False)
+    first = ens(digits_cnn, batch)
+    again = ens.reseed()(digits_cnn, batch)
+    assert torch.equal(first.inputs["image"], again.inputs["image"])
+    assert torch.equal(first.robust, again.robust)
+
 class NoisyNet(nn.Module):
     """A randomised defence: Gaussian noise on the input at every forward pass, also in eval mode."""
 
