@@ -6,6 +6,7 @@ what to change without opening the source.
 
 from __future__ import annotations
 
+import difflib
 import math
 from numbers import Real
 from typing import Any
@@ -60,7 +61,16 @@ def check_fraction(name: str, value: Any, *, open_low: bool = False, open_high: 
 
 def check_choice(name: str, value: Any, choices) -> Any:
     if value not in choices:
-        raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
+        try:
+            listed = sorted(choices)
+        except TypeError:  # mixed types, e.g. None among strings
+            listed = sorted(choices, key=lambda c: (c is not None, repr(c)))
+        hint = ""
+        if isinstance(value, str):
+            words = {str(c).lower(): c for c in choices if isinstance(c, str)}
+            close = difflib.get_close_matches(value.lower(), list(words), n=1)
+            hint = f"; did you mean {words[close[0]]!r}?" if close else ""
+        raise ValueError(f"{name} must be one of {listed}, got {value!r}{hint}")
     return value
 
 

@@ -13,7 +13,7 @@ from ..attacks.base import Attack, attack_mode
 from ..errors import check_choice, check_finite_nonneg, check_fraction, check_positive
 from ..objectives import OBJECTIVES, ccat_loss, mart_loss, trades_loss
 
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = (None, "cosine", "multistep", "cyclic")
 
 
@@ -43,8 +43,16 @@ class RobustClassifier(pl.LightningModule):
         attack: the training attack (required for the robust objectives).
         beta: TRADES' ``1/lambda`` or MART's ``lambda``.
         rho: CCAT's transition exponent.
-        optimizer: ``"sgd"`` (momentum ``momentum``, Nesterov off) or ``"adam"``.
-        lr, weight_decay, momentum: optimizer settings.
+        optimizer: ``"sgd"`` (``torch.optim.SGD``, momentum ``momentum``, Nesterov off), ``"adam"``
+            (``torch.optim.Adam``) or ``"adamw"`` (``torch.optim.AdamW``). ``weight_decay`` is what each
+            torch optimiser makes of it: with ``"sgd"`` and ``"adam"`` it is an L2 penalty coupled to the
+            gradient (``weight_decay * w`` added to the gradient, so with Adam it is rescaled by the adaptive
+            step and weak on weights with large gradients); with ``"adamw"`` it is decoupled weight decay
+            (Loshchilov & Hutter 2019, https://arxiv.org/abs/1711.05101, Alg. 2: ``w -= lr * weight_decay * w``
+            each step, apart from the Adam step). The default ``weight_decay=5e-4`` is the usual SGD value;
+            pass ``weight_decay=0`` for plain Adam (the library's benchmarks with Adam do).
+        lr, weight_decay, momentum: optimizer settings (``momentum`` only for ``"sgd"``); decay applies to
+            every trainable parameter of ``model``, biases and normalisation weights included.
         scheduler: ``None``, ``"cosine"`` (to 0 over ``trainer.max_epochs``) or ``"multistep"`` (decay by
             ``gamma`` at the ``milestones`` fractions of ``trainer.max_epochs``), stepped per epoch; or
             ``"cyclic"``: the triangular schedule of fast adversarial training (Wong et al. 2020,
@@ -195,7 +203,8 @@ class RobustClassifier(pl.LightningModule):
         if self.optimizer_name == "sgd":
             opt = torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
         else:
-            opt = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+            cls = torch.optim.AdamW if self.optimizer_name == "adamw" else torch.optim.Adam
+            opt = cls(params, lr=self.lr, weight_decay=self.weight_decay)
         if self.scheduler_name is None:
             return opt
         if self.scheduler_name == "cyclic":
