@@ -190,3 +190,63 @@ def test_gcnsvd_normalisation_stays_bounded_where_low_rank_degrees_are_negative(
     with torch.no_grad():
         out = model(data.x, data.edge_index)
     assert bool(torch.isfinite(out).all()) and float(out.abs().max()) < 50
+
+
+def _dense_gcn_reference(model: GCNSVD, x, edge_index, w, n):
+    """GCN-SVD's formula with the exact adjacency (what A_k is when A has at most ``rank`` singular values)."""
+    a = torch.zeros(n, n, dtype=x.dtype).index_put((edge_index[1], edge_index[0]), w, accumulate=True)
+    dinv = (a.sum(1).clamp_min(0) + 1).rsqrt()[:, None]
+    prop = lambda h: dinv * (a @ (dinv * h) + dinv * h)  # noqa: E731
+    return prop(model.lin2(torch.relu(prop(model.lin1(x)))))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("rank", [9, 10, 50])
+def test_gcnsvd_gradients_where_the_graph_has_at_most_rank_singular_values(rank, dtype):
+    """A 10-node graph with two isolated nodes (adjacency of rank 8; like a small graph or a Batch of them at the
+    default rank 50): the QR steps were singular and the gradients NaN or ~1e38 (PRBCD: NonFiniteError or an attack on
+    garbage).  Since A_k = A there, outputs and gradients are those of the exact adjacency."""
+    ei = torch.tensor([[0, 1, 1, 2, 2, 3, 4, 5, 6, 7], [1, 0, 2, 1, 3, 2, 5, 4, 7, 6]])
+    torch.manual_seed(0)
+    model = GCNSVD(4, 3, hidden=8, rank=rank).to(dtype).eval()
+    x = torch.randn(10, 4, dtype=dtype)
+    for zero_pairs in (False, True):   # PRBCD's relaxed block: pairs at weight ~0 make A nearly, not exactly, singular
+        extra = torch.tensor([[0, 8, 3], [9, 9, 6]]) if zero_pairs else torch.zeros(2, 0, dtype=torch.long)
+        e = torch.cat([ei, extra, extra.flip(0)], 1)
+        w = torch.cat([torch.ones(ei.shape[1], dtype=dtype), torch.full((2 * extra.shape[1],), 1e-7, dtype=dtype)])
+        w.requires_grad_(True)
+        if rank >= 10:
+            with pytest.warns(UserWarning, match=r"rank=\d+ >= the graph's 10 nodes.*rank in \[1, 9\]"):
+                out = model(x, e, w)
+        else:
+            out = model(x, e, w)
+        (grad,) = torch.autograd.grad(out.logsumexp(1).sum(), w)
+        ref = _dense_gcn_reference(model, x, e, w, 10)
+        (want,) = torch.autograd.grad(ref.logsumexp(1).sum(), w)
+        assert bool(torch.isfinite(grad).all())
+        assert torch.allclose(out, ref, atol=1e-5) and torch.allclose(grad, want, atol=1e-4)
+
+
+def test_gcnsvd_degenerate_subspace_that_is_not_the_adjacency_asks_for_a_lower_rank():
+    # singular values 1, 1 and 80 x 2e-4: rank 4 cuts inside the tiny cluster (float32 QR condition ~2e-4), and
+    # dropping the other 76 tiny ones is not A itself (residual above 0.1 % of ||A||)
+    pairs = torch.tensor([[0, 1]] + [[2 + 2 * i, 3 + 2 * i] for i in range(40)]).t()
+    ei = torch.cat([pairs, pairs.flip(0)], 1)
+    w = torch.cat([torch.ones(1), torch.full((40,), 2e-4)]).repeat(2)
+    model = GCNSVD(4, 2, rank=4).eval()
+    with pytest.raises(ValueError, match=r"lower rank \(it must lie in \[1, 81\]"):
+        model(torch.randn(82, 4), ei, w)
+    assert torch.isfinite(model.double()(torch.randn(82, 4, dtype=torch.float64), ei, w.double())).all()
+
+
+def test_prbcd_on_gcnsvd_batch_of_small_graphs_at_the_default_rank():
+    """A Batch of three 12-node graphs (36 nodes) against GCN-SVD's default rank 50: runs on finite gradients."""
+    from torch_geometric.data import Batch
+
+    graphs = [sbm_graph(num_nodes=12, num_classes=2, p_in=0.3, p_out=0.05, seed=s) for s in range(3)]
+    batch = Batch.from_data_list(graphs)
+    torch.manual_seed(0)
+    model = GCNSVD(batch.num_features, 2, hidden=8).eval()
+    with pytest.warns(UserWarning, match="rank=50"):
+        result = PRBCD(EdgeFlips(2), block_size=60, epochs=6, progress=False, seed=0)(model, batch)
+    assert result.size["edges"].tolist() == [2.0, 2.0, 2.0]

@@ -11,6 +11,8 @@ GNNGuard's similarities in chunks, :mod:`mmrobust.graph.similarity`), never on a
 
 from __future__ import annotations
 
+import math
+import warnings
 from typing import Optional, Tuple
 
 import torch
@@ -155,6 +157,13 @@ class GCNSVD(nn.Module):
     :math:`\\tilde D = \\mathrm{diag}(\\max(A_k \\mathbf 1, 0) + 1)` (a row of :math:`A_k` can sum below 0).
     Gradients reach ``edge_weight`` through the QR factorisations (no SVD backward, which is unstable at
     repeated singular values).
+
+    Where the adjacency has (numerically) at most ``rank`` non-zero singular values -- ``rank >= nodes``, or a
+    small graph, a ``Batch`` of small graphs, many isolated nodes -- the QR factors are singular and their
+    backward gives NaN or ~1e38 gradients.  There the rank-``rank`` approximation *is* the adjacency
+    (:math:`A_k = A`), so the model propagates with :math:`A` itself (exact values and gradients: a GCN with
+    self loops); ``rank >= nodes`` also warns, since the defence then filters nothing.  A degenerate subspace
+    that is not the whole adjacency raises a ``ValueError`` asking for a lower ``rank``.
     """
 
     def __init__(self, in_channels: int, out_channels: int, hidden: int = 64, rank: int = 50,
@@ -169,6 +178,12 @@ class GCNSVD(nn.Module):
 
     def low_rank(self, edge_index: Tensor, w: Tensor, n: int, dtype) -> Tuple[Tensor, Tensor]:
         """``(Q, M)`` with :math:`A_k = Q M Q^\\top`."""
+        q, m, _ = self._subspace(edge_index, w, n, dtype)
+        return q, m
+
+    def _subspace(self, edge_index: Tensor, w: Tensor, n: int, dtype) -> Tuple[Tensor, Tensor, float]:
+        """``(Q, M, c)``: :meth:`low_rank` and ``c``, the smallest ratio of the smallest to the largest singular
+        value of the matrices the QR steps factor (near 0: their backward is unreliable)."""
         src, dst = edge_index
         k = min(self.rank, n)
 
@@ -177,26 +192,58 @@ class GCNSVD(nn.Module):
 
         g = torch.Generator().manual_seed(self.seed)
         q = torch.randn(n, k, generator=g, dtype=dtype).to(edge_index.device)
+        conditioning = 1.0
         for _ in range(self.iterations):
-            q = torch.linalg.qr(apply(q)).Q
+            q, r = torch.linalg.qr(apply(q))
+            s = torch.linalg.svdvals(r.detach())
+            conditioning = min(conditioning, float(s[-1] / s[0]) if float(s[0]) > 0 else 0.0)
         m = q.t() @ apply(q)
-        return q, (m + m.t()) / 2
+        return q, (m + m.t()) / 2, conditioning
+
+    def _adjacency(self, edge_index: Tensor, w: Tensor, n: int, dtype):
+        """The propagation matrix as a function ``h -> A_k h``: factored, or ``A`` itself where ``A_k = A``."""
+        if self.rank >= n:
+            warnings.warn(f"GCNSVD: rank={self.rank} >= the graph's {n} nodes, so the rank-{self.rank} approximation "
+                          f"is the adjacency itself and GCN-SVD acts as a plain GCN; use rank in [1, {n - 1}] "
+                          "(the paper: 10-50 on Cora-sized graphs)", stacklevel=3)
+            return self._exact(edge_index, w, n)
+        q, m, conditioning = self._subspace(edge_index, w, n, dtype)
+        if conditioning > math.sqrt(torch.finfo(dtype).eps):
+            return lambda h: q @ (m @ (q.t() @ h))
+        # singular QR steps: A has (numerically) at most `rank` non-zero singular values, or a degenerate subspace.
+        # ||A - A_k||_F^2 = ||A||_F^2 - ||M||_F^2 (A_k is A's orthogonal projection) tells them apart, in float64
+        with torch.no_grad():
+            w64 = w.detach().double()
+            _, m64, _ = self._subspace(edge_index, w64, n, torch.float64)
+            total = float(w64.pow(2).sum())
+            residual = math.sqrt(max(total - float(m64.pow(2).sum()), 0.0))
+        if residual <= 1e-3 * math.sqrt(total):
+            return self._exact(edge_index, w, n)    # A_k = A (within 0.1 %): propagate with A, exact gradients
+        raise ValueError(f"GCNSVD: the rank-{self.rank} subspace of this graph's adjacency is numerically degenerate "
+                         f"(singular-value ratio {conditioning:.1e} in {dtype}), so gradients through it are "
+                         f"unreliable; lower rank (it must lie in [1, {n - 1}]; e.g. rank={max(1, self.rank // 2)}) "
+                         "or run the model in float64")
+
+    @staticmethod
+    def _exact(edge_index: Tensor, w: Tensor, n: int):
+        src, dst = edge_index
+        return lambda h: h.new_zeros(n, h.shape[1]).index_add(0, dst, w[:, None] * h[src])
 
     def forward(self, x: Tensor, edge_index: Tensor, edge_weight: Optional[Tensor] = None) -> Tensor:
         n = x.shape[0]
         w = _ones(edge_index, x) if edge_weight is None else edge_weight
         keep = edge_index[0] != edge_index[1]
-        q, m = self.low_rank(edge_index[:, keep], w[keep], n, x.dtype)
+        a_k = self._adjacency(edge_index[:, keep], w[keep], n, x.dtype)
         ones = torch.ones(n, 1, dtype=x.dtype, device=x.device)
         # row sums of A_k can be negative: clamp them at 0 before counting the self loop, so that every node's
         # normalisation is at most 1 (clamping deg + 1 at 1e-6 gave nodes with low-rank degree <= -1 a factor
         # 1000; the Cora LCC has 19 nodes with deg + 1 <= 0.1 at rank 50)
-        deg = (q @ (m @ (q.t() @ ones))).squeeze(1).clamp_min(0) + 1
+        deg = a_k(ones).squeeze(1).clamp_min(0) + 1
         dinv = deg.rsqrt()[:, None]
 
         def propagate(h: Tensor) -> Tensor:
             g = dinv * h
-            return dinv * (q @ (m @ (q.t() @ g)) + g)
+            return dinv * (a_k(g) + g)
 
         h = F.dropout(x, self.dropout, self.training)
         h = F.relu(propagate(self.lin1(h)))
