@@ -73,6 +73,8 @@ class FGSMRS(Attack):
     ``on_gradient`` (``None`` by default), when set to a callable, receives the input gradients of every
     step (a dict per input, detached): :class:`~mmrobust.callbacks.FastAdversarialTraining` hands the
     zero-start gradient, :math:`\\nabla_x \\mathcal L(x)`, to GradAlign instead of computing it again.
+    :meth:`private_copy` (the copies evaluation attacks with) drops it: evaluating the training attack must
+    not hand an evaluation batch's gradient to the training hook.
 
     Example:
         >>> from mmrobust.attacks import FGSMRS
@@ -94,6 +96,11 @@ class FGSMRS(Attack):
 
     def settings(self) -> List[str]:
         return super().settings() + [f"step_size={self.step_size:g}"] + ([] if self.random_start else ["zero_start"])
+
+    def private_copy(self) -> "FGSMRS":
+        clone = super().private_copy()
+        clone.on_gradient = None  # a hook into the owner's training state (GradAlign), not the copy's
+        return clone
 
     def start(self, victim, threats: Dict[str, ThreatModel]) -> Dict[str, Tensor]:
         if not self.random_start:
