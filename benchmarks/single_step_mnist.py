@@ -293,12 +293,13 @@ def run(args) -> dict:
 
 
 def replayed_probe(r: dict) -> str:
-    """The stored probes replayed through the current rule (the monitor's defaults: patience 0.4 of the
-    planned run)."""
+    """The stored probes replayed through the current rule (the monitor's defaults: patience 0.4 and drop
+    patience 0.05 of the planned run)."""
     if not r.get("probes"):
         return "-"
     planned_steps = r["train"] // 100 * r.get("planned_epochs", 10)
-    rule = CollapseRule(patience_steps=math.ceil(0.4 * planned_steps))
+    rule = CollapseRule(patience_steps=math.ceil(0.4 * planned_steps),
+                        drop_patience_steps=math.ceil(0.05 * planned_steps))
     for step, pgd, fgsm in r["probes"]:
         if rule.update(step, pgd, fgsm)[0] is not None:
             return f"flagged at step {step}"

@@ -46,8 +46,8 @@ COLLAPSED = ("0.0/0.0 0.03/0.07 0.05/0.06 0.08/0.12 0.07/0.07 0.12/0.12 0.13/0.1
              + " 0.0/0.95" * 20)
 
 
-def replay(series: str, patience_steps: int, every: int = 50):
-    rule = CollapseRule(patience_steps=patience_steps)
+def replay(series: str, patience_steps: int, every: int = 50, drop_patience_steps=300):
+    rule = CollapseRule(patience_steps=patience_steps, drop_patience_steps=drop_patience_steps)
     for i, pair in enumerate(series.split()):
         pgd, fgsm = map(float, pair.split("/"))
         reason, _ = rule.update(i * every, pgd, fgsm)
@@ -60,6 +60,10 @@ def test_the_trend_rule_is_silent_on_the_healthy_recipe_and_flags_the_collapse()
     """patience 0.4 of 6000 steps (the default): the healthy runs' early signatures do not last; the
     collapse does. Shorter patience warns earlier, and falsely on seed 2's slow start."""
     assert replay(HEALTHY, 2400) is None and replay(SLOW_START, 2400) is None
+    # the drop path needs its patience: one bad probe batch (PGD 0.39 after 0.84, step 2450) pulls one
+    # reading 0.207 below the best
+    step, reason = replay(HEALTHY, 2400, drop_patience_steps=0)
+    assert step == 2550 and "dropped more than 0.2 below its best" in reason
     step, reason = replay(COLLAPSED, 2400)
     assert step == 2900 and "below 0.5 x the FGSM" in reason and "means of the last 3 probes" in reason
     assert replay(COLLAPSED, 600)[0] == 1100 and replay(HEALTHY, 600) is None
@@ -72,24 +76,62 @@ def test_the_trend_rule_is_silent_on_the_healthy_recipe_and_flags_the_collapse()
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "single_step"
 
 
+def replay_run(r: dict, drop: bool = True):
+    """A stored run's probes through the monitor's default rule (patience 0.4 and drop patience 0.05 of
+    the planned run); the first flagged step, or ``None``."""
+    planned = r["train"] // 100 * r.get("planned_epochs", 10)
+    rule = CollapseRule(patience_steps=math.ceil(0.4 * planned),
+                        drop_patience_steps=math.ceil(0.05 * planned) if drop else None)
+    return next((step for step, pgd, fgsm in r["probes"] if rule.update(step, pgd, fgsm)[0] is not None), None)
+
+
 def test_the_default_rule_flags_exactly_the_collapsed_runs_among_all_stored_full_length_runs():
     """Every run of benchmarks/single_step_mnist.py stored with its probes (FGSM-RS seeds 0-2 before and
-    after the learning-rate fix, Wong et al.'s loop, N-FGSM, early stopping), replayed through the rule
-    with the default patience (0.4 of the planned run; 0.35, the earlier default, flags the healthy run of
-    Wong et al.'s own loop on seed 2 at step 2700): flagged exactly when the test set shows a
-    collapse (clean > 0.5 and PGD-50 x 10 < 0.1). Over all these trajectories, not one tuned run."""
+    after the learning-rate fix, Wong et al.'s loop, N-FGSM, GradAlign), replayed through the default rule:
+    flagged exactly when the test set shows a (partial) collapse: clean > 0.5 (it learned) and PGD-50 x 10
+    < 0.5 (the healthy runs: 0.645-0.854; collapsed: 0.000, the partial collapse of GradAlign seed 1: 0.381).
+    Left out: runs evaluated on weights restored by early stopping (the test set scores the restored
+    weights, not where the probes ended). The patience alone (the drop path off) misses the partial
+    collapse. Over all these trajectories, not one tuned run."""
     runs = {p.name: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json")) if p.name != "costs.json"}
-    runs = {name: r for name, r in runs.items() if r.get("probes")}
+    runs = {name: r for name, r in runs.items() if r.get("probes") and r.get("on_overfit") != "restore"}
     if len(runs) < 7:
         pytest.skip("the stored single-step results are not there")
-    verdicts = {}
-    for name, r in runs.items():
-        rule = CollapseRule(patience_steps=math.ceil(0.4 * r["train"] // 100 * r.get("planned_epochs", 10)))
-        flagged = any(rule.update(step, pgd, fgsm)[0] is not None for step, pgd, fgsm in r["probes"])
-        collapsed = r["clean"] > 0.5 and r["pgd50x10"] < 0.1
-        verdicts[name] = (flagged, collapsed)
+    verdicts = {name: (replay_run(r) is not None, r["clean"] > 0.5 and r["pgd50x10"] < 0.5)
+                for name, r in runs.items()}
     assert all(flagged == collapsed for flagged, collapsed in verdicts.values()), verdicts
     assert sum(collapsed for _, collapsed in verdicts.values()) >= 2  # both kinds are there
+    partial = "grad_align_lam0.5_s1.json"
+    if partial in runs:
+        assert replay_run(runs[partial]) == 4050 and replay_run(runs[partial], drop=False) is None
+
+
+def test_the_drop_path_flags_a_lost_robustness_and_not_the_early_phase_or_one_bad_batch():
+    """Wong et al.'s early-stopping signature on synthetic probe sequences (window 1, drop patience 150)."""
+    def run(pgd, fgsm=0.85, **kwargs):
+        rule = CollapseRule(window=1, patience_steps=10_000, drop_patience_steps=150, **kwargs)
+        out = [rule.update(50 * i, p, fgsm if isinstance(fgsm, float) else fgsm[i]) for i, p in enumerate(pgd)]
+        return rule, next((50 * i for i, (reason, _) in enumerate(out) if reason is not None), None), out
+
+    climb = [0.05, 0.2, 0.4, 0.6, 0.8, 0.8]
+    # robust, then PGD falls to 0.3 and climbs back a little (0.45, still 0.35 below the best): flagged
+    # once the drop has held 150 steps, although a long patience alone never would be reached
+    rule, step, out = run(climb + [0.3, 0.35, 0.45, 0.4, 0.45])
+    assert step == 450 and "dropped more than 0.2 below its best 0.800" in out[9][0] and "for 150 steps" in out[9][0]
+    assert all(suspect for _, suspect in out[6:])  # never taken as the healthy copy
+    again = CollapseRule(window=1, patience_steps=10_000, drop_patience_steps=150)
+    again.load_state_dict(rule.state_dict())
+    assert again.drop_since == rule.drop_since == 300
+    # one bad batch, or a dip shorter than the drop patience: silent
+    assert run(climb + [0.3, 0.8, 0.8, 0.8, 0.8])[1] is None
+    assert run(climb + [0.3, 0.3, 0.3, 0.7, 0.8, 0.8])[1] is None
+    # the early phase: PGD reached 0.35 only (never robust), then 0.05 with FGSM 0.7: not a drop
+    assert run([0.1, 0.35, 0.35, 0.05, 0.05, 0.05, 0.05, 0.05], fgsm=0.7)[1] is None
+    # PGD and FGSM fall together (FGSM below 0.5: the model forgets, the single step is not fooled): not CO
+    assert run(climb + [0.3] * 5, fgsm=[0.85] * 6 + [0.35] * 5)[1] is None
+    # the path off (None): silent on the lost robustness
+    rule = CollapseRule(window=1, patience_steps=10_000)
+    assert all(rule.update(50 * i, p, 0.85)[0] is None for i, p in enumerate(climb + [0.3] * 10))
 
 
 def test_the_trend_rule_restarts_while_pgd_climbs_and_reads_drops_too():

@@ -2,7 +2,7 @@
 
 from .adversarial import AdversarialTraining
 from .fast_adversarial import FastAdversarialTraining
-from .overfitting_monitor import CatastrophicOverfittingMonitor, CollapseRule, catastrophic_overfitting
+from .overfitting_monitor import CatastrophicOverfittingMonitor, CollapseRule, catastrophic_overfitting, robustness_drop
 from .bit_errors import RandomBitErrorTraining
 from .distillation import Distillation
 from .evaluation import RobustnessEvaluation
@@ -16,7 +16,7 @@ from .rng import GlobalRNGState
 from .weight_perturbation import AdversarialWeightPerturbation
 
 __all__ = ["AdversarialTraining", "FastAdversarialTraining", "catastrophic_overfitting", "CatastrophicOverfittingMonitor",
-           "CollapseRule", "AdversarialWeightPerturbation",
+           "CollapseRule", "robustness_drop", "AdversarialWeightPerturbation",
            "GaussianNoiseTraining", "GeometricRegularization", "RobustnessEvaluation", "Pruning", "FourierSparsity",
            "Quantization", "RandomBitErrorTraining", "Distillation", "ExtraLossCallback",
            "GlobalRNGState"]

@@ -65,7 +65,8 @@ class FastAdversarialTraining(AdversarialTraining):
 
     It contains a :class:`~mmrobust.callbacks.CatastrophicOverfittingMonitor` (``monitor``; the ``probe_*``,
     rule and ``on_overfit`` arguments are its own), which probes PGD against FGSM every
-    ``probe_every_n_steps`` steps, warns when the collapse signature persists (``patience``) and can stop
+    ``probe_every_n_steps`` steps, warns when the collapse signature persists (``patience``) or PGD accuracy
+    drops from a robust best (``drop_patience``) and can stop
     training and restore the last healthy weights (``on_overfit="restore"``). The paper's cyclic learning
     rate is ``RobustClassifier(..., scheduler="cyclic")``.
 
@@ -86,7 +87,7 @@ class FastAdversarialTraining(AdversarialTraining):
         grad_align_weight: GradAlign's :math:`\\lambda` (``method="grad_align"`` only). The reference gives
             0.2 for CIFAR-10 at eps 8/255 (up to 2.0 at 16/255) and no MNIST setting.
         probe_every_n_steps, probe_steps, co_threshold, max_drop, min_fgsm_acc, probe_window, patience,
-            on_overfit: the monitor's ``every_n_steps``, ``probe_steps``, ... (see
+            drop_patience, drop_from, on_overfit: the monitor's ``every_n_steps``, ``probe_steps``, ... (see
             :class:`~mmrobust.callbacks.CatastrophicOverfittingMonitor`; ``probe_every_n_steps=0`` disables it).
         seed: seeds the training perturbations' random starts (``seed``), the probe's PGD (``seed + 1``) and
             FGSM (``seed + 2``), GradAlign's noise (``seed + 3``) and the unit draws.
@@ -96,7 +97,8 @@ class FastAdversarialTraining(AdversarialTraining):
     def __init__(self, threat, *, method: str = "fgsm_rs", step_size: Optional[float] = None, noise: float = 2.0,
                  clip_noise: bool = True, grad_align_weight: float = 0.2, probe_every_n_steps: int = 50, probe_steps: int = 10,
                  co_threshold: float = 0.5, max_drop: float = 0.2, min_fgsm_acc: float = 0.5, probe_window: int = 3,
-                 patience: float = 0.4, on_overfit: str = "warn", seed: int = 0, **kwargs):
+                 patience: float = 0.4, drop_patience: Optional[float] = 0.05, drop_from: float = 0.5,
+                 on_overfit: str = "warn", seed: int = 0, **kwargs):
         self.method = check_choice("method", method, METHODS)
         if step_size is None:
             step_size = {"n_fgsm": 1.0, "grad_align": 1.0}.get(method, 1.25)
@@ -115,7 +117,7 @@ class FastAdversarialTraining(AdversarialTraining):
         self.monitor = CatastrophicOverfittingMonitor(
             threat, every_n_steps=probe_every_n_steps, probe_steps=probe_steps, co_threshold=co_threshold,
             max_drop=max_drop, min_fgsm_acc=min_fgsm_acc, probe_window=probe_window, patience=patience,
-            on_overfit=on_overfit, adapter=adapter, seed=seed, training=self)
+            drop_patience=drop_patience, drop_from=drop_from, on_overfit=on_overfit, adapter=adapter, seed=seed, training=self)
         self.monitor.name = type(self).__name__
         self.alignment: Optional[ReusedGradientAlignment] = None
         if method == "grad_align":

@@ -45,6 +45,31 @@ def catastrophic_overfitting(pgd_acc: float, fgsm_acc: float, best_pgd_acc: floa
     return None
 
 
+def robustness_drop(pgd_acc: float, fgsm_acc: float, best_pgd_acc: float, *, max_drop: float = 0.2,
+                    min_fgsm_acc: float = 0.5, drop_from: float = 0.5) -> Optional[str]:
+    r"""The drop signature: PGD accuracy fell from a robust best while FGSM accuracy stays high; ``None`` when absent.
+
+    Wong et al. 2020 (https://arxiv.org/abs/2001.03994, Sec. 5.3; ``CIFAR10/train_fgsm.py --early-stop`` in
+    ``locuslab/fast_adversarial``) stop training once the PGD accuracy (PGD-5, one restart) on a training
+    minibatch, checked after every epoch, falls by more than 0.2 from the previous check:
+    ``robust_acc - prev_robust_acc < -0.2``. Read on the smoothed probe, against its running best
+    :math:`b`, the signature is
+
+    .. math:: b \ge \text{drop\_from} \;\wedge\; \text{pgd} < b - \text{max\_drop} \;\wedge\;
+              \text{fgsm} \ge \text{min\_fgsm\_acc}
+
+    a collapse *after* the model had become robust (``drop_from``: at least half the batch withstood PGD;
+    the early phase of a healthy run, where PGD accuracy rises and falls below ~0.35 while FGSM accuracy
+    rises, never was robust and is not a drop), with the single-step attack still failing (FGSM accuracy
+    high). It is a case of :func:`catastrophic_overfitting`'s third clause, so a probe showing it is never
+    taken as healthy.
+    """
+    if best_pgd_acc >= drop_from and pgd_acc < best_pgd_acc - max_drop and fgsm_acc >= min_fgsm_acc:
+        return (f"PGD probe accuracy {pgd_acc:.3f} dropped more than {max_drop:g} below its best "
+                f"{best_pgd_acc:.3f} while the FGSM accuracy is {fgsm_acc:.3f}")
+    return None
+
+
 class CollapseRule:
     """The trend rule of :class:`CatastrophicOverfittingMonitor`, fed one probe at a time.
 
@@ -57,16 +82,29 @@ class CollapseRule:
     ~1900 (seed 2) before PGD accuracy climbs to 0.8; collapsed runs show the same values and never
     recover (``benchmarks/results/single_step_mnist.md``). No threshold on the readings separates the two;
     only their persistence does. ``patience_steps=0`` flags the first signature.
+
+    A second, faster path: the run is also flagged once :func:`robustness_drop` (Wong et al.'s early-stopping
+    criterion: a drop of more than ``max_drop`` below a robust best while FGSM accuracy stays high) has
+    held on every reading for ``drop_patience_steps`` steps (``None``: this path is off). It catches a
+    model that had become robust and lost it -- a partial collapse, where PGD accuracy may climb back a
+    little and so restart the patience above. On the same recipe no healthy run held such a drop for
+    more than one reading; the partial collapse of GradAlign (lambda 0.5, seed 1) held it for 2200 steps.
     """
 
     def __init__(self, *, co_threshold: float = 0.5, max_drop: float = 0.2, min_fgsm_acc: float = 0.5,
-                 window: int = 3, patience_steps: int = 0, margin: float = 0.02):
+                 window: int = 3, patience_steps: int = 0, margin: float = 0.02,
+                 drop_patience_steps: Optional[int] = None, drop_from: float = 0.5):
         self.co_threshold = check_fraction("co_threshold", co_threshold)
         self.max_drop = check_fraction("max_drop", max_drop)
         self.min_fgsm_acc = check_fraction("min_fgsm_acc", min_fgsm_acc)
         self.window = check_int("probe_window", window, 1)
         self.patience_steps = check_int("patience_steps", patience_steps, 0)
         self.margin = check_fraction("margin", margin)
+        self.drop_patience_steps = (None if drop_patience_steps is None
+                                    else check_int("drop_patience_steps", drop_patience_steps, 0))
+        self.drop_from = check_fraction("drop_from", drop_from)
+        #: the step from which the drop signature has held (``None``: not holding)
+        self.drop_since: Optional[int] = None
         #: the last ``window`` judged probes, ``(pgd_acc, fgsm_acc)``
         self.recent: List[Tuple[float, float]] = []
         #: best mean PGD accuracy so far
@@ -85,27 +123,42 @@ class CollapseRule:
         pgd_mean = sum(p for p, _ in self.recent) / len(self.recent)
         fgsm_mean = sum(f for _, f in self.recent) / len(self.recent)
         reason = self.signature(pgd_mean, fgsm_mean)
+        drop = self.drop_signature(pgd_mean, fgsm_mean)  # implies ``reason`` (its third clause)
         suspect = reason is not None or (len(self.recent) > 1 and self.signature(pgd_acc, fgsm_acc) is not None)
         if reason is None or (self.since is not None and pgd_mean > self.best + self.margin):
             self.since = None if reason is None else step  # gone, or PGD is still climbing: start again
         elif self.since is None:
             self.since = step
+        if drop is None:
+            self.drop_since = None
+        elif self.drop_since is None:
+            self.drop_since = step
         self.best = max(self.best, pgd_mean)
+        means = f" (means of the last {len(self.recent)} probes)" if len(self.recent) > 1 else ""
+        if drop is not None and step - self.drop_since >= self.drop_patience_steps:
+            return drop + means + f", for {step - self.drop_since} steps", suspect
         if reason is None or step - self.since < self.patience_steps:
             return None, suspect
-        if len(self.recent) > 1:
-            reason += f" (means of the last {len(self.recent)} probes)"
+        reason += means
         if self.patience_steps:
             reason += f", for {step - self.since} steps without a new best PGD accuracy"
         return reason, suspect
 
+    def drop_signature(self, pgd_acc: float, fgsm_acc: float) -> Optional[str]:
+        """:func:`robustness_drop` against the best so far; always ``None`` while the drop path is off."""
+        if self.drop_patience_steps is None:
+            return None
+        return robustness_drop(pgd_acc, fgsm_acc, self.best, max_drop=self.max_drop,
+                               min_fgsm_acc=self.min_fgsm_acc, drop_from=self.drop_from)
+
     def state_dict(self) -> Dict[str, Any]:
-        return {"recent": list(self.recent), "best": self.best, "since": self.since}
+        return {"recent": list(self.recent), "best": self.best, "since": self.since, "drop_since": self.drop_since}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.recent = [tuple(p) for p in state.get("recent", [])]
         self.best = float(state.get("best", -1.0))
         self.since = state.get("since")
+        self.drop_since = state.get("drop_since")
 
 
 class CatastrophicOverfittingMonitor(pl.Callback):
@@ -118,7 +171,9 @@ class CatastrophicOverfittingMonitor(pl.Callback):
     readings go to :class:`CollapseRule`; once it flags the run, a rank-zero warning names the step and
     the reason, and ``overfitting_detected`` stays true (part of the checkpointed state). ``patience`` is
     a fraction of the run's training steps (``Trainer.estimated_stepping_batches``): the learning-rate
-    schedule, and with it the healthy run's transient phase, scale with the run's length.
+    schedule, and with it the healthy run's transient phase, scale with the run's length. A drop from a
+    robust best (Wong et al. 2020's early-stopping criterion, :func:`robustness_drop`) is flagged sooner,
+    once it has held for ``drop_patience`` of the run.
 
     During the training callback's eps warm-up the probe runs at the step's budget and never flags: with
     a growing budget PGD accuracy falls on a healthy model too. Those probes only decide whether the
@@ -151,6 +206,14 @@ class CatastrophicOverfittingMonitor(pl.Callback):
             flagged it at step 2700 of 6000) -- and flags their collapsed runs (clipped-noise N-FGSM at
             step 2900, FGSM-RS seed 1 before the lr fix at 4300 of 6000), late but with the weights of
             before the collapse kept for ``on_overfit="restore"``. Shorter patience warns earlier and falsely on slow healthy starts.
+        drop_patience: how long (fraction of the run's steps) a drop of more than ``max_drop`` below a best
+            PGD accuracy of at least ``drop_from``, with FGSM accuracy at least ``min_fgsm_acc``, must hold
+            before the run is flagged (:func:`robustness_drop`); ``None`` turns this check off. The default
+            0.05 (300 of 6000 steps; Wong et al. check once per epoch, 0.1 of their MNIST schedule) outlasts
+            a window of probes, so one bad probe batch is not a drop: no healthy run of the MNIST recipe
+            held a drop of even 0.07 for 300 steps, the partial collapse of GradAlign seed 1 held one of
+            0.61 (flagged at step 4050 of 6000, which the patience above missed).
+        drop_from: the best mean PGD probe accuracy from which a drop counts (the model had become robust).
         on_overfit: ``"warn"``, ``"stop"`` or ``"restore"``.
         adapter: how to read the batch (as the training callback's ``adapter``).
         seed: the probe's PGD uses ``seed + 1``, its FGSM-RS ``seed + 2``.
@@ -160,16 +223,18 @@ class CatastrophicOverfittingMonitor(pl.Callback):
 
     def __init__(self, threat, *, every_n_steps: int = 50, probe_steps: int = 10, co_threshold: float = 0.5,
                  max_drop: float = 0.2, min_fgsm_acc: float = 0.5, probe_window: int = 3, patience: float = 0.4,
-                 on_overfit: str = "warn", adapter=None, seed: int = 0,
-                 training: Optional[AdversarialTraining] = None):
+                 drop_patience: Optional[float] = 0.05, drop_from: float = 0.5, on_overfit: str = "warn",
+                 adapter=None, seed: int = 0, training: Optional[AdversarialTraining] = None):
         seed = check_int("seed", seed, 0)
         self.every_n_steps = check_int("every_n_steps", every_n_steps, 0)
         self.probe = PGD(threat, steps=check_int("probe_steps", probe_steps, 1), seed=seed + 1, adapter=adapter)
         # the single-step side: FGSM-RS in the ball (N-FGSM's training points are not), own generator
         self.probe_fgsm = FGSMRS(threat, step_size=1.25, seed=seed + 2, adapter=adapter)
         self.patience = check_fraction("patience", patience)
+        self.drop_patience = None if drop_patience is None else check_fraction("drop_patience", drop_patience)
         self.rule = CollapseRule(co_threshold=co_threshold, max_drop=max_drop, min_fgsm_acc=min_fgsm_acc,
-                                 window=probe_window)
+                                 window=probe_window, drop_from=drop_from,
+                                 drop_patience_steps=None if drop_patience is None else 0)
         self.on_overfit = check_choice("on_overfit", on_overfit, ("warn", "stop", "restore"))
         self.adapter = adapter
         self.training = training
@@ -216,16 +281,20 @@ class CatastrophicOverfittingMonitor(pl.Callback):
 
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         self.rule.patience_steps = self.patience_steps(trainer)
+        if self.drop_patience is not None:  # with patience 0 every drop is flagged at once anyway
+            self.rule.drop_patience_steps = self.patience_steps(trainer, "drop_patience") if self.patience else 0
 
-    def patience_steps(self, trainer: "pl.Trainer") -> int:
-        if self.patience == 0.0:
+    def patience_steps(self, trainer: "pl.Trainer", name: str = "patience") -> int:
+        """``patience`` (or ``drop_patience``) in training steps of this run."""
+        fraction = getattr(self, name)
+        if fraction == 0.0:
             return 0
         total = trainer.estimated_stepping_batches
         if total is None or math.isinf(total):
-            raise ValueError(f"CatastrophicOverfittingMonitor(patience={self.patience:g}) is a fraction of the "
+            raise ValueError(f"CatastrophicOverfittingMonitor({name}={fraction:g}) is a fraction of the "
                              "run's steps, but this run has no end (set max_epochs or max_steps), or use "
-                             "patience=0 to flag the first collapse signature")
-        return int(math.ceil(self.patience * total))
+                             f"{name}=0 to flag the first collapse signature")
+        return int(math.ceil(fraction * total))
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         step = self.steps_seen
