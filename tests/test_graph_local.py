@@ -177,3 +177,39 @@ def test_bad_arguments(trained):
         LocalGreedy()(model, data, data.num_nodes)
     with pytest.raises(ValueError, match="budget_per_degree"):
         LocalGreedy(0.0)
+
+
+def _degrees_along(data, flips):
+    """Replay ``flips`` on ``data``'s undirected graph; the smallest degree either endpoint has after each flip."""
+    n = data.num_nodes
+    edges = {tuple(e) for e in data.edge_index.t().tolist() if e[0] != e[1]}
+    deg = [0] * n
+    for a, _ in edges:
+        deg[a] += 1
+    after = []
+    for a, b in flips:
+        step = -1 if (a, b) in edges else 1
+        edges ^= {(a, b), (b, a)}
+        deg[a] += step
+        deg[b] += step
+        after.append(min(deg[a], deg[b]))
+    return after
+
+
+@pytest.mark.parametrize("unnoticeable", [False, True])
+def test_local_attack_never_removes_a_nodes_last_edge(unnoticeable):
+    """Nettack's singleton filter (the authors' and DeepRobust's ``filter_singletons``): on the toy graph the greedy
+    attack on nodes 9, 10 and 13 used to remove the last edge of a neighbour (e.g. (8, 9): node 8 left isolated)."""
+    from mmrobust.graph.data import toy_graph
+
+    model, data = toy_graph()
+    e0 = data.edge_index.clone()
+    flipped = 0
+    for t in (9, 10, 13):
+        result = LocalGreedy(unnoticeable=unnoticeable)(model, data, target=t, budget=3)
+        assert min(_degrees_along(data, result.flips), default=1) >= 1, (t, result.flips)
+        flipped += len(result.flips)
+    assert flipped > 0
+    allowed = LocalGreedy(unnoticeable=False, filter_singletons=False)(model, data, target=9, budget=3)
+    assert min(_degrees_along(data, allowed.flips)) == 0   # the case exists; the option turns the filter off
+    assert torch.equal(data.edge_index, e0)

@@ -5,6 +5,10 @@ weight has the largest gradient of the target's margin loss (a local GRBCD, Geis
 https://arxiv.org/abs/2110.14038, Algorithm 2, with a block of all ``N - 1`` pairs of the target), within a
 per-node budget ``int(degree * budget_per_degree)`` (at least 1), as in the literature's "budget = degree" setting.
 
+As in Nettack (the authors' ``filter_singletons``, also DeepRobust's), a flip that would remove a node's last edge
+(leave the target or its neighbour with degree 0) is never taken (``filter_singletons=True``, the default; such
+candidates are skipped, not counted as ``rejected``).
+
 With ``unnoticeable=True`` a flip is only taken if the perturbed graph's degree sequence still passes
 Zügner et al. 2018's (Nettack, https://arxiv.org/abs/1805.07984, Sec. 4.1, Eqs. 6-8) power-law likelihood-ratio
 test against the clean one, :math:`\\Lambda < \\tau = 0.004`:
@@ -139,6 +143,8 @@ class LocalGreedy:
             ``features``, its feature co-occurrence test.
         candidates: how many top-gradient candidates to try per step before giving up on the tests.
         features: also flip the target's (binary) features, within the same budget.
+        filter_singletons: never remove an edge that is the last one of the target or of its neighbour
+            (Nettack's singleton filter); ``False`` allows it.
 
     Example:
         >>> from mmrobust.attacks import LocalGreedy
@@ -152,13 +158,14 @@ class LocalGreedy:
     """
 
     def __init__(self, budget_per_degree: float = 1.0, *, unnoticeable: bool = True, threshold: float = 0.004,
-                 d_min: int = 2, candidates: int = 64, features: bool = False):
+                 d_min: int = 2, candidates: int = 64, features: bool = False, filter_singletons: bool = True):
         self.budget_per_degree = check_positive("budget_per_degree", budget_per_degree)
         self.unnoticeable = bool(unnoticeable)
         self.threshold = check_finite_nonneg("threshold", threshold)
         self.d_min = check_int("d_min", d_min, 1)
         self.candidates = check_int("candidates", candidates, 1)
         self.features = bool(features)
+        self.filter_singletons = bool(filter_singletons)
 
     @staticmethod
     def margin(logits: Tensor, label: int) -> Tensor:
@@ -228,6 +235,8 @@ class LocalGreedy:
                     done[: others.numel()] |= others == (b if a == t else a)
                 for _, j in feature_flips:
                     done[others.numel() + j] = True
+                if self.filter_singletons:                               # Nettack: no removal of a last edge
+                    done[: others.numel()] |= exists & ((deg[others] <= 1) | (deg[t] <= 1))
                 score[done] = -math.inf                                  # never flip anything back
                 order = torch.argsort(score, descending=True)[: self.candidates]
                 order = order[torch.isfinite(score[order])]
