@@ -161,8 +161,8 @@ def test_ctc_eot_over_reverberation_stays_in_budget_and_repeats():
     assert bool(((res.wave - waves)[pad] == 0).all()) and bool((res.wave.abs() <= 1).all())
     share = res.extras["eot/success_share"]
     assert share.shape == (3,) and bool(((share >= 0) & (share <= 1)).all())
-    again = attack(model, waves, targets, lengths=lengths)
-    assert torch.equal(res.wave, again.wave)  # the transforms' generator restarts at seed every call
+    again = attack.reseed()(model, waves, targets, lengths=lengths)
+    assert torch.equal(res.wave, again.wave)  # reseed() restarts the transforms' generator (as Attack.reseed)
     assert "EOT samples=2" in attack.describe()
     with pytest.raises(ValueError, match="cannot be combined"):
         CTCTargetedAttack(PeakDBBall(-20.0), transforms=RandomReverb(SR), shrink=0.8)

@@ -44,7 +44,13 @@ class Attack(ABC):
         targeted: if true, ``__call__`` needs ``target_labels`` (or picks the most likely wrong class).
         adapter: how to read the batch; inferred from the batch when ``None``.
         seed: seed of the attack's own random generator (restarts, random starts) for reproducibility;
-            ``None`` uses the global RNG.
+            ``None`` uses the global RNG. Every seeded attack (and :class:`~mmrobust.attacks.CTCTargetedAttack`)
+            follows one semantics: the generator is created from ``seed`` on the first call and *continued* by
+            later calls (a training attack draws new random starts every step); :meth:`reseed` restarts it,
+            so a call after ``reseed()`` repeats the first call of a fresh object. :func:`mmrobust.evaluate`,
+            :class:`~mmrobust.callbacks.RobustnessEvaluation`, sweeps and checks attack with private copies
+            restarted at ``seed``, so they give the same number every time and leave the user's stream alone
+            (AutoAttack's reference code re-seeds inside every call instead).
 
     Example:
         >>> from mmrobust.attacks import Attack

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from ..adapters.audio import check_waveform, length_mask
 from ..errors import NonFiniteError, check_choice, check_fraction, check_int, check_positive
+from ..utils import make_generator
 from ..threats.base import ThreatModel
 from .base import attack_mode, normal_tensor
 
@@ -123,8 +124,9 @@ class CTCTargetedAttack:
     :class:`~mmrobust.audio.transforms.RandomReverb` for playback in a room) it is Expectation over
     Transformation (Athalye et al. 2018, https://arxiv.org/abs/1707.07397, Eq. 1; over the air as in Qin et
     al. 2019, Sec. 5): every step minimises the mean CTC loss over ``samples`` fresh draws of the transform
-    applied to :math:`x + \\delta` (a generator seeded with ``seed`` at every call, so calls repeat and the
-    attack object is unchanged). The attack runs all ``steps`` (no early stop) and returns, per example,
+    applied to :math:`x + \\delta`, drawn as every seeded attack draws (:meth:`~mmrobust.attacks.Attack.generator`):
+    from a generator created from ``seed`` on the first call and continued by later calls (``seed=None``: the
+    global generator); :meth:`reseed` restarts it, so a call after ``reseed()`` repeats the first. The attack runs all ``steps`` (no early stop) and returns, per example,
     the latest iterate whose share of the step's draws decoded to the target was highest; ``extras``
     hold that share (``eot/success_share``). ``success`` stays C&W's criterion on the untransformed input;
     measure success over the air under fresh transforms that the attack did not see.
@@ -165,6 +167,7 @@ class CTCTargetedAttack:
         self.masking = masking
         self.samples = check_int("samples", samples, 1)
         self.seed = seed
+        self._generator: Optional[torch.Generator] = None
         self.transform = None
         if transforms is not None:
             from .eot import _compose
@@ -172,6 +175,20 @@ class CTCTargetedAttack:
             if masking is not None or shrink is not None:
                 raise ValueError("transforms (EOT) cannot be combined with masking or shrink")
             self.transform = _compose(transforms)
+
+    def generator(self) -> Optional[torch.Generator]:
+        """The transforms' generator, as :meth:`mmrobust.attacks.Attack.generator`: created from ``seed`` on
+        first use and kept across calls; ``None`` (the global generator) without a seed."""
+        if self.seed is None:
+            return None
+        if self._generator is None:
+            self._generator = make_generator(self.seed, "cpu")
+        return self._generator
+
+    def reseed(self) -> "CTCTargetedAttack":
+        """Restart the random stream at ``seed`` (:meth:`mmrobust.attacks.Attack.reseed`)."""
+        self._generator = None
+        return self
 
     def describe(self) -> str:
         eot = "" if self.transform is None else f", EOT samples={self.samples}"
@@ -252,12 +269,12 @@ class CTCTargetedAttack:
             best_pen = torch.full((x.shape[0],), float("inf"), dtype=torch.float64, device=x.device)
             first = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
             b1, b2 = self.betas
-            gen = None if self.transform is None else torch.Generator().manual_seed(
-                0 if self.seed is None else int(self.seed))
+            eot = self.transform is not None
+            gen = self.generator() if eot else None
             best_share = torch.full((x.shape[0],), -1.0, device=x.device)
             for step in range(1, self.steps + 1):
                 leaf = delta.detach().requires_grad_(True)
-                if gen is None:
+                if not eot:
                     lp, frames = self.log_probs(model, x + leaf, lengths)
                     loss = self.ctc_loss(lp, frames, flat, tlen)
                 else:
@@ -266,7 +283,7 @@ class CTCTargetedAttack:
                 if not bool(torch.isfinite(grad).all()):
                     raise NonFiniteError("NaN/Inf in the CTC input gradient")
                 with torch.no_grad():
-                    if gen is not None:  # EOT: keep the latest iterate with the highest share of target decodings
+                    if eot:  # EOT: keep the latest iterate with the highest share of target decodings
                         new = share >= best_share
                         best_share = torch.maximum(best_share, share)
                         reached = share >= 1.0
@@ -297,7 +314,7 @@ class CTCTargetedAttack:
                     if mask is not None:
                         delta = delta * mask
                     delta = self.threat.project(delta, x, radius)
-                    if self.shrink is None and thr is None and gen is None and bool(found.all()):
+                    if self.shrink is None and thr is None and not eot and bool(found.all()):
                         break
             final = torch.where(found.reshape(-1, *([1] * (x.dim() - 1))), best, delta)
             adv = (x + final).detach()
@@ -309,7 +326,7 @@ class CTCTargetedAttack:
             extras = {f"wave/{k}": v for k, v in self.threat.extra_sizes(final, x).items()}
             if thr is not None:
                 extras.update({f"wave/{k}": v for k, v in self.masking.report(final, x, thr).items()})
-            if gen is not None:
+            if eot:
                 extras["eot/success_share"] = best_share
             return CTCAttackResult(wave=adv, success=success, decoded=decoded, clean_decoded=clean_decoded,
                                    loss=loss.detach(), size=self.threat.size(final, x), steps_to_success=first,
