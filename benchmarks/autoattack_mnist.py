@@ -173,7 +173,8 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=500, help="first N MNIST test images")
     ap.add_argument("--models", nargs="+", default=list(EPS), choices=list(EPS))
     ap.add_argument("--at-epochs", type=int, default=5, help="FGSM-RS training epochs (the paper: 10)")
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds of the full ensembles")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="interleaved timing rounds of the full ensembles (0: only the members alone)")
     ap.add_argument("--batch-size", type=int, default=250)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
@@ -207,7 +208,8 @@ def main(argv=None):
             full["reference AutoAttack (fra31)"] = reference(eps, seed, bs)
         if not args.no_torchattacks:
             full["torchattacks AutoAttack"] = torchattacks_aa(eps, seed, bs)
-        entry = {"eps": eps, "clean": accuracy(model, x_all, y_all), "robust": {}, "seconds": {}, "settings": {}}
+        entry = {"eps": eps, "clean": accuracy(model, x_all, y_all), "robust": {}, "seconds": {}, "cpu_seconds": {},
+                 "settings": {}}
         entry["settings"]["mmrobust Ensemble.standard"] = ensemble.describe()
         times = {name: [] for name in full}
         cpu = {name: [] for name in full}
@@ -264,8 +266,9 @@ def report(out):
         rows = []
         for name, acc in e["robust"].items():
             wall, cpu = e["seconds"][name], e.get("cpu_seconds", {}).get(name)
-            rows.append([name, f"{100 * acc:.1f}", f"{wall:.1f}", f"{wall / ours_s:.2f}",
-                         "-" if cpu is None else f"{cpu:.1f}", "-" if cpu is None else f"{cpu / ours_c:.2f}"])
+            rows.append([name, f"{100 * acc:.1f}", f"{wall:.1f}", "-" if ours_s is None else f"{wall / ours_s:.2f}",
+                         "-" if cpu is None else f"{cpu:.1f}",
+                         "-" if cpu is None or ours_c is None else f"{cpu / ours_c:.2f}"])
         print(markdown_table(["method", "robust accuracy %", "wall s", "wall / ours", "CPU s", "CPU / ours"], rows))
 
 
