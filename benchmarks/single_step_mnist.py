@@ -79,7 +79,7 @@ def callbacks_for(method: str, threat, args):
     """The library's callbacks for ``method`` (defaults unless the method says otherwise) and the monitor
     whose probes are logged."""
     if method == "pgd_at":
-        return [AdversarialTraining(PGD(threat, steps=10, seed=args.seed))], None
+        return [AdversarialTraining(PGD(threat, steps=10, seed=args.seed), warmup_epochs=args.warmup)], None
     reg = GeometricRegularization(GradientAlignment(threat, seed=args.seed), weight=args.grad_align_weight,
                                   module_attr="model")
     fast_method = {"fgsm_rs": "fgsm_rs", "grad_align_rs": "fgsm_rs", "fgsm_clipped": "fgsm", "n_fgsm": "n_fgsm",
@@ -288,7 +288,7 @@ def run(args) -> dict:
             "grad_align_weight": args.grad_align_weight if args.method.startswith("grad_align") else None,
             "clip_noise": (not args.unclipped_noise) if args.method == "n_fgsm" else None,
             "probe_flagged": None if fast is None else fast.overfitting_detected, "probe_warnings": co_warnings,
-            "lr_indexing": "wong",
+            "lr_indexing": "wong", "warmup_epochs": args.warmup if args.method == "pgd_at" else 0.0,
             "probes": None if args.method == "pgd_at" else callbacks[-1].rows}
 
 
@@ -312,6 +312,7 @@ def report() -> str:
         r = json.loads(path.read_text())
         name = r["method"] + (f" (lambda {r['grad_align_weight']:g})" if r.get("grad_align_weight") else "")
         name += " (noise not clipped)" if r.get("clip_noise") is False else ""
+        name += f" (eps warm-up {r['warmup_epochs']:g} epochs)" if r.get("warmup_epochs") else ""
         name += f" + restore (to step {r['restored_step']})" if r.get("on_overfit") == "restore" else ""
         name += "" if r.get("lr_indexing") == "wong" or r["method"] == "wong_loop" else " (before the lr fix)"
         rows.append([name, r["seed"], f"{r['epochs']:.2f}", r["clean"], r["pgd50x10"], r["apgd_ce"], r["apgd_t"],
@@ -332,6 +333,9 @@ def main():
                         help="GradAlign's lambda (the reference code has no MNIST setting; CIFAR-10: 0.2 at eps "
                              "8/255 up to 2.0 at 16/255)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--warmup", type=float, default=0.0,
+                        help="pgd_at only: eps warm-up epochs (AdversarialTraining(warmup_epochs=...)); Wong et al.'s "
+                             "FGSM recipe has none")
     parser.add_argument("--on-overfit", choices=("warn", "stop", "restore"), default="warn",
                         help="FastAdversarialTraining(on_overfit=...): 'restore' is Wong et al.'s early stopping")
     parser.add_argument("--eval-workers", type=int, default=1,
@@ -366,6 +370,7 @@ def main():
     OUT.mkdir(parents=True, exist_ok=True)
     variant = ("_unclipped" if args.unclipped_noise else "") + ("_restore" if args.on_overfit == "restore" else "")
     variant += f"_lam{args.grad_align_weight:g}" if args.method.startswith("grad_align") else ""
+    variant += f"_warmup{args.warmup:g}" if args.method == "pgd_at" and args.warmup else ""
     name = f"{args.method}{variant}_s{args.seed}" + ("" if args.epochs == 10 and args.train is None else
                                             f"_e{args.epochs}_n{args.train}")
     (OUT / f"{name}.json").write_text(json.dumps(result, indent=1))
