@@ -32,7 +32,8 @@ commands:
 
 options of fit/validate/test/evaluate:
   --out DIR        everything the run writes (logs, checkpoints, reports) goes under DIR
-  --quick          (fit/validate/test) add the recipe's preset <config>.quick.yaml: under 2 min on 2 CPU cores
+  --quick          add the recipe's preset <config>.quick.yaml (fit/validate/test: under 2 min on 2 CPU
+                   cores; evaluate: the first test batch)
   --ckpt_path best (validate/test) the best checkpoint the fit run with the same --config/--out recorded
 
 examples:
@@ -114,7 +115,10 @@ def _evaluate(argv: Sequence[str]) -> Path:
     from .reporting import Report
 
     parser = ArgumentParser(prog="mmrobust evaluate", description=_evaluate.__doc__,
-                            formatter_class=_help_formatter())
+                            formatter_class=_help_formatter(),
+                            epilog="--quick adds the recipe's preset <config>.quick.yaml after --config (the first "
+                                   "test batch only). Example: mmrobust evaluate --config "
+                                   "recipes/image/evaluate_digits_sweep.yaml --budgets 0.05 0.1 0.2 --out runs/sweep")
     parser.add_argument("--config", action=ActionConfigFile)
     parser.add_subclass_arguments(torch.nn.Module, "model", help="the network: class_path (any torch.nn.Module, "
                                   "e.g. mmrobust.image.SmallCNN) and init_args")
@@ -210,15 +214,31 @@ def _report(argv: Sequence[str]) -> Path:
     from .reporting import compare_runs
 
     parser = argparse.ArgumentParser(prog="mmrobust report", description="Several runs' results.json side by side: "
-                                     "one column per run (labelled by its --name or directory), one row per metric and "
-                                     "budget, every run's settings")
-    parser.add_argument("runs", nargs="+", help="run directories containing results.json")
-    parser.add_argument("--out", default="runs/comparison")
-    parser.add_argument("--title", default="Comparison of runs")
+                                     "one column per run (labelled by its --name, by default its config file's name, or by "
+                                     "its directory when names collide), one row per metric and budget, every run's "
+                                     "settings")
+    parser.add_argument("runs", nargs="+", help="run directories containing results.json (the --out of "
+                        "`mmrobust evaluate`, or a report_test/report_validate folder of `mmrobust test`)")
+    parser.add_argument("--out", default="runs/comparison",
+                        help="directory for report.md, report.html and results.json (default runs/comparison)")
+    parser.add_argument("--title", default="Comparison of runs", help="the report's title")
     args = parser.parse_args(list(argv))
+    for run in args.runs:
+        if not (Path(run) / "results.json").is_file():
+            parser.error(f"runs: {run} holds no results.json{_runs_below(run)}")
     path = compare_runs(args.runs, args.out, args.title)
     print(Path(path).read_text())
     return path
+
+
+def _runs_below(folder: str) -> str:
+    """The run directories under ``folder`` (what a user who passed a fit run's --out probably meant)."""
+    if not Path(folder).is_dir():
+        return " (no such directory)"
+    found = sorted(str(p.parent) for p in Path(folder).glob("**/results.json"))
+    if not found:
+        return "; write one with `mmrobust evaluate --out DIR` (or `mmrobust test`) and pass DIR"
+    return "; run directories below it: " + ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
 
 
 def _demo(argv: Sequence[str]) -> Path:
@@ -242,8 +262,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     elif cmd == "demo":
         _demo(rest)
     else:
-        print(f"mmrobust: unknown command {cmd!r}; expected one of "
-              f"{', '.join(LIGHTNING_COMMANDS + ('evaluate', 'report', 'demo'))}\n{USAGE}", file=sys.stderr)
+        import difflib
+
+        commands = LIGHTNING_COMMANDS + ("evaluate", "report", "demo")
+        guess = difflib.get_close_matches(cmd, commands, n=1)
+        hint = f" (did you mean {guess[0]!r}?)" if guess else ""
+        print(f"mmrobust: unknown command {cmd!r}{hint}; expected one of {', '.join(commands)}\n{USAGE}",
+              file=sys.stderr)
         return 2
     return 0
 

@@ -103,8 +103,8 @@ def main(argv: Sequence[str] = ()) -> Path:
     parser = argparse.ArgumentParser(prog="mmrobust demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/demo", help="report directory (default runs/demo)")
     parser.add_argument("--modalities", nargs="+", default=[m for m in MODALITIES if m in RUNNERS],
-                        choices=sorted(RUNNERS))
-    parser.add_argument("--seed", type=int, default=0)
+                        choices=sorted(RUNNERS), help="which parts to run (default: all of them)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of data splits, training and attacks (default 0)")
     parser.add_argument("--quick", action="store_true", help="fewer epochs (for smoke tests)")
     parser.add_argument("--cora-root", default=None,
                         help="folder holding Cora/raw: the graph part uses Cora instead of the generated CSBM "

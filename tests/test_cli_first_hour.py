@@ -151,3 +151,32 @@ def test_report_labels_do_not_collide_and_keep_every_runs_settings(tmp_path):
     assert tables["Accuracy"] == [{"row": "pgd", "metric": "accuracy", "digits_at/evaluation": 0.7,
                                    "graph_at/evaluation": 0.5}]
     assert tables["Settings"] == [{"setting": "seed", "digits_at/evaluation": 1, "graph_at/evaluation": 2}]
+
+
+def test_misspelt_command_names_the_likely_one(capsys):
+    assert main(["evalute"]) == 2
+    assert "did you mean 'evaluate'?" in capsys.readouterr().err
+
+
+def test_report_of_a_folder_without_results_names_the_runs_below_it(tmp_path, capsys):
+    """A user passing a fit run's --out (runs/mine) instead of its sweep (runs/mine/sweep) is told which."""
+    run = _run(tmp_path / "mine" / "sweep", 0.7, 1)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", str(tmp_path / "mine"), "--out", str(tmp_path / "cmp")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "runs:" in err and "no results.json" in err and str(run) in err
+    with pytest.raises(SystemExit):
+        main(["report", str(tmp_path / "absent")])
+    assert "no such directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command, explained", [
+    ("report", ["run directories containing results.json", "directory for report.md", "the report's title"]),
+    ("demo", ["report directory", "which parts to run", "seed of data splits", "fewer epochs"])])
+def test_every_option_of_report_and_demo_is_explained(command, explained, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for words in explained:
+        assert words in text
