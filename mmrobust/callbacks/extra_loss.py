@@ -44,15 +44,20 @@ class ExtraLossCallback(pl.Callback):
     Needs automatic optimisation (refused in ``on_fit_start``). A subclass overriding one of these hooks
     calls ``super()``. The last unweighted loss is :attr:`last_loss` and is logged as :attr:`log_name`.
 
-    Example (the gradient of a penalty on the clean batch)::
-
-        class L2Logits(ExtraLossCallback):
-            log_name = "train/l2_logits"
-
-            def extra_loss(self, trainer, pl_module, batch):
-                return pl_module(batch[0]).pow(2).mean()
-
-        Trainer(callbacks=[L2Logits(weight=1e-3), AdversarialTraining(PGD(LinfBall(8 / 255)))])
+    Example (the gradient of a penalty on the clean batch; then
+    ``Trainer(callbacks=[L2Logits(weight=1e-3), AdversarialTraining(PGD(LinfBall(8 / 255)))])``):
+        >>> from mmrobust.training import RobustClassifier
+        >>> from mmrobust.utils import toy_problem
+        >>> class L2Logits(ExtraLossCallback):
+        ...     log_name = "train/l2_logits"
+        ...
+        ...     def extra_loss(self, trainer, pl_module, batch):
+        ...         return pl_module(batch[0]).pow(2).mean()
+        >>> model, x, y = toy_problem()
+        >>> penalty = L2Logits(weight=1e-3)
+        >>> loss = penalty.extra_loss(None, RobustClassifier(model), (x, y))
+        >>> penalty.weight, loss.shape, loss.requires_grad
+        (0.001, torch.Size([]), True)
     """
 
     #: name under which the unweighted loss is logged (``None``: not logged)

@@ -115,10 +115,18 @@ def bit_errors(model: nn.Module, rate: float, *, seed: Optional[int] = None,
     A model without :class:`FakeQuantize` weights needs ``quantizer``: it is then quantised for the
     duration of the block (post-training quantisation) and restored afterwards.
 
-    Example::
-
-        with bit_errors(model, 0.01, seed=3):
-            acc = (model(x).argmax(1) == y).float().mean()
+    Example (a model without quantised weights is quantised for the block and restored after it):
+        >>> import torch
+        >>> from mmrobust.compression import QuantizerConfig
+        >>> from mmrobust.utils import toy_problem
+        >>> model, x, y = toy_problem()
+        >>> before = model[1].weight.clone()
+        >>> with bit_errors(model, 0.1, seed=3, quantizer=QuantizerConfig(bits=8)) as flips:
+        ...     acc = (model(x).argmax(1) == y).float().mean()
+        >>> sorted(flips), flips["1"].shape, len(flips["1"].index) > 0
+        (['1'], torch.Size([3, 4]), True)
+        >>> torch.equal(model[1].weight, before)
+        True
     """
     rate = check_fraction("rate", rate)
     temporary = False

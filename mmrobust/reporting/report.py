@@ -76,14 +76,18 @@ class Section:
 class Report:
     """Collect results and write them as Markdown, HTML, PNG figures and JSON.
 
-    Example::
-
-        report = Report("Robustness of SmallCNN on digits", out_dir="runs/demo")
-        report.settings({"attack": "PGD", "steps": 20, "eps": 0.1, "seed": 0})
-        report.table("Accuracy", [{"model": "normal", "clean": 0.97, "robust": 0.12}])
-        report.curve("Accuracy vs budget", {"normal": ([0, .05, .1], [0.97, 0.6, 0.12])},
-                     xlabel="eps (L-inf)", ylabel="robust accuracy")
-        report.write()
+    Example:
+        >>> import tempfile
+        >>> out = tempfile.mkdtemp()
+        >>> report = Report("Robustness of SmallCNN on digits", out_dir=out)
+        >>> report.settings({"attack": "PGD", "steps": 20, "eps": 0.1, "seed": 0})
+        >>> _ = report.table("Accuracy", [{"model": "normal", "clean": 0.97, "robust": 0.12}])
+        >>> _ = report.curve("Accuracy vs budget", {"normal": ([0, .05, .1], [0.97, 0.6, 0.12])},
+        ...              xlabel="eps (L-inf)", ylabel="robust accuracy")
+        >>> path = report.write()
+        >>> path.name, sorted(p.name for p in path.parent.iterdir())
+        ('report.md', ['accuracy_vs_budget.png', 'report.html', 'report.md', 'results.json'])
+        >>> import shutil; shutil.rmtree(out)
     """
 
     def __init__(self, title: str, out_dir: Union[str, Path], name: Optional[str] = None):
