@@ -209,7 +209,7 @@ class CatastrophicOverfittingMonitor(pl.Callback):
         drop_patience: how long (fraction of the run's steps) a drop of more than ``max_drop`` below a best
             PGD accuracy of at least ``drop_from``, with FGSM accuracy at least ``min_fgsm_acc``, must hold
             before the run is flagged (:func:`robustness_drop`); ``None`` turns this check off. The default
-            0.05 (300 of 6000 steps; Wong et al. check once per epoch, 0.1 of their MNIST schedule) outlasts
+            0.05 (300 of 6000 steps; Wong et al.'s CIFAR-10 code checks once per epoch, 1/15 of its run) outlasts
             a window of probes, so one bad probe batch is not a drop: no healthy run of the MNIST recipe
             held a drop of even 0.07 for 300 steps, the partial collapse of GradAlign seed 1 held one of
             0.61 (flagged at step 4050 of 6000, which the patience above missed).
