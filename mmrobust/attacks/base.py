@@ -213,7 +213,10 @@ class Attack(ABC):
         """
         threats = self.threats_for(victim)
         for name, threat in threats.items():
-            threat.check_input(victim.inputs[name], name=victim.labels.get(name, name))
+            label = victim.labels.get(name, name)
+            threat.check_input(victim.inputs[name], name=label)
+            if name in victim.masks:  # padding must not count towards a budget relative to the signal
+                threat.check_padding(victim.inputs[name], victim.masks[name], name=label)
         return threats
 
     def __call__(self, model: nn.Module, batch: Any, *, target_labels: Optional[Tensor] = None) -> AttackResult:

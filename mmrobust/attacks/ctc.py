@@ -250,6 +250,8 @@ class CTCTargetedAttack:
             flat, tlen, seqs = _pack_targets(targets, x.shape[0], x.device)
             lengths = None if lengths is None else normal_tensor(lengths)
             mask = None if lengths is None else length_mask(lengths, x)
+            if mask is not None:
+                self.threat.check_padding(x, mask, name="wave")
             radius = self.threat.radius(x)
             with torch.no_grad():
                 lp, frames = self.log_probs(model, x, lengths)

@@ -122,7 +122,9 @@ class SNRBall(_DecibelBall, L2Ball):
     audio attacks, e.g. Yakura & Sakuma 2019 and the speech robustness literature). A *larger*
     ``snr_db`` is a *smaller* perturbation. The value box is ``[-1, 1]`` (float waveforms) by default.
     :meth:`with_level` gives another SNR, :meth:`scaled` ``f`` times the radius (``snr_db - 20 log10 f``). Padding (zeros) adds no energy, so the
-    budget of a padded waveform equals that of its unpadded version.
+    budget of a padded waveform equals that of its unpadded version; attacks refuse batches whose padding
+    (beyond ``lengths``, or where the padding mask is 0) holds non-zero samples, which would count as signal
+    (:meth:`~mmrobust.threats.ThreatModel.check_padding`).
 
     Example:
         >>> import torch

@@ -167,6 +167,30 @@ class ThreatModel(ABC):
             raise ValueError(f"{name} has values above the threat model's upper bound {self.upper} "
                              f"(max {x.max().item():.4g}). {_BOX_ADVICE}")
 
+    def check_padding(self, x: Tensor, mask: Tensor, name: str = "x") -> None:
+        """Refuse non-zero padding where it would change the budget.
+
+        ``mask`` is the adapter's padding mask (0 = padding, e.g. beyond an audio batch's ``lengths``); the
+        padding is never perturbed, but a budget measured relative to the signal (``SNRBall``,
+        ``PeakDBBall``, ``PsychoacousticBall``) reads the whole tensor, so non-zero padding (a DC offset, a
+        noise floor, repeated audio) would count as signal and allow a louder perturbation than the
+        budget says. Zero padding, and budgets that do not read the signal, pass.
+        """
+        pad = mask == 0
+        if not bool((x.detach() * pad).ne(0).any()):
+            return
+        with torch.no_grad():
+            full, valid = self.radius(x.detach()), self.radius(x.detach() * mask)
+        if torch.equal(full, valid):
+            return
+        u = int((full != valid).nonzero()[0])
+        peak = float((x.detach() * pad).abs().max())
+        raise ValueError(f"{name} holds non-zero samples in its padding (where the batch's lengths or padding "
+                         f"mask say 0; max |{name}| there {peak:.3g}), and {self.describe()} measures its budget "
+                         f"on the whole tensor: unit {u} would get the radius {float(full[u]):.4g} instead of "
+                         f"{float(valid[u]):.4g} from its valid samples alone. Zero the padding ({name} * mask, as "
+                         "mmrobust's datamodules do) or attack the clips unpadded")
+
     # -- the four operations ----------------------------------------------------------------------
     @abstractmethod
     def random_init(self, x: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
