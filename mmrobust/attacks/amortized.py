@@ -131,7 +131,18 @@ class AmortizedAttack(Attack):
         self.online_steps = check_int("online_steps", online_steps, 1)
         self.kappa = None if kappa is None else float(kappa)
         self.optimizer = torch.optim.Adam(generator.parameters(), lr=self.lr)
-        self.updates = 0
+        # held in a dict shared by this attack's copies (``with_threat``: the training warm-up's budgets), as the
+        # generator and optimiser are, so updates taken by a copy are counted on the user's attack
+        self._progress = {"updates": 0}
+
+    @property
+    def updates(self) -> int:
+        """Generator updates taken so far (by this attack or its copies), checkpointed in :meth:`state_dict`."""
+        return self._progress["updates"]
+
+    @updates.setter
+    def updates(self, value: int) -> None:
+        self._progress["updates"] = int(value)
 
     def settings(self) -> List[str]:
         return super().settings() + [f"generator={type(self.generator_net).__name__}", f"online={self.online}"]
