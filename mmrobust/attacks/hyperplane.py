@@ -125,6 +125,8 @@ def _greedy_fill(a: Tensor, room: Tensor, c: Tensor) -> Tensor:
     before = torch.where(kk > 0, full.gather(1, (kk - 1).clamp_min(0)), torch.zeros_like(kk, dtype=a.dtype))
     partial = ((c[:, None] - before) / a_s.gather(1, kk).clamp_min(torch.finfo(a.dtype).tiny))
     partial = torch.minimum(partial, room_s.gather(1, kk))
-    m_s = torch.where(idx < kk, room_s, torch.zeros_like(room_s))
+    # every coordinate before the completing one is full; where none completes c (the box does not reach the
+    # hyperplane, k = n) all of them are: the closest box corner
+    m_s = torch.where(idx < k[:, None], room_s, torch.zeros_like(room_s))
     m_s = torch.where((idx == kk) & (k[:, None] < n), partial, m_s)
     return torch.zeros_like(m_s).scatter(1, order, m_s)
