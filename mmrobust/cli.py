@@ -152,8 +152,14 @@ def _evaluate(argv: Sequence[str]) -> Path:
     torch.manual_seed(cfg.seed)
     model = init.model
     checkpoint = cfg.checkpoint
+    if checkpoint and not Path(checkpoint).exists():
+        parser.error(f"--checkpoint: {checkpoint} does not exist; give a checkpoint file (.ckpt, .pt) or the --out "
+                     f"directory of a finished `mmrobust fit` run{_fit_runs_near(checkpoint)}")
     if checkpoint and Path(checkpoint).is_dir():
-        checkpoint = str(best_checkpoint(checkpoint))
+        try:
+            checkpoint = str(best_checkpoint(checkpoint, option="--checkpoint"))
+        except FileNotFoundError as error:
+            parser.error(f"--checkpoint: {error}")
     if checkpoint:
         load_weights(model, checkpoint)
     data = init.data
@@ -166,7 +172,8 @@ def _evaluate(argv: Sequence[str]) -> Path:
     from .reporting.checks import add_checks_section
     from .reporting.robustness import accuracy_section, sweep_sections
 
-    report = Report(f"Robustness of {type(model).__name__}", cfg.out, name=cfg.name or config_name(argv))
+    name = cfg.name or config_name(argv)  # the column label in `mmrobust report`
+    report = Report(f"Robustness of {type(model).__name__}", cfg.out, name=name)
     if cfg.budgets:
         result = sweep(model, loader, init.attacks, cfg.budgets, max_batches=cfg.max_batches, progress=True)
         add_checks_section(report, result.checks)
@@ -176,7 +183,7 @@ def _evaluate(argv: Sequence[str]) -> Path:
         add_checks_section(report, result.get("checks"))
         accuracy_section(report, result, cfg.split)
     checks = result.checks if cfg.budgets else result.get("checks")
-    report.settings({"name": cfg.name, "model": cfg.model.class_path, "checkpoint": checkpoint,
+    report.settings({"name": name, "model": cfg.model.class_path, "checkpoint": checkpoint,
                      "data": cfg.data.class_path, "split": cfg.split, "seed": cfg.seed,
                      "max_batches": cfg.max_batches,
                      **{f"attack[{i}]": describe_attack(a) for i, a in enumerate(init.attacks)},
@@ -229,6 +236,16 @@ def _report(argv: Sequence[str]) -> Path:
     path = compare_runs(args.runs, args.out, args.title)
     print(Path(path).read_text())
     return path
+
+
+def _fit_runs_near(path: str) -> str:
+    """Fit runs (folders holding .ckpt files) beside ``path``: what a user who mistyped a run's --out meant."""
+    parent = Path(path).parent
+    found = sorted(str(d) for d in parent.iterdir() if d.is_dir() and any(d.rglob("*.ckpt"))) \
+        if parent.is_dir() else []
+    if not found:
+        return "" if Path(path).suffix else f" (e.g. `mmrobust fit --config CONFIG.yaml --out {path}` first)"
+    return "; fit runs beside it: " + ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
 
 
 def _runs_below(folder: str) -> str:

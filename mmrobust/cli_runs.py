@@ -121,10 +121,10 @@ def move_run(config: Any, out: str) -> None:
             init["save_dir"] = moved_path(init["save_dir"], old_root, out)
 
 
-def best_checkpoint(directory: str) -> Path:
+def best_checkpoint(directory: str, option: str = "--ckpt_path") -> Path:
     """The best checkpoint a finished ``fit`` run recorded under ``directory``: read from the newest
     checkpoint's ``ModelCheckpoint`` state (``best_model_path``), as ``trainer.test(ckpt_path="best")``
-    reads it inside the fitting process."""
+    reads it inside the fitting process. ``option``: the command-line option the errors tell to use instead."""
     from .checkpoints import load_checkpoint
 
     root = Path(directory)
@@ -132,7 +132,7 @@ def best_checkpoint(directory: str) -> Path:
     if not ckpts:
         raise FileNotFoundError(
             f"no checkpoint under {str(root)!r}: run `mmrobust fit` with the same --config/--out first, "
-            "or pass --ckpt_path PATH/TO/FILE.ckpt")
+            f"or pass {option} PATH/TO/FILE.ckpt")
     state = load_checkpoint(ckpts[-1]).get("callbacks", {})
     for key, entry in state.items():
         best = entry.get("best_model_path") if isinstance(entry, dict) else None
@@ -142,7 +142,7 @@ def best_checkpoint(directory: str) -> Path:
                     return candidate
     raise FileNotFoundError(
         f"the checkpoints under {str(root)!r} record no best model (ModelCheckpoint without `monitor`?); "
-        f"pass --ckpt_path with a file, e.g. {ckpts[-1]}")
+        f"pass {option} with a file, e.g. {ckpts[-1]}")
 
 
 def checkpoint_root(config: Any) -> str:

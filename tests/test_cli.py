@@ -218,6 +218,8 @@ def test_report_merges_two_runs(tmp_path, trained_digits_cnn):
     assert worst[b] <= worst[a]  # a larger budget never helps the model
     attack0 = next(r for r in tables["Settings"] if r["setting"] == "attack[0]")
     assert "eps=0.05" in attack0[a] and "eps=0.2" in attack0[b]
+    names = next(r for r in tables["Settings"] if r["setting"] == "name")
+    assert names[a] == a and names[b] == b  # the label each run gets, not None without --name
     text = (out / "report.md").read_text()
     assert "# budget comparison" in text and "eps_0.2" in text
 

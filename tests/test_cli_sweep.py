@@ -161,3 +161,23 @@ def test_runs_are_named_after_their_config():
     assert config_name(["--config=recipes/cli/graph_at.yaml"]) == "graph_at"
     assert config_name(["--config", "eps_0.05.quick.yaml"]) == "eps_0.05"
     assert config_name(["fit", "--model=x"]) is None
+
+
+def test_a_checkpoint_that_is_not_there_is_a_usage_error_naming_the_runs_beside_it(tmp_path, checkpoint, capsys):
+    """`--checkpoint runs/mine` before `mmrobust fit --out runs/mine`: the option, what it accepts and the fit
+    runs that do exist, not a traceback (the README's second sweep, run before its fit)."""
+    fit_run = tmp_path / "runs" / "digits_at" / "checkpoints"
+    fit_run.mkdir(parents=True)
+    (fit_run / "best.ckpt").write_bytes(b"")
+    config = _config(tmp_path, checkpoint, tmp_path / "out", [PGD])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--config", str(config), "--checkpoint", str(tmp_path / "runs" / "mine")])
+    assert exit_info.value.code == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--checkpoint:" in err and "does not exist" in err and "the --out directory of a finished" in err
+    assert str(tmp_path / "runs" / "digits_at") in err
+    (tmp_path / "runs" / "empty").mkdir()
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--config", str(config), "--checkpoint", str(tmp_path / "runs" / "empty")])
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--checkpoint: no checkpoint under" in err and "pass --checkpoint PATH/TO/FILE.ckpt" in err
