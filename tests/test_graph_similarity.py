@@ -77,7 +77,8 @@ def test_bad_arguments_are_named():
 class OldJaccardGCN(JaccardGCN):
     def forward(self, x, edge_index, edge_weight=None, batch=None):
         w = torch.ones(edge_index.shape[1], dtype=x.dtype) if edge_weight is None else edge_weight
-        return GCN.forward(self, x, edge_index, w * (old_jaccard(x, edge_index) >= self.threshold).to(x.dtype))
+        keep = (old_jaccard(x, edge_index) >= self.threshold) | (edge_index[0] == edge_index[1])   # loops stay
+        return GCN.forward(self, x, edge_index, w * keep.to(x.dtype))
 
 
 class OldGNNGuard(GNNGuard):
@@ -112,12 +113,30 @@ def test_defences_equal_their_dense_versions_fp64_with_edge_weight(new_cls, old_
     old.load_state_dict(new.state_dict())
     out, gw, gx = _outputs_and_grads(new, x, ei, w)
     out_ref, gw_ref, gx_ref = _outputs_and_grads(old, x, ei, w)
-    # integer counts give JaccardGCN exactly the same mask, hence the same GCN: bit for bit.  (The pruned self
-    # loop of the featureless node 3 leaves it with degree 0: GCNConv's gradient w.r.t. that weight is NaN in
-    # both versions, so NaNs must sit at the same places.)
+    # integer counts give JaccardGCN exactly the same mask, hence the same GCN: bit for bit.  (GNNGuard: the
+    # featureless node 3 and its self loop give NaN gradients at the same places in both versions.)
     tol = dict(rtol=0, atol=0) if new_cls is JaccardGCN else dict(rtol=1e-10, atol=1e-12)
     for a, b in [(out, out_ref), (gw, gw_ref), (gx, gx_ref)]:
         torch.testing.assert_close(a, b, equal_nan=True, **tol)
     assert gw.nan_to_num().abs().sum() > 0     # gradients reach the relaxed edge weights
     with torch.no_grad():                      # no gradient anywhere: the sparse path; same output
         assert torch.allclose(new(x, ei, w), out_ref, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_jaccard_gcn_keeps_stored_self_loops_of_featureless_nodes(dtype):
+    """A node with an empty feature row (CiteSeer has some) and a stored self loop: its self-Jaccard is 0, so the
+    loop was pruned to weight 0; GCNConv keeps a stored loop's weight, so the node lost its own features (output
+    = bias) and its degree 0 made the gradient of that weight NaN (PRBCD/GRBCD: NonFiniteError)."""
+    x = torch.tensor([[0, 0, 0], [1, 0, 1], [1, 1, 0], [0, 1, 1]], dtype=dtype)
+    ei = torch.tensor([[0, 1, 2, 1, 3, 0, 1], [0, 2, 1, 3, 1, 1, 0]])     # node 0: loop + one edge, pruned
+    torch.manual_seed(0)
+    model = JaccardGCN(3, 2, hidden=4, threshold=0.01, dropout=0.0).to(dtype).eval()
+    w = torch.ones(ei.shape[1], dtype=dtype, requires_grad=True)
+    out = model(x, ei, w)
+    (grad,) = torch.autograd.grad(out.sum(), w)
+    assert bool(torch.isfinite(grad).all())
+    plain = GCN(3, 2, hidden=4, dropout=0.0).to(dtype).eval()
+    plain.load_state_dict(model.state_dict())
+    kept = torch.tensor([True, True, True, True, True, False, False])    # Jaccard prunes only (0, 1) both ways
+    torch.testing.assert_close(out, plain(x, ei[:, kept]))

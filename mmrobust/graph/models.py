@@ -121,4 +121,8 @@ class JaccardGCN(GCN):
         if edge_weight is None:
             edge_weight = torch.ones(edge_index.shape[1], dtype=x.dtype, device=x.device)
         jac = edge_jaccard(x, edge_index)   # sparse per-edge counts, never an edges x features tensor
-        return super().forward(x, edge_index, edge_weight * (jac >= self.threshold).to(x.dtype), batch)
+        # a stored self loop is never pruned: a node is not dissimilar to itself (an empty feature row, as CiteSeer
+        # has, gives it Jaccard 0; GCNConv then kept the loop at weight 0, dropped the node's own features and its
+        # degree-0 normalisation made every edge-weight gradient NaN)
+        keep = (jac >= self.threshold) | (edge_index[0] == edge_index[1])
+        return super().forward(x, edge_index, edge_weight * keep.to(x.dtype), batch)
