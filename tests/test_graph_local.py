@@ -213,3 +213,15 @@ def test_local_attack_never_removes_a_nodes_last_edge(unnoticeable):
     allowed = LocalGreedy(unnoticeable=False, filter_singletons=False)(model, data, target=9, budget=3)
     assert min(_degrees_along(data, allowed.flips)) == 0   # the case exists; the option turns the filter off
     assert torch.equal(data.edge_index, e0)
+
+
+def test_local_attack_refuses_a_directed_graph():
+    """It flips undirected pairs (adds both directions, drops both); on a one-way edge list it used to return a graph
+    that mixed one-way and two-way edges, degrees counted from out-edges only.  PRBCD/GRBCD refuse such a graph."""
+    from mmrobust.graph.data import toy_graph
+
+    model, data = toy_graph()
+    one_way = data.clone()
+    one_way.edge_index = data.edge_index[:, data.edge_index[0] < data.edge_index[1]]
+    with pytest.raises(ValueError, match=r"directed.*ToUndirected"):
+        LocalGreedy(unnoticeable=False)(model, one_way, target=0, budget=2)

@@ -189,6 +189,11 @@ class LocalGreedy:
         if data.y is None or data.y.shape[0] != n:
             raise ValueError(f"LocalGreedy attacks node classification: data.y needs one label per node ({n}), got "
                              f"{None if data.y is None else tuple(data.y.shape)}")
+        from torch_geometric.utils import is_undirected
+
+        if not is_undirected(ei, num_nodes=n):   # flips are undirected: a one-way edge would be half-flipped
+            raise ValueError("LocalGreedy flips undirected pairs, but data.edge_index is directed; store both "
+                             "directions (e.g. torch_geometric.transforms.ToUndirected()) before attacking")
         label = int(data.y[t])
         clean_deg = torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(
             0, ei[0], (ei[0] != ei[1]).to(x.dtype))
