@@ -41,7 +41,12 @@ def attack_with_budget(attack: Attack, budget: Budget, name: str = "attack") -> 
         raise TypeError(f"attacks[{name!r}] has a threat per input ({sorted(threat)}); a budget sweep needs one "
                         "ThreatModel per attack, as a single number cannot be a budget for several inputs. Sweep "
                         "each input's threat model in its own run, or build the attacks per budget yourself")
-    return attack.with_threat(threat.with_budget(budget))
+    try:
+        moved = threat.with_budget(budget)
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"budget {budget!r} does not fit attacks[{name!r}]'s {type(threat).__name__} "
+                          f"(budget unit: {threat.budget_name}): {error}") from error
+    return attack.with_threat(moved)
 
 
 def is_minimum_norm(attack: Attack) -> bool:

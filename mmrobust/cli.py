@@ -167,8 +167,17 @@ def _evaluate(argv: Sequence[str]) -> Path:
     data.setup("test" if cfg.split == "test" else "validate")
     loader = data.test_dataloader() if cfg.split == "test" else data.val_dataloader()
 
-    from .budget_sweep import sweep
+    from .budget_sweep import attack_with_budget, check_budgets, sweep
     from .evaluation import evaluate
+
+    if cfg.budgets:  # every budget fits every attack before any is run
+        try:
+            check_budgets(cfg.budgets)
+            for i, attack in enumerate(init.attacks):
+                for b in cfg.budgets:
+                    attack_with_budget(attack, b, f"{i}: {type(attack).__name__}")
+        except (TypeError, ValueError) as error:
+            parser.error(f"--budgets: {error}")
     from .reporting.checks import add_checks_section
     from .reporting.robustness import accuracy_section, sweep_sections
 

@@ -103,13 +103,15 @@ def main(argv: Sequence[str] = ()) -> Path:
     parser = argparse.ArgumentParser(prog="mmrobust demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/demo", help="report directory (default runs/demo)")
     parser.add_argument("--modalities", nargs="+", default=[m for m in MODALITIES if m in RUNNERS],
-                        choices=sorted(RUNNERS), help="which parts to run (default: all of them)")
+                        choices=sorted(RUNNERS) + (["speech"] if "audio" in RUNNERS else []),
+                        help="which parts to run (default: all of them; speech = audio)")
     parser.add_argument("--seed", type=int, default=0, help="seed of data splits, training and attacks (default 0)")
     parser.add_argument("--quick", action="store_true", help="fewer epochs (for smoke tests)")
     parser.add_argument("--cora-root", default=None,
                         help="folder holding Cora/raw: the graph part uses Cora instead of the generated CSBM "
                              "(no download)")
     args = parser.parse_args(list(argv))
+    args.modalities = list(dict.fromkeys("audio" if m == "speech" else m for m in args.modalities))
     report = Report("mmrobust demo: robustness across modalities", args.out)
     report.text("Each modality trains a small reference model normally and with adversarial training "
                 "(the same AdversarialTraining callback on a plain Lightning Trainer), then measures accuracy "

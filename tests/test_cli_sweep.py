@@ -181,3 +181,13 @@ def test_a_checkpoint_that_is_not_there_is_a_usage_error_naming_the_runs_beside_
         main(["evaluate", "--config", str(config), "--checkpoint", str(tmp_path / "runs" / "empty")])
     err = " ".join(capsys.readouterr().err.split())
     assert "--checkpoint: no checkpoint under" in err and "pass --checkpoint PATH/TO/FILE.ckpt" in err
+
+
+def test_a_budget_no_attack_accepts_is_a_usage_error_before_anything_runs(tmp_path, checkpoint, capsys):
+    config = _config(tmp_path, checkpoint, tmp_path / "out", [PGD])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--config", str(config), "--budgets", "0.1", "-0.1"])
+    assert exit_info.value.code == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--budgets: budget -0.1 does not fit" in err and "LinfBall" in err and ">= 0" in err
+    assert not (tmp_path / "out").exists()  # refused before the sweep's first budget ran

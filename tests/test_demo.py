@@ -89,3 +89,17 @@ def test_cora_root_reaches_the_graph_runner(tmp_path, monkeypatch):
     assert seen["cora_root"] == str(tmp_path / "planetoid")
     rows = {t["title"]: t["rows"] for t in json.loads((tmp_path / "out" / "results.json").read_text())["tables"]}
     assert rows[SUMMARY][0]["modality"] == "graph (Cora)"
+
+
+def test_speech_names_the_audio_part(tmp_path, monkeypatch):
+    """The README calls the audio part "speech"; `--modalities speech` runs it (once, also when both are named)."""
+    calls = []
+
+    def fake_audio_run(report, args):
+        calls.append(args.modalities)
+        return [{"modality": "speech (synthetic digits)", "model": "M5 normal", "clean acc": 1.0, "robust acc": 0.1,
+                 "attack": "PGD-10", "train s": 1.0}]
+
+    monkeypatch.setattr(audio_demo, "run", fake_audio_run)
+    main(["demo", "--modalities", "speech", "audio", "--out", str(tmp_path / "out")])
+    assert calls == [["audio"]]
