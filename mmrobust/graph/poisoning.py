@@ -29,7 +29,7 @@ from ..attacks.edge_candidates import EPS as _EPS
 from ..attacks.edge_candidates import CandidatePairs, EdgeBlock, EdgeLookup, rank_within_unit
 from ..attacks.losses import get_loss
 from ..attacks.prbcd import PRBCD, resample_block
-from ..errors import NonFiniteError, check_choice, check_fraction, check_int, check_positive
+from ..errors import BudgetViolation, NonFiniteError, check_choice, check_fraction, check_int, check_positive
 from ..threats.graph import EdgeFlips, project_capped_simplex, undirected_pairs
 from .models import GCN
 from .training import train_node_classifier
@@ -185,7 +185,7 @@ class MetaPRBCD:
             raise ValueError("MetaPRBCD flips edges of graphs without edge_attr; drop data.edge_attr first "
                              "(transfer_poison keeps it: added edges get zero rows)")
         try:
-            return self._attack(data)
+            return _verified(data, self.threat, self._attack(data))
         finally:
             self._x = None                   # the attack keeps nothing of the call (nor the graph's features)
 
@@ -266,6 +266,20 @@ class MetaPRBCD:
         return chosen | (rank_within_unit(grad, block.unit, 1) < short) & ~chosen
 
 
+def _verified(data, threat: EdgeFlips, result: PoisonResult) -> PoisonResult:
+    """``result`` if its graph lies inside ``threat`` around ``data``, re-counted from the two edge sets by
+    :mod:`mmrobust.threats.verify` (not from the attack's own bookkeeping); :class:`BudgetViolation` otherwise."""
+    from ..threats.verify import violations
+
+    victim = GraphAdapter(mask=None).victim(nn.Identity(), data)
+    found = violations(victim, {"edge_index": result.data.edge_index}, {"edge_index": threat})
+    if found:
+        details = "; ".join(reason for reasons in found.values() for reason in reasons)
+        raise BudgetViolation(f"{result.attack} returned a poisoned graph outside {threat!r}: {details}. The "
+                              "poisoning would be reported at a budget it exceeds")
+    return result
+
+
 def _result(data, graph, block, base_w, chosen, budget, loss, attack) -> PoisonResult:
     import copy
 
@@ -317,8 +331,8 @@ def transfer_poison(data, threat: EdgeFlips, *, surrogate: Optional[Callable[[in
             why = f"{type(evasion).__name__} returned fewer flips"
         unspent = f"{allowed - flipped.shape[1]} of {allowed} flips unused: {why}"
         warnings.warn(f"transfer_poison: {unspent}", stacklevel=2)
-    return PoisonResult(out, flipped, allowed, float(result.loss.mean()), f"transfer({evasion.describe()})",
-                        unspent)
+    return _verified(data, threat, PoisonResult(out, flipped, allowed, float(result.loss.mean()),
+                                                f"transfer({evasion.describe()})", unspent))
 
 
 def poison(data, threat: EdgeFlips, method: str = "meta", **kwargs) -> PoisonResult:
