@@ -70,7 +70,20 @@ def parse_args(argv=None):
                    help="1 epoch, one evaluation batch, 30 dB only (smoke test); flags given still win")
     if p.parse_args(argv).quick:  # presets as defaults, so flags given explicitly still win
         p.set_defaults(epochs=1, eval_batches=1, snrs=[30])
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    # refused here, not after the training run they would end (or, for -1 epochs, never end: Lightning trains
+    # forever with max_epochs=-1)
+    for flag, value, low in (("--epochs", args.epochs, 1), ("--adv-epochs", args.adv_epochs, 0),
+                             ("--steps", args.steps, 1), ("--train-steps", args.train_steps, 1),
+                             ("--eval-batches", args.eval_batches, 1), ("--width", args.width, 1),
+                             ("--batch-size", args.batch_size, 1), ("--subset", args.subset, 1)):
+        if value is not None and value < low:
+            p.error(f"{flag} must be an integer >= {low}, got {value}")
+    if not args.snrs:
+        p.error("--snrs must name at least one evaluation budget in dB SNR (e.g. --snrs 40 30 20)")
+    if not args.lr > 0:
+        p.error(f"--lr must be > 0, got {args.lr}")
+    return args
 
 
 def make_data(args) -> SpeechCommandsDataModule:
