@@ -10,20 +10,13 @@ Writes ``robust_accuracy_vs_budget.png``, ``results.md`` (also printed) and ``re
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-try:
-    import mmrobust  # noqa: F401
-except ImportError:  # running from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-import pytorch_lightning as pl
-import torch
+sys.path.append(str(Path(__file__).resolve().parents[2]))  # the checkout: recipes._common (and mmrobust)
 
 from mmrobust.adapters import GraphAdapter
 from mmrobust.attacks import PRBCD
@@ -32,12 +25,13 @@ from mmrobust.graph import (GCN, NodeClassifier, inductive_split, karate_club, l
                             robust_accuracy_curve)
 from mmrobust.graph.data import _SingleGraphModule
 from mmrobust.threats import EdgeFlips
+from recipes._common import add_run_options, parse_with_quick_presets, pyplot, quiet_trainer, recipe_parser, start_run
 
 DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "planetoid"
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = recipe_parser(__doc__)
     p.add_argument("--dataset", choices=["cora", "citeseer", "karate"], default="cora",
                    help="Planetoid graphs need --data (falls back to KarateClub when absent)")
     p.add_argument("--data", default=str(DEFAULT_DATA), help="folder with Cora/raw and CiteSeer/raw")
@@ -56,15 +50,10 @@ def parse_args(argv=None):
                    help="self-training before adversarial training (Gosch et al. 2023, Sec. 3): the clean model "
                         "labels the training graph's unlabelled nodes, which then join the attacked and trained "
                         "nodes; auto: on for the inductive setting")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="recipes/graph/output")
-    p.add_argument("--quick", action="store_true",
-                   help="KarateClub, 100 + 20 epochs, PRBCD-30 at 5%% and 10%% (smoke test); other flags still win")
-    if p.parse_args(argv).quick:  # presets as defaults, so flags given explicitly still win
-        p.set_defaults(dataset="karate", epochs=100, adv_epochs=20, train_attack_epochs=10, attack_epochs=30,
-                       budgets=[0.05, 0.10])
-    return p.parse_args(argv)
+    add_run_options(p, out="recipes/graph/output",
+                    quick_help="KarateClub, 100 + 20 epochs, PRBCD-30 at 5%% and 10%% (smoke test); other flags still win")
+    return parse_with_quick_presets(p, argv, dataset="karate", epochs=100, adv_epochs=20, train_attack_epochs=10,
+                                    attack_epochs=30, budgets=[0.05, 0.10])
 
 
 class GraphModule(_SingleGraphModule):
@@ -88,8 +77,7 @@ def load(args):
 
 
 def fit(module, dm, epochs, callbacks=()):
-    trainer = pl.Trainer(max_epochs=epochs, callbacks=list(callbacks), logger=False, enable_checkpointing=False,
-                         enable_model_summary=False, log_every_n_steps=1, num_sanity_val_steps=0)
+    trainer = quiet_trainer(epochs, callbacks, log_every_n_steps=1, num_sanity_val_steps=0)
     trainer.fit(module, datamodule=dm)
 
 
@@ -107,11 +95,7 @@ def curve(model, data, args, block):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    pl.seed_everything(args.seed, workers=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = start_run(args)
     name, data = load(args)
     n = data.num_nodes
     block = min(args.block_size, max(100, n * (n - 1) // 4))
@@ -156,10 +140,7 @@ def main(argv=None):
     (out / "results.json").write_text(json.dumps({"dataset": name, "normal": before, "adversarial": after,
                                                   "pseudo_labels": pseudo, "args": vars(args)}, indent=1))
 
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     xs = [100 * r["budget"] for r in before]
     ax.plot(xs, [r["robust_accuracy"] for r in before], "o-", markersize=8, label="normal training")

@@ -14,15 +14,11 @@ Writes report.md/report.html (table + bar chart), results.json and the PNG to --
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
-try:
-    import mmrobust  # noqa: F401
-except ImportError:  # running from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.append(str(Path(__file__).resolve().parents[2]))  # the checkout: recipes._common (and mmrobust)
 
 import pytorch_lightning as pl
 import torch
@@ -35,12 +31,13 @@ from mmrobust.multimodal import PairedDigitsDataModule, paired_digits_model
 from mmrobust.reporting import Report
 from mmrobust.threats import Joint, LinfBall, SNRBall
 from mmrobust.training import RobustClassifier
+from recipes._common import add_run_options, pyplot, quiet_trainer, recipe_parser, use_threads, write_report
 
 ATTACKS = ("image only", "audio only", "joint")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = recipe_parser(__doc__)
     p.add_argument("--mnist", default=None, help="folder with the MNIST .gz archives (default: sklearn digits)")
     p.add_argument("--fsdd", default=None, help="FSDD folder with recordings/ (default: synthetic speech)")
     p.add_argument("--fusion", choices=["sum", "concat"], default="sum")
@@ -51,10 +48,7 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=20, help="PGD steps in evaluation")
     p.add_argument("--limit-train", type=int, default=None, help="training pairs to keep")
     p.add_argument("--eval-batches", type=int, default=None)
-    p.add_argument("--quick", action="store_true", help="600 training pairs, 3 epochs, 2 test batches (smoke test)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out", default="runs/multimodal")
+    add_run_options(p, out="runs/multimodal", quick_help="600 training pairs, 3 epochs, 2 test batches (smoke test)")
     args = p.parse_args(argv)
     if args.quick:
         args.epochs, args.train_steps, args.steps = 3, 2, 5
@@ -80,9 +74,8 @@ def train(args, data, joint, adversarial: bool):
         callbacks.append(AdversarialTraining(PGD(joint, steps=args.train_steps, seed=args.seed,
                                                  adapter=MultimodalAdapter())))
     module = RobustClassifier(model, optimizer="adam", lr=3e-3, weight_decay=0.0, adapter=MultimodalAdapter())
-    trainer = pl.Trainer(max_epochs=args.epochs, callbacks=callbacks, logger=False, enable_checkpointing=False,
-                         enable_model_summary=False, enable_progress_bar=False, accelerator="auto", devices=1,
-                         num_sanity_val_steps=0, limit_val_batches=0, deterministic=True)
+    trainer = quiet_trainer(args.epochs, callbacks, enable_progress_bar=False, accelerator="auto", devices=1,
+                            num_sanity_val_steps=0, limit_val_batches=0, deterministic=True)
     start = time.perf_counter()
     trainer.fit(module, datamodule=data)
     return module.model.eval(), time.perf_counter() - start
@@ -112,8 +105,7 @@ def branch_accuracy(model, data, args):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    use_threads(args)
     start = time.perf_counter()
     data = make_data(args)
     data.prepare_data()
@@ -139,11 +131,7 @@ def main(argv=None):
                 f">= {args.snr:g} dB; an attack on one modality leaves the other clean.")
     table = report.table("Test accuracy", rows, note=f"{results['normal']['num_examples']} test pairs; PGD-{args.steps}")
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     labels = ["clean", *ATTACKS]
     fig, ax = plt.subplots(figsize=(5.6, 3.4))
     width = 0.38
@@ -166,9 +154,7 @@ def main(argv=None):
                                    f"eval_batches={args.eval_batches}",
                      "total seconds": round(time.perf_counter() - start, 1),
                      "command": "python recipes/multimodal/run.py " + " ".join(argv if argv is not None else sys.argv[1:])})
-    path = report.write()
-    print("\n" + table.markdown())
-    print(f"\nReport: {path}")
+    write_report(report, table)
     return rows
 
 

@@ -17,19 +17,14 @@ Writes ``results.md`` (also printed) and ``results.json`` to ``--out``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 import warnings
 from pathlib import Path
 
-try:
-    import mmrobust  # noqa: F401
-except ImportError:  # running from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.append(str(Path(__file__).resolve().parents[2]))  # the checkout: recipes._common (and mmrobust)
 
-import pytorch_lightning as pl
 import torch
 
 from mmrobust.adapters import WaveformAdapter
@@ -39,10 +34,11 @@ from mmrobust.audio.speech_commands import TASKS, VERSIONS
 from mmrobust.evaluation import evaluate
 from mmrobust.threats import SNRBall
 from mmrobust.training import RobustClassifier
+from recipes._common import add_run_options, parse_with_quick_presets, quiet_trainer, recipe_parser, start_run
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = recipe_parser(__doc__)
     p.add_argument("--root", required=True, help="Speech Commands release folder (or a folder above it)")
     p.add_argument("--version", choices=VERSIONS, default="v0.02")
     p.add_argument("--task", choices=TASKS, default="12",
@@ -63,14 +59,9 @@ def parse_args(argv=None):
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (clips are read from disk)")
     p.add_argument("--eval-batches", type=int, default=None, help="limit evaluation batches (quick runs)")
     p.add_argument("--sample-rate", type=int, default=16000)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="recipes/speech/output_keywords")
-    p.add_argument("--quick", action="store_true",
-                   help="1 epoch, one evaluation batch, 30 dB only (smoke test); flags given still win")
-    if p.parse_args(argv).quick:  # presets as defaults, so flags given explicitly still win
-        p.set_defaults(epochs=1, eval_batches=1, snrs=[30])
-    args = p.parse_args(argv)
+    add_run_options(p, out="recipes/speech/output_keywords",
+                    quick_help="1 epoch, one evaluation batch, 30 dB only (smoke test); flags given still win")
+    args = parse_with_quick_presets(p, argv, epochs=1, eval_batches=1, snrs=[30])
     # refused here, not after the training run they would end (or, for -1 epochs, never end: Lightning trains
     # forever with max_epochs=-1)
     for flag, value, low in (("--epochs", args.epochs, 1), ("--adv-epochs", args.adv_epochs, 0),
@@ -104,8 +95,7 @@ def fit(args, dm, adapter, attack=None, epochs=1):
     module = RobustClassifier(KeywordCNN(dm.num_classes, sample_rate=dm.sample_rate, width=args.width),
                               attack=attack, optimizer="adam", lr=args.lr, weight_decay=1e-4, scheduler="cyclic",
                               adapter=adapter)
-    trainer = pl.Trainer(max_epochs=epochs, accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
-                         enable_model_summary=False, enable_progress_bar=False, num_sanity_val_steps=0)
+    trainer = quiet_trainer(epochs, accelerator="auto", devices=1, enable_progress_bar=False, num_sanity_val_steps=0)
     trainer.fit(module, datamodule=dm)
     return module.model.eval()
 
@@ -134,11 +124,7 @@ def robustness(model, dm, args, adapter):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    pl.seed_everything(args.seed, workers=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = start_run(args)
     start = time.time()
     dm = make_data(args)
     adapter = WaveformAdapter(sample_rate=dm.sample_rate)

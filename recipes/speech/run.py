@@ -9,19 +9,12 @@ Writes ``robust_accuracy_vs_snr.png`` and ``results.md`` (also printed) to ``--o
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
-try:
-    import mmrobust  # noqa: F401
-except ImportError:  # running from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-import pytorch_lightning as pl
-import torch
+sys.path.append(str(Path(__file__).resolve().parents[2]))  # the checkout: recipes._common (and mmrobust)
 
 from mmrobust.adapters import WaveformAdapter
 from mmrobust.attacks import EOT, PGD, UniversalPerturbation
@@ -30,10 +23,11 @@ from mmrobust.audio import (M5, AddNoise, FSDDDataModule, LogMelCNN, RandomRever
 from mmrobust.evaluation import evaluate
 from mmrobust.threats import PeakDBBall, SNRBall
 from mmrobust.training import RobustClassifier
+from recipes._common import add_run_options, parse_with_quick_presets, pyplot, quiet_trainer, recipe_parser, start_run
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = recipe_parser(__doc__)
     p.add_argument("--data", choices=["synthetic", "fsdd"], default="synthetic")
     p.add_argument("--root", default="../shared/data/fsdd", help="FSDD folder with recordings/ (for --data fsdd)")
     p.add_argument("--split", choices=["official", "speaker"], default="official")
@@ -49,14 +43,9 @@ def parse_args(argv=None):
                    help="universal perturbation peak level in dB relative to the data's median peak")
     p.add_argument("--eval-batches", type=int, default=None, help="limit evaluation batches (quick runs)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="recipes/speech/output")
-    p.add_argument("--quick", action="store_true",
-                   help="2 + 1 epochs, one evaluation batch, SNR 40 and 20 dB (smoke test); other flags still win")
-    if p.parse_args(argv).quick:  # presets as defaults, so flags given explicitly still win
-        p.set_defaults(epochs=2, adv_epochs=1, eval_batches=1, snrs=[40, 20])
-    return p.parse_args(argv)
+    add_run_options(p, out="recipes/speech/output",
+                    quick_help="2 + 1 epochs, one evaluation batch, SNR 40 and 20 dB (smoke test); other flags still win")
+    return parse_with_quick_presets(p, argv, epochs=2, adv_epochs=1, eval_batches=1, snrs=[40, 20])
 
 
 def make_data(args):
@@ -73,8 +62,7 @@ def make_model(args, num_classes, sample_rate):
 
 
 def fit(module, dm, epochs):
-    trainer = pl.Trainer(max_epochs=epochs, accelerator="auto", devices=1, logger=False,
-                         enable_checkpointing=False, enable_model_summary=False)
+    trainer = quiet_trainer(epochs, accelerator="auto", devices=1)
     trainer.fit(module, datamodule=dm)
     return module.model.eval()
 
@@ -114,11 +102,7 @@ def robustness(model, dm, args, adapter, label):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    pl.seed_everything(args.seed, workers=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = start_run(args)
     dm = make_data(args)
     dm.setup("fit")
     adapter = WaveformAdapter(sample_rate=dm.sample_rate)
@@ -145,10 +129,7 @@ def main(argv=None):
         {"normal": {k: v["robust_accuracy"] for k, v in rows_n.items()} | {"clean": clean_n},
          "adversarial": {k: v["robust_accuracy"] for k, v in rows_r.items()} | {"clean": clean_r}}, indent=1))
 
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for label, rows, clean in (("normal", rows_n, clean_n), (f"PGD-AT @ {args.train_snr:g} dB", rows_r, clean_r)):
         ys = [rows[f"PGD SNR {s:g} dB"]["robust_accuracy"] for s in args.snrs]

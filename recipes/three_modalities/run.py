@@ -19,20 +19,15 @@ Writes report.md / report.html / results.json to --out.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List
 
-try:
-    import mmrobust  # noqa: F401
-except ImportError:  # running from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.append(str(Path(__file__).resolve().parents[2]))  # the checkout: recipes._common (and mmrobust)
 
 import pytorch_lightning as pl
-import torch
 
 from mmrobust.adapters import GraphAdapter, WaveformAdapter
 from mmrobust.attacks import PGD, PRBCD
@@ -44,6 +39,7 @@ from mmrobust.image import DigitsDataModule, SmallCNN
 from mmrobust.reporting import Report
 from mmrobust.threats import EdgeFlips, LinfBall, SNRBall
 from mmrobust.training import RobustClassifier
+from recipes._common import add_run_options, quiet_trainer, recipe_parser, use_threads, write_report
 
 
 @dataclass
@@ -106,9 +102,8 @@ def run_task(task: Task, variant: str, args) -> Dict:
                       Pruning(args.sparsity, begin_step=int(0.2 * total), end_step=int(0.7 * total),
                               frequency=max(1, total // 20))]
     callbacks.append(RobustnessEvaluation(task.eval_attack(), stages=("test",)))
-    trainer = pl.Trainer(max_epochs=task.epochs, callbacks=callbacks, logger=False, enable_checkpointing=False,
-                         enable_model_summary=False, enable_progress_bar=False, accelerator="auto", devices=1,
-                         limit_val_batches=0, num_sanity_val_steps=0, inference_mode=False, deterministic=True)
+    trainer = quiet_trainer(task.epochs, callbacks, enable_progress_bar=False, accelerator="auto", devices=1,
+                            limit_val_batches=0, num_sanity_val_steps=0, inference_mode=False, deterministic=True)
     start = time.perf_counter()
     trainer.fit(module, datamodule=data)
     seconds = time.perf_counter() - start
@@ -119,16 +114,12 @@ def run_task(task: Task, variant: str, args) -> Dict:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = recipe_parser(__doc__)
     p.add_argument("--modalities", nargs="+", choices=["image", "speech", "graph"], default=["image", "speech", "graph"])
     p.add_argument("--sparsity", type=float, default=0.5, help="final weight sparsity of the pruned models")
-    p.add_argument("--quick", action="store_true", help="fewer epochs and examples (smoke test)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out", default="runs/three_modalities")
+    add_run_options(p, out="runs/three_modalities", quick_help="fewer epochs and examples (smoke test)")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    use_threads(args)
     start = time.perf_counter()
     rows = []
     for task in tasks(args):
@@ -147,9 +138,7 @@ def main(argv=None):
                      "speech": "SyntheticSpeechDataModule(max_length=4000, augment=False); AT: PGD-3 SNR 30 dB; Adam 3e-3",
                      "graph": "KarateClub; AT: PRBCD 10% on train nodes after clean epochs; Adam 0.01",
                      "total seconds": round(time.perf_counter() - start, 1)})
-    path = report.write()
-    print("\n" + table.markdown())
-    print(f"\nReport: {path}")
+    write_report(report, table)
     return rows
 
 

@@ -1,0 +1,80 @@
+"""What the ``recipes/*/run.py`` scripts (and ``recipes/speech/keywords.py``) share: the command line's
+common options (``--threads``, ``--seed``, ``--out``, ``--quick``), the start of a run, a quiet Lightning
+``Trainer``, headless matplotlib and the end of a report. Not a recipe itself.
+
+A recipe reaches it with the repository root on ``sys.path`` (appended: an installed ``mmrobust`` wins over
+the checkout's, which serves when none is installed)::
+
+    sys.path.append(str(Path(__file__).resolve().parents[2]))  # the checkout: recipes._common (and mmrobust)
+    from recipes._common import ...
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+import pytorch_lightning as pl
+import torch
+
+
+def recipe_parser(doc: str) -> argparse.ArgumentParser:
+    """An argument parser whose ``--help`` shows the recipe's docstring as written."""
+    return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_run_options(parser: argparse.ArgumentParser, *, out: str, quick_help: str) -> None:
+    """``--threads``, ``--seed``, ``--out`` (default ``out``) and ``--quick`` (a smoke test: ``quick_help``)."""
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=out)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+
+
+def parse_with_quick_presets(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]],
+                             **presets: Any) -> argparse.Namespace:
+    """Parse ``argv``; with ``--quick``, ``presets`` become the defaults, so flags given explicitly still win."""
+    if parser.parse_args(argv).quick:
+        parser.set_defaults(**presets)
+    return parser.parse_args(argv)
+
+
+def use_threads(args: argparse.Namespace) -> None:
+    """``--threads``: torch's intra-op thread count (left alone when not given)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+
+def start_run(args: argparse.Namespace) -> Path:
+    """Threads and seeds as the options say; the ``--out`` folder, created."""
+    use_threads(args)
+    pl.seed_everything(args.seed, workers=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def quiet_trainer(epochs: int, callbacks: Iterable[pl.Callback] = (), **options: Any) -> pl.Trainer:
+    """A ``Trainer`` for ``epochs`` that writes nothing (no logger, no checkpoints, no model summary);
+    ``options`` add to or override these ``Trainer`` arguments."""
+    settings = dict(logger=False, enable_checkpointing=False, enable_model_summary=False)
+    return pl.Trainer(max_epochs=epochs, callbacks=list(callbacks), **{**settings, **options})
+
+
+def pyplot():
+    """``matplotlib.pyplot`` drawing off-screen (the Agg backend), for figures saved to files."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def write_report(report, table) -> Path:
+    """Write ``report`` (a :class:`mmrobust.reporting.Report`), print ``table`` and where the report went."""
+    path = report.write()
+    print("\n" + table.markdown())
+    print(f"\nReport: {path}")
+    return path
