@@ -175,7 +175,7 @@ class AdversarialTraining(pl.Callback):
         # the batch is read with one adapter, inferred once per step (graphs: the training nodes); the attack
         # runs on that reading, so at the full budget it is the user's object itself, whose state (a learned
         # generator's update count, a universal perturbation) must persist -- never a copy holding the adapter
-        adapter = stage_adapter(batch, "train", self.attack.adapter or self.adapter)
+        adapter = self.training_adapter(batch, self.attack)
         attack = attack_at_budget(self.attack, factor)
         start = time.perf_counter()
         adv = self.adversarial_batch(pl_module, batch, attack, adapter)
@@ -195,14 +195,19 @@ class AdversarialTraining(pl.Callback):
         for key, value in (("adv_acc", acc), ("budget", float(factor)), ("attack_time_s", float(seconds))):
             pl_module.log(f"train/at/{key}", value, on_step=True, on_epoch=False, batch_size=size)
 
+    def training_adapter(self, batch: Any, attack: Attack) -> BatchAdapter:
+        """How ``attack`` reads a training ``batch``: the attack's adapter, else the callback's, else the one
+        inferred for the training stage (:func:`~mmrobust.adapters.base.stage_adapter`)."""
+        return stage_adapter(batch, "train", attack.adapter or self.adapter)
+
     def adversarial_batch(self, model: torch.nn.Module, batch: Any, attack: Attack,
                           adapter: Optional[BatchAdapter] = None) -> Any:
         """``batch`` with (a ``ratio`` fraction of) its units replaced by adversarial versions, read with
-        ``adapter`` (default: the attack's or the callback's, else inferred for the training stage)."""
+        ``adapter`` (default: :meth:`training_adapter`)."""
         if isinstance(batch, tuple):
             assign_batch(batch, batch)  # fail before spending an attack on an immutable batch
         if adapter is None:
-            adapter = stage_adapter(batch, "train", attack.adapter or self.adapter)
+            adapter = self.training_adapter(batch, attack)
         with attack_mode(model):
             victim = victim_for(model, batch, adapter)
             if self.ratio >= 1.0:
