@@ -97,16 +97,52 @@ class SoftMedianConv(nn.Module):
         return soft_median(self.lin(x), edge_index, edge_weight, n, self.temperature) + self.bias
 
 
+#: the backward of :class:`_EdgeProduct` forms the dense ``nodes x nodes`` product only where the edge list fills more
+#: than 1 / this of the node pairs (and it takes at most 256 MB): a GEMM is then faster than per-edge dot products
+#: (Cora with PRBCD's 100k-pair block, 34 pairs per edge: 15 vs 51 CPU s per PPR backward; clean Cora, 555 pairs per
+#: edge: 7.5 vs 4.0 s; 8,000 random nodes, 1,450: 141 vs 51 s and +441 vs +218 MB)
+DENSE_BACKWARD_PAIRS_PER_EDGE = 64
+
+
+class _EdgeProduct(torch.autograd.Function):
+    """``T @ r`` for the sparse ``T[edge_index[0], edge_index[1]] = w``; the gradient of ``w`` is
+    :math:`\\partial L/\\partial w_e = \\langle G_{i_e}, r_{j_e}\\rangle` (``G`` the output gradient), computed per
+    edge in chunks (memory ~ ``chunk x columns``) on sparse graphs, and as the masked dense product ``G r^T`` (what
+    ``torch.sparse.mm``'s own backward always does: ``nodes x nodes``, 1.6 GB per power step at 20k nodes) only
+    where that is small and faster (:data:`DENSE_BACKWARD_PAIRS_PER_EDGE`)."""
+
+    @staticmethod
+    def forward(ctx, w: Tensor, r: Tensor, edge_index: Tensor, n: int) -> Tensor:
+        ctx.save_for_backward(w, r, edge_index)
+        ctx.n = n
+        return torch.sparse.mm(torch.sparse_coo_tensor(edge_index, w, (n, n), check_invariants=False), r)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        w, r, edge_index = ctx.saved_tensors
+        grad_w = grad_r = None
+        if ctx.needs_input_grad[1]:
+            t = torch.sparse_coo_tensor(edge_index.flip(0), w, (ctx.n, ctx.n), check_invariants=False)
+            grad_r = torch.sparse.mm(t, grad)
+        if ctx.needs_input_grad[0]:
+            src, dst = edge_index
+            n = ctx.n
+            if n * n <= DENSE_BACKWARD_PAIRS_PER_EDGE * src.numel() and n * n * grad.element_size() <= 1 << 28:
+                return (grad @ r.t())[src, dst], grad_r, None, None
+            chunk = max(1, (1 << 20) // max(1, r.shape[1]))
+            grad_w = torch.cat([(grad[src[i:i + chunk]] * r[dst[i:i + chunk]]).sum(1)
+                                for i in range(0, src.numel(), chunk)]) if src.numel() else torch.zeros_like(w)
+        return grad_w, grad_r, None, None
+
+
 def ppr_topk(edge_index: Tensor, edge_weight: Optional[Tensor], num_nodes: int, alpha: float = 0.15, k: int = 64,
              iterations: int = 20, block: int = 512) -> Tuple[Tensor, Tensor]:
     """Top-``k`` entries per row of personalised PageRank :math:`\\Pi = \\alpha(I - (1-\\alpha)T)^{-1}` with
     :math:`T = \\tilde D^{-1/2}(A + I)\\tilde D^{-1/2}` (GDC, Klicpera et al. 2019,
     https://arxiv.org/abs/1911.05485, Eq. 1 and top-k sparsification), as an edge list ``(source, row)``
     with weights.  ``iterations`` power steps per ``block`` of rows, each block under gradient checkpointing:
-    forward memory ~ ``edges + block x nodes``, never ``nodes^2``; gradients reach ``edge_weight``, but the
-    backward of ``torch.sparse.mm`` w.r.t. the edge values forms a dense ``nodes x nodes`` product per power step
-    (transient; on Cora with a PRBCD block: 1.4 CPU s forward, 10 s backward; an edge-wise backward was slower
-    there, see ``benchmarks/results/graph_defenses.md``).
+    memory ~ ``edges + block x nodes``; the backward, through which gradients reach ``edge_weight``, forms a dense
+    ``nodes x nodes`` product only where it is below 256 MB and the edge list is dense (:class:`_EdgeProduct`).
     """
     from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
@@ -117,12 +153,11 @@ def ppr_topk(edge_index: Tensor, edge_weight: Optional[Tensor], num_nodes: int, 
     k = min(k, num_nodes)
 
     def rows(w_: Tensor, start: int, stop: int) -> Tuple[Tensor, Tensor]:
-        t = torch.sparse_coo_tensor(ei, w_, (num_nodes, num_nodes), check_invariants=False)
         seed = torch.zeros(num_nodes, stop - start, dtype=w_.dtype, device=device)
         seed[torch.arange(start, stop, device=device), torch.arange(stop - start, device=device)] = alpha
         r = seed
         for _ in range(iterations):      # columns of Pi^T = rows of Pi (T is symmetric)
-            r = seed + (1 - alpha) * torch.sparse.mm(t, r)
+            r = seed + (1 - alpha) * _EdgeProduct.apply(w_, r, ei, num_nodes)
         vals, idx = torch.topk(r.t(), k, dim=1)
         return vals, idx
 
