@@ -164,6 +164,11 @@ class GCNSVD(nn.Module):
     (:math:`A_k = A`), so the model propagates with :math:`A` itself (exact values and gradients: a GCN with
     self loops); ``rank >= nodes`` also warns, since the defence then filters nothing.  A degenerate subspace
     that is not the whole adjacency raises a ``ValueError`` asking for a lower ``rank``.
+
+    On a ``Batch`` the approximation is of the whole block-diagonal adjacency: ``rank`` is shared by all graphs,
+    and the few subspace iterations leave small entries between graphs, so a graph's outputs depend (slightly) on
+    the other graphs of the batch (two 30-node SBM graphs, rank 5: up to 0.4 in the logits of one when the
+    other's features change).  Attack or evaluate one graph per call for per-graph results.
     """
 
     def __init__(self, in_channels: int, out_channels: int, hidden: int = 64, rank: int = 50,
