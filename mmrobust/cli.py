@@ -59,6 +59,8 @@ def _argv(argv: Sequence[str]):
 def _lightning_cli(argv: Sequence[str]):
     from pytorch_lightning.cli import LightningCLI
 
+    if any(a in ("-h", "--help") for a in argv):  # Lightning's help below does not know mmrobust's own options
+        print(USAGE[USAGE.index("options of"):USAGE.index("examples:")].rstrip() + "\n")
     command = " ".join(["mmrobust", *argv])
     name = config_name(argv)
     argv, out = pop_option(argv, "out")

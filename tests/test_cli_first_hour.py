@@ -180,3 +180,10 @@ def test_every_option_of_report_and_demo_is_explained(command, explained, capsys
     text = " ".join(capsys.readouterr().out.split())
     for words in explained:
         assert words in text
+
+
+def test_fit_help_shows_mmrobusts_own_options_above_lightnings(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    text = capsys.readouterr().out
+    assert text.index("--out DIR") < text.index("--trainer.max_epochs") and "--quick" in text
