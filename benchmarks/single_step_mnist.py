@@ -87,7 +87,8 @@ def callbacks_for(method: str, threat, args):
     extra = {"clip_noise": not args.unclipped_noise} if method == "n_fgsm" else {}
     if method == "grad_align":  # the reference's step: zero-start FGSM (step eps) + GradAlign reusing its gradient
         extra = {"grad_align_weight": args.grad_align_weight}
-    fast = FastAdversarialTraining(threat, method=fast_method, seed=args.seed, on_overfit=args.on_overfit, **extra)
+    fast = FastAdversarialTraining(threat, method=fast_method, seed=args.seed, on_overfit=args.on_overfit,
+                                   warmup_epochs=args.warmup, **extra)
     # the regulariser listed first: it reads the clean batch, before fast AT replaces it
     return ([reg] if method == "grad_align_rs" else []) + [fast, ProbeLog(fast)], fast
 
@@ -288,7 +289,7 @@ def run(args) -> dict:
             "grad_align_weight": args.grad_align_weight if args.method.startswith("grad_align") else None,
             "clip_noise": (not args.unclipped_noise) if args.method == "n_fgsm" else None,
             "probe_flagged": None if fast is None else fast.overfitting_detected, "probe_warnings": co_warnings,
-            "lr_indexing": "wong", "warmup_epochs": args.warmup if args.method == "pgd_at" else 0.0,
+            "lr_indexing": "wong", "warmup_epochs": 0.0 if args.method == "wong_loop" else args.warmup,
             "probes": None if args.method == "pgd_at" else callbacks[-1].rows}
 
 
@@ -334,8 +335,8 @@ def main():
                              "8/255 up to 2.0 at 16/255)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--warmup", type=float, default=0.0,
-                        help="pgd_at only: eps warm-up epochs (AdversarialTraining(warmup_epochs=...)); Wong et al.'s "
-                             "FGSM recipe has none")
+                        help="eps warm-up epochs (warmup_epochs= of AdversarialTraining / FastAdversarialTraining; "
+                             "not wong_loop); Wong et al.'s FGSM recipe has none")
     parser.add_argument("--on-overfit", choices=("warn", "stop", "restore"), default="warn",
                         help="FastAdversarialTraining(on_overfit=...): 'restore' is Wong et al.'s early stopping")
     parser.add_argument("--eval-workers", type=int, default=1,
@@ -370,7 +371,7 @@ def main():
     OUT.mkdir(parents=True, exist_ok=True)
     variant = ("_unclipped" if args.unclipped_noise else "") + ("_restore" if args.on_overfit == "restore" else "")
     variant += f"_lam{args.grad_align_weight:g}" if args.method.startswith("grad_align") else ""
-    variant += f"_warmup{args.warmup:g}" if args.method == "pgd_at" and args.warmup else ""
+    variant += f"_warmup{args.warmup:g}" if args.method != "wong_loop" and args.warmup else ""
     name = f"{args.method}{variant}_s{args.seed}" + ("" if args.epochs == 10 and args.train is None else
                                             f"_e{args.epochs}_n{args.train}")
     (OUT / f"{name}.json").write_text(json.dumps(result, indent=1))
