@@ -24,17 +24,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import CACHE, SHARED_DATA  # noqa: E402
+from benchmarks.common import CACHE, SHARED_DATA, log  # noqa: E402
 from mmrobust.audio import SpeechAugmentation  # noqa: E402
 from mmrobust.audio.recogniser import CTCRecogniser, DigitCTC, error_rates  # noqa: E402
 from mmrobust.audio.sequences import FSDDSequenceDataModule, target_lists  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "audio_ctc.json"
 WEIGHTS = CACHE / "digit_ctc.pt"
-
-
-def log(msg):
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def datamodule(args, augment=None) -> FSDDSequenceDataModule:

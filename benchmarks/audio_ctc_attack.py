@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.common import log
 from mmrobust.attacks.ctc import CTCTargetedAttack
 from mmrobust.audio import RandomReverb
 from mmrobust.audio.recogniser import BLANK, CTCRecogniser, DigitCTC
@@ -34,10 +35,6 @@ from mmrobust.audio.sequences import collate_sequences
 from mmrobust.threats import PeakDBBall
 
 AIR_SEED = 20260  # the responses used to measure success over the air; the attack draws from its own seed
-
-
-def log(msg):
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def random_targets(refs, seed: int = 0):

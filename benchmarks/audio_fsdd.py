@@ -19,7 +19,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import loader_accuracy  # noqa: E402
+from benchmarks.common import loader_accuracy, log  # noqa: E402
 from mmrobust.adapters import WaveformAdapter  # noqa: E402
 from mmrobust.attacks import PGD  # noqa: E402
 from mmrobust.audio import M5, FSDDDataModule, augment_batch  # noqa: E402
@@ -27,10 +27,6 @@ from mmrobust.threats import SNRBall  # noqa: E402
 from mmrobust.threats.verify import run_checked  # noqa: E402
 
 ADAPTER = WaveformAdapter(sample_rate=8000)
-
-
-def log(msg):
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def train(model, dm, epochs, lr, attack=None, seed=0):

@@ -25,15 +25,11 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.audio_fsdd import ADAPTER, robust_accuracy  # noqa: E402
-from benchmarks.common import SHARED_DATA  # noqa: E402
+from benchmarks.common import SHARED_DATA, loader_accuracy, log  # noqa: E402
 from mmrobust.attacks import PGD  # noqa: E402
 from mmrobust.audio import FSDDDataModule, KeywordCNN, SpeechAugmentation  # noqa: E402
 from mmrobust.audio.data import FSDD_SPEAKERS  # noqa: E402
 from mmrobust.threats import SNRBall  # noqa: E402
-
-def log(msg):
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
 
 def train(model, dm, epochs, lr, attack=None, seed=0):
     """AdamW (weight decay 1e-2), one-cycle schedule, label smoothing 0.1, the datamodule's augmentation;
@@ -53,15 +49,6 @@ def train(model, dm, epochs, lr, attack=None, seed=0):
             opt.step()
             sched.step()
     return model.eval()
-
-
-@torch.no_grad()
-def clean_accuracy(model, loader):
-    hits = n = 0
-    for wave, y, _ in loader:
-        hits += int((model(wave).argmax(1) == y).sum())
-        n += len(y)
-    return hits / n
 
 
 def main():
@@ -108,7 +95,7 @@ def main():
             if args.init_dir:
                 model.load_state_dict(torch.load(Path(args.init_dir) / f"{speaker}_normal.pt"))
             model = train(model, dm, args.epochs, args.lr, attack=attack)
-            row = {"clean": clean_accuracy(model, dm.test_dataloader()), "train_s": round(time.time() - start)}
+            row = {"clean": loader_accuracy(model, dm.test_dataloader()), "train_s": round(time.time() - start)}
             for s in args.snrs:
                 row[f"snr{s:g}"] = robust_accuracy(model, dm.test_dataloader(), s, args.steps)
             if args.save_dir:

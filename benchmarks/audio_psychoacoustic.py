@@ -21,24 +21,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import SHARED_DATA  # noqa: E402
+from benchmarks.common import SHARED_DATA, log  # noqa: E402
 from mmrobust.adapters import WaveformAdapter  # noqa: E402
 from mmrobust.attacks import PGD, MaskingPenalty, MaskingPenaltyAttack  # noqa: E402
 from mmrobust.audio import FSDDDataModule, KeywordCNN  # noqa: E402
 from mmrobust.threats import PsychoacousticBall, SNRBall, masking_report, masking_threshold  # noqa: E402
 
 SR = 8000
-
-
-def log(msg):
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def measure(name, res, x, lengths, thr):

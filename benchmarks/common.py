@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmark scripts: offline MNIST, a cached normally trained CNN, tables."""
+"""Helpers shared by the benchmark scripts: offline MNIST, a cached normally trained CNN, timed Lightning
+training, the bit-error and pruning tables of the compression benchmarks, progress lines."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import shutil
 import statistics
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -38,8 +39,12 @@ def mnist_tensors(train: bool, limit: int | None = None):
 
 
 def train_classifier(model: nn.Module, x, y, epochs: int = 2, lr: float = 1e-3, batch_size: int = 128,
-                     seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
+                     seed: Optional[int] = 0) -> nn.Module:
+    """Plain Adam + cross-entropy training on shuffled mini-batches; returns the model in eval mode.
+
+    ``seed`` reseeds the global RNG first (``None``: continue with its current state)."""
+    if seed is not None:
+        torch.manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr)
     model.train()
     for _ in range(epochs):
@@ -82,6 +87,25 @@ class Timer:
 
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self.start
+
+
+def log(msg: str) -> None:
+    """Print ``msg`` after the time of day, flushed (progress lines of long runs)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def timed_fit(module, epochs: int, callbacks: Sequence, **fit_inputs) -> float:
+    """Seconds a quiet CPU Lightning ``Trainer`` (no logger, checkpoints, progress bar, summary or validation)
+    takes to fit ``module`` for ``epochs`` with ``callbacks``; ``fit_inputs`` go to ``Trainer.fit``
+    (``train_dataloaders=`` or ``datamodule=``)."""
+    import pytorch_lightning as pl
+
+    trainer = pl.Trainer(max_epochs=epochs, callbacks=list(callbacks), logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+                         num_sanity_val_steps=0, limit_val_batches=0)
+    with Timer() as t:
+        trainer.fit(module, **fit_inputs)
+    return t.seconds
 
 
 def bit_error_row(name: str, result, seconds: float) -> List[str]:
@@ -159,6 +183,92 @@ def quiet_run(threads: int) -> None:
 
 
 BIT_ERROR_SETTINGS = ["normal", "clipping", "randbet"]
+
+
+def bit_error_settings(keys: Iterable[str], *, clip: float, randbet_rate: float,
+                       loss_fn: Optional[Callable] = None) -> List[Tuple[str, dict, list]]:
+    """``(row name, Quantization keyword arguments, extra callbacks)`` of the bit-error training settings named
+    by ``keys`` (of :data:`BIT_ERROR_SETTINGS`), in that order: 8-bit QAT as it is, with weights clipped to
+    ``clip``, and RandBET at ``randbet_rate`` (Stutz et al. 2021) with ``loss_fn`` (default: the callback's)."""
+    from mmrobust.callbacks import RandomBitErrorTraining
+
+    randbet = RandomBitErrorTraining(randbet_rate, seed=0, **({} if loss_fn is None else {"loss_fn": loss_fn}))
+    settings = {"normal": ("normal", dict(clip=None), []),
+                "clipping": (f"clipping (w_max={clip})", dict(clip=clip), []),
+                "randbet": (f"RandBET (p={100 * randbet_rate:g}%, w_max={clip})", dict(clip=clip), [randbet])}
+    return [settings[key] for key in keys]
+
+
+def bit_error_rows(settings: Iterable[Tuple[str, dict, list]], train: Callable[[list], Tuple[nn.Module, float]],
+                   measure: Callable[[nn.Module], dict]) -> List[List[str]]:
+    """One :func:`bit_error_row` per setting of :func:`bit_error_settings`: after ``pl.seed_everything(0)``,
+    ``train(callbacks)`` (8-bit asymmetric per-tensor :class:`~mmrobust.callbacks.Quantization` and the
+    setting's callbacks) returns the trained module and its seconds; ``measure(module)`` its
+    :class:`~mmrobust.metrics.BitErrorAccuracy` ``compute()``. Each row is printed as it is made."""
+    import pytorch_lightning as pl
+
+    from mmrobust.callbacks import Quantization
+
+    rows = []
+    for name, quantization, extra in settings:
+        pl.seed_everything(0)
+        module, seconds = train([Quantization(8, symmetric=False, **quantization), *extra])
+        rows.append(bit_error_row(name, measure(module), seconds))
+        print(rows[-1], flush=True)
+    return rows
+
+
+def bit_error_table(rates: Sequence[float], rows: List[Sequence]) -> str:
+    """The markdown table of :func:`bit_error_rows` at bit-error ``rates``."""
+    return markdown_table(["training", "clean %"] + [f"p={100 * p:g}% mean ± std (min)" for p in rates] +
+                          ["train s"], rows)
+
+
+def pruning_rows(base: nn.Module, plan: Iterable[Tuple[float, str]], *, scope: str, hydra_data: Iterable,
+                 hydra_attack: Callable[[], object], hydra_epochs: int, hydra_loss: Optional[Callable] = None,
+                 finetune: Optional[Callable[[nn.Module], None]],
+                 accuracies: Callable[[nn.Module], Tuple[float, float]]) -> List[list]:
+    """Rows (:func:`pruning_table`) of the pruning benchmarks, one per ``(sparsity, method)`` of ``plan``: a copy
+    of ``base`` pruned to ``sparsity`` (timed) by weight magnitude (a method named ``"magnitude ..."``), by
+    HYDRA importance scores (``"HYDRA ..."``: ``hydra_epochs`` on ``hydra_data`` against ``hydra_attack()``,
+    SGD 0.1, Sehwag et al. 2020) or not at all (any other name, e.g. the dense reference), then
+    ``finetune(model)`` unless ``None``, then in eval mode ``accuracies(model)`` (clean, robust, in [0, 1]).
+    Each row is printed as it is made."""
+    import copy
+
+    from mmrobust.compression import hydra_prune, prune_magnitude, weight_sparsity
+
+    rows = []
+    for sparsity, method in plan:
+        model = copy.deepcopy(base)
+        with Timer() as t:
+            if method.startswith("magnitude"):
+                prune_magnitude(model, sparsity, scope=scope)
+            elif method.startswith("HYDRA"):
+                hydra_prune(model, hydra_data, sparsity, attack=hydra_attack(), epochs=hydra_epochs, lr=0.1,
+                            scope=scope, loss_fn=hydra_loss)
+        if finetune is not None:
+            finetune(model)
+        model.eval()
+        clean, robust = accuracies(model)
+        rows.append([method, 100 * weight_sparsity(model), 100 * clean, 100 * robust, f"{t.seconds:.0f}"])
+        print(rows[-1], flush=True)
+    return rows
+
+
+def pruning_table(rows: List[Sequence]) -> str:
+    """The markdown table of the pruning benchmarks: the dense model's row(s), then :func:`pruning_rows`."""
+    return markdown_table(["method", "sparsity %", "clean %", "robust %", "prune s"], rows)
+
+
+def run_part(parser, parts: Dict[str, Callable]) -> None:
+    """Finish a benchmark's command line with ``--part`` (one of ``parts``) and ``--threads`` (default 1), then
+    run the chosen part on the parsed options after :func:`quiet_run`."""
+    parser.add_argument("--part", choices=list(parts), required=True)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    quiet_run(args.threads)
+    parts[args.part](args)
 
 
 def add_bit_error_args(parser, *, patterns: int, with_randbet_options: bool = True) -> None:

@@ -18,7 +18,6 @@ Needs ../shared/data/fsdd (or --root); official split (recordings 0-4 of every s
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 from pathlib import Path
 
@@ -29,13 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pytorch_lightning as pl  # noqa: E402
 
-from benchmarks.common import (SHARED_DATA, Timer, add_bit_error_args, bit_error_row, loader_accuracy,  # noqa: E402
-                               markdown_table, quiet_run)
+from benchmarks.common import (SHARED_DATA, add_bit_error_args, bit_error_rows, bit_error_settings,  # noqa: E402
+                               bit_error_table, loader_accuracy, pruning_rows, pruning_table, run_part, timed_fit)
 from mmrobust.adapters import WaveformAdapter  # noqa: E402
 from mmrobust.attacks import PGD  # noqa: E402
 from mmrobust.audio import M5, FSDDDataModule  # noqa: E402
-from mmrobust.callbacks import AdversarialTraining, Quantization, RandomBitErrorTraining  # noqa: E402
-from mmrobust.compression import hydra_prune, prune_magnitude, weight_sparsity  # noqa: E402
+from mmrobust.callbacks import AdversarialTraining  # noqa: E402
 from mmrobust.metrics import BitErrorAccuracy  # noqa: E402
 from mmrobust.threats import SNRBall  # noqa: E402
 
@@ -72,15 +70,6 @@ def fsdd(root: str) -> FSDDDataModule:
     return dm
 
 
-def fit(module, dm, callbacks, epochs: int) -> float:
-    trainer = pl.Trainer(max_epochs=epochs, callbacks=callbacks, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
-                         num_sanity_val_steps=0, limit_val_batches=0)
-    with Timer() as t:
-        trainer.fit(module, datamodule=dm)
-    return t.seconds
-
-
 def snr_pgd(snr: float, steps: int, seed: int) -> PGD:
     return PGD(SNRBall(snr), steps=steps, seed=seed, adapter=ADAPTER)
 
@@ -98,26 +87,24 @@ def robust_accuracy(model, loader, snr: float, steps: int) -> float:
 def part_biterrors(args):
     dm = fsdd(args.root)
     rates = tuple(args.rates)
-    settings = {"normal": ("normal", dict(clip=None), []),
-                "clipping": (f"clipping (w_max={args.clip})", dict(clip=args.clip), []),
-                "randbet": (f"RandBET (p={100 * args.randbet_rate:g}%, w_max={args.clip})", dict(clip=args.clip),
-                            [RandomBitErrorTraining(args.randbet_rate, loss_fn=waveform_loss, seed=0)])}
-    rows = []
-    for key in args.settings:
-        name, qkw, extra = settings[key]
-        pl.seed_everything(0)
+
+    def train(callbacks):
         module = LitAudio(M5(10, width=args.width), args.lr)
-        seconds = fit(module, dm, [Quantization(8, symmetric=False, **qkw), *extra], args.epochs)
+        return module, timed_fit(module, args.epochs, callbacks, datamodule=dm)
+
+    def measure(module):
         metric = BitErrorAccuracy(rates, patterns=args.patterns, seed=1, adapter=ADAPTER)
         for batch in dm.test_dataloader():
             metric.update(module, batch)
-        rows.append(bit_error_row(name, metric.compute(), seconds))
-        print(rows[-1], flush=True)
+        return metric.compute()
+
+    settings = bit_error_settings(args.settings, clip=args.clip, randbet_rate=args.randbet_rate,
+                                  loss_fn=waveform_loss)
+    rows = bit_error_rows(settings, train, measure)
     print(f"\nM5(width={args.width}) on FSDD (official split: {len(dm.train_set)} train / {len(dm.test_set)} test "
           f"clips, 1 s at 8 kHz, gain/shift augmentation), 8-bit asymmetric per-tensor QAT of the Conv1d/Linear "
           f"weights, {args.epochs} epochs Adam one-cycle {args.lr}, {args.patterns} bit-error patterns per rate\n")
-    print(markdown_table(["training", "clean %"] + [f"p={100 * p:g}% mean ± std (min)" for p in rates] +
-                         ["train s"], rows), flush=True)
+    print(bit_error_table(rates, rows), flush=True)
 
 
 def part_pruning(args):
@@ -125,7 +112,7 @@ def part_pruning(args):
     test = dm.test_dataloader()
     pl.seed_everything(0)
     lit = LitAudio(M5(10, width=args.width), args.lr)
-    seconds = fit(lit, dm, [AdversarialTraining(snr_pgd(args.snr, args.at_steps, seed=1))], args.epochs)
+    seconds = timed_fit(lit, args.epochs, [AdversarialTraining(snr_pgd(args.snr, args.at_steps, seed=1))], datamodule=dm)
     base = lit.model.eval()
     rows = [["dense (PGD-AT)", 0.0, 100 * loader_accuracy(base, test),
              100 * robust_accuracy(base, test, args.snr, args.steps),
@@ -135,34 +122,28 @@ def part_pruning(args):
                                                generator=torch.Generator().manual_seed(0))
     # the dense model with the same fine-tuning as the pruned ones: the reference that isolates pruning
     methods = (f"magnitude ({args.scope})", f"HYDRA ({args.scope})")
-    for sparsity, method in [(0.0, "dense + AT fine-tune")] + [(s, m) for s in args.sparsities for m in methods]:
-        model = copy.deepcopy(base)
-        with Timer() as t:
-            if method.startswith("magnitude"):
-                prune_magnitude(model, sparsity, scope=args.scope)
-            elif method.startswith("HYDRA"):
-                hydra_prune(model, score_loader, sparsity, attack=snr_pgd(args.snr, args.at_steps, seed=2),
-                            epochs=args.score_epochs, lr=0.1, scope=args.scope, loss_fn=waveform_loss)
-        if args.finetune_epochs:
-            # adversarial fine-tuning of the surviving weights; the parametrised masks keep the rest at zero
-            pl.seed_everything(0)
-            fit(LitAudio(model, args.lr / 3), dm, [AdversarialTraining(snr_pgd(args.snr, args.at_steps, seed=3))],
-                args.finetune_epochs)
-        model.eval()
-        rows.append([method, 100 * weight_sparsity(model), 100 * loader_accuracy(model, test),
-                     100 * robust_accuracy(model, test, args.snr, args.steps), f"{t.seconds:.0f}"])
-        print(rows[-1], flush=True)
+
+    def finetune(model):
+        # adversarial fine-tuning of the surviving weights; the parametrised masks keep the rest at zero
+        pl.seed_everything(0)
+        timed_fit(LitAudio(model, args.lr / 3), args.finetune_epochs,
+                  [AdversarialTraining(snr_pgd(args.snr, args.at_steps, seed=3))], datamodule=dm)
+
+    rows += pruning_rows(
+        base, [(0.0, "dense + AT fine-tune")] + [(s, m) for s in args.sparsities for m in methods], scope=args.scope,
+        hydra_data=score_loader, hydra_attack=lambda: snr_pgd(args.snr, args.at_steps, seed=2),
+        hydra_epochs=args.score_epochs, hydra_loss=waveform_loss, finetune=finetune if args.finetune_epochs else None,
+        accuracies=lambda model: (loader_accuracy(model, test), robust_accuracy(model, test, args.snr, args.steps)))
     print(f"\nM5(width={args.width}) on FSDD (official split, {len(dm.test_set)} test clips); PGD-AT under "
           f"SNRBall({args.snr:g} dB), PGD-{args.at_steps}, {args.epochs} epochs Adam one-cycle {args.lr}; HYDRA "
           f"scores: {args.score_epochs} epoch(s) with PGD-{args.at_steps}; after pruning {args.finetune_epochs} "
           f"epoch(s) of PGD-AT fine-tuning (lr {args.lr / 3:g}); robust accuracy: PGD-{args.steps} under "
           f"SNRBall({args.snr:g} dB)\n")
-    print(markdown_table(["method", "sparsity %", "clean %", "robust %", "prune s"], rows), flush=True)
+    print(pruning_table(rows), flush=True)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--part", choices=["biterrors", "pruning"], required=True)
     parser.add_argument("--root", default=str(SHARED_DATA / "fsdd"))
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=10)
@@ -176,10 +157,7 @@ def main():
     parser.add_argument("--scope", choices=["layer", "global"], default="layer",
                         help="sparsity per layer (HYDRA's choice) or over all pruned weights together")
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.9, 0.95])
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    quiet_run(args.threads)
-    {"biterrors": part_biterrors, "pruning": part_pruning}[args.part](args)
+    run_part(parser, {"biterrors": part_biterrors, "pruning": part_pruning})
 
 
 if __name__ == "__main__":

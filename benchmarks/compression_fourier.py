@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pytorch_lightning as pl  # noqa: E402
 
-from benchmarks.common import accuracy, markdown_table, mnist_tensors, quiet_run  # noqa: E402
-from benchmarks.compression_mnist import Lit, fit, robust_accuracy  # noqa: E402
+from benchmarks.common import accuracy, markdown_table, mnist_tensors, quiet_run, timed_fit  # noqa: E402
+from benchmarks.compression_mnist import Lit, robust_accuracy  # noqa: E402
 from mmrobust import PGD, LinfBall  # noqa: E402
 from mmrobust.callbacks import AdversarialTraining, FourierSparsity, Pruning  # noqa: E402
 from mmrobust.compression import (fourier_parametrize, fourier_prune, fourier_stats, prune_magnitude,  # noqa: E402
@@ -77,7 +77,7 @@ def main():
 
     pl.seed_everything(0)
     lit = Lit(SmallCNN(width=0.5, hidden=256))
-    seconds = fit(lit, loader, [pgd_at(args.eps, args.at_steps, 0)], args.epochs)
+    seconds = timed_fit(lit, args.epochs, [pgd_at(args.eps, args.at_steps, 0)], train_dataloaders=loader)
     base = lit.model.eval()
 
     def row(name, sparsity, ratio, model):
@@ -100,15 +100,15 @@ def main():
             continue
         pl.seed_everything(0)
         tuned_f = Lit(copy.deepcopy(base), lr=5e-4)
-        fit(tuned_f, loader, [FourierSparsity(s, types=CONVS, **schedule), pgd_at(args.eps, args.at_steps, 2)],
-            args.finetune_epochs)
+        timed_fit(tuned_f, args.finetune_epochs,
+                  [FourierSparsity(s, types=CONVS, **schedule), pgd_at(args.eps, args.at_steps, 2)], train_dataloaders=loader)
         stats = fourier_stats(tuned_f.model)
         rows.append(row("Fourier + AT fine-tune", stats["sparsity"], stats["compression_ratio"], tuned_f.model.eval()))
         print(rows[-1], flush=True)
         pl.seed_everything(0)
         tuned_m = Lit(copy.deepcopy(base), lr=5e-4)
-        fit(tuned_m, loader, [Pruning(spatial, types=CONVS, **schedule), pgd_at(args.eps, args.at_steps, 2)],
-            args.finetune_epochs)
+        timed_fit(tuned_m, args.finetune_epochs,
+                  [Pruning(spatial, types=CONVS, **schedule), pgd_at(args.eps, args.at_steps, 2)], train_dataloaders=loader)
         rows.append(row("spatial magnitude + AT fine-tune", weight_sparsity(tuned_m.model, CONVS), ratio,
                         tuned_m.model.eval()))
         print(rows[-1], flush=True)

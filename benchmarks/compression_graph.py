@@ -18,7 +18,6 @@ writable temporary directory; nothing is downloaded.
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 import tempfile
 from pathlib import Path
@@ -30,11 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pytorch_lightning as pl  # noqa: E402
 
-from benchmarks.common import SHARED_DATA, Timer, add_bit_error_args, bit_error_row, markdown_table, quiet_run  # noqa: E402
+from benchmarks.common import (SHARED_DATA, Timer, add_bit_error_args, bit_error_rows, bit_error_settings,  # noqa: E402
+                               bit_error_table, pruning_rows, pruning_table, run_part, timed_fit)
 from mmrobust.adapters import GraphAdapter  # noqa: E402
 from mmrobust.attacks import PRBCD  # noqa: E402
-from mmrobust.callbacks import Quantization, RandomBitErrorTraining  # noqa: E402
-from mmrobust.compression import hydra_prune, prune_magnitude, weight_sparsity  # noqa: E402
 from mmrobust.graph import GCN, NodeClassifier, load_planetoid, node_accuracy, train_node_classifier  # noqa: E402
 from mmrobust.metrics import BitErrorAccuracy  # noqa: E402
 from mmrobust.threats import EdgeFlips  # noqa: E402
@@ -57,39 +55,27 @@ def gcn(data, hidden: int) -> GCN:
     return GCN(data.num_features, int(data.y.max()) + 1, hidden=hidden, dropout=0.5)
 
 
-def fit_lightning(module, data, callbacks, epochs: int) -> float:
-    from torch_geometric.loader import DataLoader
-
-    trainer = pl.Trainer(max_epochs=epochs, callbacks=callbacks, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
-                         num_sanity_val_steps=0, limit_val_batches=0)
-    with Timer() as t:
-        trainer.fit(module, DataLoader([data], batch_size=1))
-    return t.seconds
-
-
 def part_biterrors(args):
     data = load_cora(args.data)
     rates = tuple(args.rates)
-    settings = {"normal": ("normal", dict(clip=None), []),
-                "clipping": (f"clipping (w_max={args.clip})", dict(clip=args.clip), []),
-                "randbet": (f"RandBET (p={100 * args.randbet_rate:g}%, w_max={args.clip})", dict(clip=args.clip),
-                            [RandomBitErrorTraining(args.randbet_rate, loss_fn=train_loss, seed=0)])}
-    rows = []
-    for key in args.settings:
-        name, qkw, extra = settings[key]
-        pl.seed_everything(0)
+
+    def train(callbacks):
+        from torch_geometric.loader import DataLoader
+
         module = NodeClassifier(gcn(data, args.hidden), lr=0.01, weight_decay=5e-4)
-        seconds = fit_lightning(module, data, [Quantization(8, symmetric=False, **qkw), *extra], args.epochs)
+        return module, timed_fit(module, args.epochs, callbacks, train_dataloaders=DataLoader([data], batch_size=1))
+
+    def measure(module):
         metric = BitErrorAccuracy(rates, patterns=args.patterns, seed=1, adapter=GraphAdapter(mask="test"))
         metric.update(module, data)
-        rows.append(bit_error_row(name, metric.compute(), seconds))
-        print(rows[-1], flush=True)
+        return metric.compute()
+
+    settings = bit_error_settings(args.settings, clip=args.clip, randbet_rate=args.randbet_rate, loss_fn=train_loss)
+    rows = bit_error_rows(settings, train, measure)
     print(f"\nGCN(hidden={args.hidden}, 2 layers, dropout 0.5) on Cora (public split, 1000 test nodes), 8-bit "
           f"asymmetric per-tensor QAT of the GCNConv (PyG Linear) weights, {args.epochs} full-batch epochs Adam "
           f"0.01 / wd 5e-4 (Lightning + Quantization callback), {args.patterns} bit-error patterns per rate\n")
-    print(markdown_table(["training", "clean %"] + [f"p={100 * p:g}% mean ± std (min)" for p in rates] +
-                         ["train s"], rows), flush=True)
+    print(bit_error_table(rates, rows), flush=True)
 
 
 BLOCK_SIZE = 50_000
@@ -105,6 +91,8 @@ def robust_accuracy(model, data, args) -> float:
 
 
 def part_pruning(args):
+    global BLOCK_SIZE
+    BLOCK_SIZE = args.block_size
     data = load_cora(args.data)
     pl.seed_everything(0)
     base = gcn(data, args.hidden)
@@ -116,25 +104,20 @@ def part_pruning(args):
     rows = [["dense (PRBCD-AT)", 0.0, 100 * node_accuracy(base, data), 100 * robust_accuracy(base, data, args), "-"]]
     print(rows[-1], f"AT {t.seconds:.0f}s", flush=True)
     # the dense model with the same fine-tuning as the pruned ones: the reference that isolates pruning
-    for sparsity, method in [(0.0, "dense + AT fine-tune")] + [(s, m) for s in args.sparsities
-                                                               for m in ("magnitude (layer)", "HYDRA (layer)")]:
-        model = copy.deepcopy(base)
-        with Timer() as t:
-            if method.startswith("magnitude"):
-                prune_magnitude(model, sparsity, scope="layer")
-            elif method.startswith("HYDRA"):
-                hydra_prune(model, [data], sparsity, attack=prbcd(args.eps, "train", args.at_attack_epochs, 2),
-                            epochs=args.score_steps, lr=0.1, scope="layer", loss_fn=train_loss)
-        if args.finetune_epochs:
-            # adversarial fine-tuning of the surviving weights; the parametrised masks keep the rest at zero
-            torch.manual_seed(0)
-            train_node_classifier(model, data, epochs=args.finetune_epochs, lr=0.01, weight_decay=5e-4,
-                                  attack=prbcd(args.eps, "train", args.at_attack_epochs, seed=3),
-                                  attack_every=args.attack_every)
-        model.eval()
-        rows.append([method, 100 * weight_sparsity(model), 100 * node_accuracy(model, data),
-                     100 * robust_accuracy(model, data, args), f"{t.seconds:.0f}"])
-        print(rows[-1], flush=True)
+    def finetune(model):
+        # adversarial fine-tuning of the surviving weights; the parametrised masks keep the rest at zero
+        torch.manual_seed(0)
+        train_node_classifier(model, data, epochs=args.finetune_epochs, lr=0.01, weight_decay=5e-4,
+                              attack=prbcd(args.eps, "train", args.at_attack_epochs, seed=3),
+                              attack_every=args.attack_every)
+
+    plan = [(0.0, "dense + AT fine-tune")] + [(s, m) for s in args.sparsities
+                                              for m in ("magnitude (layer)", "HYDRA (layer)")]
+    rows += pruning_rows(base, plan, scope="layer", hydra_data=[data],
+                         hydra_attack=lambda: prbcd(args.eps, "train", args.at_attack_epochs, 2),
+                         hydra_epochs=args.score_steps, hydra_loss=train_loss,
+                         finetune=finetune if args.finetune_epochs else None,
+                         accuracies=lambda model: (node_accuracy(model, data), robust_accuracy(model, data, args)))
     print(f"\nGCN(hidden={args.hidden}, 2 layers) on Cora (public split); PRBCD-AT: {args.clean_epochs} clean + "
           f"{args.epochs - args.clean_epochs} adversarial epochs, a fresh PRBCD graph (global {100 * args.eps:g}% "
           f"edge flips scored on the training nodes, {args.at_attack_epochs} attack epochs) every "
@@ -142,12 +125,11 @@ def part_pruning(args):
           f"after pruning {args.finetune_epochs} epochs of PRBCD-AT fine-tuning; robust accuracy: PRBCD "
           f"({args.attack_epochs} epochs, prob_margin loss, block {BLOCK_SIZE}) at a global {100 * args.eps:g}% edge "
           f"budget on the 1000 test nodes\n")
-    print(markdown_table(["method", "sparsity %", "clean %", "robust %", "prune s"], rows), flush=True)
+    print(pruning_table(rows), flush=True)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--part", choices=["biterrors", "pruning"], required=True)
     parser.add_argument("--data", default=str(SHARED_DATA / "planetoid"))
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=200)
@@ -160,13 +142,8 @@ def main():
     parser.add_argument("--score-steps", type=int, default=10)
     parser.add_argument("--finetune-epochs", type=int, default=30)
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.9, 0.95])
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--block-size", type=int, default=50_000, help="PRBCD block size (candidate edges)")
-    args = parser.parse_args()
-    global BLOCK_SIZE
-    BLOCK_SIZE = args.block_size
-    quiet_run(args.threads)
-    {"biterrors": part_biterrors, "pruning": part_pruning}[args.part](args)
+    run_part(parser, {"biterrors": part_biterrors, "pruning": part_pruning})
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ magnitude vs by HYDRA importance scores (Sehwag et al. 2020); clean and PGD robu
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 from pathlib import Path
 
@@ -25,11 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pytorch_lightning as pl  # noqa: E402
 
-from benchmarks.common import (Timer, accuracy, add_bit_error_args, bit_error_row, markdown_table,  # noqa: E402
-                               mnist_tensors, quiet_run)
+from benchmarks.common import (Timer, accuracy, add_bit_error_args, bit_error_rows, bit_error_settings,  # noqa: E402
+                               bit_error_table, markdown_table, mnist_tensors, pruning_rows, pruning_table,
+                               run_part, timed_fit)
 from mmrobust import PGD, LinfBall  # noqa: E402
-from mmrobust.callbacks import AdversarialTraining, Quantization, RandomBitErrorTraining  # noqa: E402
-from mmrobust.compression import bit_errors, hydra_prune, model_size_bytes, prune_magnitude, weight_sparsity  # noqa: E402
+from mmrobust.callbacks import AdversarialTraining  # noqa: E402
+from mmrobust.compression import bit_errors, model_size_bytes  # noqa: E402
 from mmrobust.image import SmallCNN  # noqa: E402
 from mmrobust.metrics import BitErrorAccuracy  # noqa: E402
 
@@ -50,14 +50,6 @@ class Lit(pl.LightningModule):
         return torch.optim.Adam(self.parameters(), self.lr)
 
 
-def fit(lit, loader, callbacks, epochs):
-    trainer = pl.Trainer(max_epochs=epochs, callbacks=callbacks, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
-    with Timer() as t:
-        trainer.fit(lit, loader)
-    return t.seconds
-
-
 def robust_accuracy(model, x, y, eps, steps=10, batch_size=250):
     attack = PGD(LinfBall(eps, lower=0, upper=1), steps=steps, seed=0)
     robust = 0
@@ -71,26 +63,24 @@ def part_biterrors(args):
     xt, yt = mnist_tensors(False, args.test)
     loader = DataLoader(TensorDataset(x, y), batch_size=128, shuffle=True)
     rates = tuple(args.rates)
-    rows, sizes = [], []
-    settings = [("normal", dict(clip=None), []),
-                ("clipping (w_max=0.1)", dict(clip=0.1), []),
-                ("RandBET (p=1%, w_max=0.1)", dict(clip=0.1), [RandomBitErrorTraining(0.01, seed=0)])]
-    settings = [s for s, key in zip(settings, ("normal", "clipping", "randbet")) if key in args.settings]
-    for name, qkw, extra in settings:
-        pl.seed_everything(0)
+    sizes = []
+
+    def train(callbacks):
         lit = Lit(SmallCNN())
-        seconds = fit(lit, loader, [Quantization(8, symmetric=False, **qkw), *extra], args.epochs)
+        return lit, timed_fit(lit, args.epochs, callbacks, train_dataloaders=loader)
+
+    def measure(lit):
         metric = BitErrorAccuracy(rates, patterns=args.patterns, seed=1)
         for i in range(0, len(yt), 500):
             metric.update(lit, [xt[i:i + 500], yt[i:i + 500]])
-        rows.append(bit_error_row(name, metric.compute(), seconds))
         sizes.append(model_size_bytes(lit))
-        print(name, rows[-1], flush=True)
+        return metric.compute()
+
+    rows = bit_error_rows(bit_error_settings(args.settings, clip=0.1, randbet_rate=0.01), train, measure)
     print(f"\nSmallCNN, 8-bit asymmetric per-tensor QAT, {args.train} train / {args.test} test images, "
           f"{args.epochs} epochs Adam 1e-3, {args.patterns} bit-error patterns per rate; quantised size "
           f"{sizes[-1] / 1e6:.2f} MB (float32: {sum(p.numel() for p in SmallCNN().parameters()) * 4 / 1e6:.2f} MB)\n")
-    print(markdown_table(["training", "clean %"] + [f"p={100 * p:g}% mean ± std (min)" for p in rates] +
-                         ["train s"], rows), flush=True)
+    print(bit_error_table(rates, rows), flush=True)
 
     # cost of injection: one QAT step with vs without a fresh bit-error pattern
     model = SmallCNN()
@@ -128,41 +118,34 @@ def part_pruning(args):
     pl.seed_everything(0)
     lit = Lit(SmallCNN(width=0.5, hidden=256))
     at = AdversarialTraining(PGD(LinfBall(eps, lower=0, upper=1), steps=args.at_steps, seed=0))
-    seconds = fit(lit, loader, [at], args.epochs)
+    seconds = timed_fit(lit, args.epochs, [at], train_dataloaders=loader)
     base = lit.model.eval()
     rows = [["dense (PGD-AT)", 0.0, 100 * accuracy(base, xt, yt), 100 * robust_accuracy(base, xt, yt, eps), "-"]]
     print(rows[-1], f"AT {seconds:.0f}s", flush=True)
     score_loader = DataLoader(TensorDataset(x[:args.score_train], y[:args.score_train]), batch_size=128,
                               shuffle=True, generator=torch.Generator().manual_seed(0))
     score_attack = PGD(LinfBall(eps, lower=0, upper=1), steps=args.at_steps, seed=1)
-    for sparsity in (0.5, 0.9, 0.95):
-        for method in ("magnitude (layer)", "HYDRA (layer)"):
-            model = copy.deepcopy(base)
-            with Timer() as t:
-                if method.startswith("magnitude"):
-                    prune_magnitude(model, sparsity, scope="layer")
-                else:
-                    hydra_prune(model, score_loader, sparsity, attack=score_attack, epochs=1, lr=0.1, scope="layer")
-            if args.finetune_epochs:
-                # adversarial fine-tuning of the surviving weights; the parametrised masks keep the rest at zero
-                pl.seed_everything(0)
-                fit(Lit(model, lr=5e-4), score_loader,
-                    [AdversarialTraining(PGD(LinfBall(eps, lower=0, upper=1), steps=args.at_steps, seed=2))],
-                    args.finetune_epochs)
-            model.eval()
-            rows.append([method, 100 * weight_sparsity(model), 100 * accuracy(model, xt, yt),
-                         100 * robust_accuracy(model, xt, yt, eps), f"{t.seconds:.0f}"])
-            print(rows[-1], flush=True)
+
+    def finetune(model):
+        # adversarial fine-tuning of the surviving weights; the parametrised masks keep the rest at zero
+        pl.seed_everything(0)
+        timed_fit(Lit(model, lr=5e-4), args.finetune_epochs,
+                  [AdversarialTraining(PGD(LinfBall(eps, lower=0, upper=1), steps=args.at_steps, seed=2))],
+                  train_dataloaders=score_loader)
+
+    plan = [(s, m) for s in (0.5, 0.9, 0.95) for m in ("magnitude (layer)", "HYDRA (layer)")]
+    rows += pruning_rows(base, plan, scope="layer", hydra_data=score_loader, hydra_attack=lambda: score_attack,
+                         hydra_epochs=1, finetune=finetune if args.finetune_epochs else None,
+                         accuracies=lambda model: (accuracy(model, xt, yt), robust_accuracy(model, xt, yt, eps)))
     print(f"\nSmallCNN(width=0.5, hidden=256), PGD-AT eps={eps} ({args.at_steps} steps) for {args.epochs} epochs on "
           f"{args.train} images; after pruning {args.finetune_epochs} epoch(s) of PGD-AT fine-tuning on "
           f"{args.score_train} images; HYDRA scores: 1 epoch on {args.score_train} images "
           f"with PGD-{args.at_steps}; robust accuracy: PGD-10 eps={eps} on {args.test} test images\n")
-    print(markdown_table(["method", "sparsity %", "clean %", "robust %", "prune s"], rows), flush=True)
+    print(pruning_table(rows), flush=True)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--part", choices=["biterrors", "pruning"], required=True)
     parser.add_argument("--train", type=int, default=8000)
     parser.add_argument("--test", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=2)
@@ -172,10 +155,7 @@ def main():
     parser.add_argument("--at-steps", type=int, default=5)
     parser.add_argument("--score-train", type=int, default=4000)
     parser.add_argument("--finetune-epochs", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    quiet_run(args.threads)
-    {"biterrors": part_biterrors, "pruning": part_pruning}[args.part](args)
+    run_part(parser, {"biterrors": part_biterrors, "pruning": part_pruning})
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pytorch_lightning as pl  # noqa: E402
 
-from benchmarks.common import markdown_table  # noqa: E402
+from benchmarks.common import markdown_table, timed_fit, train_classifier  # noqa: E402
 from mmrobust.attacks import PGD  # noqa: E402
 from mmrobust.callbacks import AdversarialTraining, AdversarialWeightPerturbation, GaussianNoiseTraining  # noqa: E402
 from mmrobust.certify import SmoothedClassifier  # noqa: E402
@@ -55,16 +55,7 @@ def make_cnn() -> nn.Module:  # the tests' digits_cnn architecture
 def digits_cnn(x, y):
     """Trained exactly as the ``digits_cnn`` test fixture."""
     torch.manual_seed(0)
-    model = make_cnn()
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
-    for _ in range(15):
-        perm = torch.randperm(len(y))
-        for i in range(0, len(y), 64):
-            idx = perm[i:i + 64]
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    return model.eval()
+    return train_classifier(make_cnn(), x, y, epochs=15, lr=3e-3, batch_size=64, seed=None)
 
 
 class Module(pl.LightningModule):
@@ -86,10 +77,8 @@ def lightning_fit(x, y, callbacks, epochs):
     pl.seed_everything(0, verbose=False)
     module = Module()
     loader = DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True)
-    start = time.perf_counter()
-    pl.Trainer(max_epochs=epochs, callbacks=callbacks, logger=False, enable_checkpointing=False,
-               enable_progress_bar=False, enable_model_summary=False, accelerator="cpu").fit(module, loader)
-    return module.net.eval(), (time.perf_counter() - start) / epochs
+    seconds = timed_fit(module, epochs, callbacks, train_dataloaders=loader)
+    return module.net.eval(), seconds / epochs
 
 
 def flatness(model, x, y, attack=None, batch=128):
