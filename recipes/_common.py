@@ -32,12 +32,24 @@ def add_run_options(parser: argparse.ArgumentParser, *, out: str, quick_help: st
     parser.add_argument("--quick", action="store_true", help=quick_help)
 
 
+#: the smallest value of the recipes' count options (``None``: not given); -1 epochs would be an endless Lightning
+#: run, 0 evaluation batches a division by zero after training
+COUNT_MINIMUMS = {"epochs": 1, "adv_epochs": 0, "steps": 1, "train_steps": 1, "eval_batches": 1, "batch_size": 1,
+                  "width": 1, "subset": 1, "threads": 1}
+
+
 def parse_with_quick_presets(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]],
                              **presets: Any) -> argparse.Namespace:
-    """Parse ``argv``; with ``--quick``, ``presets`` become the defaults, so flags given explicitly still win."""
+    """Parse ``argv``; with ``--quick``, ``presets`` become the defaults, so flags given explicitly still win.
+    Count options below their :data:`COUNT_MINIMUMS` are refused here, naming the flag, before any work."""
     if parser.parse_args(argv).quick:
         parser.set_defaults(**presets)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for name, low in COUNT_MINIMUMS.items():
+        value = getattr(args, name, None)
+        if value is not None and value < low:
+            parser.error(f"--{name.replace('_', '-')} must be an integer >= {low}, got {value}")
+    return args
 
 
 def use_threads(args: argparse.Namespace) -> None:

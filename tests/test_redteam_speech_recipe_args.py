@@ -8,16 +8,21 @@ from pathlib import Path
 
 import pytest
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "speech" / "keywords.py"
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 
-@pytest.fixture(scope="module")
-def recipe():
-    spec = importlib.util.spec_from_file_location("recipe_speech_keywords_redteam", RECIPE)
+def load(relative: str):
+    spec = importlib.util.spec_from_file_location("recipe_redteam_" + relative.replace("/", "_")[:-3],
+                                                  RECIPES / relative)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    return load("speech/keywords.py")
 
 
 @pytest.mark.parametrize("flags, named", [
@@ -39,3 +44,13 @@ def test_bad_flags_are_refused_before_any_work(recipe, capsys, flags, named):
 def test_good_flags_still_parse(recipe):
     args = recipe.parse_args(["--root", "/nowhere", "--quick", "--adv-epochs", "1", "--eval-batches", "2"])
     assert args.epochs == 1 and args.adv_epochs == 1 and args.eval_batches == 2 and args.snrs == [30]
+
+
+@pytest.mark.parametrize("relative, root", [("speech/run.py", []), ("graph/run.py", [])])
+def test_the_other_recipes_refuse_endless_epochs_too(capsys, relative, root):
+    if relative.startswith("graph"):
+        pytest.importorskip("torch_geometric")
+    module = load(relative)
+    with pytest.raises(SystemExit):
+        module.parse_args([*root, "--epochs", "-1"])    # Lightning's max_epochs=-1 trains forever
+    assert "--epochs must be an integer >= 1, got -1" in capsys.readouterr().err

@@ -61,15 +61,7 @@ def parse_args(argv=None):
     p.add_argument("--sample-rate", type=int, default=16000)
     add_run_options(p, out="recipes/speech/output_keywords",
                     quick_help="1 epoch, one evaluation batch, 30 dB only (smoke test); flags given still win")
-    args = parse_with_quick_presets(p, argv, epochs=1, eval_batches=1, snrs=[30])
-    # refused here, not after the training run they would end (or, for -1 epochs, never end: Lightning trains
-    # forever with max_epochs=-1)
-    for flag, value, low in (("--epochs", args.epochs, 1), ("--adv-epochs", args.adv_epochs, 0),
-                             ("--steps", args.steps, 1), ("--train-steps", args.train_steps, 1),
-                             ("--eval-batches", args.eval_batches, 1), ("--width", args.width, 1),
-                             ("--batch-size", args.batch_size, 1), ("--subset", args.subset, 1)):
-        if value is not None and value < low:
-            p.error(f"{flag} must be an integer >= {low}, got {value}")
+    args = parse_with_quick_presets(p, argv, epochs=1, eval_batches=1, snrs=[30])  # refuses bad counts
     if not args.snrs:
         p.error("--snrs must name at least one evaluation budget in dB SNR (e.g. --snrs 40 30 20)")
     if not args.lr > 0:
