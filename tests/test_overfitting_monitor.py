@@ -6,6 +6,7 @@ import json
 import math
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import pytorch_lightning as pl
@@ -192,3 +193,36 @@ def test_the_monitor_follows_the_warmup_and_refuses_the_wrong_order(digits):
         fit([CatastrophicOverfittingMonitor(threat)], digits, max_epochs=-1, max_steps=-1, limit_train_batches=2)
     with pytest.raises(ValueError, match="patience must lie in"):
         CatastrophicOverfittingMonitor(threat, patience=2)
+
+
+def test_restore_keeps_the_weights_of_before_the_drop(monkeypatch):
+    """on_overfit="restore" with the drop path: the probes (PGD / FGSM accuracy, faked) climb to 0.8 and fall
+    to 0.3 with FGSM at 0.85; the run is flagged once the drop has held 100 steps, and the healthy copy is
+    that of the last probe before the drop (every drop reading counts as suspect), not a later one."""
+    import mmrobust.callbacks.overfitting_monitor as mod
+    accs = {}
+
+    class Fake:
+        def __init__(self, probe):
+            self.probe = probe
+
+        def for_stage(self, batch, stage):
+            n = len(batch[1])
+            acc = accs["pgd" if self.probe is monitor.probe else "fgsm"]
+            return lambda module, b: SimpleNamespace(adv_correct=torch.arange(n) < round(acc * n))
+
+    monkeypatch.setattr(mod, "attack_at_budget", lambda probe, factor, adapter: Fake(probe))
+    monitor = CatastrophicOverfittingMonitor(LinfBall(0.1, lower=0, upper=1), probe_window=1, on_overfit="restore")
+    monitor.rule.patience_steps, monitor.rule.drop_patience_steps = 10_000, 100
+    module = Plain()
+    batch = (torch.rand(20, 64), torch.randint(0, 10, (20,)))
+    weights = {}
+    with pytest.warns(UserWarning, match="dropped more than 0.2 below its best 0.800"):
+        for step, pgd in zip(range(0, 500, 50), [0.1, 0.4, 0.8, 0.8, 0.3, 0.35, 0.3, 0.3, 0.3, 0.3]):
+            accs.update(pgd=pgd, fgsm=0.85)
+            with torch.no_grad():
+                module.net[1].bias.fill_(step)  # marks the weights of each step
+            weights[step] = module.state_dict()["net.1.bias"].clone()
+            monitor.run_probe(module, batch, step=step)
+    assert monitor.overfitting_detected and monitor.healthy_step == 150
+    torch.testing.assert_close(monitor.healthy_state["net.1.bias"], weights[150])
