@@ -37,6 +37,39 @@ def make_generator(seed: Optional[int], device: torch.device | str = "cpu") -> O
     return g
 
 
+class SeededStream:
+    """One random stream per object, the semantics every seeded attack follows: the generator is created
+    from ``self.seed`` on first use and *continued* by later calls; :meth:`restart_stream` restarts it at
+    ``seed`` in place (copies that share the generator restart too). ``seed=None`` means the global RNG.
+
+    The generator always lives on the CPU (random tensors are drawn there and moved to the input's device
+    by :func:`rand`), so the same seed gives the same draws on CPU and CUDA and a checkpointed state
+    resumes exactly on either. Users of the mixin set ``self.seed`` and ``self._generator = None``.
+    """
+
+    seed: Optional[int]
+    _generator: Optional[torch.Generator]
+
+    def generator(self) -> Optional[torch.Generator]:
+        """The object's generator (created on first use from ``seed``), kept across calls; ``None`` without
+        a seed."""
+        if self.seed is None:
+            return None
+        if self._generator is None:
+            self._generator = make_generator(self.seed, "cpu")
+        return self._generator
+
+    def restart_stream(self) -> None:
+        """Restart the stream at ``seed``, in place; nothing without a seed."""
+        if self.seed is None:
+            return
+        fresh = make_generator(self.seed, "cpu")
+        if self._generator is None:
+            self._generator = fresh
+        else:  # in place: copies sharing this generator (with_adapter) restart too
+            self._generator.set_state(fresh.get_state())
+
+
 @contextlib.contextmanager
 def kept_buffers(module: torch.nn.Module) -> Iterator[None]:
     """Run the body and put every buffer of ``module`` back as it was (in place, also on error).

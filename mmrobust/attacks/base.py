@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from ..adapters.base import BatchAdapter, BatchView, infer_adapter
 from ..threats.base import ThreatModel
-from ..utils import make_generator, normal_tensor
+from ..utils import SeededStream, make_generator, normal_tensor
 from .attack_objective import AttackObjective
 from .labels import check_labels, label_checked
 from .losses import get_loss
@@ -33,7 +33,7 @@ from .result import AttackResult, mark_not_found
 Threat = Union[ThreatModel, Mapping[str, ThreatModel]]
 
 
-class Attack(ABC):
+class Attack(SeededStream, ABC):
     """Base class: an algorithm over a threat model.
 
     Args:
@@ -92,30 +92,12 @@ class Attack(ABC):
         self._generator: Optional[torch.Generator] = None
 
     # -- randomness -------------------------------------------------------------------------------
-    def generator(self) -> Optional[torch.Generator]:
-        """The attack's generator (created on first use from ``seed``), kept across calls.
-
-        It always lives on the CPU (random tensors are drawn there and moved to the input's device by
-        :func:`mmrobust.utils.rand`), so the same seed gives the same perturbations on CPU and CUDA and a
-        checkpointed state resumes exactly on either.
-        """
-        if self.seed is None:
-            return None
-        if self._generator is None:
-            self._generator = make_generator(self.seed, "cpu")
-        return self._generator
-
     def reseed(self) -> "Attack":
         """Restart the random stream at ``seed``, in place, and those of the attacks this one holds (an
         Ensemble's members, an EOT's inner attack): the next call draws the random starts the first call
         drew. Evaluation callbacks call it before every evaluation run, so the same weights give the same
         robust accuracy whenever they are evaluated. Without a ``seed`` (global RNG) it does nothing."""
-        if self.seed is not None:
-            fresh = make_generator(self.seed, "cpu")
-            if self._generator is None:
-                self._generator = fresh
-            else:  # in place: copies sharing this generator (with_adapter) restart too
-                self._generator.set_state(fresh.get_state())
+        self.restart_stream()
         for value in vars(self).values():
             held = value.values() if isinstance(value, Mapping) else value if isinstance(value, (list, tuple)) \
                 else (value,)

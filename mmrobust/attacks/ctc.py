@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from ..adapters.audio import check_waveform, length_mask
 from ..errors import NonFiniteError, check_choice, check_fraction, check_int, check_positive
-from ..utils import make_generator
+from ..utils import SeededStream
 from ..threats.base import ThreatModel
 from .base import attack_mode, normal_tensor
 
@@ -88,7 +88,7 @@ class CTCAttackResult:
     extras: Dict[str, Any] = field(default_factory=dict)
 
 
-class CTCTargetedAttack:
+class CTCTargetedAttack(SeededStream):
     """Targeted audio adversarial examples against a CTC recogniser (Carlini & Wagner 2018, "Audio
     Adversarial Examples: Targeted Attacks on Speech-to-Text", https://arxiv.org/abs/1801.01944, Sec. 4):
 
@@ -176,18 +176,9 @@ class CTCTargetedAttack:
                 raise ValueError("transforms (EOT) cannot be combined with masking or shrink")
             self.transform = _compose(transforms)
 
-    def generator(self) -> Optional[torch.Generator]:
-        """The transforms' generator, as :meth:`mmrobust.attacks.Attack.generator`: created from ``seed`` on
-        first use and kept across calls; ``None`` (the global generator) without a seed."""
-        if self.seed is None:
-            return None
-        if self._generator is None:
-            self._generator = make_generator(self.seed, "cpu")
-        return self._generator
-
     def reseed(self) -> "CTCTargetedAttack":
-        """Restart the random stream at ``seed`` (:meth:`mmrobust.attacks.Attack.reseed`)."""
-        self._generator = None
+        """Restart the transforms' random stream at ``seed`` (:meth:`mmrobust.attacks.Attack.reseed`)."""
+        self.restart_stream()
         return self
 
     def describe(self) -> str:
