@@ -21,7 +21,7 @@ sys.path.append(str(Path(__file__).resolve().parents[2]))  # the checkout: recip
 from mmrobust.adapters import GraphAdapter
 from mmrobust.attacks import PRBCD
 from mmrobust.callbacks.adversarial import AdversarialTraining
-from mmrobust.graph import (GCN, NodeClassifier, inductive_split, karate_club, load_planetoid, pseudo_label,
+from mmrobust.graph import (GCN, NodeClassifier, karate_club, load_planetoid, pseudo_label,
                             robust_accuracy_curve)
 from mmrobust.graph.data import _SingleGraphModule
 from mmrobust.threats import EdgeFlips
