@@ -35,7 +35,7 @@ def add_run_options(parser: argparse.ArgumentParser, *, out: str, quick_help: st
 #: the smallest value of the recipes' count options (``None``: not given); -1 epochs would be an endless Lightning
 #: run, 0 evaluation batches a division by zero after training
 COUNT_MINIMUMS = {"epochs": 1, "adv_epochs": 0, "steps": 1, "train_steps": 1, "eval_batches": 1, "batch_size": 1,
-                  "width": 1, "subset": 1, "threads": 1}
+                  "width": 1, "subset": 1, "limit_train": 1, "threads": 1}
 
 
 def parse_with_quick_presets(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]],

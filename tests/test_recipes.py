@@ -122,6 +122,49 @@ def _load_recipe(name: str):
     return module
 
 
+@pytest.mark.parametrize("flags, named", [
+    (["--epochs", "-1"], "--epochs must be an integer >= 1, got -1"),  # Lightning's max_epochs=-1: endless
+    (["--epochs", "0"], "--epochs must be an integer >= 1, got 0"),
+    (["--train-steps", "0"], "--train-steps must be an integer >= 1"),
+    (["--steps", "0"], "--steps must be an integer >= 1"),
+    (["--eval-batches", "0"], "--eval-batches must be an integer >= 1"),
+    (["--limit-train", "0"], "--limit-train must be an integer >= 1"),
+    (["--quick", "--epochs", "-1"], "--epochs must be an integer >= 1, got -1"),
+])
+def test_multimodal_recipe_refuses_bad_counts_at_parse_time(capsys, flags, named):
+    with pytest.raises(SystemExit):
+        _load_recipe("multimodal").parse_args(flags)
+    assert named in capsys.readouterr().err
+
+
+def test_multimodal_recipe_quick_presets_are_defaults_that_flags_override():
+    parse = _load_recipe("multimodal").parse_args
+    quick = parse(["--quick"])
+    assert (quick.epochs, quick.train_steps, quick.steps, quick.limit_train, quick.eval_batches) == (3, 2, 5, 600, 2)
+    given = parse(["--quick", "--epochs", "7", "--train-steps", "4", "--steps", "9", "--limit-train", "50",
+                   "--eval-batches", "1"])
+    assert (given.epochs, given.train_steps, given.steps, given.limit_train, given.eval_batches) == (7, 4, 9, 50, 1)
+    full = parse([])
+    assert (full.epochs, full.train_steps, full.steps, full.limit_train, full.eval_batches) == (6, 5, 20, None, None)
+    assert (full.eps, parse(["--mnist", "somewhere"]).eps, parse(["--eps", "0.3"]).eps) == (0.1, 0.2, 0.3)
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--threads", "-1"], "--threads must be an integer >= 1"),  # torch.set_num_threads(-1) failed at the start
+    (["--threads", "0"], "--threads must be an integer >= 1"),   # silently ignored before
+    (["--sparsity", "1.5"], "--sparsity must lie in [0, 1]"),     # refused by Pruning only after the first model
+])
+def test_three_modalities_recipe_refuses_bad_flags_at_parse_time(capsys, flags, named):
+    with pytest.raises(SystemExit):
+        _load_recipe("three_modalities").parse_args(flags)
+    assert named in capsys.readouterr().err
+
+
+def test_three_modalities_recipe_parses_its_defaults():
+    args = _load_recipe("three_modalities").parse_args(["--quick", "--modalities", "graph", "--threads", "1"])
+    assert (args.quick, args.modalities, args.sparsity, args.threads) == (True, ["graph"], 0.5, 1)
+
+
 @pytest.mark.slow
 def test_multimodal_recipe_quick(tmp_path):
     rows = _load_recipe("multimodal").main(["--quick", "--out", str(tmp_path)])

@@ -31,7 +31,8 @@ from mmrobust.multimodal import PairedDigitsDataModule, paired_digits_model
 from mmrobust.reporting import Report
 from mmrobust.threats import Joint, LinfBall, SNRBall
 from mmrobust.training import RobustClassifier
-from recipes._common import add_run_options, pyplot, quiet_trainer, recipe_parser, use_threads, write_report
+from recipes._common import (add_run_options, parse_with_quick_presets, pyplot, quiet_trainer, recipe_parser,
+                             use_threads, write_report)
 
 ATTACKS = ("image only", "audio only", "joint")
 
@@ -48,12 +49,11 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=20, help="PGD steps in evaluation")
     p.add_argument("--limit-train", type=int, default=None, help="training pairs to keep")
     p.add_argument("--eval-batches", type=int, default=None)
-    add_run_options(p, out="runs/multimodal", quick_help="600 training pairs, 3 epochs, 2 test batches (smoke test)")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.epochs, args.train_steps, args.steps = 3, 2, 5
-        args.limit_train = args.limit_train or 600
-        args.eval_batches = args.eval_batches or 2
+    add_run_options(p, out="runs/multimodal",
+                    quick_help="600 training pairs, 3 epochs, PGD-2 training, PGD-5 evaluation, 2 test batches "
+                               "(smoke test); flags given still win")
+    args = parse_with_quick_presets(p, argv, epochs=3, train_steps=2, steps=5, limit_train=600,
+                                    eval_batches=2)  # refuses bad counts, naming the flag
     if args.eps is None:
         args.eps = 0.2 if args.mnist else 0.1
     return args

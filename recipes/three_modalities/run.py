@@ -39,7 +39,8 @@ from mmrobust.image import DigitsDataModule, SmallCNN
 from mmrobust.reporting import Report
 from mmrobust.threats import EdgeFlips, LinfBall, SNRBall
 from mmrobust.training import RobustClassifier
-from recipes._common import add_run_options, quiet_trainer, recipe_parser, use_threads, write_report
+from recipes._common import (add_run_options, parse_with_quick_presets, quiet_trainer, recipe_parser, use_threads,
+                             write_report)
 
 
 @dataclass
@@ -113,12 +114,19 @@ def run_task(task: Task, variant: str, args) -> Dict:
             "attack": task.attack_text, "sparsity": weight_sparsity(module.model), "train s": seconds}
 
 
-def main(argv=None):
+def parse_args(argv=None):
     p = recipe_parser(__doc__)
     p.add_argument("--modalities", nargs="+", choices=["image", "speech", "graph"], default=["image", "speech", "graph"])
     p.add_argument("--sparsity", type=float, default=0.5, help="final weight sparsity of the pruned models")
     add_run_options(p, out="runs/three_modalities", quick_help="fewer epochs and examples (smoke test)")
-    args = p.parse_args(argv)
+    args = parse_with_quick_presets(p, argv)  # refuses --threads < 1, naming the flag
+    if not 0 <= args.sparsity <= 1:  # Pruning would refuse it only after the first modality's normal model
+        p.error(f"--sparsity must lie in [0, 1], got {args.sparsity}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     use_threads(args)
     start = time.perf_counter()
     rows = []
