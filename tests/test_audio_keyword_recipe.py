@@ -64,3 +64,22 @@ def test_recipe_on_a_subset_with_adversarial_training(tmp_path, recipe):
     assert set(res["rows"]) == {"normal", "PGD-AT 30 dB"}
     for row in res["rows"].values():
         assert 0 <= row["PGD SNR 30 dB"] <= row["clean"] <= 1
+
+
+def test_a_missing_release_tells_the_recipe_user_what_to_pass_and_where_to_get_it(tmp_path, recipe):
+    with pytest.raises(SystemExit) as refused:  # before any training; nothing is downloaded
+        recipe.main(["--root", str(tmp_path), "--quick", "--out", str(tmp_path / "out")])
+    message = str(refused.value.code)
+    assert message.startswith("keywords.py: error: --root") and str(tmp_path) in message
+    assert "testing_list.txt" in message and "speech_commands_v0.02" in message  # the layout --root must have
+    assert "http://download.tensorflow.org/data/speech_commands_v0.02.tar.gz" in message  # where to get it
+    assert "tar -xzf" in message and "downloads nothing" in message
+    assert "SpeechCommandsDataModule(" in message and "download=True" in message  # only for direct library use
+    assert "pass root=" not in message  # the library's wording is not this entry point's
+
+
+def test_a_release_of_the_other_version_names_the_flag(tmp_path, recipe):
+    make_release(tmp_path / "speech_commands_v0.01", KEYWORDS, clips_per_word=2)
+    with pytest.raises(SystemExit) as refused:
+        recipe.main(["--root", str(tmp_path), "--quick", "--out", str(tmp_path / "out")])
+    assert "holds speech_commands_v0.01: pass --version v0.01" in str(refused.value.code)

@@ -80,6 +80,10 @@ def test_wrong_version_and_task_errors(tmp_path):
     make_release(tmp_path / "SpeechCommands" / "speech_commands_v0.01", KEYWORDS, clips_per_word=2)
     with pytest.raises(FileNotFoundError, match="speech_commands_v0.01: pass version='v0.01'"):
         SpeechCommandsDataModule(tmp_path, version="v0.02").setup()
+    with pytest.raises(FileNotFoundError) as missing:
+        SpeechCommandsDataModule(tmp_path / "empty").setup()
+    assert "http://download.tensorflow.org/data/speech_commands_v0.02.tar.gz" in str(missing.value)  # where to get it
+    assert "pass root=" in str(missing.value) and "download=True" in str(missing.value)
     with pytest.raises(ValueError, match="task='35' needs version='v0.02'.*task='30'"):
         SpeechCommandsDataModule(tmp_path, version="v0.01", task="35")
     with pytest.raises(ValueError, match="version"):

@@ -36,6 +36,19 @@ WORDS_V002 = WORDS_V001 + ("backward", "forward", "follow", "learn", "visual")
 UNKNOWN, SILENCE = "_unknown_", "_silence_"
 BACKGROUND = "_background_noise_"
 TASKS = ("10", "12", "30", "35", "all")
+#: where a release is published (the archive torchaudio's ``SPEECHCOMMANDS`` fetches; it unpacks without a top folder)
+RELEASE_URL = "http://download.tensorflow.org/data/speech_commands_{version}.tar.gz"
+
+
+class ReleaseNotFound(FileNotFoundError):
+    """No Speech Commands release under ``root``: :attr:`version` was looked for in :attr:`candidates`
+    (the accepted layouts); :attr:`other_version` is the other release when ``root`` holds that one instead,
+    :attr:`url` where the release is published. Entry points (recipes) word their own advice from these."""
+
+    def __init__(self, message: str, *, version: str, candidates: Sequence[Path], other_version: Optional[str]):
+        super().__init__(message)
+        self.version, self.candidates, self.other_version = version, list(candidates), other_version
+        self.url = RELEASE_URL.format(version=version)
 
 
 class Clip(NamedTuple):
@@ -138,14 +151,18 @@ class SpeechCommandsDataModule(_SpeechDataModule):
         for c in candidates:
             if (c / "testing_list.txt").is_file() or (c / "validation_list.txt").is_file():
                 return c
-        other = VERSIONS[1 - VERSIONS.index(self.version)]
+        other: Optional[str] = VERSIONS[1 - VERSIONS.index(self.version)]
         hint = ""
         if (self.root / "SpeechCommands" / f"speech_commands_{other}").is_dir() or (
                 self.root / f"speech_commands_{other}").is_dir():
             hint = f"; {str(self.root)!r} holds speech_commands_{other}: pass version={other!r}"
-        raise FileNotFoundError(f"no Speech Commands {self.version} release (a folder with testing_list.txt) at "
-                                f"any of {[str(c) for c in candidates]}{hint}; pass root=<release folder> or "
-                                f"download=True")
+        else:
+            other = None
+        raise ReleaseNotFound(
+            f"no Speech Commands {self.version} release (a folder with testing_list.txt) at any of "
+            f"{[str(c) for c in candidates]}{hint}; pass root=<the release folder, e.g. "
+            f"{RELEASE_URL.format(version=self.version)} unpacked> or download=True (torchaudio fetches it; online only)",
+            version=self.version, candidates=candidates, other_version=other)
 
     def prepare_data(self):
         if not self.download:

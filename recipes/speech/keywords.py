@@ -30,7 +30,7 @@ import torch
 from mmrobust.adapters import WaveformAdapter
 from mmrobust.attacks import PGD
 from mmrobust.audio import KeywordCNN, SpeechAugmentation, SpeechCommandsDataModule
-from mmrobust.audio.speech_commands import TASKS, VERSIONS
+from mmrobust.audio.speech_commands import TASKS, VERSIONS, ReleaseNotFound
 from mmrobust.evaluation import evaluate
 from mmrobust.threats import SNRBall
 from mmrobust.training import RobustClassifier
@@ -69,6 +69,22 @@ def parse_args(argv=None):
     return args
 
 
+def missing_release(root, missing: ReleaseNotFound) -> str:
+    """What a user of this recipe can do when ``--root`` holds no release (the library's message speaks of
+    its own arguments, ``root=`` and ``download=True``, which this recipe does not take)."""
+    v = missing.version
+    if missing.other_version:
+        return (f"keywords.py: error: --root {root} holds speech_commands_{missing.other_version}: "
+                f"pass --version {missing.other_version}")
+    return (f"keywords.py: error: --root {root}: no Speech Commands {v} release (a folder with testing_list.txt) "
+            f"at any of {[str(c) for c in missing.candidates]}. --root must be the release folder (yes/, no/, ..., "
+            f"testing_list.txt, validation_list.txt) or a folder holding speech_commands_{v}/ or "
+            f"SpeechCommands/speech_commands_{v}/. This recipe downloads nothing: get {missing.url}, unpack it "
+            f"with `mkdir -p DIR/speech_commands_{v} && tar -xzf speech_commands_{v}.tar.gz -C "
+            f"DIR/speech_commands_{v}` and pass --root DIR (online, SpeechCommandsDataModule(root=DIR, "
+            f"version={v!r}, download=True) from Python lets torchaudio fetch it instead).")
+
+
 def make_data(args) -> SpeechCommandsDataModule:
     dm = SpeechCommandsDataModule(
         root=args.root, version=args.version, task=args.task, unknown_fraction=args.unknown_fraction,
@@ -77,7 +93,10 @@ def make_data(args) -> SpeechCommandsDataModule:
         augment=SpeechAugmentation(sample_rate=args.sample_rate))
     with warnings.catch_warnings(record=True) as caught:  # the partial-copy warning goes into the report
         warnings.simplefilter("always")
-        dm.setup("fit")
+        try:
+            dm.setup("fit")
+        except ReleaseNotFound as missing:
+            raise SystemExit(missing_release(args.root, missing)) from None
     for w in caught:
         print(f"warning: {w.message}")
     return dm
