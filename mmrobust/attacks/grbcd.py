@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from ..errors import NonFiniteError, check_int
 from ..threats.graph import EdgeFlips
-from .edge_candidates import EdgeBlock, EdgeLookup, limit_node_flips, rank_within_unit
+from .edge_candidates import CandidatePairs, EdgeBlock, EdgeLookup, greedy_flips, rank_within_unit
 from .graph_attack import GraphAttack
 
 
@@ -22,6 +24,10 @@ class GRBCD(GraphAttack):
               \\mathcal{L}(f(X, A_{t-1} \\oplus p))|_{p=0},\\quad A_t = A_{t-1} \\oplus \\mathcal{F}_t
 
     Pairs flipped once are never flipped back.  Default loss: masked cross-entropy (the paper's choice).
+    With ``max_flips_per_node`` each step walks the block in gradient order and takes the best pairs whose two
+    nodes are still below the limit; a step's flips that no admissible pair could take carry over to the next
+    steps.  If the budget still is not spent (no admissible pair left in the sampled blocks), the result says
+    why in ``result.extras["edges/unspent"]`` and a warning is issued.
 
     Example:
         >>> from mmrobust.attacks import GRBCD
@@ -52,10 +58,12 @@ class GRBCD(GraphAttack):
         per_step = budget[None, :] // steps + (t[:, None] < budget[None, :] % steps).long()
         ei, ew = graph.edge_index, problem.base_weight
         flipped_keys = torch.empty(0, dtype=torch.long, device=device)
-        node_flips = torch.zeros(graph.num_nodes, dtype=torch.long, device=device)
+        node_flips = torch.zeros(graph.num_nodes, dtype=torch.long)   # greedy_flips counts on the CPU
         limit = problem.threat.max_flips_per_node
+        spent = torch.zeros_like(budget)
         for s in range(steps):
-            if int(per_step[s].sum()) == 0:
+            quota = per_step[: s + 1].sum(0) - spent      # this step's share plus what earlier steps left
+            if int(quota.clamp_min(0).sum()) == 0:
                 continue
             keys = problem.pairs.sample(self.block_size, problem.generator, device)
             keys = keys[~torch.isin(keys, flipped_keys)]
@@ -69,16 +77,31 @@ class GRBCD(GraphAttack):
                 raise NonFiniteError("NaN/Inf in the gradient of the edge weights; the model or loss overflows (or "
                                      "its backward is undefined at these weights)")
             with torch.no_grad():
-                if limit is not None:
-                    full = (node_flips[block.row] >= limit) | (node_flips[block.col] >= limit)
-                    grad = grad.masked_fill(full, float("-inf"))
-                rank = rank_within_unit(grad, block.unit, graph.num_units)
-                chosen = (rank < per_step[s][block.unit]) & torch.isfinite(grad)
-                if limit is not None:
-                    chosen = limit_node_flips(chosen, grad, block.row, block.col, limit, node_flips)
+                if limit is None:
+                    rank = rank_within_unit(grad, block.unit, graph.num_units)
+                    chosen = rank < quota.clamp_min(0)[block.unit]
+                else:   # best admissible pairs in gradient order: a pair blocked by the limit leaves its slot
+                    order = torch.argsort(grad, descending=True, stable=True)  # to the next one, not empty
+                    chosen = greedy_flips(order, block.row, block.col, block.unit, quota.clamp_min(0), limit,
+                                          node_flips)                        # node_flips updated in place
                 ei, ew = block.flip(ei, ew, chosen)
                 flipped_keys = torch.cat([flipped_keys, block.keys[chosen]])
-                node_flips.index_add_(0, block.row[chosen], torch.ones_like(block.row[chosen]))
-                node_flips.index_add_(0, block.col[chosen], torch.ones_like(block.col[chosen]))
+                spent += torch.bincount(block.unit[chosen], minlength=graph.num_units)
         flipped = torch.stack([flipped_keys // graph.num_nodes, flipped_keys % graph.num_nodes])
         return problem.adversarial(ei, ew, flipped)
+
+    def finish(self, victim, threats, adv, clean_logits, target_labels, logits=None):
+        result = super().finish(victim, threats, adv, clean_logits, target_labels, logits)
+        graph = victim.meta["graph"]
+        budget = self.edge_budget(graph, self.edge_threat, CandidatePairs(graph, self.edge_threat.local))
+        used = result.size["edges"].to(budget.device).long()
+        if bool((used < budget).any()):
+            short = (used < budget).nonzero().squeeze(1).tolist()
+            why = (f"max_flips_per_node={self.edge_threat.max_flips_per_node} left no admissible pair"
+                   if self.edge_threat.max_flips_per_node is not None else "no candidate pair left")
+            note = (f"{int((budget - used).clamp_min(0).sum())} of {int(budget.sum())} flips unused (graphs "
+                    f"{short[:10]}{'...' if len(short) > 10 else ''}): {why} in the sampled blocks (pairs are "
+                    "never flipped back); a larger block_size may find more")
+            result.extras["edges/unspent"] = note
+            warnings.warn(f"GRBCD: {note}", stacklevel=2)
+        return result
