@@ -35,12 +35,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from ..adapters.calls import graph_call
+from ..adapters.graph_edges import (AddedEdgeValues, check_added_edge_values, edge_attribute_keys,
+                                    perturbed_graph)
 from ..errors import NonFiniteError, check_finite_nonneg, check_int, check_positive
 from .base import attack_mode
 
@@ -98,7 +100,11 @@ class LocalResult:
     ``rejected``: candidates refused by the unnoticeability tests; with ``features=True``: ``x`` the perturbed
     features (else ``None``: unchanged), ``feature_flips`` the flipped ``(target, feature)`` in order and
     ``kinds`` the order of all flips (``"e"`` edge, ``"f"`` feature); ``edge_weight``: the weights of
-    ``edge_index`` when the graph has ``data.edge_weight`` (kept edges keep theirs, added edges weigh 1).
+    ``edge_index`` when the graph has ``data.edge_weight`` (kept edges keep theirs, added edges weigh 1);
+    ``graph``: the perturbed graph itself, a shallow copy of the user's ``Data``/``Batch`` whose every per-edge
+    attribute follows ``edge_index`` (kept edges keep their rows, added edges get ``added_edge_values``, as
+    in :class:`~mmrobust.adapters.graph.GraphAdapter`) and whose ``x`` is the perturbed one with
+    ``features=True``; ``edge_attr``: ``graph.edge_attr`` (``None`` when the graph has none).
 
     Example:
         >>> from mmrobust.attacks import LocalGreedy
@@ -111,6 +117,8 @@ class LocalResult:
         >>> edges, features = result.prefix(2)
         >>> len(edges), features, result.kinds, result.edge_index.shape
         (2, [], 'eee', torch.Size([2, 34]))
+        >>> torch.equal(result.graph.edge_index, result.edge_index)  # the whole perturbed graph
+        True
     """
 
     edge_index: Tensor
@@ -122,6 +130,12 @@ class LocalResult:
     feature_flips: List[tuple] = field(default_factory=list)
     kinds: str = ""
     edge_weight: Optional[Tensor] = None
+    graph: Any = None
+
+    @property
+    def edge_attr(self) -> Optional[Tensor]:
+        """The rows of the graph's ``edge_attr`` for ``edge_index`` (``None`` when it has none)."""
+        return getattr(self.graph, "edge_attr", None)
 
     def misclassified_after(self, k: int) -> bool:
         """Whether the target was misclassified after the first ``k`` flips."""
@@ -145,6 +159,10 @@ class LocalGreedy:
         features: also flip the target's (binary) features, within the same budget.
         filter_singletons: never remove an edge that is the last one of the target or of its neighbour
             (Nettack's singleton filter); ``False`` allows it.
+        added_edge_values: what an added edge holds in the graph's other per-edge attributes (``edge_attr``,
+            ``edge_type``, ...), while the attack runs (for a ``forward(data)`` model, which reads them) and in
+            the returned ``result.graph``: ``"zeros"`` (default), a mapping ``{name: value}`` or ``"refuse"``
+            (raise if the attack added an edge), as :class:`~mmrobust.adapters.graph.GraphAdapter`'s.
 
     Example:
         >>> from mmrobust.attacks import LocalGreedy
@@ -158,7 +176,8 @@ class LocalGreedy:
     """
 
     def __init__(self, budget_per_degree: float = 1.0, *, unnoticeable: bool = True, threshold: float = 0.004,
-                 d_min: int = 2, candidates: int = 64, features: bool = False, filter_singletons: bool = True):
+                 d_min: int = 2, candidates: int = 64, features: bool = False, filter_singletons: bool = True,
+                 added_edge_values: AddedEdgeValues = "zeros"):
         self.budget_per_degree = check_positive("budget_per_degree", budget_per_degree)
         self.unnoticeable = bool(unnoticeable)
         self.threshold = check_finite_nonneg("threshold", threshold)
@@ -166,6 +185,7 @@ class LocalGreedy:
         self.candidates = check_int("candidates", candidates, 1)
         self.features = bool(features)
         self.filter_singletons = bool(filter_singletons)
+        self.added_edge_values = check_added_edge_values(added_edge_values)
 
     @staticmethod
     def margin(logits: Tensor, label: int) -> Tensor:
@@ -181,6 +201,10 @@ class LocalGreedy:
         ei = data.edge_index
         x = data.x
         call = graph_call(model)  # the model's own signature; data.edge_weight weighs the clean edges
+        edge_keys = edge_attribute_keys(data)    # edge_attr & co. follow the edges, in the call and the result
+        call.edge_keys = [k for k in edge_keys if k != "edge_weight"]
+        if self.added_edge_values != "refuse":
+            call.forward_edge_values = self.added_edge_values
         clean_w = getattr(data, "edge_weight", None)
         ew = torch.ones(ei.shape[1], dtype=x.dtype, device=x.device) if clean_w is None else clean_w.to(x.dtype)
         if self.features and not bool(((x == 0) | (x == 1)).all()):
@@ -275,8 +299,16 @@ class LocalGreedy:
                 flips.append((min(t, v), max(t, v)))
                 kinds += "e"
         x_out = x.index_copy(0, torch.tensor([t], device=x.device), x_t[None]) if self.features else None
-        return LocalResult(ei, flips, budget, margins, rejected, x_out, feature_flips, kinds,
-                           None if clean_w is None else ew.to(clean_w.dtype))
+        try:
+            graph = perturbed_graph(data, ei, None if clean_w is None else ew.to(clean_w.dtype),
+                                    added_edge_values=self.added_edge_values, edge_keys=edge_keys)
+        except ValueError as e:   # "refuse": name this attack's argument, not the adapter's
+            raise ValueError(str(e).replace("GraphAdapter(", "LocalGreedy(")) from None
+        if x_out is not None:
+            graph.x = x_out
+        # a Batch's edges are regrouped by graph: edge_index and edge_weight are the graph's, in its order
+        return LocalResult(graph.edge_index, flips, budget, margins, rejected, x_out, feature_flips, kinds,
+                           getattr(graph, "edge_weight", None) if clean_w is not None else None, graph)
 
 
 def _pair_weights(edge_index: Tensor, weight: Tensor, t: int, n: int, others: Tensor) -> Tuple[Tensor, Tensor]:
