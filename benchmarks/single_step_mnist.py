@@ -295,13 +295,17 @@ def run(args) -> dict:
 
 def replayed_probe(r: dict) -> str:
     """The stored probes replayed through the current rule (the monitor's defaults: patience 0.4 and drop
-    patience 0.05 of the planned run)."""
+    patience 0.05 of the planned run); probes during an eps warm-up are skipped, as the live monitor judges
+    only full-budget probes."""
     if not r.get("probes"):
         return "-"
     planned_steps = r["train"] // 100 * r.get("planned_epochs", 10)
     rule = CollapseRule(patience_steps=math.ceil(0.4 * planned_steps),
                         drop_patience_steps=math.ceil(0.05 * planned_steps))
+    warmup_steps = r.get("warmup_epochs", 0.0) * (r["train"] // 100)
     for step, pgd, fgsm in r["probes"]:
+        if step < warmup_steps:  # as the live monitor: warm-up probes (budget below eps) are not judged
+            continue
         if rule.update(step, pgd, fgsm)[0] is not None:
             return f"flagged at step {step}"
     return "silent"

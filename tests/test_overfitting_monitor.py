@@ -79,11 +79,14 @@ RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "sing
 
 def replay_run(r: dict, drop: bool = True):
     """A stored run's probes through the monitor's default rule (patience 0.4 and drop patience 0.05 of
-    the planned run); the first flagged step, or ``None``."""
+    the planned run); the first flagged step, or ``None``. Probes taken during an eps warm-up ran below the
+    full budget and are skipped, as the live monitor does not judge them."""
     planned = r["train"] // 100 * r.get("planned_epochs", 10)
+    warmup_steps = r.get("warmup_epochs", 0.0) * (r["train"] // 100)
     rule = CollapseRule(patience_steps=math.ceil(0.4 * planned),
                         drop_patience_steps=math.ceil(0.05 * planned) if drop else None)
-    return next((step for step, pgd, fgsm in r["probes"] if rule.update(step, pgd, fgsm)[0] is not None), None)
+    return next((step for step, pgd, fgsm in r["probes"]
+                 if step >= warmup_steps and rule.update(step, pgd, fgsm)[0] is not None), None)
 
 
 def test_the_default_rule_flags_exactly_the_collapsed_runs_among_all_stored_full_length_runs():
