@@ -78,15 +78,16 @@ def _added_rows(key: str, value: Tensor, cat_dim: int, count: int, added: AddedE
 
 
 def edge_rows(data: Any, edge_index: Tensor, keys: List[str],
-              added_edge_values: AddedEdgeValues = "zeros") -> dict:
+              added_edge_values: AddedEdgeValues = "zeros", owner: str = "GraphAdapter") -> dict:
     """The rows of each per-edge attribute in ``keys`` for the edges ``edge_index``: a kept edge's own row, an
-    added edge's row from ``added_edge_values`` (``"refuse"`` raises, naming the attributes)."""
+    added edge's row from ``added_edge_values`` (``"refuse"`` raises, naming the attributes and ``owner``, the
+    class whose ``added_edge_values`` argument to change)."""
     source = match_edges(data.edge_index, edge_index, data.num_nodes)
     added = source < 0
     n_added = int(added.sum())
     if n_added and added_edge_values == "refuse" and keys:
         raise ValueError(f"the attack added {n_added} edges, but the graph has per-edge attribute(s) {keys} with "
-                         "no value for new edges; pass GraphAdapter(added_edge_values={name: value}) or 'zeros'")
+                         f"no value for new edges; pass {owner}(added_edge_values={{name: value}}) or 'zeros'")
     kept_src = source.clamp_min(0)
     rows_of = {}
     for key in keys:
@@ -106,7 +107,8 @@ def edge_rows(data: Any, edge_index: Tensor, keys: List[str],
 
 
 def perturbed_graph(data: Any, edge_index: Tensor, edge_weight: Optional[Tensor] = None, *,
-                    added_edge_values: AddedEdgeValues = "zeros", edge_keys: Optional[List[str]] = None) -> Any:
+                    added_edge_values: AddedEdgeValues = "zeros", edge_keys: Optional[List[str]] = None,
+                    owner: str = "GraphAdapter") -> Any:
     """A shallow copy of ``data`` (PyG ``Data`` or ``Batch``) with ``edge_index`` and every per-edge attribute
     rebuilt for it.
 
@@ -117,6 +119,7 @@ def perturbed_graph(data: Any, edge_index: Tensor, edge_weight: Optional[Tensor]
         added_edge_values: what an added edge holds in each attribute: ``"zeros"`` (default), a mapping
             ``{name: value}`` (other attributes zeros), or ``"refuse"`` (raise, naming the attributes).
         edge_keys: the per-edge attributes of the clean ``data`` (computed when ``None``).
+        owner: the class whose ``added_edge_values`` a ``"refuse"`` error tells the user to change.
     """
     from torch_geometric.data import Batch
 
@@ -126,7 +129,7 @@ def perturbed_graph(data: Any, edge_index: Tensor, edge_weight: Optional[Tensor]
     new_values = {"edge_index": edge_index}
     if edge_weight is not None and "edge_weight" in keys:
         new_values["edge_weight"] = edge_weight
-    new_values.update(edge_rows(data, edge_index, rebuilt, added_edge_values))
+    new_values.update(edge_rows(data, edge_index, rebuilt, added_edge_values, owner))
     if isinstance(data, Batch):
         _regroup_batch(out, data, new_values)
     for key, value in new_values.items():

@@ -299,11 +299,8 @@ class LocalGreedy:
                 flips.append((min(t, v), max(t, v)))
                 kinds += "e"
         x_out = x.index_copy(0, torch.tensor([t], device=x.device), x_t[None]) if self.features else None
-        try:
-            graph = perturbed_graph(data, ei, None if clean_w is None else ew.to(clean_w.dtype),
-                                    added_edge_values=self.added_edge_values, edge_keys=edge_keys)
-        except ValueError as e:   # "refuse": name this attack's argument, not the adapter's
-            raise ValueError(str(e).replace("GraphAdapter(", "LocalGreedy(")) from None
+        graph = perturbed_graph(data, ei, None if clean_w is None else ew.to(clean_w.dtype),
+                                added_edge_values=self.added_edge_values, edge_keys=edge_keys, owner="LocalGreedy")
         if x_out is not None:
             graph.x = x_out
         # a Batch's edges are regrouped by graph: edge_index and edge_weight are the graph's, in its order
