@@ -153,14 +153,18 @@ class GraphAttack(Attack):
         if not is_undirected(graph.edge_index, num_nodes=graph.num_nodes):
             raise ValueError("EdgeFlips flips undirected pairs, but edge_index is directed; store both directions "
                              "(e.g. torch_geometric.transforms.ToUndirected()) before attacking")
-        base = graph.target_degree() if threat.local else graph.undirected_edges
-        budget = threat.flips_allowed(base)
+        budget = GraphAttack.allowed_flips(graph, threat)   # also called unbound by MetaPRBCD (poisoning.py)
         too_big = budget > pairs.per_unit
         if bool(too_big.any()):
             u = int(too_big.nonzero()[0])
             raise ValueError(f"the edge budget ({int(budget[u])} flips) exceeds the {int(pairs.per_unit[u])} "
                              f"candidate node pairs of graph {u}; lower budget")
         return budget
+
+    @staticmethod
+    def allowed_flips(graph: GraphStructure, threat: EdgeFlips) -> Tensor:
+        """``(units,)`` flips ``threat`` allows per graph (of the target's degree when local), unchecked."""
+        return threat.flips_allowed(graph.target_degree() if threat.local else graph.undirected_edges)
 
     def finish(self, victim, threats, adv, clean_logits, target_labels, logits=None) -> AttackResult:
         result = super().finish(victim, threats, adv, clean_logits, target_labels, logits)

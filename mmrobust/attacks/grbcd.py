@@ -8,7 +8,7 @@ import torch
 
 from ..errors import NonFiniteError, check_int
 from ..threats.graph import EdgeFlips
-from .edge_candidates import CandidatePairs, EdgeBlock, EdgeLookup, greedy_flips, rank_within_unit
+from .edge_candidates import EdgeBlock, EdgeLookup, greedy_flips, rank_within_unit
 from .graph_attack import GraphAttack
 
 
@@ -93,7 +93,7 @@ class GRBCD(GraphAttack):
     def finish(self, victim, threats, adv, clean_logits, target_labels, logits=None):
         result = super().finish(victim, threats, adv, clean_logits, target_labels, logits)
         graph = victim.meta["graph"]
-        budget = self.edge_budget(graph, self.edge_threat, CandidatePairs(graph, self.edge_threat.local))
+        budget = self.allowed_flips(graph, self.edge_threat)   # checked against the candidates in perturb
         used = result.size["edges"].to(budget.device).long()
         if bool((used < budget).any()):
             short = (used < budget).nonzero().squeeze(1).tolist()
