@@ -290,11 +290,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     elif cmd == "demo":
         _demo(rest)
     else:
-        import difflib
+        from .errors import closest_choice
 
         commands = LIGHTNING_COMMANDS + ("evaluate", "report", "demo")
-        guess = difflib.get_close_matches(cmd, commands, n=1)
-        hint = f" (did you mean {guess[0]!r}?)" if guess else ""
+        guess = closest_choice(cmd, commands)
+        hint = f" ({guess})" if guess else ""
         print(f"mmrobust: unknown command {cmd!r}{hint}; expected one of {', '.join(commands)}\n{USAGE}",
               file=sys.stderr)
         return 2

@@ -65,13 +65,19 @@ def check_choice(name: str, value: Any, choices) -> Any:
             listed = sorted(choices)
         except TypeError:  # mixed types, e.g. None among strings
             listed = sorted(choices, key=lambda c: (c is not None, repr(c)))
-        hint = ""
-        if isinstance(value, str):
-            words = {str(c).lower(): c for c in choices if isinstance(c, str)}
-            close = difflib.get_close_matches(value.lower(), list(words), n=1)
-            hint = f"; did you mean {words[close[0]]!r}?" if close else ""
-        raise ValueError(f"{name} must be one of {listed}, got {value!r}{hint}")
+        hint = closest_choice(value, choices)
+        raise ValueError(f"{name} must be one of {listed}, got {value!r}{'; ' + hint if hint else ''}")
     return value
+
+
+def closest_choice(value: Any, choices) -> str:
+    """``"did you mean 'x'?"`` for the string choice closest to a mistyped ``value`` (case-insensitive), or
+    ``""`` when none is close."""
+    if not isinstance(value, str):
+        return ""
+    words = {str(c).lower(): c for c in choices if isinstance(c, str)}
+    close = difflib.get_close_matches(value.lower(), list(words), n=1)
+    return f"did you mean {words[close[0]]!r}?" if close else ""
 
 
 class BudgetViolation(RuntimeError):
