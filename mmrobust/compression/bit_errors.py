@@ -25,8 +25,8 @@ from torch import Tensor, nn
 
 from ..errors import check_fraction
 from ..utils import make_generator
-from .quantization import (FakeQuantize, QuantizerConfig, dequantize_model, quantize_model,
-                           quantized_modules)
+from .quantization import (FakeQuantize, QuantizerConfig, quantize_model, quantized_modules, quantizer_input,
+                           remove_quantizers)
 
 __all__ = ["BitFlips", "sample_bit_flips", "bit_error_mask", "bit_errors", "popcount"]
 
@@ -143,7 +143,9 @@ def bit_errors(model: nn.Module, rate: float, *, seed: Optional[int] = None,
     masks: Dict[str, BitFlips] = {}
     try:
         for name, module, fq in layers:
-            w = module.parametrizations.weight.original
+            # the quantiser's input (after a Fourier kernel or a pruning mask), not the stored original
+            with torch.no_grad():
+                w = quantizer_input(module, fq)
             fq.flips = sample_bit_flips(w.shape, fq.cfg.bits, rate, generator=generator, device=w.device)
             masks[name] = fq.flips
         yield masks
@@ -151,7 +153,7 @@ def bit_errors(model: nn.Module, rate: float, *, seed: Optional[int] = None,
         for _, _, fq in layers:
             fq.flips = None
         if temporary:
-            dequantize_model(model)
+            remove_quantizers(model)   # only the quantisers added here: pruning masks / Fourier kernels stay
 
 
 def clear_bit_errors(model: nn.Module) -> None:

@@ -35,8 +35,8 @@ from torch.nn.utils import parametrize
 from ..errors import check_int, check_positive
 
 __all__ = ["QuantizerConfig", "FakeQuantize", "quantize_tensor", "dequantize_tensor", "fake_quantize",
-           "quantize_model", "dequantize_model", "quantized_modules", "clip_weights", "export_quantized",
-           "model_size_bytes", "default_weight_types"]
+           "quantize_model", "dequantize_model", "remove_quantizers", "quantized_modules", "clip_weights",
+           "export_quantized", "model_size_bytes", "default_weight_types"]
 
 
 def default_weight_types() -> Tuple[Type[nn.Module], ...]:
@@ -253,6 +253,20 @@ def dequantize_model(model: nn.Module, *, keep_quantized_values: bool = False) -
     for _, module, _ in list(quantized_modules(model)):
         own_parametrized_class(module)
         parametrize.remove_parametrizations(module, "weight", leave_parametrized=keep_quantized_values)
+    return model
+
+
+def remove_quantizers(model: nn.Module) -> nn.Module:
+    """Remove only the :class:`FakeQuantize` parametrisations (float weights back), keeping every other
+    parametrisation of the same weight (a pruning mask, Fourier coefficients): undoes a temporary
+    :func:`quantize_model` exactly, where :func:`dequantize_model` would also drop the masks."""
+    for _, module, fq in list(quantized_modules(model)):
+        chain = module.parametrizations.weight
+        if len(chain) == 1:
+            own_parametrized_class(module)
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
+        else:
+            del chain[[i for i, p in enumerate(chain) if p is fq][0]]
     return model
 
 

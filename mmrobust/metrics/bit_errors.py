@@ -11,7 +11,7 @@ from torchmetrics import Metric
 from ..adapters.base import BatchAdapter
 from ..attacks.base import victim_for
 from ..compression.bit_errors import bit_errors, has_quantized_weights
-from ..compression.quantization import QuantizerConfig, dequantize_model, quantize_model
+from ..compression.quantization import QuantizerConfig, quantize_model, remove_quantizers
 from ..errors import check_fraction, check_int
 from ..utils import SavedModes, make_generator
 
@@ -102,7 +102,7 @@ class BitErrorAccuracy(Metric):
         finally:
             saved.restore()
             if temporary:
-                dequantize_model(model)
+                remove_quantizers(model)   # only the quantisers added here: pruning masks / Fourier kernels stay
         # not in place: states may be inference tensors inside Lightning's eval loop
         self.correct = self.correct + correct.to(self.correct.device)
         self.clean_correct = self.clean_correct + clean.to(self.clean_correct.device)

@@ -1,0 +1,68 @@
+"""Red team: temporary quantisation for bit-error evaluation must leave pruned / Fourier-sparse models as they were."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mmrobust.compression import (QuantizerConfig, bit_errors, fourier_parametrize, fourier_prune, fourier_stats,
+                                  prune_magnitude, pruning_mask, quantize_model, weight_sparsity)
+from mmrobust.compression.fourier import fourier_modules
+from mmrobust.metrics import BitErrorAccuracy
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def _conv():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 3))
+
+
+def test_bit_errors_with_a_temporary_quantiser_keep_the_pruning_masks():
+    # the temporary quantiser was removed with dequantize_model, which drops every parametrisation of the
+    # weight: a 50 % pruned model came back with sparsity 0.0 and no masks
+    model = prune_magnitude(_mlp(), 0.5)
+    x = torch.randn(5, 4)
+    before = model(x)
+    with bit_errors(model, 0.05, seed=0, quantizer=QuantizerConfig(bits=8)):
+        model(x)
+    assert weight_sparsity(model) == 0.5 and pruning_mask(model[0]) is not None
+    assert torch.equal(model(x), before)
+
+
+def test_bit_error_accuracy_with_a_quantizer_keeps_the_pruning_masks():
+    model = prune_magnitude(_mlp(), 0.5)
+    x, y = torch.randn(6, 4), torch.randint(0, 3, (6,))
+    metric = BitErrorAccuracy(rates=(0.01,), patterns=2, quantizer=QuantizerConfig(bits=8))
+    metric.update(model, (x, y))
+    assert weight_sparsity(model) == 0.5 and pruning_mask(model[2]) is not None
+
+
+def test_bit_errors_on_fourier_kernels_flip_the_spatial_codes_and_restore_the_model():
+    # flips were drawn with the shape of the stored spectrum (2x1x3x2x2) instead of the quantised 2x1x3x3
+    # kernel: an IndexError, after which the Fourier parametrisation was gone and the conv unusable
+    model = _conv()
+    fourier_parametrize(model)
+    fourier_prune(model, 0.5)
+    x = torch.randn(3, 1, 4, 4)
+    before, stats = model(x), fourier_stats(model)
+    with bit_errors(model, 0.2, seed=0, quantizer=QuantizerConfig(bits=8)) as flips:
+        assert flips["0"].shape == model[0].weight.shape
+        assert not torch.equal(model(x), before)
+    assert len(fourier_modules(model)) == 1 and fourier_stats(model) == stats
+    assert torch.equal(model(x), before)
+
+
+def test_bit_errors_on_a_quantised_fourier_model():
+    model = _conv()
+    fourier_parametrize(model)
+    quantize_model(model, QuantizerConfig(bits=8))
+    x = torch.randn(3, 1, 4, 4)
+    before = model(x)
+    with bit_errors(model, 0.2, seed=0) as flips:
+        assert flips["0"].shape == (2, 1, 3, 3)
+        model(x)
+    assert torch.equal(model(x), before)
