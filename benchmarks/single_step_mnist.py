@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pytorch_lightning as pl  # noqa: E402
 
-from benchmarks.common import accuracy, markdown_table, mnist_tensors  # noqa: E402
+from benchmarks.common import CACHE, accuracy, markdown_table, mnist_tensors  # noqa: E402
 from mmrobust import evaluate  # noqa: E402
 from mmrobust.attacks import APGD, APGDT, PGD  # noqa: E402
 from mmrobust.callbacks import (AdversarialTraining, CollapseRule,  # noqa: E402
@@ -290,7 +290,7 @@ def run(args) -> dict:
             "clip_noise": (not args.unclipped_noise) if args.method == "n_fgsm" else None,
             "probe_flagged": None if fast is None else fast.overfitting_detected, "probe_warnings": co_warnings,
             "lr_indexing": "wong", "warmup_epochs": 0.0 if args.method == "wong_loop" else args.warmup,
-            "probes": None if args.method == "pgd_at" else callbacks[-1].rows}
+            "probes": None if args.method == "pgd_at" else callbacks[-1].rows, "_model": model}
 
 
 def replayed_probe(r: dict) -> str:
@@ -347,6 +347,8 @@ def main():
                         help="evaluate the test batches (250 images each) in this many forked processes")
     parser.add_argument("--unclipped-noise", action="store_true",
                         help="N-FGSM: gradient at the noise not clipped to the box (the reference code clips it)")
+    parser.add_argument("--save-model", action="store_true",
+                        help="also save the trained weights to benchmarks/.cache/single_step/<run>.pt")
     parser.add_argument("--report", action="store_true", help="print the table of all stored runs and exit")
     parser.add_argument("--cost", action="store_true", help="only time the training steps of every method")
     parser.add_argument("--passes", action="store_true", help="only time the passes a step is made of (no Lightning)")
@@ -378,8 +380,12 @@ def main():
     variant += f"_warmup{args.warmup:g}" if args.method != "wong_loop" and args.warmup else ""
     name = f"{args.method}{variant}_s{args.seed}" + ("" if args.epochs == 10 and args.train is None else
                                             f"_e{args.epochs}_n{args.train}")
-    (OUT / f"{name}.json").write_text(json.dumps(result, indent=1))
-    print(json.dumps({k: v for k, v in result.items() if k != "probes"}), flush=True)
+    (OUT / f"{name}.json").write_text(json.dumps({k: v for k, v in result.items() if k != "_model"}, indent=1))
+    if args.save_model:  # the trained weights, for single_step_reference.py --checkpoint (not committed)
+        (CACHE / "single_step").mkdir(parents=True, exist_ok=True)
+        torch.save(result.pop("_model").state_dict(), CACHE / "single_step" / f"{name}.pt")
+    result.pop("_model", None)
+    print(json.dumps({k: v for k, v in result.items() if k not in ("probes", "_model")}), flush=True)
 
 
 if __name__ == "__main__":
