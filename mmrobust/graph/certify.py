@@ -135,7 +135,11 @@ class SparseSmoothing:
         """One draw of :math:`\\phi`: ``(x, edge_index)`` of a randomly perturbed graph (undirected, no self loops)."""
         device = edge_index.device
         row, col = edge_index
-        upper = edge_index[:, row < col]
+        # each undirected pair once (i < j): a duplicated edge would survive with probability 1 - p_minus^2 and
+        # an edge stored in one direction only would vanish, neither the distribution the certificate assumes
+        keys = torch.unique(torch.minimum(row, col) * num_nodes + torch.maximum(row, col))
+        keys = keys[keys // num_nodes != keys % num_nodes]                       # self loops are not pairs
+        upper = torch.stack([keys // num_nodes, keys % num_nodes])
         keep = torch.rand(upper.shape[1], generator=gen).to(device) >= self.p_minus
         parts = [upper[:, keep]]
         if self.p_plus > 0:
