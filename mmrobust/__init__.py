@@ -2,18 +2,27 @@
 
 The most used names are importable from here; everything else from its subpackage
 (:mod:`mmrobust.attacks`, :mod:`mmrobust.threats`, :mod:`mmrobust.metrics`, :mod:`mmrobust.callbacks`, ...).
-The Lightning callbacks are not imported here, so ``import mmrobust`` does not import Lightning.
+Names and subpackages are imported on first use (PEP 562), so ``import mmrobust`` and the ``mmrobust`` command's
+``--help`` do not import torch, Lightning, torchmetrics or PyG; ``from mmrobust import PGD`` imports what PGD needs.
 """
 
-from . import adapters, attacks, compression, errors, evaluation, metrics, threats, utils
-from .attacks import APGD, APGDT, FGSM, FMN, PGD, PRBCD, Attack, AttackResult, Ensemble, Square
-from .budget_sweep import BudgetSweep, sweep
-from .certify import SmoothedClassifier
-from .evaluation import evaluate
-from .metrics import RobustAccuracy
-from .threats import EdgeFlips, L1Ball, L2Ball, LinfBall, PeakDBBall, SNRBall, ThreatModel
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, List
 
 __version__ = "0.1.0"
+
+#: the names importable from ``mmrobust`` -> the module that defines them
+_NAMES = {
+    **dict.fromkeys(("ThreatModel", "LinfBall", "L2Ball", "L1Ball", "SNRBall", "PeakDBBall", "EdgeFlips"), "threats"),
+    **dict.fromkeys(("Attack", "AttackResult", "FGSM", "PGD", "APGD", "APGDT", "FMN", "Square", "Ensemble", "PRBCD"),
+                    "attacks"),
+    "evaluate": "evaluation", "sweep": "budget_sweep", "BudgetSweep": "budget_sweep", "RobustAccuracy": "metrics",
+    "SmoothedClassifier": "certify",
+}
+_SUBMODULES = ("adapters", "attacks", "compression", "errors", "evaluation", "metrics", "threats", "utils")
 
 __all__ = [
     # subpackages and modules
@@ -25,3 +34,26 @@ __all__ = [
     # evaluation and certification
     "evaluate", "sweep", "BudgetSweep", "RobustAccuracy", "SmoothedClassifier",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``mmrobust.PGD``, ``mmrobust.attacks``, ``mmrobust.image``, ...: imported on first access, then cached."""
+    if name in _NAMES:
+        value = getattr(importlib.import_module(f".{_NAMES[name]}", __name__), name)
+    elif (Path(__file__).parent / name).is_dir() or (Path(__file__).parent / f"{name}.py").is_file():
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> List[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+def _import_all() -> None:
+    """Import every name of ``__all__`` now (what ``import mmrobust`` did before names were imported on first use):
+    the command line calls it before jsonargparse resolves ``class_path`` names among the loaded subclasses."""
+    for name in __all__:
+        __getattr__(name)

@@ -59,6 +59,10 @@ def _argv(argv: Sequence[str]):
 def _lightning_cli(argv: Sequence[str]):
     from pytorch_lightning.cli import LightningCLI
 
+    from . import _import_all
+
+    _import_all()  # short class_path names resolve among loaded subclasses, as when mmrobust imported them eagerly
+
     if any(a in ("-h", "--help") for a in argv):  # Lightning's help below does not know mmrobust's own options
         print(USAGE[USAGE.index("options of"):USAGE.index("examples:")].rstrip() + "\n")
     command = " ".join(["mmrobust", *argv])
@@ -112,9 +116,12 @@ def _evaluate(argv: Sequence[str]) -> Path:
     from jsonargparse import ActionConfigFile, ArgumentParser
     from pytorch_lightning import LightningDataModule
 
+    from . import _import_all
     from .attacks.base import Attack
     from .checkpoints import load_weights
     from .reporting import Report
+
+    _import_all()
 
     parser = ArgumentParser(prog="mmrobust evaluate", description=_evaluate.__doc__,
                             formatter_class=_help_formatter(),

@@ -99,11 +99,9 @@ def _register_optional_runners() -> None:
 def main(argv: Sequence[str] = ()) -> Path:
     from .reporting import Report
 
-    _register_optional_runners()
     parser = argparse.ArgumentParser(prog="mmrobust demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/demo", help="report directory (default runs/demo)")
-    parser.add_argument("--modalities", nargs="+", default=[m for m in MODALITIES if m in RUNNERS],
-                        choices=sorted(RUNNERS) + (["speech"] if "audio" in RUNNERS else []),
+    parser.add_argument("--modalities", nargs="+", default=list(MODALITIES), choices=sorted(MODALITIES) + ["speech"],
                         help="which parts to run (default: all of them; speech = audio)")
     parser.add_argument("--seed", type=int, default=0, help="seed of data splits, training and attacks (default 0)")
     parser.add_argument("--quick", action="store_true", help="fewer epochs (for smoke tests)")
@@ -112,6 +110,11 @@ def main(argv: Sequence[str] = ()) -> Path:
                              "(no download)")
     args = parser.parse_args(list(argv))
     args.modalities = list(dict.fromkeys("audio" if m == "speech" else m for m in args.modalities))
+    _register_optional_runners()  # after parsing: `mmrobust demo --help` imports neither torchaudio nor PyG
+    missing = [m for m in args.modalities if m not in RUNNERS]
+    if missing:
+        parser.error(f"--modalities: {', '.join(missing)} cannot run here (its module failed to import); "
+                     f"choose from {', '.join(sorted(RUNNERS))}")
     report = Report("mmrobust demo: robustness across modalities", args.out)
     report.text("Each modality trains a small reference model normally and with adversarial training "
                 "(the same AdversarialTraining callback on a plain Lightning Trainer), then measures accuracy "

@@ -34,3 +34,32 @@ def test_image_workflow_does_not_import_torch_geometric():
     assert proc.returncode == 0, proc.stderr
     assert "PYG_LOADED False" in proc.stdout
     assert "torch.jit.script" not in proc.stderr
+
+
+HELP_SCRIPT = """
+import sys
+from mmrobust.cli import main
+for argv in (["--help"], ["report", "--help"], ["demo", "--help"]):
+    try:
+        main(argv)
+    except SystemExit:
+        pass
+import mmrobust
+heavy = sorted(m for m in ("torch", "pytorch_lightning", "torchmetrics", "torchaudio", "torchvision",
+                           "torch_geometric") if m in sys.modules)
+print("HEAVY", heavy)
+from mmrobust import *
+print("ALL", all(name in globals() for name in mmrobust.__all__), mmrobust.evaluate is mmrobust.evaluation.evaluate)
+"""
+
+
+def test_help_and_import_start_without_torch_and_lightning():
+    """``mmrobust --help`` once took ~10 s importing torch, Lightning and torchvision it never used: the usage
+    texts of the CLI and ``import mmrobust`` import none of them; the names still import on first use."""
+    proc = subprocess.run([sys.executable, "-c", HELP_SCRIPT], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    assert "usage: mmrobust COMMAND" in proc.stdout and "usage: mmrobust report" in proc.stdout
+    assert "usage: mmrobust demo" in proc.stdout and "--modalities" in proc.stdout
+    assert "HEAVY []" in proc.stdout
+    assert "ALL True True" in proc.stdout
