@@ -75,7 +75,9 @@ class SmoothedClassifier(nn.Module):
         n: samples for the estimate in CERTIFY and the vote in PREDICT.
         alpha: failure probability, in (0, 1).
         batch_size: noisy copies per forward pass.
-        generator: a ``torch.Generator`` or an integer seed for the noise (``None``: global RNG).
+        generator: a ``torch.Generator`` or an integer seed for the noise (``None``: global RNG). The same
+            seed and ``batch_size`` give the same certificate; another ``batch_size`` draws other (equally
+            valid) noise, as torch's normal sampler does not split into batches exactly.
 
     Example:
         >>> import torch
