@@ -76,6 +76,7 @@ def test_a_missing_release_tells_the_recipe_user_what_to_pass_and_where_to_get_i
     assert "tar -xzf" in message and "downloads nothing" in message
     assert "SpeechCommandsDataModule(" in message and "download=True" in message  # only for direct library use
     assert "pass root=" not in message  # the library's wording is not this entry point's
+    assert not (tmp_path / "out").exists()  # a refused run leaves no empty --out folder behind
 
 
 def test_a_release_of_the_other_version_names_the_flag(tmp_path, recipe):
@@ -83,3 +84,4 @@ def test_a_release_of_the_other_version_names_the_flag(tmp_path, recipe):
     with pytest.raises(SystemExit) as refused:
         recipe.main(["--root", str(tmp_path), "--quick", "--out", str(tmp_path / "out")])
     assert "holds speech_commands_v0.01: pass --version v0.01" in str(refused.value.code)
+    assert not (tmp_path / "out").exists()

@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from mmrobust.audio import SpeechCommandsDataModule
+from mmrobust.audio import ReleaseNotFound, SpeechCommandsDataModule
 from mmrobust.audio.speech_commands import KEYWORDS, SILENCE, UNKNOWN, WORDS_V001, WORDS_V002
 
 from _speech_commands_tree import LENGTH, make_release  # noqa: E402
@@ -80,8 +80,9 @@ def test_wrong_version_and_task_errors(tmp_path):
     make_release(tmp_path / "SpeechCommands" / "speech_commands_v0.01", KEYWORDS, clips_per_word=2)
     with pytest.raises(FileNotFoundError, match="speech_commands_v0.01: pass version='v0.01'"):
         SpeechCommandsDataModule(tmp_path, version="v0.02").setup()
-    with pytest.raises(FileNotFoundError) as missing:
+    with pytest.raises(ReleaseNotFound) as missing:  # catchable by the name mmrobust.audio exports
         SpeechCommandsDataModule(tmp_path / "empty").setup()
+    assert isinstance(missing.value, FileNotFoundError) and missing.value.version == "v0.02"
     assert "http://download.tensorflow.org/data/speech_commands_v0.02.tar.gz" in str(missing.value)  # where to get it
     assert "pass root=" in str(missing.value) and "download=True" in str(missing.value)
     with pytest.raises(ValueError, match="task='35' needs version='v0.02'.*task='30'"):

@@ -6,7 +6,7 @@ The adapter lives in :mod:`mmrobust.adapters.audio` (``WaveformAdapter``), the b
 
 from .augment import SpeechAugmentation
 from .data import FSDDDataModule, SyntheticSpeechDataModule, WaveformDataset, augment_batch, load_wav, pad_or_crop
-from .speech_commands import SpeechCommandsDataModule, WaveFileDataset
+from .speech_commands import ReleaseNotFound, SpeechCommandsDataModule, WaveFileDataset
 from .sequences import DigitSequenceDataset, FSDDSequenceDataModule
 from .recogniser import CTCRecogniser, DigitCTC
 from .models import M5, CepstralFeatures, KeywordCNN, LogMelCNN, spec_augment

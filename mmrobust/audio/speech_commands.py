@@ -108,7 +108,9 @@ class SpeechCommandsDataModule(_SpeechDataModule):
         seed: seeds the draws above; sample_rate / max_length: 16 kHz, one second by default.
 
     After :meth:`setup`: :attr:`classes` (label names), :attr:`missing` (listed files that are absent, per
-    list) and :attr:`counts` (clips per split).
+    list) and :attr:`counts` (clips per split). Without a release under ``root`` (and without ``download``),
+    :meth:`setup` and :meth:`folder` raise :class:`ReleaseNotFound` (``from mmrobust.audio import
+    ReleaseNotFound``; a ``FileNotFoundError``), which carries the version, the folders looked at and the URL.
     """
 
     def __init__(self, root="data", version: str = "v0.02", task: str = "12", classes: Optional[Sequence[str]] = None,

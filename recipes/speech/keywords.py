@@ -29,8 +29,8 @@ import torch
 
 from mmrobust.adapters import WaveformAdapter
 from mmrobust.attacks import PGD
-from mmrobust.audio import KeywordCNN, SpeechAugmentation, SpeechCommandsDataModule
-from mmrobust.audio.speech_commands import TASKS, VERSIONS, ReleaseNotFound
+from mmrobust.audio import KeywordCNN, ReleaseNotFound, SpeechAugmentation, SpeechCommandsDataModule
+from mmrobust.audio.speech_commands import TASKS, VERSIONS
 from mmrobust.evaluation import evaluate
 from mmrobust.threats import SNRBall
 from mmrobust.training import RobustClassifier
@@ -86,20 +86,26 @@ def missing_release(root, missing: ReleaseNotFound) -> str:
 
 
 def make_data(args) -> SpeechCommandsDataModule:
+    """The datamodule, not set up yet; refused (:func:`missing_release`) when ``--root`` holds no release."""
     dm = SpeechCommandsDataModule(
         root=args.root, version=args.version, task=args.task, unknown_fraction=args.unknown_fraction,
         limit_per_split=args.subset, seed=args.seed, sample_rate=args.sample_rate, max_length=args.sample_rate,
         batch_size=args.batch_size, num_workers=args.num_workers,
         augment=SpeechAugmentation(sample_rate=args.sample_rate))
-    with warnings.catch_warnings(record=True) as caught:  # the partial-copy warning goes into the report
+    try:
+        dm.folder()
+    except ReleaseNotFound as missing:
+        raise SystemExit(missing_release(args.root, missing)) from None
+    return dm
+
+
+def set_up(dm: SpeechCommandsDataModule) -> None:
+    """``dm.setup("fit")``, printing the partial-copy warning (it goes into the report)."""
+    with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        try:
-            dm.setup("fit")
-        except ReleaseNotFound as missing:
-            raise SystemExit(missing_release(args.root, missing)) from None
+        dm.setup("fit")
     for w in caught:
         print(f"warning: {w.message}")
-    return dm
 
 
 def fit(args, dm, adapter, attack=None, epochs=1):
@@ -135,9 +141,10 @@ def robustness(model, dm, args, adapter):
 
 def main(argv=None):
     args = parse_args(argv)
+    dm = make_data(args)  # a --root without the release is refused before --out is created
     out = start_run(args)
     start = time.time()
-    dm = make_data(args)
+    set_up(dm)
     adapter = WaveformAdapter(sample_rate=dm.sample_rate)
     rows = {"normal": robustness(fit(args, dm, adapter, epochs=args.epochs), dm, args, adapter)}
     if args.adv_epochs:
