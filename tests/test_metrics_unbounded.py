@@ -84,3 +84,21 @@ def test_eot_of_an_unbounded_attack_is_unbounded(problem):
 def test_fab_refuses_an_overshoot_below_one():
     with pytest.raises(ValueError, match="eta must be >= 1"):
         FAB(LinfBall(0.1), eta=0.5)
+
+
+def test_robust_of_an_uncapped_result_is_refused_until_verified(problem):
+    """``result.robust`` is robustness at the budget: for a raw FMN(cap=False) result (minimal points of any
+    size) it refuses as the metrics do; after verify_result it reads the points inside the budget only."""
+    model, x, y = problem
+    attack = FMN(LinfBall(0.01, lower=0, upper=1), steps=20, seed=0)
+    raw = attack(model, [x, y])
+    with pytest.raises(ValueError, match="unbounded by design.*verify_result"):
+        raw.robust
+    checked = verify_result(attack, model, [x, y], raw)
+    assert bool(checked.extras["dropped_outside_budget"].any())  # the test needs points outside the budget
+    key = next(iter(raw.inputs))
+    with torch.no_grad():  # independently: broken at the budget = misclassified at a point inside it
+        inside = (raw.inputs[key] - x).abs().flatten(1).amax(1) <= 0.01 + 1e-6
+        broken = (model(raw.inputs[key]).argmax(1) != y) & inside
+        assert torch.equal(checked.robust, (model(x).argmax(1) == y) & ~broken)
+    assert int(checked.robust.sum()) > int((raw.clean_correct & raw.adv_correct).sum())

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..adapters.base import BatchView
-from ..threats.verify import UNVERIFIED  # noqa: F401  (re-exported: the extras key documented below)
+from ..threats.verify import UNVERIFIED  # also re-exported: the extras key documented below
 
 
 @dataclass
@@ -31,8 +31,8 @@ class AttackResult:
             unbounded by design (``FMN(cap=False)``, ``FAB(cap=False)``, a ``MinimalNormSearch`` with a
             larger ``eps_max``) carry ``extras[UNVERIFIED]`` until
             :func:`~mmrobust.threats.verify.verify_result` has counted their points outside the threat
-            model as not broken; the accuracy metrics refuse such results (their successes include points
-            of any size).
+            model as not broken; the accuracy metrics and :attr:`robust` refuse such results (their successes
+            include points of any size).
 
     Example:
         >>> from mmrobust.attacks import PGD
@@ -67,7 +67,10 @@ class AttackResult:
 
     @property
     def robust(self) -> Tensor:
-        """Correct on the clean input and on the perturbed one (the AutoAttack convention)."""
+        """Correct on the clean input and on the perturbed one (the AutoAttack convention): robust at the
+        attack's budget. A ``ValueError`` for a result still marked ``extras[UNVERIFIED]`` (its perturbed points
+        may lie outside the budget; ``clean_correct & adv_correct`` reads them as they are)."""
+        check_verified(self)
         return self.clean_correct & self.adv_correct
 
     @property
@@ -83,6 +86,19 @@ class AttackResult:
             name = next(iter(self.size))
         s = self.size[name]
         return s if self.unit is None else s[self.unit]
+
+
+def check_verified(result: "AttackResult", argument: str = "result") -> None:
+    """Refuse a result of an attack unbounded by design whose points were not checked against its threat model
+    (``extras[UNVERIFIED]``): a robustness number read from it would count breaks of any size."""
+    if result.extras.get(UNVERIFIED):
+        raise ValueError(
+            f"{argument} comes from {result.attack or 'an attack'}, which is unbounded by design (a minimal-norm "
+            "attack without cap): its successes include points outside the threat model, so robustness at the "
+            "budget would be understated. Build the attack with cap=True (FMN, FAB) or without eps_max "
+            "(MinimalNormSearch), or pass the result through mmrobust.threats.verify.verify_result(attack, "
+            "model, batch, result) -- as mmrobust.evaluate and Ensemble do -- which counts points outside the "
+            "budget as not broken; MinimalPerturbation takes the unbounded result as it is")
 
 
 def mark_not_found(result: "AttackResult", found: Optional[Tensor], victim: BatchView) -> "AttackResult":

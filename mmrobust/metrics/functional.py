@@ -27,9 +27,8 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from ..attacks.result import AttackResult
+from ..attacks.result import AttackResult, check_verified
 from ..errors import check_fraction
-from ..threats.verify import UNVERIFIED
 
 Results = Union[AttackResult, Sequence[AttackResult]]
 
@@ -53,15 +52,7 @@ def as_result_list(results: Results, argument: str = "results") -> list:
                              f"got targets of shapes {tuple(first.target.shape)} and {tuple(r.target.shape)} "
                              "or different labels")
     for i, r in enumerate(results):
-        if r.extras.get(UNVERIFIED):
-            raise ValueError(
-                f"{argument}[{i}] comes from {r.attack or 'an attack'}, which is unbounded by design (a "
-                "minimal-norm attack without cap): its successes include points outside the threat model, so "
-                "this metric would understate robustness. Build the attack with cap=True (FMN, FAB) or "
-                "without eps_max (MinimalNormSearch), or pass the result through "
-                "mmrobust.threats.verify.verify_result(attack, model, batch, result) -- as mmrobust.evaluate "
-                "and Ensemble do -- which counts points outside the budget as not broken; "
-                "MinimalPerturbation takes the unbounded result as it is")
+        check_verified(r, f"{argument}[{i}]")
     return list(results)
 
 
