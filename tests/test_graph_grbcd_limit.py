@@ -52,3 +52,24 @@ def test_grbcd_reports_a_budget_the_node_limit_cannot_fill():
         result = GRBCD(EdgeFlips(2, max_flips_per_node=1), block_size=10, epochs=2, seed=0)(model, data)
     assert int(result.size["edges"].sum()) == 1
     assert "max_flips_per_node=1" in result.extras["edges/unspent"]
+
+
+def test_the_unused_budget_check_quotes_grbcd_and_counts_the_same_flips():
+    """``edge_budget_unused`` and GRBCD's own note on unused flips speak of the same numbers, and the check's
+    evidence quotes the note (why the flips stayed unused: the per-node limit here)."""
+    import re
+
+    from mmrobust import evaluate
+    from mmrobust.adapters import GraphAdapter
+
+    model, data = toy_graph()   # 20 nodes: at most one flip per node fits 10 flips; 14 are asked
+    attack = GRBCD(EdgeFlips(14, max_flips_per_node=1), block_size=1000, epochs=2, seed=0,
+                   adapter=GraphAdapter(mask="test"))
+    with pytest.warns(UserWarning, match="flips unused"):
+        note = attack(model, data).extras["edges/unspent"]
+        out = evaluate(model, [data], attack, progress=False, checks=["edge_budget_unused"])
+    unused, budget = map(int, re.match(r"(\d+) of (\d+) flips unused", note).groups())
+    check = next(c for c in out["checks"] if c["name"] == "edge_budget_unused")
+    assert check["ran"] and check["fired"]
+    assert (check["values"]["allowed"], check["values"]["allowed"] - check["values"]["used"]) == (budget, unused)
+    assert f"GRBCD: {note}" in check["evidence"] and "max_flips_per_node=1" in check["evidence"]

@@ -77,10 +77,11 @@ def black_box_beats_white_box(tally: Mapping[str, int], *, max_fraction: float =
                        values={"outputs": n, "black_box_only": k})
 
 
-def tally_edge_budget(attacks: Mapping[str, Attack], results: Sequence[AttackResult], victim, tally: Dict[str, float]
+def tally_edge_budget(attacks: Mapping[str, Attack], results: Sequence[AttackResult], victim, tally: Dict[str, Any]
                       ) -> None:
     """Add to ``tally`` the flips used and allowed on graphs where an edge attack left some scored node robust
-    (``victim``: the batch's graph victim, for the clean edge counts)."""
+    (``victim``: the batch's graph victim, for the clean edge counts), and under ``"notes"`` what the attacks
+    said about flips they left unused (GRBCD's ``extras["edges/unspent"]``)."""
     from ..threats.graph import EdgeFlips
 
     graph = victim.meta.get("graph") if victim is not None else None
@@ -95,22 +96,29 @@ def tally_edge_budget(attacks: Mapping[str, Attack], results: Sequence[AttackRes
         tally["graphs"] = tally.get("graphs", 0) + int(robust_units.sum())
         tally["used"] = tally.get("used", 0.0) + float(r.size["edges"][robust_units].sum())
         tally["allowed"] = tally.get("allowed", 0.0) + float(allowed[robust_units].sum())
+        note = r.extras.get("edges/unspent")
+        if note and bool(robust_units.any()):
+            tally.setdefault("notes", []).append(f"{type(attack).__name__}: {note}")
 
 
 @register("edge_budget_unused", "results", "an edge attack left flips unused on graphs it did not break")
-def edge_budget_unused(tally: Mapping[str, float], *, min_share: float = 0.95) -> CheckResult:
+def edge_budget_unused(tally: Mapping[str, Any], *, min_share: float = 0.95) -> CheckResult:
     """An edge-flip attack (PRBCD, GRBCD) used less than ``min_share`` of its flip budget on graphs where some
     scored node stayed robust: the unused flips could only have helped (issue 20, Sec. 4: PRBCD with the
-    ``tanh_margin`` loss flipped 1277 of 1319 allowed pairs on Cora). No extra cost.
+    ``tanh_margin`` loss flipped 1277 of 1319 allowed pairs on Cora). The evidence quotes what the attack
+    reported about its unused flips (GRBCD's ``extras["edges/unspent"]``: how many, and why). No extra cost.
     """
     if not tally.get("allowed"):
         return not_applicable("edge_budget_unused", "needs a global edge-flip attack (PRBCD, GRBCD) on a graph "
                                                     "with nodes left robust")
     used, allowed = tally["used"], tally["allowed"]
     fired = used < min_share * allowed
+    notes = list(dict.fromkeys(tally.get("notes", ())))  # one batch after another may repeat a note
+    reported = "" if not notes else "; the attack reported: " + " | ".join(notes[:3]) + \
+        (f" (and {len(notes) - 3} more)" if len(notes) > 3 else "")
     return CheckResult("edge_budget_unused", fired,
                        f"the edge attacks flipped {used:.0f} of the {allowed:.0f} pairs allowed on the "
-                       f"{int(tally['graphs'])} graph(s) with nodes left robust",
+                       f"{int(tally['graphs'])} graph(s) with nodes left robust{reported}",
                        "the attack left budget unused: use loss='prob_margin' (PRBCD), more epochs, or a larger "
                        "block_size so the whole budget is spent" if fired else "",
                        values={"used": used, "allowed": allowed})

@@ -77,7 +77,7 @@ class FailureChecks:
         self._found: Dict[str, CheckResult] = {}
         self._probed = False
         self._black: Dict[str, int] = {}
-        self._edges: Dict[str, float] = {}
+        self._edges: Dict[str, Any] = {}  # flips used and allowed, and the attacks' notes on unused ones
 
     def __bool__(self) -> bool:
         return bool(self.names)
