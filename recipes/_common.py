@@ -41,7 +41,11 @@ COUNT_MINIMUMS = {"epochs": 1, "adv_epochs": 0, "steps": 1, "train_steps": 1, "e
 def parse_with_quick_presets(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]],
                              **presets: Any) -> argparse.Namespace:
     """Parse ``argv``; with ``--quick``, ``presets`` become the defaults, so flags given explicitly still win.
-    Count options below their :data:`COUNT_MINIMUMS` are refused here, naming the flag, before any work."""
+    Count options below their :data:`COUNT_MINIMUMS` are refused here, naming the flag, before any work.
+
+    ``argv`` is parsed twice on purpose: the first parse reads ``--quick``, the second applies the presets as
+    defaults. argparse cannot tell a flag given with the default's value from one not given, so comparing one
+    parse with the defaults would override ``--epochs 30 --quick``; the recipes' types have no side effects."""
     if parser.parse_args(argv).quick:
         parser.set_defaults(**presets)
     args = parser.parse_args(argv)

@@ -144,6 +144,7 @@ def test_multimodal_recipe_quick_presets_are_defaults_that_flags_override():
     given = parse(["--quick", "--epochs", "7", "--train-steps", "4", "--steps", "9", "--limit-train", "50",
                    "--eval-batches", "1"])
     assert (given.epochs, given.train_steps, given.steps, given.limit_train, given.eval_batches) == (7, 4, 9, 50, 1)
+    assert parse(["--quick", "--epochs", "6"]).epochs == 6  # a flag given with the full run's default wins too
     full = parse([])
     assert (full.epochs, full.train_steps, full.steps, full.limit_train, full.eval_batches) == (6, 5, 20, None, None)
     assert (full.eps, parse(["--mnist", "somewhere"]).eps, parse(["--eps", "0.3"]).eps) == (0.1, 0.2, 0.3)
