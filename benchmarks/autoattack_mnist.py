@@ -19,7 +19,9 @@ Wong & Kolter small CNN):
   ``--at-epochs`` epochs (the paper: 10), attacked at eps 0.3.
 
 Every attack sees the same first ``--n`` test images in batches of ``--batch-size`` (the reference's
-default 250). Robust accuracy is recomputed here from each method's returned points, which are checked
+default 250); ours runs as :func:`mmrobust.evaluate` runs it (``--pool-units``: the Ensemble's survivors
+pooled over consecutive batches, the library default; ``0``: each batch alone), every returned point checked
+by :mod:`mmrobust.threats.verify` there. Robust accuracy is recomputed here from each method's returned points, which are checked
 to lie in the eps ball and in [0, 1]. Wall times: ``--rounds`` interleaved rounds of the three full
 ensembles (each round calls each once, in turn), medians and the ratio reference / ours; members alone
 run once.
@@ -44,8 +46,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import CACHE, accuracy, markdown_table, mnist_tensors, quiet_run  # noqa: E402
 from mmrobust.attacks import Ensemble  # noqa: E402
+from mmrobust.attacks.survivors import EnsemblePool  # noqa: E402
+from mmrobust.evaluation import POOL_UNITS  # noqa: E402
 from mmrobust.image import StridedCNN  # noqa: E402
 from mmrobust.threats import LinfBall  # noqa: E402
+from mmrobust.threats.verify import run_checked, verify_result  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 EPS = {"normal": 0.1, "fgsm_rs": 0.3}
@@ -116,10 +121,23 @@ def load_model(kind: str, seed: int, at_epochs: int) -> nn.Module:
 
 
 # -- the methods: each returns the adversarial images of (x, y) ---------------------------------------
-def ours(attack, bs):
+def ours(attack, bs, pool_units=POOL_UNITS):
+    """The attack on batches of ``bs`` as :func:`mmrobust.evaluate` runs it: an Ensemble with its survivors
+    pooled over consecutive batches up to ``pool_units`` units (``None``: each batch alone), every result
+    checked by ``verify_result``; the other attacks per batch."""
     def run(model, x, y):
         attack.reseed()  # every call draws the seed's random numbers, as the reference re-seeds in each call
-        return torch.cat([_adv_of(attack(model, (x[i:i + bs], y[i:i + bs]))) for i in range(0, len(y), bs)])
+        batches = [(x[i:i + bs], y[i:i + bs]) for i in range(0, len(y), bs)]
+        if not (pool_units and isinstance(attack, Ensemble)):
+            return torch.cat([_adv_of(run_checked(attack, model, b)) for b in batches])
+        pool, waiting, adv = EnsemblePool(attack, model), [], []
+        for i, b in enumerate(batches):
+            pool.add(b)
+            waiting.append(b)
+            if pool.units >= pool_units or not pool.poolable or i == len(batches) - 1:
+                adv += [_adv_of(verify_result(attack, model, w, r)) for w, r in zip(waiting, pool.finish())]
+                waiting = []
+        return torch.cat(adv)
     return run
 
 
@@ -176,6 +194,8 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=3,
                     help="interleaved timing rounds of the full ensembles (0: only the members alone)")
     ap.add_argument("--batch-size", type=int, default=250)
+    ap.add_argument("--pool-units", type=int, default=POOL_UNITS,
+                    help="evaluate's pool_units for ours (default: the library's; 0: each batch alone)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-members", action="store_true", help="skip the members run alone")
@@ -203,7 +223,7 @@ def main(argv=None):
             p.requires_grad_(False)
         threat = LinfBall(eps, lower=0.0, upper=1.0)
         ensemble = Ensemble.standard(threat)  # library defaults
-        full = {"mmrobust Ensemble.standard": ours(ensemble, bs)}
+        full = {"mmrobust Ensemble.standard": ours(ensemble, bs, args.pool_units or None)}
         if have_ref:
             full["reference AutoAttack (fra31)"] = reference(eps, seed, bs)
         if not args.no_torchattacks:

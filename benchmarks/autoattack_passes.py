@@ -27,7 +27,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.autoattack_mnist import EPS, checked_robust, load_model, reference_available  # noqa: E402
+from benchmarks.autoattack_mnist import EPS, checked_robust, load_model, ours, reference_available  # noqa: E402
 from benchmarks.common import mnist_tensors, quiet_run  # noqa: E402
 from mmrobust.attacks import Ensemble  # noqa: E402
 from mmrobust.threats import LinfBall  # noqa: E402
@@ -84,11 +84,8 @@ def profile_ours(model, x, y, eps, bs, seed):
     for member in ensemble.attacks:
         member.run = meter.wrap(member.name, member.run, lambda victim, *a: victim.num_units)
     start, before = time.process_time(), dict(counter.counts)
-    advs = []
-    for i in range(0, len(y), bs):
-        res = ensemble(counter, (x[i:i + bs], y[i:i + bs]))
-        advs.append(res.batch[0])
-    return finish(meter, counter, start, before), torch.cat(advs)
+    adv = ours(ensemble, bs)(counter, x, y)  # as mmrobust.evaluate runs it: survivors pooled over batches
+    return finish(meter, counter, start, before), adv
 
 
 def profile_reference(model, x, y, eps, bs, seed):

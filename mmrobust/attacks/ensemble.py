@@ -11,7 +11,8 @@ from ..adapters.base import BatchAdapter, BatchView, infer_adapter
 from ..threats.base import ThreatModel, per_unit
 from ..threats.verify import verify_run
 from ..utils import progress_bar
-from .base import Attack, AttackResult, attack_mode, check_logits, prepare_victim, prepared, victim_for
+from .base import Attack, AttackResult, attack_mode, check_logits, prepared, victim_for
+from .survivors import Survivors, attack_survivors
 
 
 class Ensemble(Attack):
@@ -167,18 +168,10 @@ class Ensemble(Attack):
         return self(model, batch).batch
 
     def __call__(self, model, batch, *, target_labels: Optional[Tensor] = None) -> AttackResult:
-        inferred: Dict[str, BatchAdapter] = {}
-        victims: Dict[int, BatchView] = {}
-
-        def read(attack: Attack) -> BatchView:
-            """The batch as ``attack`` reads it: with its own adapter, or the one inferred from the batch."""
-            adapter = attack.adapter or inferred.setdefault("adapter", infer_adapter(batch))
-            if id(adapter) not in victims:
-                victims[id(adapter)] = victim_for(model, batch, adapter)
-            return victims[id(adapter)]
-
+        if target_labels is not None:
+            raise ValueError("Ensemble is untargeted; give target_labels to its members instead")
         with attack_mode(model):
-            return self._run(read, target_labels)
+            return self._run(self.members(), model, batch)
 
     def run(self, victim: BatchView, threats=None, *, target_labels: Optional[Tensor] = None,
             objective=None) -> AttackResult:
@@ -186,8 +179,10 @@ class Ensemble(Attack):
         with its own objective."""
         if objective is not None:
             raise ValueError("Ensemble runs each member with its own objective; give objectives to members instead")
+        if target_labels is not None:
+            raise ValueError("Ensemble is untargeted; give target_labels to its members instead")
         victim = prepared(victim)
-        return self._run(lambda attack: victim, target_labels)
+        return self._run(self.members(), victim=victim)
 
     def perturb(self, victim, threats, target_labels, clean_logits):
         """The ensemble's points and logits on ``victim`` (:meth:`run`), where an attack's ``perturb`` is called."""
@@ -198,72 +193,89 @@ class Ensemble(Attack):
         """The perturbed inputs of a full ensemble evaluation (an ensemble needs its evaluations)."""
         return self.run(victim, threats, target_labels=target_labels, objective=objective).inputs
 
-    def _run(self, read, target_labels: Optional[Tensor]) -> AttackResult:
-        if target_labels is not None:
-            raise ValueError("Ensemble is untargeted; give target_labels to its members instead")
-        members = self.members()
+    def _run(self, members: List[Attack], model=None, batch=None, victim: Optional[BatchView] = None) -> AttackResult:
         bar = progress_bar(getattr(self, "progress", True), total=len(members), desc="ensemble", unit="member",
                            every_step=True)
         if bar is not None:
             bar.set_postfix_str(members[0].name)
-        first_victim = read(members[0])
-        first = verify_run(members[0], first_victim, members[0].run(first_victim))
-        victim = read(next((a for a in members if a.adapter is not None), members[0]))
-        inputs = {k: v.clone() for k, v in first.inputs.items()}
-        logits = first.logits.clone()
-        clean_correct = first.clean_correct
-        robust = clean_correct & (logits.argmax(1) == first.target)
-        # the clean input wherever the clean prediction is already wrong
-        for k, v in inputs.items():
-            wrong = victim.per_unit((~clean_correct).float(), "amax") > 0
-            inputs[k] = torch.where(per_unit(wrong, v), victim.inputs[k], v)
-        logits = torch.where(clean_correct[:, None], logits, first.clean_logits)
-        exact_logits = victim.unit is None
-        history = [(members[0].describe(), int(robust.sum()))]
-        for attack in members[1:]:
+        try:
+            state = self.start(members, model, batch, victim=victim)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix_str(f"{attack.name}; {int(robust.sum())} outputs robust")
-            robust_units = victim.per_unit(robust.float(), "amax") > 0
-            if not bool(robust_units.any()):
-                history.append((attack.describe(), 0))
-                continue
-            index = robust_units.nonzero().squeeze(1)
-            own = read(attack)
-            if own.select is not None and own.unit is None:
-                sub = prepare_victim(own.select(index))
-                res = verify_run(attack, sub, attack.run(sub))
-                fooled = ~(res.clean_correct & res.adv_correct)
-                take = index[fooled]
-                for k in inputs:
-                    inputs[k][take] = res.inputs[k][fooled]
-                logits[take] = res.logits[fooled]
-                robust[take] = False
-            else:
-                res = verify_run(attack, own, attack.run(own))
-                now_robust = res.clean_correct & res.adv_correct
-                # a unit is replaced when the member leaves fewer of its outputs robust
-                before = victim.per_unit(robust.float())
-                after = victim.per_unit(now_robust.float())
-                take_units = robust_units & (after < before)
-                for k in inputs:
-                    inputs[k] = torch.where(per_unit(take_units, inputs[k]), res.inputs[k], inputs[k])
-                take_out = victim.per_output(take_units)
-                logits = torch.where(take_out[:, None], res.logits, logits)
-                robust = torch.where(take_out, now_robust, robust)
-                exact_logits = exact_logits and victim.unit is None
-            history.append((attack.describe(), int(robust.sum())))
-        if bar is not None:
-            bar.update(1)
-            bar.close()
+            self.advance(members, [state], bar=bar)
+        finally:
+            if bar is not None:
+                bar.close()
+        return self.result(state)
+
+    def start(self, members: List[Attack], model=None, batch=None, *, victim: Optional[BatchView] = None) -> Survivors:
+        """The first member on one batch (a user ``batch`` for ``model``, or a ``victim`` already read): its
+        points, and the outputs it left robust, for :meth:`advance`. Call it inside
+        :func:`~mmrobust.attacks.attack_mode`."""
+        inferred: Dict[str, BatchAdapter] = {}
+        victims: Dict[int, BatchView] = {}
+
+        def adapter_for(attack: Attack) -> BatchAdapter:
+            return attack.adapter or inferred.setdefault("adapter", infer_adapter(batch))
+
+        def read(attack: Attack) -> BatchView:
+            """The batch as ``attack`` reads it: with its own adapter, or the one inferred from the batch."""
+            if victim is not None:
+                return victim
+            adapter = adapter_for(attack)
+            if id(adapter) not in victims:
+                victims[id(adapter)] = victim_for(model, batch, adapter)
+            return victims[id(adapter)]
+
+        first_victim = read(members[0])
+        first = verify_run(members[0], first_victim, members[0].run(first_victim))
+        view = read(next((a for a in members if a.adapter is not None), members[0]))
+        inputs = {k: v.clone() for k, v in first.inputs.items()}
+        clean_correct = first.clean_correct
+        # the clean input wherever the clean prediction is already wrong
+        wrong = view.per_unit((~clean_correct).float(), "amax") > 0
+        for k, v in inputs.items():
+            inputs[k] = torch.where(per_unit(wrong, v), view.inputs[k], v)
+        robust = clean_correct & (first.logits.argmax(1) == first.target)
+        return Survivors(read=read, victim=view, first=first, inputs=inputs,
+                         logits=torch.where(clean_correct[:, None], first.logits, first.clean_logits),
+                         robust=robust, exact_logits=view.unit is None,
+                         history=[(members[0].describe(), int(robust.sum()))],
+                         model=model, batch=None if victim is not None else batch,
+                         adapter_for=None if victim is not None else adapter_for)
+
+    def advance(self, members: List[Attack], states: List[Survivors], *, chunk_units: Optional[int] = None,
+                bar=None) -> None:
+        """Every member after the first on the outputs still robust in ``states`` (one per batch), in order;
+        with ``chunk_units`` on the survivors of all of them joined where they can be
+        (:func:`~mmrobust.attacks.survivors.attack_survivors`). Call it inside
+        :func:`~mmrobust.attacks.attack_mode`."""
+        own_bar = bar is None and len(members) > 1
+        if own_bar:
+            bar = progress_bar(getattr(self, "progress", True), total=len(members) - 1, desc="ensemble (pooled)",
+                               unit="member", every_step=True)
+        try:
+            for attack in members[1:]:
+                if bar is not None:
+                    bar.set_postfix_str(f"{attack.name}; {sum(int(s.robust.sum()) for s in states)} outputs robust")
+                attack_survivors(attack, states, chunk_units)
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if own_bar and bar is not None:
+                bar.close()
+
+    def result(self, state: Survivors) -> AttackResult:
+        """The ensemble's result on the batch of ``state`` once :meth:`advance` ran."""
+        victim, inputs, logits = state.victim, state.inputs, state.logits
         threats = self.threats_for(victim)
-        if not exact_logits:
+        if not state.exact_logits:
             with torch.no_grad():
                 logits = victim.forward(inputs)
             check_logits(logits, victim, "on the ensemble's perturbed batch")
-        result = self.finish(victim, threats, inputs, first.clean_logits, None, logits)
-        result.extras["robust_after"] = history
-        result.extras["robust_counts"] = {name: count for name, count in history}
+        result = self.finish(victim, threats, inputs, state.first.clean_logits, None, logits)
+        result.extras["robust_after"] = list(state.history)
+        result.extras["robust_counts"] = {name: count for name, count in state.history}
         return result
 
 
