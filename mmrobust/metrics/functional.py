@@ -238,6 +238,11 @@ def sparse_certified_accuracy_update(certificate: Any, target: Tensor, radii: Se
     pred = certificate.prediction
     if target.shape != pred.shape:
         raise ValueError(f"target must have one label per node {tuple(pred.shape)}, got {tuple(target.shape)}")
+    if mask is not None and (not isinstance(mask, Tensor) or mask.shape != pred.shape):
+        # node indices (or a mask of another graph) would broadcast: one index counted every node, over 1
+        raise ValueError(f"mask must be a boolean node mask of shape {tuple(pred.shape)} (e.g. data.test_mask), "
+                         f"got {getattr(mask, 'shape', type(mask).__name__)}; for node indices idx pass "
+                         "torch.zeros(num_nodes, dtype=torch.bool).index_fill_(0, idx, True)")
     keep = torch.ones_like(pred, dtype=torch.bool) if mask is None else mask.to(pred.device).bool()
     correct = (pred == target.to(pred.device)) & keep
     counts = [int((correct & certificate.certified(a, d)).sum()) for a, d in radii]
