@@ -66,3 +66,25 @@ def test_bit_errors_on_a_quantised_fourier_model():
         assert flips["0"].shape == (2, 1, 3, 3)
         model(x)
     assert torch.equal(model(x), before)
+
+
+def test_weight_clipping_of_a_fourier_kernel_clamps_the_spatial_kernel():
+    # clip_weights clamped the Fourier *coefficients* to [-clip, clip]: a kernel already inside the box (max |w|
+    # 0.096 < 0.1) changed by 0.034 at every training step of FourierSparsity + Quantization(clip=0.1)
+    from mmrobust.compression import clip_weights
+    from mmrobust.compression.quantization import quantized_modules, quantizer_input
+
+    model = _conv()
+    with torch.no_grad():
+        model[0].weight.mul_(0.3)
+    assert float(model[0].weight.abs().max()) < 0.1
+    fourier_parametrize(model)
+    quantize_model(model, QuantizerConfig(bits=8, clip=0.1))
+    (_, module, fq), _ = quantized_modules(model)
+    inside = quantizer_input(module, fq).detach().clone()
+    clip_weights(model)
+    assert torch.allclose(quantizer_input(module, fq), inside, atol=1e-7)
+    with torch.no_grad():   # a kernel outside the box is clamped in the spatial domain
+        module.parametrizations.weight.original.mul_(10)
+    clip_weights(model)
+    assert float(quantizer_input(module, fq).abs().max()) <= 0.1 + 1e-6

@@ -290,10 +290,32 @@ def quantizer_input(module: nn.Module, quantizer: FakeQuantize) -> Tensor:
 
 @torch.no_grad()
 def clip_weights(model: nn.Module) -> None:
-    """Clamp every quantised weight to ``[-clip, clip]`` of its quantiser (Stutz et al. 2021, Sec. 4.2)."""
+    """Clamp every quantised weight to ``[-clip, clip]`` of its quantiser (Stutz et al. 2021, Sec. 4.2).
+
+    The clamp applies to the weight the quantiser sees. Behind elementwise parametrisations (a pruning mask)
+    that is the stored float weight; behind a Fourier kernel it is the spatial kernel: where it leaves the
+    box, the clamped kernel's coefficients are written back (the coefficient mask then applies again, so the
+    result is near the box, and the quantiser saturates the rest); a kernel inside the box is left unchanged.
+    """
     for _, module, fq in quantized_modules(model):
-        if fq.cfg.clip is not None:
-            original_weight(module).clamp_(-fq.cfg.clip, fq.cfg.clip)
+        if fq.cfg.clip is None:
+            continue
+        clip = fq.cfg.clip
+        chain = list(module.parametrizations.weight)
+        before = chain[:[i for i, p in enumerate(chain) if p is fq][0]]
+        inverses = [p for p in before if hasattr(p, "right_inverse")]
+        if not inverses:  # masks commute with the clamp: clamp the stored weight (the previous behaviour)
+            original_weight(module).clamp_(-clip, clip)
+            continue
+        # clamping Fourier coefficients instead changed kernels that were inside the box
+        w = quantizer_input(module, fq)
+        if bool((w.abs() <= clip).all()):
+            continue
+        value = w.clamp(-clip, clip)
+        for p in reversed(before):
+            if hasattr(p, "right_inverse"):
+                value = p.right_inverse(value)
+        original_weight(module).copy_(value)
 
 
 @torch.no_grad()
