@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -88,3 +89,19 @@ def test_weight_clipping_of_a_fourier_kernel_clamps_the_spatial_kernel():
         module.parametrizations.weight.original.mul_(10)
     clip_weights(model)
     assert float(quantizer_input(module, fq).abs().max()) <= 0.1 + 1e-6
+
+
+def test_magnitude_pruning_of_a_fourier_kernel_ranks_its_spatial_weights():
+    # the importance was |stored weight|, the Fourier coefficients, ranked against a spatial mask: a shape error
+    model = _conv()
+    fourier_parametrize(model)
+    prune_magnitude(model, 0.5, scope="layer")
+    kernel = model[0].weight.detach()
+    assert float((kernel == 0).float().mean()) == pytest.approx(0.5, abs=1 / 18)
+    assert len(fourier_modules(model)) == 1
+    from mmrobust.compression import make_permanent
+
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="remove_fourier"):   # the mask cannot be baked into the coefficients
+        make_permanent(model)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())

@@ -71,8 +71,28 @@ def add_masks(modules: Modules) -> None:
             parametrize.register_parametrization(m, "weight", PruningMask(m.weight))
 
 
+def masked_weight_input(module: nn.Module) -> Tensor:
+    """The weight the :class:`PruningMask` multiplies: the stored weight, or the kernel an earlier
+    parametrisation computes from it (a Fourier kernel's spatial weights, not its coefficients)."""
+    chain = module.parametrizations.weight
+    w = chain.original
+    for p in chain:
+        if isinstance(p, PruningMask):
+            return w
+        w = p(w)
+    raise ValueError(f"{type(module).__name__} has no pruning mask")
+
+
+def _mask_first(module: nn.Module, what: str) -> None:
+    if not isinstance(module.parametrizations.weight[0], PruningMask):
+        raise ValueError(f"{what} needs the pruning mask first in the weight's parametrisations, got "
+                         f"{[type(p).__name__ for p in module.parametrizations.weight]}; for Fourier-parametrised "
+                         "kernels bake them first (mmrobust.compression.remove_fourier)")
+
+
 def _importance(module: nn.Module) -> Tensor:
-    imp = original_weight(module).detach().abs()
+    with torch.no_grad():
+        imp = masked_weight_input(module).detach().abs()
     mask = pruning_mask(module)
     if mask is not None:
         # already pruned weights rank last, so masks only ever grow (monotone schedule)
@@ -159,10 +179,10 @@ def make_permanent(model: nn.Module) -> nn.Module:
     Layers whose weight carries further parametrisations (a quantiser) keep them; only the masked
     entries of their float weight are zeroed.
     """
-    for _, m in model.named_modules():
-        mask = pruning_mask(m)
-        if mask is None:
-            continue
+    masked = [(m, pruning_mask(m)) for m in model.modules() if pruning_mask(m) is not None]
+    for m, _ in masked:   # refuse before changing anything
+        _mask_first(m, "make_permanent")
+    for m, mask in masked:
         if len(m.parametrizations.weight) == 1:
             own_parametrized_class(m)
             parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
@@ -198,6 +218,7 @@ class _ScoredNetwork(nn.Module):
         self.sparsity, self.scope = sparsity, scope
         scores = []
         for _, m in modules:
+            _mask_first(m, "hydra_prune")
             w = (original_weight(m) * pruning_mask(m)).detach()
             # scaled magnitude initialisation (Sehwag et al. 2020, Sec. 3.3): s ∝ w / max|w|
             scores.append(nn.Parameter(w / w.abs().amax().clamp_min(1e-12)))
