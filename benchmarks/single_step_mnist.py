@@ -313,7 +313,7 @@ def replayed_probe(r: dict) -> str:
 
 def report() -> str:
     rows = []
-    for path in sorted(p for p in OUT.glob("*.json") if p.name not in ("costs.json", "passes.json")):
+    for path in sorted(p for p in OUT.glob("*.json") if p.name not in ("costs.json", "passes.json", "reference_models.json")):
         r = json.loads(path.read_text())
         name = r["method"] + (f" (lambda {r['grad_align_weight']:g})" if r.get("grad_align_weight") else "")
         name += " (noise not clipped)" if r.get("clip_noise") is False else ""
