@@ -40,7 +40,8 @@ def __getattr__(name: str) -> Any:
     """``mmrobust.PGD``, ``mmrobust.attacks``, ``mmrobust.image``, ...: imported on first access, then cached."""
     if name in _NAMES:
         value = getattr(importlib.import_module(f".{_NAMES[name]}", __name__), name)
-    elif (Path(__file__).parent / name).is_dir() or (Path(__file__).parent / f"{name}.py").is_file():
+    elif not name.startswith("_") and ((Path(__file__).parent / name / "__init__.py").is_file()
+                                       or (Path(__file__).parent / f"{name}.py").is_file()):
         value = importlib.import_module(f".{name}", __name__)
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

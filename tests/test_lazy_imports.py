@@ -50,6 +50,7 @@ heavy = sorted(m for m in ("torch", "pytorch_lightning", "torchmetrics", "torcha
 print("HEAVY", heavy)
 from mmrobust import *
 print("ALL", all(name in globals() for name in mmrobust.__all__), mmrobust.evaluate is mmrobust.evaluation.evaluate)
+print("OTHER", mmrobust.graph.__name__, hasattr(mmrobust, "no_such_name"), hasattr(mmrobust, "__pycache__"))
 """
 
 
@@ -63,3 +64,4 @@ def test_help_and_import_start_without_torch_and_lightning():
     assert "usage: mmrobust demo" in proc.stdout and "--modalities" in proc.stdout
     assert "HEAVY []" in proc.stdout
     assert "ALL True True" in proc.stdout
+    assert "OTHER mmrobust.graph False False" in proc.stdout  # subpackages on access; hasattr never raises
