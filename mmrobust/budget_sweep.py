@@ -237,6 +237,8 @@ def minimal_perturbations(model: nn.Module, dataloader: Iterable, attack: Attack
             if max_batches is not None and i >= max_batches:
                 break
             result = run(model, move_batch(batch, target))
-            size = result.output_size().detach()
-            sizes += size[result.clean_correct].double().cpu().tolist()
+            size = result.output_size().detach().double()
+            # only points adversarial at the returned logits count (as MinimalPerturbation and boundary_distances)
+            size = torch.where(result.success.to(size.device).bool(), size, torch.full_like(size, math.inf))
+            sizes += size[result.clean_correct].cpu().tolist()
     return sizes
