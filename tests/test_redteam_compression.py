@@ -105,3 +105,23 @@ def test_magnitude_pruning_of_a_fourier_kernel_ranks_its_spatial_weights():
     with pytest.raises(ValueError, match="remove_fourier"):   # the mask cannot be baked into the coefficients
         make_permanent(model)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+def test_hydra_scores_the_network_it_deploys_on_a_pruned_model():
+    # HYDRA's scored network folded the old mask into the weights (previously pruned weights read as 0), while
+    # the top-k masks written afterwards replace the old ones (those weights come back with their stored
+    # values): re-pruning an 80 % pruned model to 50 % deployed a network the scores were never trained on
+    from mmrobust.compression import prunable_modules, set_masks
+    from mmrobust.compression.pruning import _ScoredNetwork
+
+    model = prune_magnitude(_mlp(), 0.8)
+    modules = prunable_modules(model)
+    scored = _ScoredNetwork(model, modules, 0.5, "layer")
+    x = torch.randn(7, 4)
+    with torch.no_grad():
+        for s in scored.scores:   # trained scores: some weights pruned before are selected again
+            s.add_(0.05 * torch.randn_like(s))
+        expected = scored(x)
+        set_masks(modules, scored.masks(differentiable=False))
+        assert weight_sparsity(model) == pytest.approx(0.5, abs=0.02)
+        assert torch.allclose(model(x), expected, atol=1e-6)

@@ -248,8 +248,11 @@ class _ScoredNetwork(nn.Module):
         params = {}
         for name, m, mask in zip(self.names, self.modules_, self.masks()):
             prefix = f"{name}." if name else ""
-            # the old mask is folded into the substituted original; the top-k mask must replace it, not AND it
-            params[prefix + "parametrizations.weight.original"] = (original_weight(m) * pruning_mask(m)).detach() * mask
+            # the top-k mask replaces the old one, as set_masks does afterwards: the chain's mask (first, see
+            # _mask_first) reads as ones here, so the network scored is the one deployed (folding the old mask in
+            # scored weights pruned before as zeros, then deployed them with their stored values)
+            params[prefix + "parametrizations.weight.original"] = original_weight(m).detach() * mask
+            params[prefix + "parametrizations.weight.0.mask"] = torch.ones_like(pruning_mask(m))
         return torch.func.functional_call(model, params, args, kwargs, strict=False)
 
 
