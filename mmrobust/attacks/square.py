@@ -10,6 +10,7 @@ from torch import Tensor
 
 from ..errors import check_fraction, check_int
 from ..threats.base import ThreatModel, per_unit
+from ..threats.norms import LinfBall
 from ..utils import rand
 from .base import Attack, Threat, check_logits
 from .losses import fixed_loss
@@ -134,13 +135,17 @@ class Square(Attack):
                     return self._unit_margin(sub, logits, sub_targets), logits
                 return evaluate
 
+            every = index.numel() == victim.num_units  # then index is every unit in order (arange)
+
             def evaluate_all(delta: Tensor):
-                full = {**victim.inputs, name: x.index_copy(0, index, x[index] + delta)}
+                full = {**victim.inputs, name: x + delta if every else x.index_copy(0, index, x[index] + delta)}
                 logits = victim.forward(full)
                 check_logits(logits, victim, "during the Square search")
-                margins = self._unit_margin(victim, logits, target_labels)[index]
+                margins = self._unit_margin(victim, logits, target_labels)
                 # logits are tracked per output only when outputs are units (images, audio)
-                return margins, (logits[index] if victim.unit is None else None)
+                if every:
+                    return margins, (logits if victim.unit is None else None)
+                return margins[index], (logits[index] if victim.unit is None else None)
             return evaluate_all
 
         best_delta = torch.zeros_like(x)
@@ -170,6 +175,9 @@ class Square(Attack):
         n, c, h, w = img.shape
         if threat.norm == "l2" and min(h, w) < 5:
             raise ValueError(f"L2 Square needs image-shaped inputs of at least 5x5, got {tuple(x.shape[1:])}")
+        # a LinfBall projection is elementwise and leaves an admissible delta as it is, so an L-inf candidate
+        # (the admissible delta with one new window) needs only its window projected: _linf_candidate does it
+        window_only = type(threat) is LinfBall
         delta = self._init(threat, x, eps, gen)
         delta = self._admissible(threat, delta, x, mask)
         margin, logits = evaluator(index)(delta)
@@ -187,10 +195,11 @@ class Square(Attack):
             p = square_fraction(self.p_init, it, self.n_queries)
             dd = delta if every else delta[todo]
             if threat.norm == "linf":
-                cand = self._linf_candidate(xd, dd, ed, p, gen, threat)
+                cand = self._linf_candidate(xd, dd, ed, p, gen, threat, in_box=window_only and md is None)
             else:
                 cand = self._l2_candidate(xd, dd, ed, p, gen)
-            cand = self._admissible(threat, cand, xd, md)
+            if not (window_only and md is None):
+                cand = self._admissible(threat, cand, xd, md)
             new_margin, new_logits = evaluate(cand)
             if _take_lower(new_margin, margin, todo, [(delta, cand), (logits, new_logits)]):
                 work = None
@@ -223,10 +232,12 @@ class Square(Attack):
         return (delta * per_unit(eps / norm, delta)).reshape(x.shape)
 
     # -- candidate updates ----------------------------------------------------------------------------
-    def _linf_candidate(self, x, delta, eps, p, gen, threat) -> Tensor:
+    def _linf_candidate(self, x, delta, eps, p, gen, threat, in_box: bool = False) -> Tensor:
         """One window of side ``sqrt(p * h * w)`` at a random place set to ``+-eps`` per unit and channel
         (Alg. 2). Where the new window would change nothing inside the value box (a query wasted), its
-        signs are flipped: the authors' code redraws the signs of such an image until the window changes."""
+        signs are flipped: the authors' code redraws the signs of such an image until the window changes.
+        ``in_box``: the window is clamped into the value box (``threat.clamp_box``), which for a
+        :class:`~mmrobust.threats.LinfBall` and an admissible ``delta`` is the projection of the whole candidate."""
         img, d = _as_image(x), _as_image(delta).clone()
         n, c, h, w = img.shape
         s = _window_side(p, h, w)
@@ -242,7 +253,10 @@ class Square(Attack):
             old_in_box = (window + old).clamp(lower, upper)
             same = (new_in_box - old_in_box).abs().flatten(1).amax(1) <= 1e-7
             signs = torch.where(per_unit(same, signs), -signs, signs)
-        d[:, :, th:th + sh, tw:tw + sw] = (signs * r).expand(n, c, sh, sw)
+        values = (signs * r).expand(n, c, sh, sw)
+        if in_box:
+            values = threat.clamp_box(values, img[:, :, th:th + sh, tw:tw + sw])
+        d[:, :, th:th + sh, tw:tw + sw] = values
         return d.reshape(x.shape)
 
     @staticmethod
