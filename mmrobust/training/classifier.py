@@ -28,7 +28,8 @@ class RobustClassifier(pl.LightningModule):
     * ``"ccat"``: :func:`~mmrobust.objectives.ccat_loss` (Stutz et al. 2020): the first half of each batch
       clean, the second half attacked with ``attack`` (use
       ``PGD(threat, loss=mmrobust.objectives.other_class_confidence)``) and trained towards
-      :math:`(1-\\lambda)\\,\\mathrm{onehot} + \\lambda/K`, :math:`\\lambda = 1-(1-\\min(1, \\|\\delta\\|/\\epsilon))^\\rho`.
+      :math:`(1-\\lambda)\\,\\mathrm{onehot} + \\lambda/K`, :math:`\\lambda = 1-(1-\\min(1, \\|\\delta\\|/\\epsilon))^\\rho`;
+      both halves go through the model in one pass, as in the paper's code (batch norm sees the mixed batch).
       Evaluate by confidence thresholding.
 
     Batches go through adapters (``adapter`` or :func:`~mmrobust.adapters.base.stage_adapter`), so image, audio and graph
@@ -175,13 +176,27 @@ class RobustClassifier(pl.LightningModule):
             size = threat.size(adv_inputs[name] - x, x) / threat.radius(x).clamp_min(1e-12)
             relative = torch.maximum(relative, size.to(relative.dtype))
         relative = adv_src.per_output(relative)
-        logits_clean = clean_v.forward(clean_v.inputs)
-        logits_adv = adv_src.forward(adv_inputs)
+        logits_clean, logits_adv = self._ccat_logits(victim, clean_v, adv_src, adv_inputs)
         loss = ccat_loss(logits_clean, clean_v.target, logits_adv, adv_src.target, relative.detach(), self.rho)
         self.log("train/clean_acc", self._accuracy(logits_clean.detach(), clean_v.target),
                  batch_size=clean_v.num_outputs)
         self.log("train/adv_acc", self._accuracy(logits_adv.detach(), adv_src.target), batch_size=adv_src.num_outputs)
         return loss
+
+    @staticmethod
+    def _ccat_logits(victim: BatchView, clean_v: BatchView, adv_src: BatchView, adv_inputs: Dict[str, Tensor]):
+        """Logits of the clean and the adversarial half from *one* forward pass of the whole batch (clean half
+        first), as Stutz et al.'s code (``torch.cat((clean_inputs, adversarial_inputs))``): batch
+        normalisation sees the mixed batch once. Two passes where the halves do not make up the batch."""
+        if clean_v is not adv_src:
+            joint = {k: torch.cat([clean_v.inputs[k], adv_inputs.get(k, adv_src.inputs[k])])
+                     for k in clean_v.inputs}
+            n_clean = clean_v.num_outputs
+            if (joint.keys() == victim.inputs.keys() and victim.num_outputs == n_clean + adv_src.num_outputs
+                    and all(joint[k].shape == v.shape for k, v in victim.inputs.items())):
+                logits = victim.forward(joint)
+                return logits[:n_clean], logits[n_clean:]
+        return clean_v.forward(clean_v.inputs), adv_src.forward(adv_inputs)
 
     def _evaluate(self, batch: Any, stage: str) -> Tensor:
         victim = self.victim(batch, stage)
