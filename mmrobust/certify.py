@@ -10,7 +10,7 @@ from scipy.stats import beta, binomtest, norm
 from torch import Tensor, nn
 
 from .attacks.base import attack_mode, normal_tensor
-from .errors import check_fraction, check_int, check_positive
+from .errors import NonFiniteError, check_fraction, check_int, check_positive
 from .utils import make_generator, randn
 
 #: class index returned where the smoothed classifier abstains
@@ -130,6 +130,10 @@ class SmoothedClassifier(nn.Module):
                     if not isinstance(logits, Tensor) or logits.shape != (m, self.num_classes):
                         raise ValueError(f"base_model must return logits of shape (batch, num_classes={self.num_classes}),"
                                          f" got {getattr(logits, 'shape', type(logits).__name__)}")
+                    if not bool(torch.isfinite(logits).all()):
+                        # argmax reads a NaN as the largest logit: NaN outputs would vote, and be certified
+                        raise NonFiniteError("base_model returned NaN/Inf logits on noisy inputs (sigma="
+                                             f"{self.sigma:g}); their votes would be meaningless")
                     counts[i] += torch.bincount(logits.argmax(1), minlength=self.num_classes)
                     remaining -= m
         return counts

@@ -25,3 +25,24 @@ def test_every_existing_pair_survives_with_probability_one_minus_p_minus(edge_in
         assert e.shape[1] in (0, 2) and bool((e[0] != e[1]).all())     # the pair once, both directions
         kept += int(((e[0] == 0) & (e[1] == 1)).any())
     assert kept / trials == pytest.approx(0.5, abs=0.04)
+
+
+class _NaNWhereNegative(torch.nn.Module):
+    def forward(self, x, edge_index=None):
+        return torch.log(x[:, :2])          # NaN for negative inputs
+
+
+def test_nan_logits_are_refused_not_counted_as_votes():
+    # argmax reads NaN as the largest logit: a model returning NaN under noise got class 0 certified (radius 0.75)
+    from mmrobust import SmoothedClassifier
+    from mmrobust.errors import NonFiniteError
+
+    smoothed = SmoothedClassifier(_NaNWhereNegative(), 0.5, num_classes=2, n0=10, n=100, generator=0)
+    with pytest.raises(NonFiniteError, match="NaN/Inf"):
+        smoothed.certify(torch.tensor([[-3.0, 5.0]]))
+    x = -torch.ones(4, 2)
+    from torch_geometric.data import Data
+
+    data = Data(x=x, edge_index=torch.tensor([[0, 1], [1, 0]]), num_nodes=4)
+    with pytest.raises(NonFiniteError, match="NaN/Inf"):
+        SparseSmoothing(_NaNWhereNegative(), p_plus=0.1, p_minus=0.3, n0=2, n=5).certify(data)

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from ..adapters.calls import graph_call
 from ..attacks.base import attack_mode
 from ..certify import ABSTAIN, clopper_pearson_lower
-from ..errors import check_fraction, check_int
+from ..errors import NonFiniteError, check_fraction, check_int
 
 
 def worst_case_top_probability(p_lower: float, r_add: int, r_del: int, p_plus: float, p_minus: float) -> float:
@@ -184,6 +184,9 @@ class SparseSmoothing:
             for _ in range(num):
                 x, ei = self.sample_graph(data.x, data.edge_index, data.num_nodes, gen)
                 logits = call(data, x, ei, None, None)  # the model's own signature (x, edge_index[, ...]) or (data)
+                if not bool(torch.isfinite(logits).all()):   # argmax would count a NaN as the top class's vote
+                    raise NonFiniteError("the model returned NaN/Inf logits on a smoothed graph; its votes would be "
+                                         "meaningless")
                 pred = logits.argmax(1)
                 if counts is None:
                     counts = torch.zeros(data.num_nodes, logits.shape[1], dtype=torch.long, device=pred.device)
