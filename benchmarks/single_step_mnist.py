@@ -9,6 +9,7 @@ test images: PGD-50 x 10 restarts (step 0.01, the paper's evaluation) and, besid
 (100 steps, 9 target classes); "worst" is the per-example worst case of all three.
 
     python benchmarks/single_step_mnist.py --method fgsm_rs --seed 0      # one run -> results/single_step/*.json
+    python benchmarks/single_step_mnist.py --seed 3 --save-model          # + weights in benchmarks/.cache/single_step/
     python benchmarks/single_step_mnist.py --report                       # the table of all runs so far
     python benchmarks/single_step_mnist.py --cost                         # time per step, interleaved rounds
     python benchmarks/single_step_mnist.py --passes                       # time of each pass a step is made of
