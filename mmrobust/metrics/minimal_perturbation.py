@@ -31,7 +31,7 @@ class MinimalPerturbation(Metric):
     outputs were never broken.
 
     ``update(result, name=None)`` reads ``result.output_size(name)`` (the size in the threat model's
-    own measure) and ``result.success``. ``+\\infty`` means *not found within the attack's search*: feed
+    own measure) and ``result.success``. ``inf`` means *not found within the attack's search*: feed
     results of uncapped attacks (``FMN(cap=False)``, the default); a capped attack reports ``inf`` for every
     output it could not break within its radius, so :meth:`accuracy_curve` beyond that radius would count
     those outputs as robust. Exact medians are not additive, so the sizes are kept as a
