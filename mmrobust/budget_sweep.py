@@ -23,6 +23,7 @@ from .adapters.base import BatchAdapter
 from .attacks.base import Attack
 from .checks import sweep_checks
 from .evaluation import Attacks, evaluate, model_device, move_batch, named_attacks
+from .metrics.functional import size_quantile
 from .threats.base import ThreatModel
 from .utils import progress_bar
 
@@ -117,12 +118,14 @@ class BudgetSweep:
         return out
 
     def min_norm_summary(self) -> List[Dict[str, Any]]:
-        """Per minimum-norm attack: outputs measured, how many have an adversarial point, and its median and
-        quartiles over those found."""
+        """Per minimum-norm attack: outputs measured, how many have an adversarial point, and the median and
+        quartiles of its size over those found, as :func:`mmrobust.metrics.functional.size_quantile` defines
+        them (the median :class:`~mmrobust.metrics.MinimalPerturbation` reports: the mean of the two middle
+        values for an even count); NaN where none was found."""
         rows = []
         for name, sizes in self.min_norms.items():
-            found = sorted(s for s in sizes if math.isfinite(s))
-            q = (lambda f: found[min(len(found) - 1, int(f * len(found)))]) if found else (lambda f: math.nan)
+            found = torch.tensor([s for s in sizes if math.isfinite(s)], dtype=torch.float64)
+            q = lambda f: float(size_quantile(found, f))  # noqa: E731
             rows.append({"attack": name, "clean-correct outputs": len(sizes), "found": len(found),
                          "25%": q(0.25), "median": q(0.5), "75%": q(0.75)})
         return rows

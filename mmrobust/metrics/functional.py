@@ -117,13 +117,30 @@ def minimal_perturbation_update(result: AttackResult, name: Optional[str] = None
     return torch.where(correct, size, torch.zeros_like(size)), correct
 
 
-def minimal_perturbation_compute(sizes: Tensor) -> Tensor:
-    """The median of ``sizes`` (mean of the two middle values for an even count); NaN when empty."""
+def size_quantile(sizes: Tensor, q: float) -> Tensor:
+    """The ``q``-quantile of ``sizes`` by linear interpolation between the two nearest order statistics
+    (NumPy's and ``torch.quantile``'s default): ``q=0.5`` is the median, the mean of the two middle values for
+    an even count. Unlike ``torch.quantile`` it keeps ``inf`` entries (never-broken outputs) exact: a quantile
+    that falls on or next to one is ``inf``, not NaN. NaN when ``sizes`` is empty. The one definition of the
+    median and quartiles of minimal perturbation sizes in the library
+    (:class:`~mmrobust.metrics.MinimalPerturbation`, :meth:`mmrobust.budget_sweep.BudgetSweep.min_norm_summary`)."""
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"q must be a quantile level in [0, 1], got {q!r} (e.g. q=0.5 for the median)")
     if sizes.numel() == 0:
         return torch.tensor(float("nan"))
-    ordered = sizes.sort().values
-    n = ordered.numel()
-    return (ordered[(n - 1) // 2] + ordered[n // 2]) / 2
+    ordered = sizes.flatten().sort().values
+    position = q * (ordered.numel() - 1)
+    low, high = math.floor(position), math.ceil(position)
+    frac = position - low
+    if frac == 0.0:
+        return ordered[low]
+    return ordered[low] * (1.0 - frac) + ordered[high] * frac
+
+
+def minimal_perturbation_compute(sizes: Tensor) -> Tensor:
+    """The median of ``sizes`` (mean of the two middle values for an even count, :func:`size_quantile` at
+    ``0.5``); NaN when empty."""
+    return size_quantile(sizes, 0.5)
 
 
 def minimal_perturbation(result: AttackResult, name: Optional[str] = None) -> Tensor:
