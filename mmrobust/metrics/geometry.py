@@ -53,7 +53,11 @@ class BoundaryDistance(Metric):
     * ``median_correct`` / ``median_incorrect``: medians over correctly / wrongly classified outputs,
     * ``spearman_correct`` / ``spearman_incorrect``: Spearman's :math:`\\rho` between :math:`d` and the clean
       confidence :math:`\\max_k \\mathrm{softmax}(f(x))_k` within each group (a well-behaved model is
-      confident far from its boundary).
+      confident far from its boundary),
+    * ``count_correct`` / ``count_incorrect``: how many outputs each group holds.
+
+    Every key is always present: a statistic with no outputs to summarise (a group that is empty, or no
+    update yet) is NaN, like the library's other metrics before their first update.
 
     Feed it ``update(result)`` with a result of an attack run through
     :func:`~mmrobust.geometry.boundary.with_predicted_labels` (so misclassified inputs get their distance to
@@ -94,9 +98,11 @@ class BoundaryDistance(Metric):
         self.correct.append(correct.detach().bool().clone())
 
     def compute(self) -> Dict[str, Tensor]:
+        """The summary above; before any update (or after updates with no outputs) the same keys, every
+        statistic NaN and both counts 0."""
         if isinstance(self.distances, list) and not self.distances:
-            nan = torch.tensor(float("nan"))
-            return {"median": nan}
+            empty = torch.zeros(0)
+            return boundary_distance_compute(empty, empty, empty.bool(), self.quantiles)
         return boundary_distance_compute(dim_zero_cat(self.distances), dim_zero_cat(self.confidence),
                                          dim_zero_cat(self.correct), self.quantiles)
 
@@ -131,8 +137,9 @@ class GeometryStatistic(Metric):
         self.values.append(geometry_statistic_update(values).clone())
 
     def compute(self) -> Dict[str, Tensor]:
+        """``mean``, ``max``, ``median``, ``q90``; all NaN before any update (or with no values)."""
         if isinstance(self.values, list) and not self.values:
-            return {"mean": torch.tensor(math.nan)}
+            return geometry_statistic_compute(torch.zeros(0))
         return geometry_statistic_compute(dim_zero_cat(self.values))
 
 
@@ -195,8 +202,11 @@ def geometry_statistic_update(values: Tensor) -> Tensor:
 
 
 def geometry_statistic_compute(v: Tensor) -> Dict[str, Tensor]:
-    """Mean, max, median and 90 % quantile of the per-unit values ``v``."""
+    """Mean, max, median and 90 % quantile of the per-unit values ``v``; all NaN when ``v`` is empty."""
     q = _quantiles(v, [0.5, 0.9])
+    if v.numel() == 0:
+        nan = torch.tensor(math.nan)
+        return {"mean": nan, "max": nan.clone(), "median": q[0], "q90": q[1]}
     return {"mean": v.mean(), "max": v.max(), "median": q[0], "q90": q[1]}
 
 
