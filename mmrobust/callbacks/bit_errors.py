@@ -36,7 +36,8 @@ class RandomBitErrorTraining(ExtraLossCallback):
         weight: ``lambda``, the weight of the bit-error loss.
         loss_fn: ``(model, batch) -> scalar loss``; default cross-entropy through the batch adapter.
         start_step: global step from which bit errors are added (the paper starts at once).
-        seed: seed of the error patterns (``None``: global RNG).
+        seed: seed of the error patterns (``None``: global RNG), drawn on the CPU: the same patterns on any
+            device.
     """
 
     log_name = "randbet/bit_error_loss"
@@ -53,13 +54,17 @@ class RandomBitErrorTraining(ExtraLossCallback):
         self._generator: Optional[torch.Generator] = None
         self._rng_state: Optional[Tensor] = None
 
-    def _gen(self, device) -> Optional[torch.Generator]:
+    def _gen(self) -> Optional[torch.Generator]:
+        """The pattern stream: a CPU generator (the flips are moved to the weights), so a seed gives the same
+        patterns on CPU and CUDA and a checkpoint's stream resumes exactly on either."""
         if self.seed is None:
             return None
-        if self._generator is None or self._generator.device != torch.device(device):
-            self._generator = make_generator(self.seed, device)
-            if self._rng_state is not None and self._generator.device.type == "cpu":
-                self._generator.set_state(self._rng_state)
+        if self._generator is None:
+            self._generator = make_generator(self.seed, "cpu")
+            # a CPU stream's state; a checkpoint from before the stream lived on the CPU may hold a CUDA one
+            # (another size), which restarts at the seed as it did then
+            if self._rng_state is not None and self._rng_state.numel() == self._generator.get_state().numel():
+                self._generator.set_state(self._rng_state.cpu())
         return self._generator
 
     def on_train_start(self, trainer, pl_module) -> None:
@@ -71,7 +76,7 @@ class RandomBitErrorTraining(ExtraLossCallback):
         return trainer.global_step >= self.start_step and self.rate > 0 and self.weight > 0
 
     def extra_context(self, trainer, pl_module):
-        return bit_errors(pl_module, self.rate, generator=self._gen(next(pl_module.parameters()).device))
+        return bit_errors(pl_module, self.rate, generator=self._gen())
 
     def extra_loss(self, trainer, pl_module, batch) -> Tensor:
         return self.loss_fn(pl_module, batch)

@@ -110,8 +110,9 @@ def bit_errors(model: nn.Module, rate: float, *, seed: Optional[int] = None,
                quantizer: Optional[QuantizerConfig] = None) -> Iterator[Dict[str, BitFlips]]:
     """Run ``model`` with random bit errors at ``rate`` in its quantised weights.
 
-    Yields the :class:`BitFlips` by layer name (for inspection; ``.dense()`` gives the XOR masks). The same ``seed`` gives the same pattern;
-    ``generator`` continues a stream instead (RandBET draws a fresh pattern per step).
+    Yields the :class:`BitFlips` by layer name (for inspection; ``.dense()`` gives the XOR masks). The same ``seed`` gives the same pattern,
+    on any device (a ``seed`` is drawn from on the CPU and the flips moved to the weights);
+    ``generator`` continues a stream instead (RandBET draws a fresh pattern per step), on its own device.
     A model without :class:`FakeQuantize` weights needs ``quantizer``: it is then quantised for the
     duration of the block (post-training quantisation) and restored afterwards.
 
@@ -137,8 +138,9 @@ def bit_errors(model: nn.Module, rate: float, *, seed: Optional[int] = None,
         quantize_model(model, quantizer)
         temporary = True
     if generator is None:
-        device = next(model.parameters()).device
-        generator = make_generator(seed, device) if seed is not None else None
+        # on the CPU whatever the model's device (the flips are moved to each weight's device), so the same
+        # seed gives the same pattern on CPU and CUDA
+        generator = make_generator(seed, "cpu") if seed is not None else None
     layers = list(quantized_modules(model))
     masks: Dict[str, BitFlips] = {}
     try:

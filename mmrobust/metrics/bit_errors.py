@@ -26,7 +26,9 @@ class BitErrorAccuracy(Metric):
         \\text{mean}_k,\\ \\text{std}_k,\\ \\min_k \\mathrm{Acc}_{p,k}
 
     Pattern ``k`` at rate index ``r`` is drawn from seed :meth:`pattern_seed` ``(r, k)``, the same for
-    every batch, so each ``Acc_{p,k}`` is the accuracy of one perturbed model over the whole data set.
+    every batch, so each ``Acc_{p,k}`` is the accuracy of one perturbed model over the whole data set. The
+    patterns are drawn by a CPU generator and moved to the weights' device, so a seed gives the same
+    patterns, and the same numbers up to float rounding, on CPU and CUDA.
     ``update(model, batch)`` runs ``len(rates) * patterns + 1`` forward passes in eval mode (the model's
     modes are restored). Batches of any modality are read through their adapter (``adapter=None``
     infers it), so graph node classification counts nodes.
@@ -96,7 +98,8 @@ class BitErrorAccuracy(Metric):
             clean = (victim.forward(inputs).argmax(1) == target).sum()
             for r, rate in enumerate(self.rates):
                 for k in range(self.patterns):
-                    gen = make_generator(self.pattern_seed(r, k), next(model.parameters()).device)
+                    # drawn on the CPU and moved, so a seed gives the same patterns on every device
+                    gen = make_generator(self.pattern_seed(r, k), "cpu")
                     with bit_errors(model, rate, generator=gen):
                         correct[r, k] = (victim.forward(inputs).argmax(1) == target).sum()
         finally:
