@@ -103,11 +103,40 @@ class SparseCertificate:
         return out.to(self.prediction.device) & (self.prediction != ABSTAIN)
 
 
+def check_unweighted(data, where: str = "SparseSmoothing") -> None:
+    """Refuse a graph whose edges carry values the smoothing cannot keep faithfully.
+
+    Bojchevski et al. 2020 smooth and certify *binary* data: the graph is a 0/1 adjacency matrix, a sample
+    keeps or drops each edge and adds absent pairs, and the radius counts flipped entries (their reference
+    code samples edge indices only, every sampled edge with weight 1). Edge weights or edge features have no
+    place in that setting: the model is called on the binary samples without them (a certificate for another
+    model than the user's), and an added edge has no weight or feature the threat model fixes. ``edge_weight``
+    that is all ones is the unweighted graph and is accepted.
+    """
+    weight = getattr(data, "edge_weight", None)
+    if weight is not None and not bool((weight == 1).all()):
+        raise ValueError(
+            f"{where} certifies binary graphs (Bojchevski et al. 2020), but data.edge_weight holds weights other "
+            "than 1: the model would be called on samples without them, so the certificate would be for another "
+            "model. Certify the unweighted model (data.edge_weight = None, if that is the model you deploy) or "
+            "binarise the graph first")
+    attr = getattr(data, "edge_attr", None)
+    if attr is not None:
+        raise ValueError(
+            f"{where} certifies binary graphs (Bojchevski et al. 2020), but data has edge_attr (shape "
+            f"{tuple(attr.shape)}): sampled and added edges have no features the certificate covers. Remove it "
+            "(data.edge_attr = None) if your model does not read it; a model that needs edge features is outside "
+            "this certificate")
+
+
 class SparseSmoothing:
     """Randomized smoothing of a node classifier over the graph structure (and optionally binary attributes).
 
     Args:
         model: ``(N, C)`` logits from ``model(x, edge_index)`` (``edge_weight=None``) or ``model(data)``.
+            The graph must be unweighted (no ``edge_weight`` other than all ones, no ``edge_attr``): the paper's
+            smoothing and certificate are for binary graphs, so weighted graphs are refused with an error
+            rather than certified as if they were unweighted (see :func:`check_unweighted`).
         p_plus / p_minus: probability to add a missing pair / delete an edge (Bojchevski et al. use e.g.
             ``p_plus=0.001, p_minus=0.4`` on Cora; tiny ``p_plus`` keeps samples sparse).
         attr_p_plus / attr_p_minus: the same for binary node attributes (0 leaves ``x`` unchanged); the
@@ -170,6 +199,7 @@ class SparseSmoothing:
             if getattr(self, "_noise_gen", None) is None:
                 self._noise_gen = torch.Generator().manual_seed(self.seed + 1)
             generator = self._noise_gen
+        check_unweighted(data, "SparseSmoothing.noisy_graph")
         out = copy.copy(data)
         out.x, out.edge_index = self.sample_graph(data.x, data.edge_index, data.num_nodes, generator)
         if "edge_weight" in out:
@@ -178,6 +208,7 @@ class SparseSmoothing:
 
     def sample_counts(self, data, num: int, gen: torch.Generator) -> Tensor:
         """``(N, C)`` votes of the model on ``num`` smoothed graphs (eval mode, restored afterwards)."""
+        check_unweighted(data)
         counts = None
         call = graph_call(self.model)
         with attack_mode(self.model), torch.no_grad():
@@ -209,4 +240,5 @@ class SparseSmoothing:
         return SparseCertificate(prediction, p_lower, counts, p_plus, p_minus)
 
 
-__all__ = ["SparseSmoothing", "SparseCertificate", "worst_case_top_probability", "max_certified_radius"]
+__all__ = ["SparseSmoothing", "SparseCertificate", "worst_case_top_probability", "max_certified_radius",
+           "check_unweighted"]
