@@ -18,7 +18,7 @@ from torch import Tensor
 from ..adapters.base import BatchView
 from ..errors import NonFiniteError
 from ..threats.base import ThreatModel, per_unit
-from .reading import prepare_victim
+from .reading import apply_masks, prepare_victim
 
 
 def input_gradients(attack, victim: BatchView, x: Dict[str, Tensor], delta: Dict[str, Tensor],
@@ -34,7 +34,9 @@ def input_gradients(attack, victim: BatchView, x: Dict[str, Tensor], delta: Dict
         loss = attack.output_loss(logits, victim, target_labels)
         require_input_graph(loss, leaves)
         grads = torch.autograd.grad(loss.sum(), list(leaves.values()))
-        grads = dict(zip(leaves.keys(), grads))
+        # only the samples the adapter lets change count: a step normalised over the padding's gradient too
+        # (L2/SNR, L1 top-k) would lose the padding's share of its length when the mask is applied after it
+        grads = apply_masks(dict(zip(leaves.keys(), grads)), victim)
         for k, g in grads.items():
             if not bool(torch.isfinite(g).all()):
                 raise NonFiniteError(f"NaN/Inf in the input gradient of {k!r}; the model or loss overflows")
