@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Iterator, Optional, Union
 
+import torch
 from torch import nn
 
 from ..adapters.base import BatchAdapter
@@ -27,7 +29,26 @@ class Distillation(ExtraLossCallback):
     * ``replace=False``: adds ``weight * objective``'s gradient to it (e.g. a task loss plus distillation).
 
     The objective's gradient is added through :class:`~mmrobust.callbacks.ExtraLossCallback` (batch copy,
-    gradient accumulation, AMP scaler, the student's BatchNorm statistics untouched by the extra pass). The
+    gradient accumulation, AMP scaler).
+
+    BatchNorm running statistics (and the student's other buffers) follow the papers' reference code, where
+    the student's train-mode forward passes of the objective update them: RSLAD's
+    (https://github.com/zibojia/RSLAD) the adversarial pass, then the clean pass (its attack runs in eval
+    mode); ARD's (https://github.com/goldblum/AdversariallyRobustDistillation) the adversarial pass and a
+    clean pass (computed even at ``alpha = 1``), and also its attack's steps, which run in train mode there,
+    whereas this library's attacks run in eval mode, as RSLAD's and ``AdversarialTraining``'s do.
+
+    * ``replace=True``: the objective's passes are the student's training passes. When the objective has a
+      clean pass (KD; ARD/RSLAD with ``alpha < 1``) the buffers are put back as they were before the module's
+      own (discarded) pass, so the statistics come from the objective's passes in the reference order
+      (adversarial, then clean) and the attack sees the statistics from before the step, as in the
+      reference. Without one (ARD/RSLAD at ``alpha = 1``) the module's own pass, normally on the clean
+      batch, stands in for the reference's clean pass and the adversarial pass updates after it (clean,
+      then adversarial): no extra forward pass is run for the statistics alone.
+    * ``replace=False``: the module's own pass is the training pass; the objective's passes leave the
+      buffers as it left them.
+
+    On an exception inside the objective the buffers are put back as the module's own pass left them. The
     teacher is moved to the student's device and floating-point dtype (``64-true``), put in eval mode with frozen parameters for the fit, and
     its device, modes and flags are restored at the end of the fit, also after an exception. Needs
     automatic optimisation. Logs ``distillation/loss``.
@@ -48,6 +69,7 @@ class Distillation(ExtraLossCallback):
         self.replace = bool(replace)
         self._saved_grads = None
         self._teacher_state = None
+        self._buffers_before_step = None
 
     @property
     def teacher(self) -> nn.Module:
@@ -85,6 +107,38 @@ class Distillation(ExtraLossCallback):
 
     def reset(self) -> None:
         self._saved_grads = None
+        self._buffers_before_step = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+        self._buffers_before_step = None
+        if self.replace and self._batch is not None and self.objective.runs_clean_pass:
+            self._buffers_before_step = [(b, b.detach().clone()) for b in pl_module.buffers()]
+
+    def buffer_context(self, trainer, pl_module):
+        """``replace=False``: buffers kept as the module's pass left them. ``replace=True``: the objective's
+        passes update them, from their values before the step when the objective has a clean pass (see the
+        class docstring); put back as the module's pass left them on an exception."""
+        if not self.replace:
+            return super().buffer_context(trainer, pl_module)
+        return self._objective_updates_buffers(pl_module)
+
+    @contextlib.contextmanager
+    def _objective_updates_buffers(self, pl_module) -> Iterator[None]:
+        before, self._buffers_before_step = self._buffers_before_step, None
+        buffers = list(pl_module.buffers())
+        after_own_pass = [b.detach().clone() for b in buffers]
+        try:
+            if before is not None:
+                with torch.no_grad():
+                    for b, value in before:
+                        b.copy_(value)
+            yield
+        except BaseException:
+            with torch.no_grad():
+                for b, value in zip(buffers, after_own_pass):
+                    b.copy_(value)
+            raise
 
     def on_before_backward(self, trainer, pl_module, loss) -> None:
         if self.replace and self._batch is not None:

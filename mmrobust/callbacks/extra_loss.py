@@ -31,8 +31,10 @@ class ExtraLossCallback(pl.Callback):
        * under the precision plugin's forward context (autocast for ``16-mixed``/``bf16-mixed``, float64
          for ``64-true``), as Lightning runs ``training_step``;
        * inside :meth:`extra_context` (forward and backward);
-       * inside :func:`~mmrobust.utils.kept_buffers`, so the extra forward passes leave BatchNorm running
-         statistics and ``num_batches_tracked`` as the module's own pass left them;
+       * inside :meth:`buffer_context`, by default :func:`~mmrobust.utils.kept_buffers`, so the extra forward
+         passes leave BatchNorm running statistics and ``num_batches_tracked`` as the module's own pass left
+         them (:class:`~mmrobust.callbacks.Distillation` with ``replace=True`` lets its passes update them
+         instead, as they are then the student's training passes);
 
        and adds the gradient of ``weight * loss / accumulate_grad_batches`` (the division Lightning applies
        to the module's loss), multiplied by the AMP gradient scaler's scale when there is one (Lightning
@@ -86,6 +88,12 @@ class ExtraLossCallback(pl.Callback):
     def reset(self) -> None:
         """Drop per-step state (called at the end of every batch and on exceptions)."""
 
+    def buffer_context(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> ContextManager:
+        """A context around the extra passes that decides what they do to the module's buffers (BatchNorm
+        running statistics). Default: :func:`~mmrobust.utils.kept_buffers` (put back as the module's own pass
+        left them)."""
+        return kept_buffers(pl_module)
+
     # -- the shared path ----------------------------------------------------------------------------
     def on_fit_start(self, trainer, pl_module) -> None:
         if not pl_module.automatic_optimization:
@@ -99,7 +107,7 @@ class ExtraLossCallback(pl.Callback):
         batch, self._batch = self._batch, None
         if batch is None:
             return
-        with kept_buffers(pl_module), self.extra_context(trainer, pl_module), \
+        with self.buffer_context(trainer, pl_module), self.extra_context(trainer, pl_module), \
                 trainer.precision_plugin.forward_context():
             loss = self.extra_loss(trainer, pl_module, batch)
             if loss is None:

@@ -106,6 +106,12 @@ class DistillationObjective:
         self.attack = attack
         self.adapter = adapter
 
+    @property
+    def runs_clean_pass(self) -> bool:
+        """Whether the objective runs the student on the clean inputs: always for KD, for ARD and RSLAD when
+        ``alpha < 1`` (their clean term); otherwise the student only sees its adversarial inputs."""
+        return self.method == "kd" or self.alpha < 1
+
     def _teacher_on(self, batch: Any, adapter: BatchAdapter) -> Tensor:
         with kept_modes(self.teacher, train=False), torch.no_grad():
             tv = adapter.victim(self.teacher, batch)
