@@ -14,7 +14,14 @@ __all__ = ["check_labels", "label_checked"]
 
 
 def check_labels(labels: Tensor, n_classes: int, name: str = "labels") -> None:
-    """Raise :class:`~mmrobust.errors.LabelError` unless ``labels`` are class indices in ``[0, n_classes - 1]``."""
+    """Raise :class:`~mmrobust.errors.LabelError` unless ``labels`` are class indices in ``[0, n_classes - 1]``
+    and the model has at least two outputs (one logit per class)."""
+    if n_classes < 2:
+        # a (B, 1) output is a sigmoid binary classifier: read as one softmax class, its cross-entropy is 0 with a
+        # zero gradient and argmax always 0, so a batch of 0 labels would pass as perfectly robust
+        raise LabelError(f"the model returns {n_classes} logit per output, but attacks need one logit per class "
+                         "(C >= 2). For a binary classifier with one sigmoid logit z, return torch.cat([-z, z], 1) / 2 "
+                         "(or torch.cat([torch.zeros_like(z), z], 1)): softmax of that is (1 - sigmoid(z), sigmoid(z))")
     if labels.numel() == 0 or labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
         return  # not class indices; the loss reports those
     low, high = int(labels.min()), int(labels.max())
