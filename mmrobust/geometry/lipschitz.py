@@ -82,7 +82,7 @@ def adversarial_pairs(model: nn.Module, batch: Any, threat: ThreatModel, *, step
         victim = victim_for(model, batch, adapter)
         name, x = single_input(victim, input_name)
         threat.check_input(x, name)
-        gen = make_generator(seed, x.device)
+        gen = make_generator(seed, "cpu")   # drawn on the CPU and moved: the same pairs on CPU and CUDA
         radius = threat.radius(x)
         best_q = torch.full((x.shape[0],), -1.0, dtype=x.dtype, device=x.device)
         best1, best2 = x.clone(), x.clone()

@@ -109,7 +109,7 @@ def decision_slice(model: nn.Module, batch: Any, *, index: int = 0, extent: Unio
             (g,) = torch.autograd.grad(loss_fn(out, victim.target, None).sum(), leaf)
             u = flat(g)[0]
             if second == "random":
-                v = randn(u.shape, make_generator(seed, x.device), u)
+                v = randn(u.shape, make_generator(seed, "cpu"), u)   # CPU draw: the same slice on any device
             else:
                 runner_up = out.detach().masked_fill(
                     nn.functional.one_hot(victim.target, out.shape[1]).bool(), float("-inf")).argmax(1)

@@ -19,16 +19,14 @@ DEFAULT_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 
 
 def _quantiles(values: Tensor, qs: Sequence[float]) -> Tensor:
-    """Quantiles that tolerate ``+inf`` (sorted order statistics with linear interpolation)."""
+    """Quantiles that tolerate ``+inf``: :func:`~mmrobust.metrics.functional.size_quantile` (the library's one
+    definition, linear interpolation between order statistics) at each level of ``qs``; NaN when empty."""
+    from .functional import size_quantile   # here: functional imports this module at its end
+
     if values.numel() == 0:
         return torch.full((len(qs),), float("nan"))
-    v = values.double().sort().values
-    pos = torch.tensor(qs, dtype=torch.float64, device=v.device) * (v.numel() - 1)
-    lo, hi = pos.floor().long(), pos.ceil().long()
-    w = pos - lo
-    a, b = v[lo], v[hi]
-    out = torch.where(w == 0, a, torch.where(torch.isinf(a) | torch.isinf(b), torch.maximum(a, b), a + w * (b - a)))
-    return out.float()
+    v = values.double()
+    return torch.stack([size_quantile(v, float(q)) for q in qs]).float()
 
 
 def _spearman(a: Tensor, b: Tensor) -> float:
