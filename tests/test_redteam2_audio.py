@@ -73,3 +73,31 @@ def test_l1_step_spends_its_mass_on_samples_that_may_change():
     l1 = (adv - wave).abs().sum(1)
     assert bool((l1 <= 2.0 + 1e-4).all()), l1
     assert bool((l1 >= 2.0 - 1e-3).all()), l1
+
+
+def test_ctc_attack_step_uses_the_whole_snr_budget_on_padded_clips():
+    # CTCTargetedAttack's Adam direction was ~1 on every padding sample with any gradient; the L2 step normalised
+    # over it, then masked, lost the padding's share: one step of the full radius gave 30 + 5.2 dB on a clip of
+    # 3/10 of the padded length
+    from mmrobust.attacks import CTCTargetedAttack
+
+    torch.manual_seed(0)
+    class Recogniser(nn.Module):  # 10 frames, 5 classes; every frame also reads the whole clip (as a
+        def __init__(self):       # global normalisation or a wide receptive field does), padding included
+            super().__init__()
+            self.frame, self.whole = nn.Linear(200, 5), nn.Linear(2000, 5)
+
+        def forward(self, wave):
+            return self.frame(wave.reshape(-1, 10, 200)) + self.whole(torch.tanh(3 * wave))[:, None]
+
+    model = Recogniser().eval()
+    length = 2000
+    lengths = torch.tensor([length, 3 * length // 10])   # 10 and 3 frames
+    mask = (torch.arange(length)[None] < lengths[:, None]).float()
+    wave = 0.2 * torch.randn(2, length, generator=torch.Generator().manual_seed(1)).clamp(-3, 3) / 3 * mask
+    attack = CTCTargetedAttack(SNRBall(30), steps=1, step_size=1.0)
+    result = attack(model, wave, [[1, 2, 3], [4, 1, 2]], lengths=lengths)
+    snr = _snr(result.wave, wave)
+    assert not bool(result.success.any())
+    assert bool(((result.wave - wave) * (1 - mask) == 0).all())
+    assert bool((snr >= 30 - 1e-4).all()) and bool((snr <= 30 + 0.05).all()), snr

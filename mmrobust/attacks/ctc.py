@@ -275,6 +275,8 @@ class CTCTargetedAttack(SeededStream):
                 grad, = torch.autograd.grad(loss.sum(), leaf)
                 if not bool(torch.isfinite(grad).all()):
                     raise NonFiniteError("NaN/Inf in the CTC input gradient")
+                if mask is not None:  # Adam's direction is ~1 wherever the gradient is not 0: the padding's
+                    grad = grad * mask  # share would shrink the (L2/SNR-normalised) step once masked
                 with torch.no_grad():
                     if eot:  # EOT: keep the latest iterate with the highest share of target decodings
                         new = share >= best_share
