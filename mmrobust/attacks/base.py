@@ -122,7 +122,9 @@ class Attack(SeededStream, ABC):
         if isinstance(self.threat, ThreatModel):
             if len(victim.inputs) != 1:
                 raise ValueError(f"this batch has several attackable inputs {sorted(victim.inputs)}; give the "
-                                 "attack a mapping {name: ThreatModel} (e.g. mmrobust.threats.Joint)")
+                                 "attack a mapping {name: ThreatModel} (e.g. mmrobust.threats.Joint), or, to attack "
+                                 "one of them and pass the others through, an adapter that reads only that input "
+                                 "(e.g. adapter=TensorAdapter(input_key=...), or MultimodalAdapter(inputs=[...]))")
             return {next(iter(victim.inputs)): self.threat}
         unknown = set(self.threat) - set(victim.inputs)
         if unknown:
