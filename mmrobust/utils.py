@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -78,13 +78,23 @@ def kept_buffers(module: torch.nn.Module) -> Iterator[None]:
     must not move BatchNorm's running statistics or ``num_batches_tracked``: only the user's own forward
     pass of a step may.
     """
-    saved = [(b, b.detach().clone()) for b in module.buffers()]
+    saved = buffer_values(module)
     try:
         yield
     finally:
-        with torch.no_grad():
-            for b, value in saved:
-                b.copy_(value)
+        restore_buffers(saved)
+
+
+def buffer_values(module: torch.nn.Module) -> List[Tuple[Tensor, Tensor]]:
+    """Every buffer of ``module`` with a copy of its current value, for :func:`restore_buffers`."""
+    return [(b, b.detach().clone()) for b in module.buffers()]
+
+
+@torch.no_grad()
+def restore_buffers(saved: List[Tuple[Tensor, Tensor]]) -> None:
+    """Put the buffers saved by :func:`buffer_values` back to those values, in place."""
+    for b, value in saved:
+        b.copy_(value)
 
 
 def progress_bar(enabled: bool, *, total: Optional[int] = None, desc: str, unit: str = "it", every_step: bool = False):

@@ -6,13 +6,12 @@ import contextlib
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Union
 
-import torch
 from torch import nn
 
 from ..adapters.base import BatchAdapter
 from ..attacks.base import Attack
 from ..compression.distillation import DistillationObjective
-from ..utils import SavedModes
+from ..utils import SavedModes, buffer_values, restore_buffers
 from .extra_loss import ExtraLossCallback
 
 
@@ -113,7 +112,7 @@ class Distillation(ExtraLossCallback):
         super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
         self._buffers_before_step = None
         if self.replace and self._batch is not None and self.objective.runs_clean_pass:
-            self._buffers_before_step = [(b, b.detach().clone()) for b in pl_module.buffers()]
+            self._buffers_before_step = buffer_values(pl_module)
 
     def buffer_context(self, trainer, pl_module):
         """``replace=False``: buffers kept as the module's pass left them. ``replace=True``: the objective's
@@ -126,18 +125,13 @@ class Distillation(ExtraLossCallback):
     @contextlib.contextmanager
     def _objective_updates_buffers(self, pl_module) -> Iterator[None]:
         before, self._buffers_before_step = self._buffers_before_step, None
-        buffers = list(pl_module.buffers())
-        after_own_pass = [b.detach().clone() for b in buffers]
+        after_own_pass = buffer_values(pl_module)
         try:
             if before is not None:
-                with torch.no_grad():
-                    for b, value in before:
-                        b.copy_(value)
+                restore_buffers(before)
             yield
         except BaseException:
-            with torch.no_grad():
-                for b, value in zip(buffers, after_own_pass):
-                    b.copy_(value)
+            restore_buffers(after_own_pass)
             raise
 
     def on_before_backward(self, trainer, pl_module, loss) -> None:
