@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Dict, Iterator, Optional, Sequence, Tuple, Type
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Type
 
 import torch
 from torch import Tensor, nn
@@ -266,7 +266,7 @@ def remove_quantizers(model: nn.Module) -> nn.Module:
             own_parametrized_class(module)
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
         else:
-            del chain[[i for i, p in enumerate(chain) if p is fq][0]]
+            del chain[len(parametrizations_before(module, fq))]
     return model
 
 
@@ -277,15 +277,23 @@ def original_weight(module: nn.Module) -> Tensor:
     return module.weight
 
 
+def parametrizations_before(module: nn.Module, quantizer: FakeQuantize) -> List[nn.Module]:
+    """The parametrisations of ``module``'s weight that come before ``quantizer`` in its chain (a pruning
+    mask, a Fourier kernel), in order."""
+    chain = list(module.parametrizations.weight)
+    for i, p in enumerate(chain):
+        if p is quantizer:
+            return chain[:i]
+    raise ValueError("quantizer is not a parametrisation of this module's weight")
+
+
 def quantizer_input(module: nn.Module, quantizer: FakeQuantize) -> Tensor:
     """The float weight ``quantizer`` sees: the original weight through the parametrisations before it
     (e.g. a pruning mask)."""
     w = module.parametrizations.weight.original
-    for p in module.parametrizations.weight:
-        if p is quantizer:
-            return w
+    for p in parametrizations_before(module, quantizer):
         w = p(w)
-    raise ValueError("quantizer is not a parametrisation of this module's weight")
+    return w
 
 
 @torch.no_grad()
@@ -301,8 +309,7 @@ def clip_weights(model: nn.Module) -> None:
         if fq.cfg.clip is None:
             continue
         clip = fq.cfg.clip
-        chain = list(module.parametrizations.weight)
-        before = chain[:[i for i, p in enumerate(chain) if p is fq][0]]
+        before = parametrizations_before(module, fq)
         inverses = [p for p in before if hasattr(p, "right_inverse")]
         if not inverses:  # masks commute with the clamp: clamp the stored weight (the previous behaviour)
             original_weight(module).clamp_(-clip, clip)
