@@ -22,7 +22,6 @@ _NAMES = {
     "evaluate": "evaluation", "sweep": "budget_sweep", "BudgetSweep": "budget_sweep", "RobustAccuracy": "metrics",
     "SmoothedClassifier": "certify",
 }
-_SUBMODULES = ("adapters", "attacks", "compression", "errors", "evaluation", "metrics", "threats", "utils")
 
 __all__ = [
     # subpackages and modules
